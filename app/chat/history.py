@@ -1,0 +1,135 @@
+"""Build a history the Messages API always accepts, whatever happened to earlier turns.
+
+Stored turns are (user row, assistant row). An assistant row's content may hold tool_use and
+tool_result blocks in the order they happened; replay splits them back into alternating
+assistant/user messages. Then one normalising pass repairs what interrupted turns leave behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from app.llm.base import Block
+
+Msg = dict[str, Any]
+
+INTERRUPTED = "The tool call was interrupted before it returned a result."
+
+
+def _clean_blocks(blocks: Iterable[Block]) -> list[Block]:
+    out = []
+    for block in blocks:
+        if block.get("type") == "text":
+            if not str(block.get("text", "")).strip():
+                continue  # the API rejects empty text blocks
+            out.append({"type": "text", "text": block["text"]})
+        elif block.get("type") in {"tool_use", "tool_result"}:
+            out.append(dict(block))
+    return out
+
+
+def split_assistant(content: Sequence[Block]) -> list[Msg]:
+    """An assistant row's blocks → alternating assistant / user(tool_result) messages."""
+    messages: list[Msg] = []
+    for block in content:
+        role = "user" if block.get("type") == "tool_result" else "assistant"
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].append(block)
+        else:
+            messages.append({"role": role, "content": [block]})
+    return messages
+
+
+def _close_tool_uses(messages: list[Msg]) -> list[Msg]:
+    """Every tool_use gets its tool_result in the very next user message, first in that message."""
+    out: list[Msg] = []
+    for index, message in enumerate(messages):
+        if message["role"] == "user" and out and out[-1]["role"] == "assistant":
+            wanted = [b["id"] for b in out[-1]["content"] if b["type"] == "tool_use"]
+            results = {b["tool_use_id"]: b for b in message["content"] if b["type"] == "tool_result"}
+            others = [b for b in message["content"] if b["type"] != "tool_result"]
+            closed = [
+                results.get(tid) or {"type": "tool_result", "tool_use_id": tid, "content": INTERRUPTED, "is_error": True}
+                for tid in wanted
+            ]
+            message = {"role": "user", "content": closed + others}
+        elif message["role"] == "user":
+            # Results with no tool_use right before them cannot be replayed.
+            message = {"role": "user", "content": [b for b in message["content"] if b["type"] != "tool_result"]}
+        elif message["role"] == "assistant":
+            nxt = messages[index + 1] if index + 1 < len(messages) else None
+            if any(b["type"] == "tool_use" for b in message["content"]) and (nxt is None or nxt["role"] != "user"):
+                out.append(message)
+                ids = [b["id"] for b in message["content"] if b["type"] == "tool_use"]
+                out.append({"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": tid, "content": INTERRUPTED, "is_error": True} for tid in ids
+                ]})
+                continue
+        out.append(message)
+    return out
+
+
+def _merge_same_role(messages: Iterable[Msg]) -> list[Msg]:
+    out: list[Msg] = []
+    for message in messages:
+        if not message["content"]:
+            continue
+        if out and out[-1]["role"] == message["role"]:
+            out[-1] = {"role": message["role"], "content": out[-1]["content"] + message["content"]}
+        else:
+            out.append({"role": message["role"], "content": list(message["content"])})
+    return out
+
+
+def normalise(messages: Sequence[Msg]) -> list[Msg]:
+    cleaned = [{"role": m["role"], "content": _clean_blocks(m["content"])} for m in messages]
+    merged = _merge_same_role(cleaned)
+    while merged and merged[0]["role"] != "user":
+        merged.pop(0)
+    fixed = _merge_same_role(_close_tool_uses(merged))
+    # A tool_result must lead its user message; merging can put text first.
+    for message in fixed:
+        if message["role"] == "user":
+            message["content"].sort(key=lambda b: b["type"] != "tool_result")
+    if fixed and fixed[-1]["role"] == "assistant":
+        last = fixed[-1]["content"]
+        if last and last[-1]["type"] == "text":
+            last[-1] = {"type": "text", "text": last[-1]["text"].rstrip()}
+    return fixed
+
+
+def estimate_tokens(message: Msg) -> int:
+    return max(1, len(repr(message["content"])) // 4)
+
+
+def trim_to_budget(messages: list[Msg], budget: int) -> list[Msg]:
+    """Drop the oldest whole exchanges until the estimate fits; the newest user message stays."""
+    total = sum(estimate_tokens(m) for m in messages)
+    start = 0
+    while total > budget and start < len(messages) - 1:
+        # Advance to the next plain user message so tool_use/tool_result pairs stay whole.
+        nxt = start + 1
+        while nxt < len(messages) - 1 and not _starts_exchange(messages[nxt]):
+            nxt += 1
+        if not _starts_exchange(messages[nxt]):
+            break
+        total -= sum(estimate_tokens(m) for m in messages[start:nxt])
+        start = nxt
+    return messages[start:]
+
+
+def _starts_exchange(message: Msg) -> bool:
+    return message["role"] == "user" and not any(b["type"] == "tool_result" for b in message["content"])
+
+
+def build_history(turns: Sequence[tuple[str, list[Block]]], new_user_text: str, *, budget: int) -> list[Msg]:
+    """turns: (role, content blocks) rows in order. Returns the messages to send, ending with the new turn."""
+    messages: list[Msg] = []
+    for role, content in turns:
+        if role == "user":
+            messages.append({"role": "user", "content": list(content)})
+        else:
+            messages.extend(split_assistant(content))
+    messages.append({"role": "user", "content": [{"type": "text", "text": new_user_text}]})
+    return trim_to_budget(normalise(messages), budget)

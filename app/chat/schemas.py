@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from app.conversations.schemas import ToolCallOut, UsageOut
+
+
+class ChatRequest(BaseModel):
+    message: str = Field(min_length=1, description="The user's turn.")
+    conversation_id: uuid.UUID | None = Field(default=None, description="Omit to start a new conversation.")
+    stream: bool = Field(default=False, description="Answer as Server-Sent Events.")
+    system: str | None = Field(
+        default=None, max_length=20_000, description="System prompt; only when starting a new conversation."
+    )
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class AssistantMessageOut(BaseModel):
+    id: uuid.UUID
+    role: Literal["assistant"] = "assistant"
+    content: str
+    status: str
+    created_at: datetime
+    tool_calls: list[ToolCallOut] = []
+
+
+class ChatResponse(BaseModel):
+    conversation_id: uuid.UUID
+    model: str
+    stop_reason: str | None
+    message: AssistantMessageOut
+    usage: UsageOut

@@ -1,0 +1,203 @@
+"""Where a turn is run. Three phases, and no database connection is held across the model call:
+
+1. `begin_turn`: one short transaction stores the user's message (never lost after this) and an
+   `in_progress` assistant placeholder, and reads the history.
+2. `TurnRun.run`: the model call, with no connection checked out.
+3. `TurnRun.record`: one short transaction stores the outcome — `complete`, `incomplete` (client
+   left, shutdown: partial text kept) or `error` — whatever way phase 2 ended.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.deps import Principal
+from app.chat.history import build_history
+from app.core.config import Settings
+from app.core.errors import AppError, ConversationNotFound, UpstreamTimeout
+from app.conversations.repository import ConversationRepository, MessageRepository
+from app.llm.base import Block, ChatModel, Completed, LLMRequest, TextDelta, ToolCall, Usage
+
+log = structlog.get_logger(__name__)
+
+TITLE_CHARS = 80
+
+
+def make_title(message: str) -> str:
+    line = " ".join(message.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS].rsplit(" ", 1)[0] or line[:TITLE_CHARS]
+    return cut + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStarted:
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    created_at: datetime
+    model: str
+    request: LLMRequest
+
+
+async def begin_turn(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    principal: Principal,
+    *,
+    message: str,
+    conversation_id: uuid.UUID | None,
+    system: str | None,
+) -> TurnStarted:
+    async with sessions() as session, session.begin():
+        conversations = ConversationRepository(session)
+        messages = MessageRepository(session)
+        if conversation_id is None:
+            conversation = await conversations.create(
+                owner_id=principal.key_id, title=make_title(message), system=system
+            )
+            earlier = []
+        else:
+            found = await conversations.get_owned(conversation_id, owner_id=principal.key_id)
+            if found is None:
+                raise ConversationNotFound()
+            conversation = found
+            earlier = [(m.role, m.content) for m in await messages.list_for_owned(
+                conversation.id, owner_id=principal.key_id)]
+            await conversations.touch(conversation.id, owner_id=principal.key_id)
+        await messages.add(
+            conversation_id=conversation.id, role="user",
+            content=[{"type": "text", "text": message}], status="complete",
+        )
+        assistant = await messages.add(
+            conversation_id=conversation.id, role="assistant", content=[],
+            status="in_progress", model=settings.llm_model,
+        )
+    history = build_history(earlier, message, budget=settings.history_token_budget)
+    request = LLMRequest(
+        model=settings.llm_model, messages=history, max_tokens=settings.llm_max_tokens, system=conversation.system
+    )
+    log.info("chat.turn.started", conversation_id=str(conversation.id), message_id=str(assistant.id),
+             history_messages=len(history))
+    return TurnStarted(conversation.id, assistant.id, assistant.created_at, settings.llm_model, request)
+
+
+# Events a turn emits, in order: deltas (and tool events), then exactly one of end / error.
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUseEvent:
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    stop_reason: str
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: AppError
+
+
+TurnEvent = Delta | ToolUseEvent | End | Failed
+Emit = Callable[[TurnEvent], Awaitable[None]]
+
+
+@dataclass
+class TurnRun:
+    """One model call for a started turn; accumulates what was produced so any exit can record it."""
+
+    started: TurnStarted
+    llm: ChatModel
+    sessions: async_sessionmaker[AsyncSession]
+    settings: Settings
+    status: str = "incomplete"  # until the call ends one way or another
+    text: list[str] = field(default_factory=list)
+    content: list[Block] | None = None
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: str | None = None
+    error: AppError | None = None
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.text)
+
+    async def run(self, emit: Emit) -> None:
+        """Call the model, emitting events. Failures become a `Failed` event, never an exception."""
+        try:
+            with anyio.fail_after(self.settings.turn_timeout):
+                async with self.llm.stream(self.started.request) as events:
+                    async for event in events:
+                        if isinstance(event, TextDelta):
+                            self.text.append(event.text)
+                            await emit(Delta(event.text))
+                        elif isinstance(event, ToolCall):
+                            await emit(ToolUseEvent(event.id, event.name, event.input))
+                        elif isinstance(event, Completed):
+                            self.content, self.usage, self.stop_reason = event.content, event.usage, event.stop_reason
+        except TimeoutError:
+            self._fail(UpstreamTimeout("The turn did not finish within its deadline."))
+        except AppError as exc:
+            self._fail(exc)
+        except Exception:
+            log.exception("chat.turn.crashed", conversation_id=str(self.started.conversation_id))
+            self._fail(AppError())
+        else:
+            self.status = "complete"
+            await emit(End(self.stop_reason or "end_turn", self.usage))
+            return
+        assert self.error is not None
+        await emit(Failed(self.error))
+
+    def _fail(self, error: AppError) -> None:
+        self.status, self.error = "error", error
+        log.warning("chat.turn.failed", conversation_id=str(self.started.conversation_id),
+                    error_type=error.type, cause=type(error.__cause__).__name__ if error.__cause__ else None)
+
+    async def record(self) -> None:
+        """Phase 3. Shielded and bounded: it must finish even when the turn was cancelled."""
+        content = self.content if self.status == "complete" and self.content is not None else (
+            [{"type": "text", "text": self.answer}] if self.answer else []
+        )
+        values: dict[str, Any] = {
+            "status": self.status,
+            "content": content,
+            "stop_reason": self.stop_reason,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "cache_read_tokens": self.usage.cache_read_input_tokens,
+            "cache_creation_tokens": self.usage.cache_creation_input_tokens,
+        }
+        if self.error is not None:
+            values["error"] = {"type": self.error.type, "message": self.error.message}
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
+                async with self.sessions() as session, session.begin():
+                    await MessageRepository(session).finish(
+                        self.started.message_id, conversation_id=self.started.conversation_id, **values
+                    )
+        except Exception:
+            # The user's message is already safe; the answer stays `in_progress` and is skipped on replay.
+            log.exception("chat.turn.record_failed", message_id=str(self.started.message_id))
+            return
+        if scope.cancelled_caught:
+            log.error("chat.turn.record_timed_out", message_id=str(self.started.message_id))
+            return
+        log.info("chat.turn.finished", conversation_id=str(self.started.conversation_id),
+                 message_id=str(self.started.message_id), status=self.status, stop_reason=self.stop_reason,
+                 input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens)

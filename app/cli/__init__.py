@@ -1,0 +1,1 @@
+"""`python -m app.cli` — manage API keys."""

@@ -1,0 +1,67 @@
+"""`python -m app.cli create-key --name NAME | list-keys | revoke-key ID_OR_PREFIX`.
+
+create-key prints the new key as the last line of stdout, so scripts can take `| tail -n1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+
+from app.auth.repository import ApiKeyRepository
+from app.core.config import load_settings
+from app.core.db import create_engine, create_sessionmaker
+
+
+async def _with_repo(action: Callable[[ApiKeyRepository], Awaitable[int]]) -> int:
+    settings = load_settings()
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await action(ApiKeyRepository(session))
+    finally:
+        await engine.dispose()
+
+
+async def create_key(repo: ApiKeyRepository, name: str) -> int:
+    row, key = await repo.create(name)
+    print(f"Created key {row.prefix} ({row.id}) named {row.name!r}. It is shown only once:")  # noqa: T201
+    print(key)  # noqa: T201
+    return 0
+
+
+async def list_keys(repo: ApiKeyRepository) -> int:
+    for row in await repo.list():
+        state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+        print(f"{row.id}  {row.prefix}  {state:<18}  {row.name}")  # noqa: T201
+    return 0
+
+
+async def revoke_key(repo: ApiKeyRepository, ident: str) -> int:
+    if await repo.revoke(ident):
+        print(f"Revoked {ident}.")  # noqa: T201
+        return 0
+    print(f"No active key {ident}.", file=sys.stderr)  # noqa: T201
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.cli", description="Manage agentchat API keys.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create-key", help="create a key and print it (last line of stdout)")
+    create.add_argument("--name", required=True)
+    commands.add_parser("list-keys", help="list keys (never the secrets)")
+    revoke = commands.add_parser("revoke-key", help="revoke a key by id or prefix")
+    revoke.add_argument("key", metavar="ID_OR_PREFIX")
+    args = parser.parse_args(argv)
+    if args.command == "create-key":
+        return asyncio.run(_with_repo(lambda repo: create_key(repo, args.name)))
+    if args.command == "list-keys":
+        return asyncio.run(_with_repo(list_keys))
+    return asyncio.run(_with_repo(lambda repo: revoke_key(repo, args.key)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

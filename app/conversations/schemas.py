@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ConversationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    title: str
+    system: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationPage(BaseModel):
+    items: list[ConversationOut]
+    next_cursor: str | None
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    name: str
+    input: dict[str, Any]
+    result: Any = None
+    is_error: bool = False
+
+
+class UsageOut(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+
+class MessageOut(BaseModel):
+    id: uuid.UUID
+    role: Literal["user", "assistant"]
+    content: str
+    status: str
+    stop_reason: str | None = None
+    model: str | None = None
+    error: dict[str, Any] | None = None
+    tool_calls: list[ToolCallOut] = []
+    usage: UsageOut | None = None
+    created_at: datetime
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]

@@ -1,0 +1,109 @@
+"""Settings from the environment. The variable names are a public contract (see README)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+
+Provider = Literal["anthropic", "openai", "offline"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True, env_ignore_empty=True)
+
+    database_url: str = "sqlite+aiosqlite:///./agentchat.db"
+    redis_url: str | None = None
+    redis_key_prefix: str = "agentchat:"
+
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "http://127.0.0.1:11434/v1"
+    llm_provider: Provider | None = None
+    llm_model: str = DEFAULT_MODEL
+    llm_max_tokens: int = Field(default=1024, ge=1, le=64000)
+    llm_connect_timeout: float = Field(default=5.0, gt=0)
+    llm_read_timeout: float = Field(default=60.0, gt=0)
+    llm_max_retries: int = Field(default=2, ge=0, le=10)
+    turn_timeout: float = Field(default=300.0, gt=0)
+    history_token_budget: int = Field(default=100_000, ge=100)
+
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(default=30_000, ge=0)
+    app_name: str = "agentchat"
+
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    max_message_chars: int = Field(default=32_000, ge=1)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _provider_has_credentials(self) -> Settings:
+        if self.llm_provider == "anthropic" and self.anthropic_api_key is None:
+            raise ValueError("LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+        return self
+
+    @property
+    def provider(self) -> Provider:
+        """The provider in force: an explicit choice, else Anthropic when a key is set."""
+        if self.llm_provider is not None:
+            return self.llm_provider
+        return "anthropic" if self.anthropic_api_key is not None else "offline"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def resolved_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if sys.stderr.isatty() else "json"
+
+
+class ConfigError(SystemExit):
+    """Raised with a one-line message; SystemExit so no traceback is printed."""
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, turning a validation error into one clear line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        message = first["msg"].removeprefix("Value error, ")
+        name = field.upper() if first["loc"] else "configuration"
+        print(f"agentchat: configuration error: {name}: {message}", file=sys.stderr)  # noqa: T201
+        raise ConfigError(2) from None

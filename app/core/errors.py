@@ -1,0 +1,167 @@
+"""One error hierarchy and one envelope: {"error": {"type", "message", "request_id"}}."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.context import current_request_id
+
+log = structlog.get_logger(__name__)
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    request_id: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class AppError(Exception):
+    status_code: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "Internal server error."
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        self.message = message or self.default_message
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class Unauthorized(AppError):
+    status_code, type, default_message = 401, "unauthorized", "A valid API key is required."
+
+
+class NotFound(AppError):
+    status_code, type, default_message = 404, "not_found", "Not found."
+
+
+class ConversationNotFound(NotFound):
+    default_message = "Conversation not found."
+
+
+class Conflict(AppError):
+    status_code, type, default_message = 409, "conflict", "Conflict."
+
+
+class PayloadTooLarge(AppError):
+    status_code, type, default_message = 413, "payload_too_large", "Request body is too large."
+
+
+class InvalidRequest(AppError):
+    status_code, type, default_message = 422, "invalid_request", "Invalid request."
+
+
+class RateLimited(AppError):
+    status_code, type, default_message = 429, "rate_limited", "Too many requests."
+
+
+class ServiceUnavailable(AppError):
+    status_code, type, default_message = 503, "unavailable", "Service temporarily unavailable."
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    type, default_message = "database_unavailable", "The database is temporarily unavailable."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "2"})
+
+
+class UpstreamError(AppError):
+    """The model provider failed; subclasses map its failure to our status."""
+
+    status_code, type, default_message = 502, "upstream_error", "The model provider failed."
+
+
+class UpstreamRateLimited(UpstreamError):
+    status_code, type, default_message = 429, "upstream_rate_limited", "The model provider is rate limiting."
+
+
+class UpstreamOverloaded(UpstreamError):
+    status_code, type, default_message = 503, "upstream_overloaded", "The model provider is overloaded."
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code, type, default_message = 504, "upstream_timeout", "The model provider timed out."
+
+
+class UpstreamRejected(UpstreamError):
+    """The provider refused the request itself (4xx other than 429): our bug or bad config."""
+
+    status_code, type, default_message = 502, "upstream_rejected", "The model provider rejected the request."
+
+
+def envelope(type_: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": type_, "message": message, "request_id": current_request_id()}}
+
+
+def error_response(status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(envelope(type_, message), status_code=status, headers=headers)
+
+
+def responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route, built from the errors it can answer."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for err in errors:
+        entry = out.setdefault(err.status_code, {"model": ErrorEnvelope, "description": ""})
+        entry["description"] = " / ".join(filter(None, [entry["description"], err.default_message]))
+    return out
+
+
+_HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts) or "Invalid request."
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def app_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AppError)
+        return error_response(exc.status_code, exc.type, exc.message, exc.headers)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else type_.replace("_", " ")
+        return error_response(exc.status_code, type_, message, dict(exc.headers or {}))
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(422, "validation_error", _validation_message(exc))
+
+    app.add_exception_handler(AppError, app_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def is_db_unavailable(exc: BaseException) -> bool:
+    """True for failures that mean "the database cannot be reached right now", not a bug."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError)

@@ -1,0 +1,81 @@
+"""structlog configured once: every line, ours or stdlib's (uvicorn, SQLAlchemy), carries request_id."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Literal
+
+import structlog
+from structlog.types import EventDict, Processor
+
+# Values that look like credentials are masked wherever they appear in a log line.
+_SECRET_PATTERNS = (
+    re.compile(r"(ak_[A-Za-z0-9]{8})_[A-Za-z0-9_-]{16,}"),
+    re.compile(r"(sk-ant-)[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(?i)(bearer\s+)[^\s\"']+"),
+)
+_SECRET_KEYS = frozenset({"authorization", "api_key", "x-api-key", "password", "secret", "token"})
+
+
+def _mask(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text
+
+
+def redact_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    event_dict.pop("color_message", None)  # uvicorn's ANSI duplicate of the message
+    for key, value in list(event_dict.items()):
+        if key.lower() in _SECRET_KEYS:
+            event_dict[key] = "***"
+        elif isinstance(value, str):
+            event_dict[key] = _mask(value)
+    return event_dict
+
+
+def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    # uvicorn installs its own handlers; route its lines through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    # The SDKs log request details (including headers) at DEBUG; keep them quiet.
+    for name in ("anthropic", "httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

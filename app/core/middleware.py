@@ -1,0 +1,133 @@
+"""Pure-ASGI middleware: request IDs, body size limit and the last-chance error envelope.
+
+Our own rather than asgi-correlation-id because the same outermost layer must also render the
+500 envelope (Starlette's ServerErrorMiddleware sits outside user middleware, so its response
+would miss the X-Request-ID header and the contextvars) and cap streamed request bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.context import request_id_var
+from app.core.errors import envelope, is_db_unavailable
+
+log = structlog.get_logger("app.http")
+
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID_LEN = 128
+
+
+def sane_request_id(raw: bytes | None) -> str | None:
+    """Accept a client's ID only if it is short, printable ASCII (no spaces or controls)."""
+    if not raw or len(raw) > MAX_REQUEST_ID_LEN:
+        return None
+    if not all(0x21 <= b <= 0x7E for b in raw):
+        return None
+    return raw.decode("ascii")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = sane_request_id(headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 0
+        response_started = False
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._send_error(send, request_id, 413, "payload_too_large", "Request body is too large.")
+            self._reset(token)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [
+                    *(h for h in message.get("headers", []) if h[0].lower() != REQUEST_ID_HEADER),
+                    (REQUEST_ID_HEADER, request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except BodyTooLarge:
+            if not response_started:
+                status = 413
+                await self._send_error(send, request_id, 413, "payload_too_large", "Request body is too large.")
+        except Exception as exc:
+            # Cancellation is a BaseException and passes through untouched.
+            if is_db_unavailable(exc):
+                log.warning("http.database_unavailable", error=type(exc).__name__, path=scope["path"])
+                if not response_started:
+                    status = 503
+                    await self._send_error(
+                        send, request_id, 503, "database_unavailable",
+                        "The database is temporarily unavailable.", retry_after="2",
+                    )
+            else:
+                log.exception("http.unhandled_error", path=scope["path"])
+                if not response_started:
+                    status = 500
+                    await self._send_error(send, request_id, 500, "internal_error", "Internal server error.")
+        finally:
+            log.debug(
+                "http.request.finished",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            self._reset(token)
+
+    @staticmethod
+    def _reset(token: object) -> None:
+        structlog.contextvars.unbind_contextvars("request_id")
+        request_id_var.reset(token)  # type: ignore[arg-type]
+
+    @staticmethod
+    async def _send_error(
+        send: Send, request_id: str, status: int, type_: str, message: str, retry_after: str | None = None
+    ) -> None:
+        body = json.dumps(envelope(type_, message)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (REQUEST_ID_HEADER, request_id.encode()),
+        ]
+        if retry_after:
+            headers.append((b"retry-after", retry_after.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

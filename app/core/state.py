@@ -1,0 +1,48 @@
+"""The typed lifespan state and the dependencies that read it."""
+
+from __future__ import annotations
+
+from typing import Annotated, TypedDict
+
+import httpx
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.llm.base import ChatModel
+
+
+class State(TypedDict):
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis | None
+    llm: ChatModel
+    http: httpx.AsyncClient
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.state.settings
+    return settings
+
+
+def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessions: async_sessionmaker[AsyncSession] = request.state.sessions
+    return sessions
+
+
+def get_llm(request: Request) -> ChatModel:
+    llm: ChatModel = request.state.llm
+    return llm
+
+
+def get_redis(request: Request) -> Redis | None:
+    redis: Redis | None = request.state.redis
+    return redis
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
+LLMDep = Annotated[ChatModel, Depends(get_llm)]
+RedisDep = Annotated["Redis | None", Depends(get_redis)]

@@ -1,0 +1,71 @@
+"""One small interface for every model provider.
+
+Content blocks and histories use the Anthropic Messages shape throughout the service; other
+providers translate at their edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Block = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    system: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A complete tool_use block, emitted once its input has fully arrived."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    stop_reason: str
+    usage: Usage
+    content: list[Block]
+
+
+LLMEvent = TextDelta | ToolCall | Completed
+
+
+class ChatModel(Protocol):
+    """A model provider. `stream()` opens one upstream call; leaving the block closes it."""
+
+    provider: str
+
+    def stream(self, request: LLMRequest) -> AbstractAsyncContextManager[AsyncIterator[LLMEvent]]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,76 @@
+"""create_app(): settings, logging, middleware, routers, error handlers and the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+import structlog
+from fastapi import FastAPI
+
+from app.chat.router import router as chat_router
+from app.conversations.router import router as conversations_router
+from app.core.config import Settings, load_settings
+from app.core.db import create_engine, create_sessionmaker
+from app.core.errors import install_error_handlers
+from app.core.logging import configure_logging
+from app.core.middleware import RequestContextMiddleware
+from app.core.redis import create_redis
+from app.core.state import State
+from app.health.router import router as health_router
+from app.llm.factory import create_llm
+
+log = structlog.get_logger("app.lifespan")
+
+
+def build_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        # AsyncExitStack releases in reverse order, also when start-up fails halfway.
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings)
+            stack.push_async_callback(engine.dispose)
+            sessions = create_sessionmaker(engine)
+            redis = create_redis(settings)
+            if redis is not None:
+                stack.push_async_callback(redis.aclose)
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=settings.llm_connect_timeout),
+                                  follow_redirects=False)
+            )
+            llm = create_llm(settings, http)
+            stack.push_async_callback(llm.aclose)
+            log.info("app.started", provider=llm.provider, model=settings.llm_model,
+                     database="sqlite" if settings.is_sqlite else "postgresql", redis=redis is not None)
+            if llm.provider == "offline":
+                log.warning("app.offline_model", hint="set ANTHROPIC_API_KEY to use Claude")
+            yield {"settings": settings, "engine": engine, "sessions": sessions, "redis": redis,
+                   "llm": llm, "http": http}
+            log.info("app.stopping")
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.resolved_log_format(), settings.log_level)
+    app = FastAPI(
+        title="agentchat",
+        version="0.1.0",
+        summary="Multi-turn conversations with a tool-using LLM agent.",
+        lifespan=build_lifespan(settings),
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(chat_router)
+    app.include_router(conversations_router)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` builds the app on first access, so importing this module creates nothing.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, JSONType, Timestamps, UUIDPrimaryKey
+
+
+class Conversation(UUIDPrimaryKey, Timestamps, Base):
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_owner_recent", "owner_id", "updated_at", "id"),)
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200))
+    system: Mapped[str | None] = mapped_column(Text)
+
+
+class Message(UUIDPrimaryKey, Timestamps, Base):
+    """One user or assistant item of a turn. Ids are UUIDv7, so ordering by id is creation order."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_conversation_order", "conversation_id", "id"),)
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    # Anthropic-style content blocks: [{"type": "text", "text": ...}, {"type": "tool_use", ...}, ...]
+    content: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16))
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    model: Mapped[str | None] = mapped_column(String(100))
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(default=0)
+    cache_creation_tokens: Mapped[int] = mapped_column(default=0)

@@ -1,0 +1,56 @@
+"""Alembic, async: the same migrations run on Postgres (asyncpg) and SQLite (aiosqlite)."""
+
+import asyncio
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from app.core.config import load_settings
+from app.core.db import create_engine
+from app.models import Base
+
+target_metadata = Base.metadata
+
+if context.config.config_file_name is not None and not context.config.attributes.get("keep_logging"):
+    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+
+
+def _configure(**kwargs: object) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_as_batch=True,  # SQLite can only ALTER by copying the table
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def run_migrations_offline() -> None:
+    _configure(url=load_settings().database_url, literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run_sync(connection: Connection) -> None:
+    _configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_migrations_online() -> None:
+    url = context.config.attributes.get("database_url")
+    settings = load_settings()
+    if url:
+        settings = settings.model_copy(update={"database_url": url})
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run_sync)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(run_migrations_online())

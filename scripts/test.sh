@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite: lint, types, migrations, tests against real Postgres and
+# Redis (TEST_DATABASE_URL, TEST_REDIS_URL; defaults are the local servers).
+set -euo pipefail
+source "$(dirname "$0")/venv.sh" dev
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres}"
+export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
+
+echo "== ruff"; ruff check app tests migrations bench
+echo "== mypy"; mypy
+[ "${1:-}" = "--lint-only" ] && exit 0
+
+echo "== services"; python -m tests.services   # one clear line if Postgres or Redis is unreachable
+echo "== migrations (upgrade head, check) on Postgres and SQLite"; python -m tests.migrations_check
+echo "== pytest"
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+[ "$status" -eq 5 ] && echo "pytest collected no tests" >&2
+exit "$status"
