@@ -154,9 +154,12 @@ class TurnStreamResponse(Response):
                         if item is None:
                             await body(b": ping\n\n")
                             continue
-                        await body(self._encode(item))
                         if isinstance(item, End | Failed):
+                            # Stored before the client hears "end", so its next turn sees this one.
+                            await self.run.record()
+                            await body(self._encode(item))
                             break
+                        await body(self._encode(item))
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         finally:

@@ -132,6 +132,7 @@ class TurnRun:
     usage: Usage = field(default_factory=Usage)
     stop_reason: str | None = None
     error: AppError | None = None
+    recorded: bool = False
 
     @property
     def answer(self) -> str:
@@ -170,7 +171,10 @@ class TurnRun:
                     error_type=error.type, cause=type(error.__cause__).__name__ if error.__cause__ else None)
 
     async def record(self) -> None:
-        """Phase 3. Shielded and bounded: it must finish even when the turn was cancelled."""
+        """Phase 3, once. Shielded and bounded: it must finish even when the turn was cancelled."""
+        if self.recorded:
+            return
+        self.recorded = True
         content = self.content if self.status == "complete" and self.content is not None else (
             [{"type": "text", "text": self.answer}] if self.answer else []
         )

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anthropic
+import httpx2
 
 from app.core.config import Settings
 from app.core.errors import (
@@ -29,10 +30,13 @@ def map_errors() -> Iterator[None]:
     """Translate SDK failures into the service's upstream errors (and their HTTP statuses)."""
     try:
         yield
-    except anthropic.APITimeoutError as exc:
+    except (anthropic.APITimeoutError, httpx2.TimeoutException) as exc:
         raise UpstreamTimeout() from exc
     except anthropic.APIConnectionError as exc:
         raise UpstreamError("Could not reach the model provider.") from exc
+    except httpx2.TransportError as exc:
+        # Once streaming, the SDK lets transport errors through unwrapped: a dropped connection.
+        raise UpstreamError("The connection to the model provider dropped mid-answer.") from exc
     except anthropic.RateLimitError as exc:
         raise UpstreamRateLimited(headers={"Retry-After": _retry_after(exc, "10")}) from exc
     except anthropic.APIStatusError as exc:
@@ -65,6 +69,17 @@ def _usage(raw: Any) -> Usage:
     )
 
 
+def mark_cache_prefix(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark the end of the history before the new turn, so the next call reads it from the cache."""
+    if len(messages) < 2 or not messages[-2]["content"]:
+        return messages
+    prefix = dict(messages[-2])
+    blocks = list(prefix["content"])
+    blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
+    prefix["content"] = blocks
+    return [*messages[:-2], prefix, messages[-1]]
+
+
 class AnthropicModel:
     provider = "anthropic"
 
@@ -87,7 +102,7 @@ class AnthropicModel:
         kwargs: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "messages": request.messages,
+            "messages": mark_cache_prefix(request.messages),
         }
         if request.system:
             # The system prompt (and tools) are the stable prefix: cache them.

@@ -25,15 +25,7 @@ from app.core.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from app.llm.base import (
-    Block,
-    Completed,
-    LLMEvent,
-    LLMRequest,
-    TextDelta,
-    ToolCall,
-    Usage,
-)
+from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
 
 log = structlog.get_logger(__name__)
 
@@ -55,15 +47,19 @@ class _StatusFailure(Exception):
     def __init__(self, status: int, headers: Mapping[str, str]) -> None:
         super().__init__(f"upstream answered {status}")
         self.status = status
-        self.retry_after = _parse_retry_after(headers.get("retry-after"))
-        self.retryable = status == 429 or status >= 500
+        self.retry_after = _retry_delay(headers)
+        # OpenAI's servers say explicitly whether a retry can help; follow them like their SDKs do.
+        hint = headers.get("x-should-retry", "").lower()
+        self.retryable = hint == "true" if hint in ("true", "false") else status == 429 or status >= 500
         self.error = _status_error(status, headers)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    # Only delta-seconds; an HTTP-date is rare from model servers and not worth parsing.
-    if value and value.replace(".", "", 1).isdigit():
-        return float(value)
+def _retry_delay(headers: Mapping[str, str]) -> float | None:
+    """The wait the server asked for, in seconds. Only delta forms: HTTP-dates are rare here."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value and value.replace(".", "", 1).isdigit():
+            return float(value) * scale
     return None
 
 
@@ -112,9 +108,7 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(
-            str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text"
-        )
+        return "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
     return ""
 
 
@@ -254,9 +248,7 @@ class _Accumulator:
         content: list[Block] = []
         if self.text:
             content.append({"type": "text", "text": "".join(self.text)})
-        content.extend(
-            {"type": "tool_use", "id": c.id, "name": c.name, "input": c.input} for c in self.calls
-        )
+        content.extend({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input} for c in self.calls)
         reason = self.finish_reason or "stop"
         # Some servers (older Ollama) say "stop" even when they called tools; the agent keys on tool_use.
         stop_reason = "tool_use" if self.calls and reason == "stop" else _STOP_REASONS.get(reason, reason)
@@ -350,8 +342,13 @@ class OpenAICompatModel:
             if delay is None or attempt >= self._max_retries:
                 raise error from cause
             attempt += 1
-            log.warning("llm.retry", provider=self.provider, attempt=attempt, delay=round(delay, 2),
-                        cause=str(cause) if isinstance(cause, _StatusFailure) else type(cause).__name__)
+            log.warning(
+                "llm.retry",
+                provider=self.provider,
+                attempt=attempt,
+                delay=round(delay, 2),
+                cause=str(cause) if isinstance(cause, _StatusFailure) else type(cause).__name__,
+            )
             await asyncio.sleep(delay)
 
     @staticmethod

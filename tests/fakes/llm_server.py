@@ -380,15 +380,19 @@ def validate_anthropic(body: JSONDict) -> None:
     for i in range(1, len(messages)):
         if messages[i]["role"] == messages[i - 1]["role"]:
             raise InvalidRequest(
-                f"messages.{i}: roles must alternate between \"user\" and \"assistant\", "
-                f"but found two consecutive \"{messages[i]['role']}\" messages"
+                f'messages.{i}: roles must alternate between "user" and "assistant", '
+                f'but found two consecutive "{messages[i]["role"]}" messages'
             )
     _validate_tool_pairing(messages, tools_defined=bool(tools))
 
     final = messages[-1]
     if final["role"] == "assistant":
         final_blocks = _blocks(final["content"])
-        if final_blocks and final_blocks[-1].get("type") == "text" and final_blocks[-1]["text"] != final_blocks[-1]["text"].rstrip():
+        if (
+            final_blocks
+            and final_blocks[-1].get("type") == "text"
+            and final_blocks[-1]["text"] != final_blocks[-1]["text"].rstrip()
+        ):
             raise InvalidRequest("messages: final assistant content cannot end with trailing whitespace")
 
 
@@ -414,7 +418,9 @@ def _validate_tools(tools: Any) -> list[JSONDict]:
             raise InvalidRequest(f"tools.{i}: Input should be an object")
         name = tool.get("name")
         if not isinstance(name, str) or not TOOL_NAME_RE.match(name):
-            raise InvalidRequest(f"tools.{i}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$' (got {name!r})")
+            raise InvalidRequest(
+                f"tools.{i}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$' (got {name!r})"
+            )
         if name in seen:
             raise InvalidRequest(f"tools: Tool names must be unique (duplicate {name!r})")
         seen.add(name)
@@ -433,6 +439,9 @@ def _validate_text_block(where: str, block: JSONDict) -> None:
         raise InvalidRequest(f"{where}: text content blocks must contain non-whitespace text")
 
 
+_EMPTY_CONTENT = "all messages must have non-empty content except for the optional final assistant message"
+
+
 def _validate_message(i: int, message: Any, *, is_final: bool) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"messages.{i}: Input should be an object")
@@ -443,17 +452,15 @@ def _validate_message(i: int, message: Any, *, is_final: bool) -> None:
     # Only a final assistant message (a prefill) may be empty.
     may_be_empty = is_final and role == "assistant"
     if isinstance(content, str):
-        if not content.strip() and not (may_be_empty and content == ""):
-            raise InvalidRequest(
-                f"messages.{i}: all messages must have non-empty content except for the optional final assistant message"
-            )
+        if content == "" and not may_be_empty:
+            raise InvalidRequest(f"messages.{i}: {_EMPTY_CONTENT}")
+        if content and not content.strip():
+            raise InvalidRequest(f"messages.{i}: text content blocks must contain non-whitespace text")
         return
     if not isinstance(content, list):
         raise InvalidRequest(f"messages.{i}.content: Input should be a valid string or list of content blocks")
     if not content and not may_be_empty:
-        raise InvalidRequest(
-            f"messages.{i}: all messages must have non-empty content except for the optional final assistant message"
-        )
+        raise InvalidRequest(f"messages.{i}: {_EMPTY_CONTENT}")
     for j, block in enumerate(content):
         where = f"messages.{i}.content.{j}"
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
@@ -475,9 +482,11 @@ def _validate_message(i: int, message: Any, *, is_final: bool) -> None:
                 raise InvalidRequest(f"{where}: tool_result blocks are only allowed in user messages")
             if not isinstance(block.get("tool_use_id"), str):
                 raise InvalidRequest(f"{where}.tool_use_id: Field required")
-            for k, inner in enumerate(_blocks(block.get("content")) if isinstance(block.get("content"), list) else []):
-                if inner.get("type") == "text":
-                    _validate_text_block(f"{where}.content.{k}", inner)
+            inner_content = block.get("content")
+            if isinstance(inner_content, list):
+                for k, inner in enumerate(_blocks(inner_content)):
+                    if inner.get("type") == "text":
+                        _validate_text_block(f"{where}.content.{k}", inner)
 
 
 def _tool_use_ids(message: JSONDict) -> list[str]:
@@ -501,7 +510,9 @@ def _validate_tool_pairing(messages: list[JSONDict], *, tools_defined: bool) -> 
             following = messages[i + 1] if i + 1 < len(messages) else None
             answered = set()
             if following is not None:
-                answered = {b.get("tool_use_id") for b in _blocks(following["content"]) if b.get("type") == "tool_result"}
+                answered = {
+                    b.get("tool_use_id") for b in _blocks(following["content"]) if b.get("type") == "tool_result"
+                }
             missing = [tool_id for tool_id in ids if tool_id not in answered]
             if missing:
                 raise InvalidRequest(
@@ -535,6 +546,13 @@ def _validate_tool_pairing(messages: list[JSONDict], *, tools_defined: bool) -> 
             answered_here.add(tool_use_id)
 
 
+def _unanswered_tool_calls(pending: set[str]) -> InvalidRequest:
+    return InvalidRequest(
+        "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+        f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(sorted(pending))}"
+    )
+
+
 def validate_openai(body: JSONDict) -> None:
     """Light validation of a chat completions request, with OpenAI's wording."""
     if not isinstance(body.get("model"), str) or not body["model"]:
@@ -551,13 +569,11 @@ def validate_openai(body: JSONDict) -> None:
         if role not in ("system", "developer", "user", "assistant", "tool"):
             raise InvalidRequest(f"Invalid value for 'messages[{i}].role': {role!r}.")
         if role != "tool" and pending:
-            raise InvalidRequest(
-                "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
-                f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(sorted(pending))}"
-            )
+            raise _unanswered_tool_calls(pending)
         if role == "assistant":
-            ids = {c.get("id") for c in message.get("tool_calls") or [] if isinstance(c, dict)}
-            pending, offered = {i for i in ids if isinstance(i, str)}, {i for i in ids if isinstance(i, str)}
+            calls = message.get("tool_calls") or []
+            offered = {c["id"] for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str)}
+            pending = set(offered)
         elif role == "tool":
             call_id = message.get("tool_call_id")
             if call_id not in offered:
@@ -567,10 +583,7 @@ def validate_openai(body: JSONDict) -> None:
                 )
             pending.discard(call_id)
     if pending:
-        raise InvalidRequest(
-            "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
-            f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(sorted(pending))}"
-        )
+        raise _unanswered_tool_calls(pending)
 
 
 # --------------------------------------------------------------------------- answers
@@ -626,6 +639,7 @@ def plan_answer(
 
 def _anthropic_tool_results(messages: list[JSONDict]) -> tuple[list[tuple[str, bool]] | None, int]:
     """(results of the last message if it carries tool_result blocks, number of tool_result rounds)."""
+
     def results_of(message: JSONDict) -> list[JSONDict]:
         if message.get("role") != "user":
             return []
@@ -638,8 +652,12 @@ def _anthropic_tool_results(messages: list[JSONDict]) -> tuple[list[tuple[str, b
     texts = []
     for block in last:
         content = block.get("content")
-        text = content if isinstance(content, str) else " ".join(
-            b["text"] for b in _blocks(content) if b.get("type") == "text" and isinstance(b.get("text"), str)
+        text = (
+            content
+            if isinstance(content, str)
+            else " ".join(
+                b["text"] for b in _blocks(content) if b.get("type") == "text" and isinstance(b.get("text"), str)
+            )
         )
         texts.append((text, bool(block.get("is_error"))))
     return texts, rounds
@@ -871,7 +889,9 @@ def anthropic_stream(answer: Answer, model: str, usage: JSONDict, directives: Di
             # Tool input arrives as JSON fragments; the start event carries an empty input.
             opening = {**block, "input": {}}
             deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in _split_json(block["input"])]
-        steps.append(_sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": opening}))
+        steps.append(
+            _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": opening})
+        )
         if index == 0:
             steps.append(_sse("ping", {"type": "ping"}))
         for delta in deltas:
@@ -904,7 +924,9 @@ def anthropic_stream(answer: Answer, model: str, usage: JSONDict, directives: Di
 
 
 def _openai_error_body(status: int, message: str) -> JSONDict:
-    error_type, code = OPENAI_ERROR_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    error_type, code = OPENAI_ERROR_TYPES.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
@@ -947,13 +969,22 @@ def openai_completion(answer: Answer, model: str, usage: JSONDict) -> JSONDict:
     }
 
 
-def openai_stream(answer: Answer, model: str, usage: JSONDict, directives: Directives, include_usage: bool) -> list[Step]:
-    base: JSONDict = {"id": _new_id("chatcmpl-fake"), "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+def openai_stream(
+    answer: Answer, model: str, usage: JSONDict, directives: Directives, include_usage: bool
+) -> list[Step]:
+    base: JSONDict = {
+        "id": _new_id("chatcmpl-fake"),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
     if include_usage:
         base["usage"] = None  # OpenAI sends "usage": null on every chunk but the last
 
     def chunk(delta: JSONDict, finish_reason: str | None = None) -> bytes:
-        return _sse_data({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]})
+        return _sse_data(
+            {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        )
 
     steps: list[Step] = [chunk({"role": "assistant", "content": "", "refusal": None})]
     if directives.hang:
@@ -969,7 +1000,13 @@ def openai_stream(answer: Answer, model: str, usage: JSONDict, directives: Direc
     for piece in _split_pieces(answer.text):
         add_delta({"content": piece})
     for k, call in enumerate(answer.tool_calls):
-        add_delta({"tool_calls": [{"index": k, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]})
+        add_delta(
+            {
+                "tool_calls": [
+                    {"index": k, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+                ]
+            }
+        )
         for piece in _split_json(call.input):
             add_delta({"tool_calls": [{"index": k, "function": {"arguments": piece}}]})
     steps.append(chunk({}, _FINISH_REASONS.get(answer.stop_reason, "stop")))
@@ -990,6 +1027,11 @@ def openai_stream(answer: Answer, model: str, usage: JSONDict, directives: Direc
 
 _SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 _JSON_HEADERS = {"content-type": "application/json"}
+
+
+def _bearer_token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = False) -> Starlette:
@@ -1055,8 +1097,9 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
 
     async def messages(request: Request) -> PlannedResponse:
         body = await read_body(request)
-        if not request.headers.get("x-api-key"):
-            return reject("anthropic", 401, "x-api-key header is required")
+        # SDK 2.x sends the API key as "Authorization: Bearer"; older clients use x-api-key.
+        if not request.headers.get("x-api-key") and not _bearer_token(request):
+            return reject("anthropic", 401, "x-api-key or Authorization: Bearer header is required")
         if not request.headers.get("anthropic-version"):
             return reject("anthropic", 400, "anthropic-version: header is required")
         if body is None:
@@ -1083,9 +1126,10 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
 
     async def chat_completions(request: Request) -> PlannedResponse:
         body = await read_body(request)
-        auth = request.headers.get("authorization", "")
-        if fake.require_openai_key and not (auth.startswith("Bearer ") and auth[7:].strip()):
-            return reject("openai", 401, "You didn't provide an API key. Provide it in the Authorization header (Bearer).")
+        if fake.require_openai_key and not _bearer_token(request):
+            return reject(
+                "openai", 401, "You didn't provide an API key. Provide it in the Authorization header (Bearer)."
+            )
         if body is None:
             return reject("openai", 400, "We could not parse the JSON body of your request.")
         try:
@@ -1152,9 +1196,7 @@ class _UvicornServer(uvicorn.Server):
 
 
 def _uvicorn_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=3
-    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=3)
     _install_log_filter()  # after Config, which (re)configures uvicorn's loggers
     return config
 
@@ -1166,7 +1208,9 @@ class FakeLLMServer:
     ``fake.url`` is the base URL, ``fake.state`` the live FakeLLMState.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", require_openai_key: bool = False, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, host: str = "127.0.0.1", require_openai_key: bool = False, start_timeout: float = 10.0
+    ) -> None:
         self.host = host
         self.start_timeout = start_timeout
         self.state = FakeLLMState(require_openai_key=require_openai_key)
