@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from typing import Any, Literal
 
 import structlog
@@ -32,6 +33,21 @@ def redact_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
         elif isinstance(value, str):
             event_dict[key] = _mask(value)
     return event_dict
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (test capture, a redirected stream)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
 
 
 def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
@@ -65,7 +81,7 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]

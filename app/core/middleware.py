@@ -60,18 +60,26 @@ class RequestContextMiddleware:
             return
 
         received = 0
+        too_large = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large, status, response_started
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    # Answer now: the app may turn the exception into its own 400, which we drop.
+                    if not response_started:
+                        too_large, response_started, status = True, True, 413
+                        await self._send_error(send, request_id, 413, "payload_too_large",
+                                               "Request body is too large.")
                     raise BodyTooLarge
             return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
+            if too_large:
+                return
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -84,9 +92,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, limited_receive, send_with_id)
         except BodyTooLarge:
-            if not response_started:
-                status = 413
-                await self._send_error(send, request_id, 413, "payload_too_large", "Request body is too large.")
+            pass  # already answered
         except Exception as exc:
             # Cancellation is a BaseException and passes through untouched.
             if is_db_unavailable(exc):

@@ -126,7 +126,7 @@ class FakeLLMState:
             if by_client:
                 self.closed_by_client += 1
 
-    def requests(self) -> list[JSONDict]:
+    def request_bodies(self) -> list[JSONDict]:
         """A copy of the recorded request bodies, most recent last."""
         with self.lock:
             return list(self.recorded_requests)
@@ -742,7 +742,9 @@ class PlannedResponse:
     ) -> None:
         self.state = state
         self.status = status
-        self.headers = headers
+        self.headers = dict(headers)
+        if not is_stream:  # a plain JSON answer goes out with a length, like the real API's
+            self.headers["content-length"] = str(sum(len(step) for step in body if isinstance(step, bytes)))
         self.body = body
         self.before_headers = list(before_headers)
         self.is_stream = is_stream
@@ -1161,7 +1163,7 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
         return JSONResponse(fake.stats())
 
     async def recorded(_: Request) -> JSONResponse:
-        return JSONResponse(fake.requests())
+        return JSONResponse(fake.request_bodies())
 
     async def reset(_: Request) -> JSONResponse:
         fake.reset()

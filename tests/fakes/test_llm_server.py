@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,18 @@ import anthropic
 import httpx
 import httpx2
 import pytest
+from anthropic.types import Message
 
 from tests.fakes.llm_server import DirectiveError, FakeLLMServer, FakeLLMState, parse_directives
 
 MODEL = "claude-fake-1"
-WEATHER_TOOL: dict[str, Any] = {
+# Typed as Any: the SDK's TypedDict params are stricter than plain dict literals.
+WEATHER_TOOL: Any = {
     "name": "get_weather",
     "description": "Current weather for a city.",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-CLOCK_TOOL: dict[str, Any] = {
+CLOCK_TOOL: Any = {
     "name": "get_time",
     "description": "Current time in a timezone.",
     "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}},
@@ -54,12 +56,24 @@ async def sdk(fake: FakeLLMServer, **options: Any) -> AsyncIterator[anthropic.As
         yield client
 
 
-def user(text: str) -> list[dict[str, Any]]:
+def user(text: str) -> list[Any]:
     return [{"role": "user", "content": text}]
 
 
-async def wait_until(predicate: Any, timeout: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
+def text_of(message: Message) -> str:
+    """The concatenated text blocks of a response."""
+    return "".join(block.text for block in message.content if block.type == "text")
+
+
+async def collect_text(client: anthropic.AsyncAnthropic, prompt: str, into: list[str]) -> None:
+    """Stream ``prompt`` and append each text delta to ``into`` (kept when the stream fails)."""
+    async with client.messages.stream(model=MODEL, max_tokens=64, messages=user(prompt)) as stream:
+        async for text in stream.text_stream:
+            into.append(text)
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 1.0) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
@@ -75,7 +89,7 @@ async def test_json_echo(fake: FakeLLMServer) -> None:
             model=MODEL, max_tokens=64, system="Be brief.", messages=user("hello there world")
         )
     assert [b.type for b in message.content] == ["text"]
-    assert message.content[0].text == "echo: hello there world"  # type: ignore[union-attr]
+    assert text_of(message) == "echo: hello there world"
     assert message.model == MODEL
     assert message.stop_reason == "end_turn"
     assert message.id.startswith("msg_")
@@ -83,7 +97,7 @@ async def test_json_echo(fake: FakeLLMServer) -> None:
     assert message.usage.output_tokens == 4
     assert message.usage.cache_creation_input_tokens == 0
     assert message.usage.cache_read_input_tokens == 0
-    assert fake.state.requests()[-1]["messages"] == user("hello there world")
+    assert fake.state.request_bodies()[-1]["messages"] == user("hello there world")
     assert fake.state.stats()["requests"] == 1
     assert fake.state.rejections == []
 
@@ -103,7 +117,7 @@ async def test_stream_echo_with_usage(fake: FakeLLMServer) -> None:
         "message_delta",
         "message_stop",
     ]
-    assert final.content[0].text == "echo: one two three"  # type: ignore[union-attr]
+    assert text_of(final) == "echo: one two three"
     assert final.stop_reason == "end_turn"
     assert final.usage.input_tokens == 3
     assert final.usage.output_tokens == 4
@@ -132,9 +146,9 @@ async def test_raw_sse_wire_format(fake: FakeLLMServer) -> None:
 
 @pytest.mark.asyncio
 async def test_cache_control_reports_cache_read(fake: FakeLLMServer) -> None:
-    system = [{"type": "text", "text": "You are a very helpful agent", "cache_control": {"type": "ephemeral"}}]
+    system: Any = [{"type": "text", "text": "You are a very helpful agent", "cache_control": {"type": "ephemeral"}}]
     async with sdk(fake) as client:
-        message = await client.messages.create(model=MODEL, max_tokens=64, system=system, messages=user("hi"))  # type: ignore[arg-type]
+        message = await client.messages.create(model=MODEL, max_tokens=64, system=system, messages=user("hi"))
     assert message.usage.input_tokens == 7
     assert message.usage.cache_read_input_tokens == 3
     assert message.usage.cache_creation_input_tokens == 0
@@ -148,11 +162,11 @@ async def test_reply_words_and_stop_directives(fake: FakeLLMServer) -> None:
         async with client.messages.stream(model=MODEL, max_tokens=64, messages=user("[[words:25]]")) as stream:
             deltas = [e async for e in stream if e.type == "content_block_delta"]
             final = await stream.get_final_message()
-    assert reply.content[0].text == "Hello, [world]!"  # type: ignore[union-attr]
+    assert text_of(reply) == "Hello, [world]!"
     assert truncated.stop_reason == "max_tokens"
-    assert truncated.content[0].text == "echo: hi"  # type: ignore[union-attr]
+    assert text_of(truncated) == "echo: hi"
     assert len(deltas) == 25
-    assert final.content[0].text == " ".join(f"word{i}" for i in range(1, 26))  # type: ignore[union-attr]
+    assert text_of(final) == " ".join(f"word{i}" for i in range(1, 26))
     assert final.usage.output_tokens == 25
 
 
@@ -217,7 +231,7 @@ async def test_status_directive_in_stream_mode(fake: FakeLLMServer) -> None:
 async def test_fail_first_is_retried_by_the_sdk(fake: FakeLLMServer) -> None:
     async with sdk(fake, max_retries=3) as client:
         message = await client.messages.create(model=MODEL, max_tokens=64, messages=user("go [[fail_first:2:529]]"))
-    assert message.content[0].text == "echo: go"  # type: ignore[union-attr]
+    assert text_of(message) == "echo: go"
     assert fake.state.request_count == 3
 
 
@@ -232,7 +246,7 @@ async def test_fail_first_counts_per_text(fake: FakeLLMServer) -> None:
         with pytest.raises(anthropic.RateLimitError):
             await client.messages.create(model=MODEL, max_tokens=64, messages=user("b [[fail_first:1:429]]"))
         message = await client.messages.create(model=MODEL, max_tokens=64, messages=user("a [[fail_first:1:429]]"))
-    assert message.content[0].text == "echo: a"  # type: ignore[union-attr]
+    assert text_of(message) == "echo: a"
 
 
 @pytest.mark.asyncio
@@ -240,11 +254,7 @@ async def test_midstream_error_raises_inside_the_stream(fake: FakeLLMServer) -> 
     texts: list[str] = []
     async with sdk(fake) as client:
         with pytest.raises(anthropic.APIStatusError) as caught:
-            async with client.messages.stream(
-                model=MODEL, max_tokens=64, messages=user("[[midstream_error]] [[words:10]]")
-            ) as stream:
-                async for text in stream.text_stream:
-                    texts.append(text)
+            await collect_text(client, "[[midstream_error]] [[words:10]]", texts)
         # In JSON mode the same directive is a plain 529.
         with pytest.raises(anthropic.OverloadedError):
             await client.messages.create(model=MODEL, max_tokens=64, messages=user("[[midstream_error]]"))
@@ -258,15 +268,11 @@ async def test_drop_breaks_the_stream(fake: FakeLLMServer) -> None:
     texts: list[str] = []
     async with sdk(fake) as client:
         with pytest.raises(STREAM_BROKEN):
-            async with client.messages.stream(
-                model=MODEL, max_tokens=64, messages=user("[[drop]] [[words:10]]")
-            ) as stream:
-                async for text in stream.text_stream:
-                    texts.append(text)
+            await collect_text(client, "[[drop]] [[words:10]]", texts)
         # The server survives and answers the next request.
         message = await client.messages.create(model=MODEL, max_tokens=64, messages=user("still there?"))
     assert texts == ["word1", " word2"]
-    assert message.content[0].text == "echo: still there?"  # type: ignore[union-attr]
+    assert text_of(message) == "echo: still there?"
     await wait_until(lambda: fake.state.open_streams == 0)
 
 
@@ -276,14 +282,18 @@ async def test_drop_breaks_the_stream(fake: FakeLLMServer) -> None:
 @pytest.mark.asyncio
 async def test_hang_with_client_timeout_closes_the_stream(fake: FakeLLMServer) -> None:
     events: list[str] = []
+
+    async def consume(client: anthropic.AsyncAnthropic) -> None:
+        async with client.messages.stream(model=MODEL, max_tokens=64, messages=user("[[hang]]")) as stream:
+            async for event in stream:
+                events.append(event.type)
+                assert fake.state.open_streams == 1
+
     async with sdk(fake, timeout=0.5) as client:
         with pytest.raises(STREAM_BROKEN):
-            async with client.messages.stream(model=MODEL, max_tokens=64, messages=user("[[hang]]")) as stream:
-                async for event in stream:
-                    events.append(event.type)
-                    assert fake.state.open_streams == 1
+            await consume(client)
     assert events == ["message_start"]
-    await wait_until(lambda: fake.state.open_streams == 0, timeout=1.0)
+    await wait_until(lambda: fake.state.open_streams == 0, within=1.0)
     assert fake.state.stats() | {"requests": 1} == {
         "requests": 1,
         "open_streams": 0,
@@ -291,6 +301,16 @@ async def test_hang_with_client_timeout_closes_the_stream(fake: FakeLLMServer) -
         "closed_by_client": 1,
         "rejections": [],
     }
+
+
+@pytest.mark.asyncio
+async def test_json_hang_times_out_on_the_client(fake: FakeLLMServer) -> None:
+    async with sdk(fake, timeout=0.3) as client:
+        with pytest.raises(anthropic.APITimeoutError):
+            await client.messages.create(model=MODEL, max_tokens=64, messages=user("[[hang]]"))
+        message = await client.messages.create(model=MODEL, max_tokens=64, messages=user("next"))
+    assert text_of(message) == "echo: next"
+    assert fake.state.open_streams == 0  # a JSON answer is not a stream
 
 
 @pytest.mark.asyncio
@@ -304,7 +324,7 @@ async def test_cancelled_consumer_releases_the_stream(fake: FakeLLMServer) -> No
 
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(consume(), timeout=0.3)
-    await wait_until(lambda: fake.state.open_streams == 0, timeout=1.0)
+    await wait_until(lambda: fake.state.open_streams == 0, within=1.0)
     assert fake.state.closed_by_client == 1
 
 
@@ -344,12 +364,10 @@ async def test_stopping_the_server_ends_hanging_streams_quickly() -> None:
 async def test_tool_use_then_tool_result(fake: FakeLLMServer) -> None:
     prompt = 'weather? [[tool:get_weather {"city": "Paris"}]]'
     async with sdk(fake) as client:
-        first = await client.messages.create(
-            model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=user(prompt)  # type: ignore[list-item]
-        )
+        first = await client.messages.create(model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=user(prompt))
         assert first.stop_reason == "tool_use"
         assert [b.type for b in first.content] == ["text", "tool_use"]
-        assert first.content[0].text == "Let me use get_weather."  # type: ignore[union-attr]
+        assert text_of(first) == "Let me use get_weather."
         call = first.content[1]
         assert call.type == "tool_use"
         assert call.name == "get_weather"
@@ -361,11 +379,9 @@ async def test_tool_use_then_tool_result(fake: FakeLLMServer) -> None:
             first.to_param(),
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]},
         ]
-        second = await client.messages.create(
-            model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=history  # type: ignore[list-item,arg-type]
-        )
+        second = await client.messages.create(model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=history)
     assert second.stop_reason == "end_turn"
-    assert second.content[0].text == "tool results: sunny"  # type: ignore[union-attr]
+    assert text_of(second) == "tool results: sunny"
     assert fake.state.rejections == []
 
 
@@ -396,7 +412,7 @@ async def test_parallel_tool_use_in_stream(fake: FakeLLMServer) -> None:
         async with client.messages.stream(model=MODEL, max_tokens=64, tools=tools, messages=history) as stream:
             second = await stream.get_final_message()
     assert second.stop_reason == "end_turn"
-    assert second.content[0].text == "tool results: cold; ERROR clock broke"  # type: ignore[union-attr]
+    assert text_of(second) == "tool results: cold; ERROR clock broke"
     assert fake.state.rejections == []
 
 
@@ -406,9 +422,7 @@ async def test_tool_chain_keeps_calling_until_k_rounds(fake: FakeLLMServer) -> N
     stop_reasons = []
     async with sdk(fake) as client:
         for round_number in range(1, 5):
-            message = await client.messages.create(
-                model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=history  # type: ignore[list-item]
-            )
+            message = await client.messages.create(model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=history)
             stop_reasons.append(message.stop_reason)
             if message.stop_reason != "tool_use":
                 break
@@ -417,7 +431,7 @@ async def test_tool_chain_keeps_calling_until_k_rounds(fake: FakeLLMServer) -> N
             result = {"type": "tool_result", "tool_use_id": call.id, "content": f"r{round_number}"}
             history += [message.to_param(), {"role": "user", "content": [result]}]
     assert stop_reasons == ["tool_use", "tool_use", "tool_use", "end_turn"]
-    assert message.content[0].text == "tool results: r3"  # type: ignore[union-attr]
+    assert text_of(message) == "tool results: r3"
     assert fake.state.rejections == []
 
 
@@ -486,12 +500,12 @@ HI = {"role": "user", "content": "hi"}
 )
 @pytest.mark.asyncio
 async def test_invalid_history_is_rejected(
-    fake: FakeLLMServer, messages: list[dict[str, Any]], tools: list[dict[str, Any]], reason: str
+    fake: FakeLLMServer, messages: list[Any], tools: list[Any], reason: str
 ) -> None:
     extra: Any = {"tools": tools} if tools else {}
     async with sdk(fake, max_retries=2) as client:
         with pytest.raises(anthropic.BadRequestError) as caught:
-            await client.messages.create(model=MODEL, max_tokens=64, messages=messages, **extra)  # type: ignore[arg-type]
+            await client.messages.create(model=MODEL, max_tokens=64, messages=messages, **extra)
     assert caught.value.type == "invalid_request_error"
     assert reason in (caught.value.api_message or "")
     assert len(fake.state.rejections) == 1
@@ -508,8 +522,8 @@ async def test_valid_tool_history_and_prefill_are_accepted(fake: FakeLLMServer) 
         {"role": "assistant", "content": "Summary:"},
     ]
     async with sdk(fake) as client:
-        message = await client.messages.create(model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=history)  # type: ignore[list-item]
-    assert message.content[0].text == "echo: and summarise"  # type: ignore[union-attr]
+        message = await client.messages.create(model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=history)
+    assert text_of(message) == "echo: and summarise"
     assert message.usage.cache_read_input_tokens == message.usage.input_tokens // 2
     assert fake.state.rejections == []
 
@@ -586,7 +600,7 @@ def test_recorded_requests_are_capped() -> None:
     state = FakeLLMState()
     for i in range(1005):
         state.record({"i": i})
-    recorded = state.requests()
+    recorded = state.request_bodies()
     assert len(recorded) == 1000
     assert recorded[-1] == {"i": 1004}
     assert state.request_count == 1005
@@ -599,8 +613,11 @@ async def test_async_context_manager_and_isolated_state(fake: FakeLLMServer) -> 
         await client.messages.create(model=MODEL, max_tokens=64, messages=user("hi"))
         assert other.state.request_count == 1
     assert fake.state.request_count == 0
+    async with httpx.AsyncClient(timeout=1) as http:
+        with pytest.raises(httpx.ConnectError):  # stopped for real
+            await http.get(f"{other.url}/_stats")
     with pytest.raises(RuntimeError):
-        _ = other.url
+        _ = FakeLLMServer().url  # never started
 
 
 def _free_port() -> int:
@@ -629,7 +646,7 @@ def test_standalone_module_runs() -> None:
             with client:
                 message = client.messages.create(model=MODEL, max_tokens=64, messages=user("standalone"))
             assert stats["requests"] == 0
-            assert message.content[0].text == "echo: standalone"  # type: ignore[union-attr]
+            assert text_of(message) == "echo: standalone"
         finally:
             process.terminate()
             process.wait(timeout=10)
@@ -661,7 +678,9 @@ async def test_openai_json_and_tool_round_trip(fake: FakeLLMServer) -> None:
             await http.post("/v1/chat/completions", json={"model": "gpt-fake", "messages": user("hello you")})
         ).json()
         first = (
-            await http.post("/v1/chat/completions", json={"model": "gpt-fake", "messages": user(prompt), "tools": tools})
+            await http.post(
+                "/v1/chat/completions", json={"model": "gpt-fake", "messages": user(prompt), "tools": tools}
+            )
         ).json()
         message = first["choices"][0]["message"]
         call = message["tool_calls"][0]
@@ -703,7 +722,7 @@ async def test_openai_stream_with_tool_calls_and_usage(fake: FakeLLMServer) -> N
     assert chunks[-1] == "[DONE]"
     usage_chunk = chunks[-2]
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"]["prompt_tokens"] == 4
+    assert usage_chunk["usage"]["prompt_tokens"] == 6  # raw words, directives included
     body_chunks = chunks[:-2]
     assert all(c["object"] == "chat.completion.chunk" and c["usage"] is None for c in body_chunks)
     assert body_chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
@@ -723,9 +742,7 @@ async def test_openai_stream_with_tool_calls_and_usage(fake: FakeLLMServer) -> N
 @pytest.mark.asyncio
 async def test_openai_stream_plain_and_midstream_error(fake: FakeLLMServer) -> None:
     async with httpx.AsyncClient(base_url=fake.url) as http:
-        plain = await http.post(
-            "/v1/chat/completions", json={"model": "m", "stream": True, "messages": user("a b c")}
-        )
+        plain = await http.post("/v1/chat/completions", json={"model": "m", "stream": True, "messages": user("a b c")})
         broken = await http.post(
             "/v1/chat/completions", json={"model": "m", "stream": True, "messages": user("[[midstream_error]] a b c")}
         )
