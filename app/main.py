@@ -36,17 +36,29 @@ def build_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             if redis is not None:
                 stack.push_async_callback(redis.aclose)
             http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=settings.llm_connect_timeout),
-                                  follow_redirects=False)
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(30.0, connect=settings.llm_connect_timeout), follow_redirects=False
+                )
             )
             llm = create_llm(settings, http)
             stack.push_async_callback(llm.aclose)
-            log.info("app.started", provider=llm.provider, model=settings.llm_model,
-                     database="sqlite" if settings.is_sqlite else "postgresql", redis=redis is not None)
+            log.info(
+                "app.started",
+                provider=llm.provider,
+                model=settings.llm_model,
+                database="sqlite" if settings.is_sqlite else "postgresql",
+                redis=redis is not None,
+            )
             if llm.provider == "offline":
                 log.warning("app.offline_model", hint="set ANTHROPIC_API_KEY to use Claude")
-            yield {"settings": settings, "engine": engine, "sessions": sessions, "redis": redis,
-                   "llm": llm, "http": http}
+            yield {
+                "settings": settings,
+                "engine": engine,
+                "sessions": sessions,
+                "redis": redis,
+                "llm": llm,
+                "http": http,
+            }
             log.info("app.stopping")
 
     return lifespan

@@ -17,7 +17,6 @@ from sqlalchemy import text
 from app.core.state import State
 
 
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -38,8 +37,9 @@ class Live:
 async def live_server(app: FastAPI) -> AsyncIterator[Live]:
     """Serve `app` with uvicorn on a free port in this event loop (real sockets, real disconnects)."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -55,7 +55,7 @@ async def live_server(app: FastAPI) -> AsyncIterator[Live]:
         await asyncio.wait_for(task, 15)
 
 
-async def eventually(predicate: Any, timeout: float = 3.0, interval: float = 0.02) -> None:
+async def eventually(predicate: Any, timeout: float = 3.0, interval: float = 0.02) -> None:  # noqa: ASYNC109
     """Wait until predicate() (sync or async) is truthy; fail with its last value."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -72,10 +72,15 @@ async def eventually(predicate: Any, timeout: float = 3.0, interval: float = 0.0
 async def pg_activity(sessions: Any, app_name: str) -> dict[str, int]:
     """Connections of one application_name by state, seen from a separate connection."""
     async with sessions() as session:
-        rows = (await session.execute(
-            text("SELECT state, count(*) FROM pg_stat_activity WHERE application_name = :n "
-                 "AND pid <> pg_backend_pid() GROUP BY state"), {"n": app_name}
-        )).all()
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT state, count(*) FROM pg_stat_activity WHERE application_name = :n "
+                    "AND pid <> pg_backend_pid() GROUP BY state"
+                ),
+                {"n": app_name},
+            )
+        ).all()
     return {str(state): int(count) for state, count in rows}
 
 

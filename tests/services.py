@@ -31,7 +31,9 @@ async def problems() -> list[str]:
         conn = await asyncpg.connect(asyncpg_dsn(admin_database_url()), timeout=5)
         await conn.close()
     except Exception as exc:
-        found.append(f"Postgres at TEST_DATABASE_URL={admin_database_url()} is unreachable ({type(exc).__name__}: {exc})")
+        found.append(
+            f"Postgres at TEST_DATABASE_URL={admin_database_url()} is unreachable ({type(exc).__name__}: {exc})"
+        )
     redis = Redis.from_url(redis_url(), socket_connect_timeout=5)
     try:
         await redis.ping()

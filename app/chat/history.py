@@ -50,7 +50,8 @@ def _close_tool_uses(messages: list[Msg]) -> list[Msg]:
             results = {b["tool_use_id"]: b for b in message["content"] if b["type"] == "tool_result"}
             others = [b for b in message["content"] if b["type"] != "tool_result"]
             closed = [
-                results.get(tid) or {"type": "tool_result", "tool_use_id": tid, "content": INTERRUPTED, "is_error": True}
+                results.get(tid)
+                or {"type": "tool_result", "tool_use_id": tid, "content": INTERRUPTED, "is_error": True}
                 for tid in wanted
             ]
             message = {"role": "user", "content": closed + others}
@@ -62,9 +63,15 @@ def _close_tool_uses(messages: list[Msg]) -> list[Msg]:
             if any(b["type"] == "tool_use" for b in message["content"]) and (nxt is None or nxt["role"] != "user"):
                 out.append(message)
                 ids = [b["id"] for b in message["content"] if b["type"] == "tool_use"]
-                out.append({"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": tid, "content": INTERRUPTED, "is_error": True} for tid in ids
-                ]})
+                out.append(
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": tid, "content": INTERRUPTED, "is_error": True}
+                            for tid in ids
+                        ],
+                    }
+                )
                 continue
         out.append(message)
     return out

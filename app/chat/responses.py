@@ -26,8 +26,10 @@ from app.core.errors import envelope
 def usage_out(run: TurnRun) -> UsageOut:
     u = run.usage
     return UsageOut(
-        input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-        cache_read_input_tokens=u.cache_read_input_tokens, cache_creation_input_tokens=u.cache_creation_input_tokens,
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_input_tokens=u.cache_read_input_tokens,
+        cache_creation_input_tokens=u.cache_creation_input_tokens,
     )
 
 
@@ -114,11 +116,14 @@ class TurnStreamResponse(Response):
         if isinstance(item, ToolUseEvent):
             return self._event("tool_use", {"id": item.id, "name": item.name, "input": item.input})
         if isinstance(item, End):
-            return self._event("end", {
-                "message_id": str(run.started.message_id),
-                "stop_reason": item.stop_reason,
-                "usage": usage_out(run).model_dump(),
-            })
+            return self._event(
+                "end",
+                {
+                    "message_id": str(run.started.message_id),
+                    "stop_reason": item.stop_reason,
+                    "usage": usage_out(run).model_dump(),
+                },
+            )
         assert isinstance(item, Failed)
         return self._event("error", envelope(item.error.type, item.error.message))
 
@@ -137,11 +142,16 @@ class TurnStreamResponse(Response):
                 group.start_soon(_cancel_on_disconnect, receive, group)
                 await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
                 started = self.run.started
-                await body(self._event("start", {
-                    "conversation_id": str(started.conversation_id),
-                    "message_id": str(started.message_id),
-                    "model": started.model,
-                }))
+                await body(
+                    self._event(
+                        "start",
+                        {
+                            "conversation_id": str(started.conversation_id),
+                            "message_id": str(started.message_id),
+                            "model": started.model,
+                        },
+                    )
+                )
                 group.start_soon(produce)
                 async with events_out:
                     while True:

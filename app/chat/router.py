@@ -27,21 +27,37 @@ router = APIRouter(tags=["chat"])
     "/chat",
     response_model=ChatResponse,
     responses={
-        **responses(Unauthorized, ConversationNotFound, PayloadTooLarge, UpstreamRateLimited, UpstreamError,
-                    UpstreamOverloaded, DatabaseUnavailable, UpstreamTimeout),
+        **responses(
+            Unauthorized,
+            ConversationNotFound,
+            PayloadTooLarge,
+            UpstreamRateLimited,
+            UpstreamError,
+            UpstreamOverloaded,
+            DatabaseUnavailable,
+            UpstreamTimeout,
+        ),
         200: {"content": {"text/event-stream": {"description": "start, delta…, end | error events"}}},
     },
 )
 async def chat(
-    body: ChatRequest, request: Request, principal: CurrentPrincipal,
-    sessions: SessionsDep, llm: LLMDep, settings: SettingsDep,
+    body: ChatRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    sessions: SessionsDep,
+    llm: LLMDep,
+    settings: SettingsDep,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
     if len(body.message) > settings.max_message_chars:
         raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
     started = await begin_turn(
-        sessions, settings, principal,
-        message=body.message, conversation_id=body.conversation_id, system=body.system,
+        sessions,
+        settings,
+        principal,
+        message=body.message,
+        conversation_id=body.conversation_id,
+        system=body.system,
     )
     run = TurnRun(started, llm, sessions, settings)
     wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")

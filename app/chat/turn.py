@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.deps import Principal
 from app.chat.history import build_history
+from app.conversations.repository import ConversationRepository, MessageRepository
 from app.core.config import Settings
 from app.core.errors import AppError, ConversationNotFound, UpstreamTimeout
-from app.conversations.repository import ConversationRepository, MessageRepository
 from app.llm.base import Block, ChatModel, Completed, LLMRequest, TextDelta, ToolCall, Usage
 
 log = structlog.get_logger(__name__)
@@ -70,23 +70,33 @@ async def begin_turn(
             if found is None:
                 raise ConversationNotFound()
             conversation = found
-            earlier = [(m.role, m.content) for m in await messages.list_for_owned(
-                conversation.id, owner_id=principal.key_id)]
+            earlier = [
+                (m.role, m.content) for m in await messages.list_for_owned(conversation.id, owner_id=principal.key_id)
+            ]
             await conversations.touch(conversation.id, owner_id=principal.key_id)
         await messages.add(
-            conversation_id=conversation.id, role="user",
-            content=[{"type": "text", "text": message}], status="complete",
+            conversation_id=conversation.id,
+            role="user",
+            content=[{"type": "text", "text": message}],
+            status="complete",
         )
         assistant = await messages.add(
-            conversation_id=conversation.id, role="assistant", content=[],
-            status="in_progress", model=settings.llm_model,
+            conversation_id=conversation.id,
+            role="assistant",
+            content=[],
+            status="in_progress",
+            model=settings.llm_model,
         )
     history = build_history(earlier, message, budget=settings.history_token_budget)
     request = LLMRequest(
         model=settings.llm_model, messages=history, max_tokens=settings.llm_max_tokens, system=conversation.system
     )
-    log.info("chat.turn.started", conversation_id=str(conversation.id), message_id=str(assistant.id),
-             history_messages=len(history))
+    log.info(
+        "chat.turn.started",
+        conversation_id=str(conversation.id),
+        message_id=str(assistant.id),
+        history_messages=len(history),
+    )
     return TurnStarted(conversation.id, assistant.id, assistant.created_at, settings.llm_model, request)
 
 
@@ -167,16 +177,22 @@ class TurnRun:
 
     def _fail(self, error: AppError) -> None:
         self.status, self.error = "error", error
-        log.warning("chat.turn.failed", conversation_id=str(self.started.conversation_id),
-                    error_type=error.type, cause=type(error.__cause__).__name__ if error.__cause__ else None)
+        log.warning(
+            "chat.turn.failed",
+            conversation_id=str(self.started.conversation_id),
+            error_type=error.type,
+            cause=type(error.__cause__).__name__ if error.__cause__ else None,
+        )
 
     async def record(self) -> None:
         """Phase 3, once. Shielded and bounded: it must finish even when the turn was cancelled."""
         if self.recorded:
             return
         self.recorded = True
-        content = self.content if self.status == "complete" and self.content is not None else (
-            [{"type": "text", "text": self.answer}] if self.answer else []
+        content = (
+            self.content
+            if self.status == "complete" and self.content is not None
+            else ([{"type": "text", "text": self.answer}] if self.answer else [])
         )
         values: dict[str, Any] = {
             "status": self.status,
@@ -202,6 +218,12 @@ class TurnRun:
         if scope.cancelled_caught:
             log.error("chat.turn.record_timed_out", message_id=str(self.started.message_id))
             return
-        log.info("chat.turn.finished", conversation_id=str(self.started.conversation_id),
-                 message_id=str(self.started.message_id), status=self.status, stop_reason=self.stop_reason,
-                 input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens)
+        log.info(
+            "chat.turn.finished",
+            conversation_id=str(self.started.conversation_id),
+            message_id=str(self.started.message_id),
+            status=self.status,
+            stop_reason=self.stop_reason,
+            input_tokens=self.usage.input_tokens,
+            output_tokens=self.usage.output_tokens,
+        )

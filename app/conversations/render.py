@@ -20,20 +20,32 @@ def render_message(message: Message) -> MessageOut:
     results = {b.get("tool_use_id"): b for b in blocks if b.get("type") == "tool_result"}
     calls = [
         ToolCallOut(
-            id=b["id"], name=b["name"], input=b.get("input") or {},
+            id=b["id"],
+            name=b["name"],
+            input=b.get("input") or {},
             result=_result_text(results[b["id"]].get("content")) if b["id"] in results else None,
             is_error=bool(results[b["id"]].get("is_error")) if b["id"] in results else False,
         )
-        for b in blocks if b.get("type") == "tool_use"
+        for b in blocks
+        if b.get("type") == "tool_use"
     ]
     usage = None
     if message.role == "assistant":
         usage = UsageOut(
-            input_tokens=message.input_tokens, output_tokens=message.output_tokens,
-            cache_read_input_tokens=message.cache_read_tokens, cache_creation_input_tokens=message.cache_creation_tokens,
+            input_tokens=message.input_tokens,
+            output_tokens=message.output_tokens,
+            cache_read_input_tokens=message.cache_read_tokens,
+            cache_creation_input_tokens=message.cache_creation_tokens,
         )
     return MessageOut(
-        id=message.id, role=message.role, content=text, status=message.status,  # type: ignore[arg-type]
-        stop_reason=message.stop_reason, model=message.model, error=message.error,
-        tool_calls=calls, usage=usage, created_at=message.created_at,
+        id=message.id,
+        role=message.role,
+        content=text,
+        status=message.status,
+        stop_reason=message.stop_reason,
+        model=message.model,
+        error=message.error,
+        tool_calls=calls,
+        usage=usage,
+        created_at=message.created_at,
     )

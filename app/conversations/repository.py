@@ -71,8 +71,15 @@ class MessageRepository:
         )
         return (await self.session.execute(stmt)).scalars().all()
 
-    async def add(self, *, conversation_id: uuid.UUID, role: str, content: list[dict[str, Any]], status: str,
-                  model: str | None = None) -> Message:
+    async def add(
+        self,
+        *,
+        conversation_id: uuid.UUID,
+        role: str,
+        content: list[dict[str, Any]],
+        status: str,
+        model: str | None = None,
+    ) -> Message:
         message = Message(conversation_id=conversation_id, role=role, content=content, status=status, model=model)
         self.session.add(message)
         await self.session.flush()

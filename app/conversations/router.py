@@ -33,8 +33,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 @router.get("", responses=responses(Unauthorized, InvalidRequest))
 async def list_conversations(
-    session: SessionDep, principal: CurrentPrincipal,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
 ) -> ConversationPage:
     """Your conversations, most recently active first."""
     before = decode_cursor(cursor) if cursor else None
@@ -65,7 +67,8 @@ async def list_messages(conversation_id: uuid.UUID, session: SessionDep, princip
 
 
 @router.delete(
-    "/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT,
+    "/{conversation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
     responses=responses(Unauthorized, ConversationNotFound),
 )
 async def delete_conversation(conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> Response:

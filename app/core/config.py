@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     llm_connect_timeout: float = Field(default=5.0, gt=0)
     llm_read_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
+    llm_max_connections: int = Field(default=2000, ge=1)
     turn_timeout: float = Field(default=300.0, gt=0)
     history_token_budget: int = Field(default=100_000, ge=100)
 

@@ -71,8 +71,7 @@ class RequestContextMiddleware:
                     # Answer now: the app may turn the exception into its own 400, which we drop.
                     if not response_started:
                         too_large, response_started, status = True, True, 413
-                        await self._send_error(send, request_id, 413, "payload_too_large",
-                                               "Request body is too large.")
+                        await self._send_error(send, request_id, 413, "payload_too_large", "Request body is too large.")
                     raise BodyTooLarge
             return message
 
@@ -100,8 +99,12 @@ class RequestContextMiddleware:
                 if not response_started:
                     status = 503
                     await self._send_error(
-                        send, request_id, 503, "database_unavailable",
-                        "The database is temporarily unavailable.", retry_after="2",
+                        send,
+                        request_id,
+                        503,
+                        "database_unavailable",
+                        "The database is temporarily unavailable.",
+                        retry_after="2",
                     )
             else:
                 log.exception("http.unhandled_error", path=scope["path"])

@@ -89,8 +89,12 @@ class AnthropicModel:
             api_key=settings.anthropic_api_key.get_secret_value(),
             base_url=settings.anthropic_base_url,
             max_retries=settings.llm_max_retries,
-            timeout=anthropic.Timeout(
-                settings.llm_read_timeout, connect=settings.llm_connect_timeout
+            timeout=anthropic.Timeout(settings.llm_read_timeout, connect=settings.llm_connect_timeout),
+            # One pool for every stream in flight; the SDK's default caps it at 1,000.
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=settings.llm_max_connections, max_keepalive_connections=100
+                )
             ),
         )
 
@@ -106,9 +110,7 @@ class AnthropicModel:
         }
         if request.system:
             # The system prompt (and tools) are the stable prefix: cache them.
-            kwargs["system"] = [
-                {"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}
-            ]
+            kwargs["system"] = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
         if request.tools:
             kwargs["tools"] = request.tools
         with map_errors():

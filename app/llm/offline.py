@@ -45,5 +45,7 @@ class OfflineModel:
         for index, word in enumerate(words):
             await asyncio.sleep(0)  # a real checkpoint, like a network read
             yield TextDelta(word if index == 0 else " " + word)
-        usage = Usage(input_tokens=sum(len(str(m["content"]).split()) for m in request.messages), output_tokens=len(words))
+        usage = Usage(
+            input_tokens=sum(len(str(m["content"]).split()) for m in request.messages), output_tokens=len(words)
+        )
         yield Completed(stop_reason="end_turn", usage=usage, content=[{"type": "text", "text": text}])

@@ -16,8 +16,13 @@ from app.models import ApiKey
 
 
 async def test_missing_or_wrong_keys_are_401(client: httpx.AsyncClient, api_key: str) -> None:
-    for headers in [{}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "},
-                    {"Authorization": "Bearer ak_wrong_key"}, {"Authorization": api_key}]:
+    for headers in [
+        {},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer ak_wrong_key"},
+        {"Authorization": api_key},
+    ]:
         r = await client.get("/conversations", headers=headers)
         assert r.status_code == 401, headers
         assert r.json()["error"]["type"] == "unauthorized"
@@ -35,14 +40,14 @@ async def test_keys_are_stored_hashed(state: State, api_key: str) -> None:
     async with state["sessions"]() as session:
         rows = (await session.execute(select(ApiKey))).scalars().all()
     assert len(rows) == 1
-    assert rows[0].key_hash == hash_key(api_key) and api_key not in rows[0].key_hash
+    assert rows[0].key_hash == hash_key(api_key)
+    assert api_key not in rows[0].key_hash
     assert api_key.startswith(rows[0].prefix + "_")
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": settings.database_url, "LOG_FORMAT": "json"}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 async def test_cli_create_list_revoke(settings: Settings, client: httpx.AsyncClient) -> None:
@@ -53,8 +58,10 @@ async def test_cli_create_list_revoke(settings: Settings, client: httpx.AsyncCli
     assert (await client.get("/conversations", headers=headers)).status_code == 200
 
     listed = cli(settings, "list-keys")
-    assert "ci-user" in listed.stdout and "active" in listed.stdout
-    assert key not in listed.stdout and key.split("_")[2] not in listed.stdout
+    assert "ci-user" in listed.stdout
+    assert "active" in listed.stdout
+    assert key not in listed.stdout
+    assert key.split("_")[2] not in listed.stdout
 
     prefix = "_".join(key.split("_")[:2])
     revoked = cli(settings, "revoke-key", prefix)

@@ -31,7 +31,8 @@ async def test_new_conversation_answer_is_returned_and_stored(
     assert body["stop_reason"] == "end_turn"
     assert body["message"]["content"] == "echo: hello there"
     assert body["message"]["status"] == "complete"
-    assert body["usage"]["input_tokens"] > 0 and body["usage"]["output_tokens"] > 0
+    assert body["usage"]["input_tokens"] > 0
+    assert body["usage"]["output_tokens"] > 0
     rows = await stored(state, body["conversation_id"])
     assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "complete")]
     assert rows[1].content == [{"type": "text", "text": "echo: hello there"}]
@@ -59,7 +60,10 @@ async def test_history_is_sent_on_the_next_turn(
 
     items = (await client.get(f"/conversations/{cid}/messages", headers=auth)).json()["items"]
     assert [(i["role"], i["content"]) for i in items] == [
-        ("user", "one"), ("assistant", "echo: one"), ("user", "two"), ("assistant", "echo: two")
+        ("user", "one"),
+        ("assistant", "echo: one"),
+        ("user", "two"),
+        ("assistant", "echo: two"),
     ]
 
 
@@ -105,7 +109,8 @@ async def test_a_failed_turn_leaves_a_usable_conversation(
 
 
 async def test_hung_upstream_times_out_with_504(
-    settings, llm_server: FakeLLMServer  # type: ignore[no-untyped-def]
+    settings,
+    llm_server: FakeLLMServer,  # type: ignore[no-untyped-def]
 ) -> None:
     from tests.conftest import running_app
 

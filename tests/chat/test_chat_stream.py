@@ -31,26 +31,35 @@ async def test_stream_events_in_order(live: Live, live_key: str) -> None:
     assert r.headers["x-request-id"]
     events = sse_events(r.text)
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "end" and set(kinds[1:-1]) == {"delta"}
+    assert kinds[0] == "start"
+    assert kinds[-1] == "end"
+    assert set(kinds[1:-1]) == {"delta"}
     assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
     assert "".join(e["data"]["text"] for e in events if e["event"] == "delta") == "echo: hello stream"
     start, end = events[0]["data"], events[-1]["data"]
     assert end["message_id"] == start["message_id"]
-    assert end["stop_reason"] == "end_turn" and end["usage"]["output_tokens"] > 0
+    assert end["stop_reason"] == "end_turn"
+    assert end["usage"]["output_tokens"] > 0
     row = await assistant_row(live, start["message_id"])
-    assert row.status == "complete" and row.content == [{"type": "text", "text": "echo: hello stream"}]
+    assert row.status == "complete"
+    assert row.content == [{"type": "text", "text": "echo: hello stream"}]
 
 
 async def test_accept_header_selects_streaming(live: Live, live_key: str) -> None:
     async with httpx.AsyncClient(base_url=live.url) as http:
-        r = await http.post("/chat", json={"message": "hi"}, headers={**bearer(live_key), "Accept": "text/event-stream"})
+        r = await http.post(
+            "/chat", json={"message": "hi"}, headers={**bearer(live_key), "Accept": "text/event-stream"}
+        )
     assert [e["event"] for e in sse_events(r.text)][0] == "start"
 
 
 async def test_error_after_stream_started_is_an_error_event(live: Live, live_key: str) -> None:
     async with httpx.AsyncClient(base_url=live.url) as http:
-        for directive, type_ in [("[[midstream_error]]", "upstream_overloaded"), ("[[drop]]", "upstream_error"),
-                                 ("[[status:429]]", "upstream_rate_limited")]:
+        for directive, type_ in [
+            ("[[midstream_error]]", "upstream_overloaded"),
+            ("[[drop]]", "upstream_error"),
+            ("[[status:429]]", "upstream_rate_limited"),
+        ]:
             r = await http.post("/chat", json={"message": f"x {directive}", "stream": True}, headers=bearer(live_key))
             events = sse_events(r.text)
             assert events[-1]["event"] == "error", directive
@@ -98,8 +107,12 @@ async def test_next_turn_after_a_disconnect_is_valid(live: Live, live_key: str, 
         cid = first["conversation_id"]
         # Leave before the first token arrives, then mid-stream.
         for directive in ["[[delay_first:0.5]]", "[[words:200]] [[slow:0.02]]"]:
-            async with http.stream("POST", "/chat", json={"message": directive, "stream": True,
-                                                         "conversation_id": cid}, headers=bearer(live_key)) as r:
+            async with http.stream(
+                "POST",
+                "/chat",
+                json={"message": directive, "stream": True, "conversation_id": cid},
+                headers=bearer(live_key),
+            ) as r:
                 async for chunk in r.aiter_text():
                     if "event: start" in chunk and "delay_first" in directive:
                         break

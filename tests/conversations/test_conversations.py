@@ -11,8 +11,9 @@ from tests.conftest import make_key
 async def test_list_newest_first_with_cursor_pagination(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     ids = []
     for n in range(5):
-        ids.append((await client.post("/chat", json={"message": f"conversation {n}"}, headers=auth)).json()[
-            "conversation_id"])
+        ids.append(
+            (await client.post("/chat", json={"message": f"conversation {n}"}, headers=auth)).json()["conversation_id"]
+        )
     # A new turn in the oldest conversation makes it the most recent.
     await client.post("/chat", json={"message": "bump", "conversation_id": ids[0]}, headers=auth)
     expected = [ids[0], ids[4], ids[3], ids[2], ids[1]]
@@ -26,7 +27,8 @@ async def test_list_newest_first_with_cursor_pagination(client: httpx.AsyncClien
             break
     assert seen == expected
     bad = await client.get("/conversations", params={"cursor": "!!!"}, headers=auth)
-    assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_request"
+    assert bad.status_code == 422
+    assert bad.json()["error"]["type"] == "invalid_request"
 
 
 async def test_delete_is_for_good(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
@@ -62,7 +64,12 @@ async def test_messages_show_status_usage_and_errors(client: httpx.AsyncClient, 
     await client.post("/chat", json={"message": "bad [[status:529]]", "conversation_id": cid}, headers=auth)
     items = (await client.get(f"/conversations/{cid}/messages", headers=auth)).json()["items"]
     assert [(i["role"], i["status"]) for i in items] == [
-        ("user", "complete"), ("assistant", "complete"), ("user", "complete"), ("assistant", "error")]
-    assert items[1]["usage"]["output_tokens"] > 0 and items[1]["stop_reason"] == "end_turn"
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("user", "complete"),
+        ("assistant", "error"),
+    ]
+    assert items[1]["usage"]["output_tokens"] > 0
+    assert items[1]["stop_reason"] == "end_turn"
     assert items[3]["error"]["type"] == "upstream_overloaded"
     assert items[0]["usage"] is None

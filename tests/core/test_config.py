@@ -10,8 +10,11 @@ import pytest
 
 from app.core.config import DEFAULT_MODEL, Settings
 
-CLEAN = {k: v for k, v in os.environ.items()
-         if not k.startswith(("DATABASE_", "REDIS_", "ANTHROPIC_", "LLM_", "DB_", "LOG_", "OPENAI_"))}
+CLEAN = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("DATABASE_", "REDIS_", "ANTHROPIC_", "LLM_", "DB_", "LOG_", "OPENAI_"))
+}
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -48,13 +51,16 @@ def test_provider_follows_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_misconfiguration_is_one_clear_line(env: dict[str, str], name: str) -> None:
-    for args in (["-c", "from app.main import create_app; create_app()"],
-                 ["-m", "uvicorn", "app.main:app", "--port", "0"]):
+    for args in (
+        ["-c", "from app.main import create_app; create_app()"],
+        ["-m", "uvicorn", "app.main:app", "--port", "0"],
+    ):
         result = start(env, *args)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
-        assert name in lines[0] and "configuration error" in lines[0]
+        assert name in lines[0]
+        assert "configuration error" in lines[0]
         assert "Traceback" not in result.stderr
 
 

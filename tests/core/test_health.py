@@ -24,11 +24,14 @@ async def test_ready_names_postgres_when_it_is_down(settings: Settings) -> None:
         assert r.status_code == 503
         assert r.headers["retry-after"]
         body = r.json()
-        assert body["error"]["type"] == "not_ready" and "database" in body["error"]["message"]
-        assert body["checks"]["redis"] == "ok" and body["checks"]["database"].startswith("failed")
+        assert body["error"]["type"] == "not_ready"
+        assert "database" in body["error"]["message"]
+        assert body["checks"]["redis"] == "ok"
+        assert body["checks"]["database"].startswith("failed")
         # A request that needs the database fails cleanly with 503, not 500.
         r = await client.get("/conversations", headers={"Authorization": "Bearer ak_x_y"})
-        assert r.status_code == 503 and r.json()["error"]["type"] == "database_unavailable"
+        assert r.status_code == 503
+        assert r.json()["error"]["type"] == "database_unavailable"
 
 
 async def test_ready_names_redis_when_it_is_down(settings: Settings) -> None:

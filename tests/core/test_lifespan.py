@@ -15,7 +15,8 @@ async def test_resources_are_built_and_released(settings: Settings) -> None:
     async with app.router.lifespan_context(app) as state:
         assert state is not None
         engine, redis, http = state["engine"], state["redis"], state["http"]
-        assert redis is not None and await redis.ping()
+        assert redis is not None
+        assert await redis.ping()
         assert not http.is_closed
         async with state["sessions"]() as session:
             assert session.sync_session.expire_on_commit is False

@@ -13,8 +13,15 @@ from app.core.middleware import sane_request_id
 
 @pytest.mark.parametrize(
     ("raw", "kept"),
-    [(b"abc-123", True), (b"x" * 128, True), (b"x" * 129, False), (b"has space", False),
-     (b"bad\x01ctl", False), (b"", False), ("caf\u00e9".encode(), False)],
+    [
+        (b"abc-123", True),
+        (b"x" * 128, True),
+        (b"x" * 129, False),
+        (b"has space", False),
+        (b"bad\x01ctl", False),
+        (b"", False),
+        ("caf\u00e9".encode(), False),
+    ],
 )
 def test_sane_request_ids(raw: bytes, kept: bool) -> None:
     assert (sane_request_id(raw) is not None) is kept
@@ -24,9 +31,11 @@ async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient, auth: dic
     r = await client.get("/healthz", headers={"X-Request-ID": "client-chosen-1"})
     assert r.headers["x-request-id"] == "client-chosen-1"
     r = await client.get("/healthz", headers={"X-Request-ID": "x" * 300})
-    assert r.headers["x-request-id"] != "x" * 300 and len(r.headers["x-request-id"]) == 32
+    assert r.headers["x-request-id"] != "x" * 300
+    assert len(r.headers["x-request-id"]) == 32
     r = await client.get("/nope", headers={"X-Request-ID": "err-1"})
-    assert r.headers["x-request-id"] == "err-1" and r.json()["error"]["request_id"] == "err-1"
+    assert r.headers["x-request-id"] == "err-1"
+    assert r.json()["error"]["request_id"] == "err-1"
 
 
 async def test_every_log_line_of_a_request_carries_its_id(
