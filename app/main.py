@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import httpx
 import structlog
 from fastapi import FastAPI
 
+from app.agent.registry import ToolRegistry, build_registry
+from app.agent.tools.base import Tool
 from app.chat.router import router as chat_router
 from app.conversations.router import router as conversations_router
-from app.core.config import Settings, load_settings
+from app.core.config import ConfigError, Settings, load_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
@@ -20,11 +24,12 @@ from app.core.redis import create_redis
 from app.core.state import State
 from app.health.router import router as health_router
 from app.llm.factory import create_llm
+from app.playground.router import router as playground_router
 
 log = structlog.get_logger("app.lifespan")
 
 
-def build_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         # AsyncExitStack releases in reverse order, also when start-up fails halfway.
@@ -58,25 +63,33 @@ def build_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
                 "redis": redis,
                 "llm": llm,
                 "http": http,
+                "tools": tools,
             }
             log.info("app.stopping")
 
     return lifespan
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[Any]] = ()) -> FastAPI:
+    """Build the app. `extra_tools` are offered to the agent beside the built-ins AGENT_TOOLS enables."""
     settings = settings or load_settings()
     configure_logging(settings.resolved_log_format(), settings.log_level)
+    try:
+        tools = build_registry(settings, extra_tools)
+    except ValueError as exc:
+        print(f"agentchat: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        raise ConfigError(2) from None
     app = FastAPI(
         title="agentchat",
         version="0.1.0",
         summary="Multi-turn conversations with a tool-using LLM agent.",
-        lifespan=build_lifespan(settings),
+        lifespan=build_lifespan(settings, tools),
     )
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(chat_router)
     app.include_router(conversations_router)
+    app.include_router(playground_router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 

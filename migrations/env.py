@@ -1,14 +1,17 @@
 """Alembic, async: the same migrations run on Postgres (asyncpg) and SQLite (aiosqlite)."""
 
 import asyncio
+from typing import Any, Literal
 from logging.config import fileConfig
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 
 from app.core.config import load_settings
 from app.core.db import create_engine
 from app.models import Base
+from app.models.base import UTCDateTime
 
 target_metadata = Base.metadata
 
@@ -16,10 +19,18 @@ if context.config.config_file_name is not None and not context.config.attributes
     fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
 
+def _render_item(type_: str, obj: Any, _: AutogenContext) -> str | Literal[False]:
+    # Our UTC-normalising type is a plain timestamptz in the schema.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _configure(**kwargs: object) -> None:
     context.configure(
         target_metadata=target_metadata,
         compare_type=True,
+        render_item=_render_item,
         render_as_batch=True,  # SQLite can only ALTER by copying the table
         **kwargs,  # type: ignore[arg-type]
     )

@@ -81,7 +81,7 @@ def llm_server(fake_llm: FakeLLMServer) -> FakeLLMServer:
 async def _truncate(url: str) -> None:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        await conn.execute("TRUNCATE api_keys, conversations, messages CASCADE")
+        await conn.execute("TRUNCATE api_keys, conversations, messages, memories CASCADE")
     finally:
         await conn.close()
 

@@ -24,8 +24,15 @@ def _clean_blocks(blocks: Iterable[Block]) -> list[Block]:
             if not str(block.get("text", "")).strip():
                 continue  # the API rejects empty text blocks
             out.append({"type": "text", "text": block["text"]})
-        elif block.get("type") in {"tool_use", "tool_result"}:
-            out.append(dict(block))
+        elif block.get("type") == "tool_use":
+            out.append(
+                {"type": "tool_use", "id": block["id"], "name": block["name"], "input": block.get("input") or {}}
+            )
+        elif block.get("type") == "tool_result":
+            result = {"type": "tool_result", "tool_use_id": block["tool_use_id"], "content": block.get("content") or ""}
+            if block.get("is_error"):
+                result["is_error"] = True
+            out.append(result)
     return out
 
 

@@ -17,8 +17,10 @@ from fastapi.encoders import jsonable_encoder
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from app.agent.loop import Delta, ToolResultEvent, ToolUseEvent
 from app.chat.schemas import AssistantMessageOut, ChatResponse
-from app.chat.turn import Delta, End, Failed, ToolUseEvent, TurnEvent, TurnRun
+from app.chat.turn import End, Failed, TurnEvent, TurnRun
+from app.conversations.render import tool_calls
 from app.conversations.schemas import UsageOut
 from app.core.errors import envelope
 
@@ -73,7 +75,11 @@ class TurnJSONResponse(Response):
             model=started.model,
             stop_reason=run.stop_reason,
             message=AssistantMessageOut(
-                id=started.message_id, content=run.answer, status=run.status, created_at=started.created_at
+                id=started.message_id,
+                content=run.answer,
+                status=run.status,
+                created_at=started.created_at,
+                tool_calls=tool_calls(run.transcript.content()),
             ),
             usage=usage_out(run),
         )
@@ -115,6 +121,10 @@ class TurnStreamResponse(Response):
             return self._event("delta", {"text": item.text})
         if isinstance(item, ToolUseEvent):
             return self._event("tool_use", {"id": item.id, "name": item.name, "input": item.input})
+        if isinstance(item, ToolResultEvent):
+            return self._event(
+                "tool_result", {"tool_use_id": item.tool_use_id, "content": item.content, "is_error": item.is_error}
+            )
         if isinstance(item, End):
             return self._event(
                 "end",

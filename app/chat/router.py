@@ -3,6 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from app.agent.loop import Agent
+from app.agent.tools.base import ToolContext
 from app.auth.deps import CurrentPrincipal
 from app.chat.responses import TurnJSONResponse, TurnStreamResponse
 from app.chat.schemas import ChatRequest, ChatResponse
@@ -18,7 +20,7 @@ from app.core.errors import (
     UpstreamTimeout,
     responses,
 )
-from app.core.state import LLMDep, SessionsDep, SettingsDep
+from app.core.state import HttpDep, LLMDep, SessionsDep, SettingsDep, ToolsDep
 
 router = APIRouter(tags=["chat"])
 
@@ -47,6 +49,8 @@ async def chat(
     sessions: SessionsDep,
     llm: LLMDep,
     settings: SettingsDep,
+    tools: ToolsDep,
+    http: HttpDep,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
     if len(body.message) > settings.max_message_chars:
@@ -59,7 +63,14 @@ async def chat(
         conversation_id=body.conversation_id,
         system=body.system,
     )
-    run = TurnRun(started, llm, sessions, settings)
+    context = ToolContext(
+        owner_id=principal.key_id,
+        conversation_id=started.conversation_id,
+        settings=settings,
+        sessions=sessions,
+        http=http,
+    )
+    run = TurnRun(started, Agent(llm, tools, settings), context, sessions, settings)
     wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
     if wants_stream:
         return TurnStreamResponse(run, ping_seconds=settings.sse_ping_seconds)

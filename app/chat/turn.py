@@ -19,12 +19,14 @@ import anyio
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.agent.loop import Agent, Delta, ToolResultEvent, ToolUseEvent, Transcript
+from app.agent.tools.base import ToolContext
 from app.auth.deps import Principal
 from app.chat.history import build_history
 from app.conversations.repository import ConversationRepository, MessageRepository
 from app.core.config import Settings
 from app.core.errors import AppError, ConversationNotFound, UpstreamTimeout
-from app.llm.base import Block, ChatModel, Completed, LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.base import LLMRequest, Usage
 
 log = structlog.get_logger(__name__)
 
@@ -100,19 +102,7 @@ async def begin_turn(
     return TurnStarted(conversation.id, assistant.id, assistant.created_at, settings.llm_model, request)
 
 
-# Events a turn emits, in order: deltas (and tool events), then exactly one of end / error.
-@dataclass(frozen=True, slots=True)
-class Delta:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolUseEvent:
-    id: str
-    name: str
-    input: dict[str, Any]
-
-
+# Events a turn emits, in order: deltas and tool events, then exactly one of End / Failed.
 @dataclass(frozen=True, slots=True)
 class End:
     stop_reason: str
@@ -124,43 +114,41 @@ class Failed:
     error: AppError
 
 
-TurnEvent = Delta | ToolUseEvent | End | Failed
+TurnEvent = Delta | ToolUseEvent | ToolResultEvent | End | Failed
 Emit = Callable[[TurnEvent], Awaitable[None]]
 
 
 @dataclass
 class TurnRun:
-    """One model call for a started turn; accumulates what was produced so any exit can record it."""
+    """Phase 2 and 3 of a started turn. The transcript holds what was produced, so any exit can record it."""
 
     started: TurnStarted
-    llm: ChatModel
+    agent: Agent
+    context: ToolContext
     sessions: async_sessionmaker[AsyncSession]
     settings: Settings
-    status: str = "incomplete"  # until the call ends one way or another
-    text: list[str] = field(default_factory=list)
-    content: list[Block] | None = None
-    usage: Usage = field(default_factory=Usage)
-    stop_reason: str | None = None
+    status: str = "incomplete"  # until the turn ends one way or another
+    transcript: Transcript = field(default_factory=Transcript)
     error: AppError | None = None
     recorded: bool = False
 
     @property
     def answer(self) -> str:
-        return "".join(self.text)
+        return self.transcript.text()
+
+    @property
+    def usage(self) -> Usage:
+        return self.transcript.usage
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.transcript.stop_reason
 
     async def run(self, emit: Emit) -> None:
-        """Call the model, emitting events. Failures become a `Failed` event, never an exception."""
+        """Run the agent, emitting events. Failures become a `Failed` event, never an exception."""
         try:
             with anyio.fail_after(self.settings.turn_timeout):
-                async with self.llm.stream(self.started.request) as events:
-                    async for event in events:
-                        if isinstance(event, TextDelta):
-                            self.text.append(event.text)
-                            await emit(Delta(event.text))
-                        elif isinstance(event, ToolCall):
-                            await emit(ToolUseEvent(event.id, event.name, event.input))
-                        elif isinstance(event, Completed):
-                            self.content, self.usage, self.stop_reason = event.content, event.usage, event.stop_reason
+                await self.agent.run(self.started.request, self.context, self.transcript, emit)
         except TimeoutError:
             self._fail(UpstreamTimeout("The turn did not finish within its deadline."))
         except AppError as exc:
@@ -177,11 +165,12 @@ class TurnRun:
 
     def _fail(self, error: AppError) -> None:
         self.status, self.error = "error", error
+        cause = type(error.__cause__).__name__ if error.__cause__ else None
         log.warning(
             "chat.turn.failed",
             conversation_id=str(self.started.conversation_id),
             error_type=error.type,
-            cause=type(error.__cause__).__name__ if error.__cause__ else None,
+            cause=cause,
         )
 
     async def record(self) -> None:
@@ -189,11 +178,7 @@ class TurnRun:
         if self.recorded:
             return
         self.recorded = True
-        content = (
-            self.content
-            if self.status == "complete" and self.content is not None
-            else ([{"type": "text", "text": self.answer}] if self.answer else [])
-        )
+        content = self.transcript.content()
         values: dict[str, Any] = {
             "status": self.status,
             "content": content,

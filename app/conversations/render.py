@@ -14,11 +14,14 @@ def _result_text(content: Any) -> Any:
     return content
 
 
-def render_message(message: Message) -> MessageOut:
-    blocks = message.content or []
-    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+def blocks_text(blocks: list[dict[str, Any]]) -> str:
+    return "\n\n".join(b["text"] for b in blocks if b.get("type") == "text" and b.get("text"))
+
+
+def tool_calls(blocks: list[dict[str, Any]]) -> list[ToolCallOut]:
+    """tool_use blocks paired with their tool_result blocks, in call order."""
     results = {b.get("tool_use_id"): b for b in blocks if b.get("type") == "tool_result"}
-    calls = [
+    return [
         ToolCallOut(
             id=b["id"],
             name=b["name"],
@@ -29,6 +32,10 @@ def render_message(message: Message) -> MessageOut:
         for b in blocks
         if b.get("type") == "tool_use"
     ]
+
+
+def render_message(message: Message) -> MessageOut:
+    blocks = message.content or []
     usage = None
     if message.role == "assistant":
         usage = UsageOut(
@@ -40,12 +47,12 @@ def render_message(message: Message) -> MessageOut:
     return MessageOut(
         id=message.id,
         role=message.role,
-        content=text,
+        content=blocks_text(blocks),
         status=message.status,
         stop_reason=message.stop_reason,
         model=message.model,
         error=message.error,
-        tool_calls=calls,
+        tool_calls=tool_calls(blocks),
         usage=usage,
         created_at=message.created_at,
     )

@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     turn_timeout: float = Field(default=300.0, gt=0)
     history_token_budget: int = Field(default=100_000, ge=100)
 
+    agent_max_steps: int = Field(default=8, ge=1, le=50)
+    agent_tools: str = "remember,recall,calculator,current_time"  # comma-separated; fetch_url is opt-in
+    agent_tool_timeout: float = Field(default=15.0, gt=0)
+    agent_tool_result_max_chars: int = Field(default=8000, ge=100)
+    fetch_url_allowed_hosts: str = ""  # comma-separated; empty means any public host
+    fetch_url_max_bytes: int = Field(default=512 * 1024, ge=1024)
+    fetch_url_timeout: float = Field(default=10.0, gt=0)
+
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
     db_pool_timeout: float = Field(default=10.0, gt=0)
@@ -82,6 +90,10 @@ class Settings(BaseSettings):
         if self.llm_provider is not None:
             return self.llm_provider
         return "anthropic" if self.anthropic_api_key is not None else "offline"
+
+    @property
+    def enabled_tools(self) -> list[str]:
+        return [name.strip() for name in self.agent_tools.split(",") if name.strip()]
 
     @property
     def is_sqlite(self) -> bool:

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.agent.registry import ToolRegistry
 from app.core.config import Settings
 from app.llm.base import ChatModel
 
@@ -20,6 +21,7 @@ class State(TypedDict):
     redis: Redis | None
     llm: ChatModel
     http: httpx.AsyncClient
+    tools: ToolRegistry
 
 
 def get_settings(request: Request) -> Settings:
@@ -37,6 +39,16 @@ def get_llm(request: Request) -> ChatModel:
     return llm
 
 
+def get_tools(request: Request) -> ToolRegistry:
+    tools: ToolRegistry = request.state.tools
+    return tools
+
+
+def get_http(request: Request) -> httpx.AsyncClient:
+    http: httpx.AsyncClient = request.state.http
+    return http
+
+
 def get_redis(request: Request) -> Redis | None:
     redis: Redis | None = request.state.redis
     return redis
@@ -46,3 +58,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 LLMDep = Annotated[ChatModel, Depends(get_llm)]
 RedisDep = Annotated["Redis | None", Depends(get_redis)]
+ToolsDep = Annotated[ToolRegistry, Depends(get_tools)]
+HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]

@@ -92,9 +92,7 @@ class AnthropicModel:
             timeout=anthropic.Timeout(settings.llm_read_timeout, connect=settings.llm_connect_timeout),
             # One pool for every stream in flight; the SDK's default caps it at 1,000.
             http_client=anthropic.DefaultAsyncHttpxClient(
-                limits=httpx2.Limits(
-                    max_connections=settings.llm_max_connections, max_keepalive_connections=100
-                )
+                limits=httpx2.Limits(max_connections=settings.llm_max_connections, max_keepalive_connections=100)
             ),
         )
 

@@ -3,5 +3,6 @@
 from app.models.base import Base
 from app.models.chat import Conversation, Message
 from app.models.keys import ApiKey
+from app.models.memory import Memory
 
-__all__ = ["ApiKey", "Base", "Conversation", "Message"]
+__all__ = ["ApiKey", "Base", "Conversation", "Memory", "Message"]

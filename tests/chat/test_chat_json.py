@@ -49,7 +49,7 @@ async def test_history_is_sent_on_the_next_turn(
     cid = first["conversation_id"]
     r = await client.post("/chat", json={"message": "two", "conversation_id": cid}, headers=auth)
     assert r.status_code == 200, r.text
-    sent = llm_server.state.requests()[-1]
+    sent = llm_server.state.request_bodies()[-1]
     texts = [(m["role"], [b.get("text") for b in m["content"]]) for m in sent["messages"]]
     assert texts == [("user", ["one"]), ("assistant", ["echo: one"]), ("user", ["two"])]
     assert sent["system"][0]["text"] == "Be brief."
@@ -101,7 +101,7 @@ async def test_a_failed_turn_leaves_a_usable_conversation(
     assert failed.status_code == 502
     r = await client.post("/chat", json={"message": "again", "conversation_id": cid}, headers=auth)
     assert r.status_code == 200, r.text
-    sent = llm_server.state.requests()[-1]["messages"]
+    sent = llm_server.state.request_bodies()[-1]["messages"]
     # The failed turn has no answer: its user message merges into the next user turn.
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]
     assert [b["text"] for b in sent[-1]["content"]] == ["boom [[status:500]]", "again"]

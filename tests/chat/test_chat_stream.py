@@ -126,6 +126,6 @@ async def test_next_turn_after_a_disconnect_is_valid(live: Live, live_key: str, 
     assert [i["role"] for i in items] == ["user", "assistant"] * 4
     assert [i["status"] for i in items[1::2]] == ["complete", "incomplete", "incomplete", "complete"]
     assert llm_server.state.rejections == []
-    last_sent = llm_server.state.requests()[-1]["messages"]
+    last_sent = llm_server.state.request_bodies()[-1]["messages"]
     assert last_sent[-1]["role"] == "user"
     assert all(b.get("text", "x").strip() for m in last_sent for b in m["content"])

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.conftest import run_migrations
 from tests.services import admin_database_url, asyncpg_dsn
 
-TABLES = {"api_keys", "conversations", "messages"}
+TABLES = {"api_keys", "conversations", "messages", "memories"}
 
 
 async def tables(url: str) -> set[str]:

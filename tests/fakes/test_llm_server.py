@@ -658,6 +658,10 @@ def test_sync_context_manager_with_sync_sdk() -> None:
             with client.messages.stream(model=MODEL, max_tokens=64, messages=user("sync ok")) as stream:
                 text = stream.get_final_text()
         assert text == "echo: sync ok"
+        # The server finishes its bookkeeping just after the client saw the last byte.
+        deadline = time.monotonic() + 1
+        while server.state.open_streams and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert server.state.open_streams == 0
 
 

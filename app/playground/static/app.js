@@ -1,0 +1,865 @@
+// The agentchat playground: plain DOM, no build step, nothing fetched from anywhere but this server.
+//
+// Model output is untrusted. Every piece of it reaches the page through textContent or
+// createElement; nothing here ever assigns innerHTML, and links are kept only for http(s) URLs.
+"use strict";
+
+const KEY_STORAGE = "agentchat.apiKey";
+const CONVERSATION_PAGE = 30;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+const els = {};
+
+const state = {
+  key: null,
+  conversationId: null,
+  nextCursor: null,
+  stream: null, // the AbortController of the answer being streamed
+  viewTicket: 0, // bumps whenever the thread shows something else, so late loads are dropped
+};
+
+// ---------------------------------------------------------------- DOM helpers
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+
+function relativeTime(iso) {
+  const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+  const format = new Intl.RelativeTimeFormat(undefined, { numeric: "auto", style: "short" });
+  const units = [["day", 86400], ["hour", 3600], ["minute", 60]];
+  for (const [unit, size] of units) {
+    if (Math.abs(seconds) >= size) return format.format(Math.round(seconds / size), unit);
+  }
+  return "just now";
+}
+
+// Keep the thread scrolled to the bottom while it grows, unless the reader scrolled up.
+function keepPinned(change) {
+  const box = els.messages;
+  const pinned = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  change();
+  if (pinned) box.scrollTop = box.scrollHeight;
+}
+
+function scrollToBottom() {
+  els.messages.scrollTop = els.messages.scrollHeight;
+}
+
+// ---------------------------------------------------------------- Markdown (a safe subset)
+
+const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^\s`]*)/;
+const HEADING = /^ {0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$/;
+const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
+const QUOTE = /^ {0,3}>\s?(.*)$/;
+const LIST_ITEM = /^(\s*)(?:([-*+])|(\d{1,9})[.)])\s+(.*)$/;
+const TABLE_DIVIDER = /^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/;
+
+const INLINE = new RegExp(
+  [
+    /(?<ticks>`+)(?<code>[^`]|[^`][\s\S]*?[^`])\k<ticks>(?!`)/.source,
+    /\[(?<label>[^\]\n]+)\]\((?<href>[^()\s]+)\)/.source,
+    /\*\*(?<strong>\S(?:[\s\S]*?\S)?)\*\*/.source,
+    /~~(?<del>\S(?:[\s\S]*?\S)?)~~/.source,
+    /(?<![\w*])\*(?<em>[^\s*](?:[\s\S]*?[^\s*])?)\*(?![\w*])/.source,
+    /(?<!\w)_(?<em2>[^\s_](?:[\s\S]*?[^\s_])?)_(?!\w)/.source,
+    /(?<url>https?:\/\/[^\s<>()[\]]*[^\s<>()[\].,;:!?'"*_~])/.source,
+  ].join("|"),
+  "g",
+);
+
+function isBlank(line) {
+  return line.trim() === "";
+}
+
+function listMarker(line) {
+  const match = LIST_ITEM.exec(line);
+  if (!match) return null;
+  const [, indent, bullet, number, content] = match;
+  return {
+    indent: indent.length,
+    ordered: !bullet,
+    start: number ? Number(number) : 1,
+    content,
+    contentIndent: match[0].length - content.length,
+  };
+}
+
+function startsBlock(line) {
+  return FENCE.test(line) || HEADING.test(line) || QUOTE.test(line) || RULE.test(line) || listMarker(line) !== null;
+}
+
+function readFence(lines, start) {
+  const open = FENCE.exec(lines[start]);
+  if (!open) return null;
+  const [, marker, lang] = open;
+  const close = new RegExp(`^ {0,3}\\${marker[0]}{${marker.length},}\\s*$`);
+  const body = [];
+  let i = start + 1;
+  // An unclosed fence runs to the end: that is what a code block looks like while it streams in.
+  while (i < lines.length && !close.test(lines[i])) body.push(lines[i++]);
+  return { block: { type: "code", lang, text: body.join("\n") }, next: i + 1 };
+}
+
+function readHeading(lines, start) {
+  const match = HEADING.exec(lines[start]);
+  return match && { block: { type: "heading", level: match[1].length, text: match[2] }, next: start + 1 };
+}
+
+function readRule(lines, start) {
+  return RULE.test(lines[start]) ? { block: { type: "rule" }, next: start + 1 } : null;
+}
+
+function readQuote(lines, start) {
+  const body = [];
+  let i = start;
+  for (let match; i < lines.length && (match = QUOTE.exec(lines[i])); i++) body.push(match[1]);
+  return body.length ? { block: { type: "quote", children: parseBlocks(body.join("\n")) }, next: i } : null;
+}
+
+function splitRow(line) {
+  return line.trim().replace(/^\|/, "").replace(/\|$/, "").split("|").map((cell) => cell.trim());
+}
+
+function readTable(lines, start) {
+  if (!lines[start].includes("|") || start + 1 >= lines.length || !TABLE_DIVIDER.test(lines[start + 1])) return null;
+  const rows = [];
+  let i = start + 2;
+  while (i < lines.length && lines[i].includes("|") && !isBlank(lines[i])) rows.push(splitRow(lines[i++]));
+  return { block: { type: "table", head: splitRow(lines[start]), rows }, next: i };
+}
+
+function nextNonBlank(lines, from) {
+  let i = from;
+  while (i < lines.length && isBlank(lines[i])) i++;
+  return i;
+}
+
+function readList(lines, start) {
+  const first = listMarker(lines[start]);
+  if (!first) return null;
+  const isSibling = (marker) => marker && marker.ordered === first.ordered && marker.indent <= first.indent + 1;
+  const items = [];
+  let i = start;
+  while (i < lines.length) {
+    const line = lines[i];
+    const marker = listMarker(line);
+    if (isSibling(marker)) {
+      items.push([marker.content]);
+    } else if (isBlank(line)) {
+      const next = nextNonBlank(lines, i);
+      const continues = next < lines.length && (isSibling(listMarker(lines[next])) || /^\s/.test(lines[next]));
+      if (!continues) break;
+      items.at(-1).push("");
+    } else if (/^\s/.test(line) || !startsBlock(line)) {
+      // Indented lines (nested lists, more paragraphs) belong to the item; so does lazy wrapped text.
+      const indent = line.length - line.trimStart().length;
+      items.at(-1).push(line.slice(Math.min(indent, first.contentIndent)));
+    } else {
+      break;
+    }
+    i++;
+  }
+  const children = items.map((item) => parseBlocks(item.join("\n")));
+  return { block: { type: "list", ordered: first.ordered, start: first.start, items: children }, next: i };
+}
+
+function readParagraph(lines, start) {
+  const body = [lines[start]];
+  let i = start + 1;
+  while (i < lines.length && !isBlank(lines[i]) && !startsBlock(lines[i])) body.push(lines[i++]);
+  return { block: { type: "paragraph", text: body.join("\n").trim() }, next: i };
+}
+
+const BLOCK_READERS = [readFence, readHeading, readRule, readQuote, readTable, readList, readParagraph];
+
+function parseBlocks(source) {
+  const lines = source.replace(/\r\n?/g, "\n").split("\n");
+  const blocks = [];
+  let i = 0;
+  while (i < lines.length) {
+    if (isBlank(lines[i])) {
+      i++;
+      continue;
+    }
+    for (const read of BLOCK_READERS) {
+      const found = read(lines, i);
+      if (found) {
+        blocks.push(found.block);
+        i = found.next;
+        break;
+      }
+    }
+  }
+  return blocks;
+}
+
+function safeUrl(href) {
+  try {
+    const url = new URL(href);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null; // relative or malformed: not a link we will follow
+  }
+}
+
+function appendTextWithBreaks(parent, text) {
+  text.split("\n").forEach((part, index) => {
+    if (index > 0) parent.append(el("br"));
+    if (part) parent.append(part);
+  });
+}
+
+function linkNode(labelText, href, original) {
+  const url = safeUrl(href);
+  if (!url) return document.createTextNode(original);
+  const link = el("a");
+  link.href = url;
+  link.target = "_blank";
+  link.rel = "noopener noreferrer nofollow";
+  appendInline(link, labelText);
+  return link;
+}
+
+function inlineNode(match) {
+  const g = match.groups;
+  if (g.code !== undefined) return el("code", null, g.code);
+  if (g.label !== undefined) return linkNode(g.label, g.href, match[0]);
+  if (g.url !== undefined) return linkNode(g.url, g.url, match[0]);
+  const [tag, inner] = g.strong !== undefined ? ["strong", g.strong] : g.del !== undefined ? ["del", g.del] : ["em", g.em ?? g.em2];
+  const node = el(tag);
+  appendInline(node, inner);
+  return node;
+}
+
+function appendInline(parent, text) {
+  let last = 0;
+  for (const match of text.matchAll(INLINE)) {
+    appendTextWithBreaks(parent, text.slice(last, match.index));
+    parent.append(inlineNode(match));
+    last = match.index + match[0].length;
+  }
+  appendTextWithBreaks(parent, text.slice(last));
+}
+
+function codeBlockNode(block) {
+  const wrapper = el("div", "code-block");
+  const header = el("div", "code-header");
+  header.append(el("span", "code-lang", block.lang || "text"));
+  if (navigator.clipboard) header.append(el("button", "copy-button", "Copy"));
+  const pre = el("pre");
+  pre.append(el("code", null, block.text));
+  wrapper.append(header, pre);
+  return wrapper;
+}
+
+function listNode(block) {
+  const list = el(block.ordered ? "ol" : "ul");
+  if (block.ordered && block.start !== 1) list.start = block.start;
+  for (const children of block.items) {
+    const item = el("li");
+    // A one-paragraph item holds its text directly: a tight list, as people write them.
+    if (children.length === 1 && children[0].type === "paragraph") appendInline(item, children[0].text);
+    else item.append(...children.map(blockNode));
+    list.append(item);
+  }
+  return list;
+}
+
+function tableNode(block) {
+  const wrapper = el("div", "table-scroll");
+  const table = el("table");
+  const headRow = el("tr");
+  for (const cell of block.head) appendInline(headRow.appendChild(el("th")), cell);
+  table.appendChild(el("thead")).append(headRow);
+  const body = table.appendChild(el("tbody"));
+  for (const row of block.rows) {
+    const tr = body.appendChild(el("tr"));
+    for (const cell of row) appendInline(tr.appendChild(el("td")), cell);
+  }
+  wrapper.append(table);
+  return wrapper;
+}
+
+function blockNode(block) {
+  switch (block.type) {
+    case "code":
+      return codeBlockNode(block);
+    case "heading": {
+      const heading = el(`h${Math.min(block.level + 2, 6)}`);
+      appendInline(heading, block.text);
+      return heading;
+    }
+    case "rule":
+      return el("hr");
+    case "quote": {
+      const quote = el("blockquote");
+      quote.append(...block.children.map(blockNode));
+      return quote;
+    }
+    case "table":
+      return tableNode(block);
+    case "list":
+      return listNode(block);
+    default: {
+      const paragraph = el("p");
+      appendInline(paragraph, block.text);
+      return paragraph;
+    }
+  }
+}
+
+function renderMarkdown(container, source) {
+  container.replaceChildren(...parseBlocks(source).map(blockNode));
+}
+
+// ---------------------------------------------------------------- the API
+
+class ApiError extends Error {
+  constructor(message, { type = "error", requestId = null, status = 0 } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.type = type;
+    this.requestId = requestId;
+    this.status = status;
+  }
+
+  static fromEnvelope(error, fallbackRequestId = null, status = 0) {
+    return new ApiError(error.message || "Something went wrong.", {
+      type: error.type,
+      requestId: error.request_id || fallbackRequestId,
+      status,
+    });
+  }
+}
+
+async function errorFromResponse(response) {
+  const requestId = response.headers.get("X-Request-ID");
+  const body = await response.json().catch(() => null);
+  if (body && body.error && typeof body.error.message === "string") {
+    return ApiError.fromEnvelope(body.error, requestId, response.status);
+  }
+  const message = `The server answered ${response.status} ${response.statusText}.`.replace(" .", ".");
+  return new ApiError(message, { requestId, status: response.status });
+}
+
+async function request(path, options = {}) {
+  const headers = { Authorization: `Bearer ${state.key}`, ...options.headers };
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError("Could not reach the server. Check the connection and try again.", { type: "network_error" });
+  }
+  if (response.ok) return response;
+  const error = await errorFromResponse(response);
+  if (response.status === 401) showKeyView(error);
+  throw error;
+}
+
+async function getJSON(path) {
+  return (await request(path)).json();
+}
+
+// ---------------------------------------------------------------- Server-Sent Events over fetch
+
+// EventSource cannot POST, so the stream is parsed here: blocks of `field: value` lines ended by a
+// blank line; lines starting with ":" (the server's pings) are comments.
+class SSEParser {
+  constructor() {
+    this.buffer = "";
+    this.reset();
+  }
+
+  reset() {
+    this.event = "message";
+    this.data = [];
+  }
+
+  push(chunk) {
+    this.buffer += chunk;
+    const lines = this.buffer.split("\n");
+    this.buffer = lines.pop();
+    const events = [];
+    for (const raw of lines) {
+      const event = this.line(raw.endsWith("\r") ? raw.slice(0, -1) : raw);
+      if (event) events.push(event);
+    }
+    return events;
+  }
+
+  line(line) {
+    if (line === "") return this.dispatch();
+    if (line.startsWith(":")) return null;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") this.event = value;
+    else if (field === "data") this.data.push(value);
+    return null;
+  }
+
+  dispatch() {
+    const event = this.data.length ? { event: this.event, data: JSON.parse(this.data.join("\n")) } : null;
+    this.reset();
+    return event;
+  }
+}
+
+async function* readEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  const parser = new SSEParser();
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      yield* parser.push(value);
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------- messages on screen
+
+function errorNotice(error) {
+  const box = el("div", "notice error");
+  box.setAttribute("role", "alert");
+  box.append(el("p", "notice-message", error.message));
+  if (error.requestId || (error.type && error.type !== "error")) {
+    const details = el("p", "notice-details");
+    if (error.type && error.type !== "error") details.append(el("span", "error-type", error.type));
+    if (error.requestId) {
+      const id = el("span", "request-id", "Request ID ");
+      id.append(el("code", null, error.requestId));
+      details.append(id);
+    }
+    box.append(details);
+  }
+  return box;
+}
+
+function messageShell(role) {
+  const article = el("article", `message ${role}`);
+  article.setAttribute("aria-label", role === "user" ? "You" : "Assistant");
+  if (role === "assistant") article.append(el("div", "avatar"));
+  const body = article.appendChild(el("div", "message-body"));
+  keepPinned(() => els.thread.append(article));
+  return { article, body };
+}
+
+function appendUserMessage(text) {
+  els.welcome.hidden = true;
+  const { body } = messageShell("user");
+  body.append(el("div", "user-text", text));
+}
+
+function formatJSON(value) {
+  return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+}
+
+class ToolCard {
+  constructor(call) {
+    this.root = el("details", "tool-card running");
+    const summary = this.root.appendChild(el("summary"));
+    summary.append(el("span", "tool-icon"), el("span", "tool-name", call.name));
+    this.status = summary.appendChild(el("span", "tool-status", "running…"));
+    this.root.append(this.section("Input", formatJSON(call.input ?? {})));
+  }
+
+  section(label, text) {
+    const section = el("div", "tool-section");
+    const pre = el("pre");
+    pre.append(el("code", null, text));
+    section.append(el("div", "tool-label", label), pre);
+    return section;
+  }
+
+  setResult(content, isError) {
+    this.root.classList.remove("running");
+    this.root.classList.toggle("failed", Boolean(isError));
+    this.status.textContent = isError ? "error" : "done";
+    if (content !== null && content !== undefined) {
+      this.root.append(this.section(isError ? "Error" : "Result", formatJSON(content)));
+    }
+  }
+
+  settle() {
+    if (this.root.classList.contains("running")) this.setResult(null, false);
+  }
+}
+
+// One assistant answer: text segments with tool cards between them, as the events arrive.
+class AnswerView {
+  constructor() {
+    els.welcome.hidden = true;
+    const { article, body } = messageShell("assistant");
+    this.article = article;
+    this.body = body;
+    this.segment = null;
+    this.text = "";
+    this.tools = new Map();
+    this.frame = 0;
+  }
+
+  startStreaming() {
+    this.article.classList.add("streaming");
+    this.article.setAttribute("aria-busy", "true");
+  }
+
+  appendText(text) {
+    if (!this.segment) {
+      this.segment = this.body.appendChild(el("div", "markdown"));
+      this.text = "";
+    }
+    this.text += text;
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
+  }
+
+  render() {
+    this.frame = 0;
+    if (this.segment) keepPinned(() => renderMarkdown(this.segment, this.text));
+  }
+
+  addTool(call) {
+    this.render();
+    this.segment = null;
+    const card = new ToolCard(call);
+    this.tools.set(call.id, card);
+    keepPinned(() => this.body.append(card.root));
+    return card;
+  }
+
+  setToolResult(result) {
+    const card = this.tools.get(result.tool_use_id);
+    if (card) card.setResult(result.content, result.is_error);
+  }
+
+  note(text) {
+    keepPinned(() => this.body.append(el("p", "message-note", text)));
+  }
+
+  showError(error) {
+    keepPinned(() => this.body.append(errorNotice(error)));
+  }
+
+  finish() {
+    cancelAnimationFrame(this.frame);
+    this.render();
+    for (const card of this.tools.values()) card.settle();
+    if (!this.body.hasChildNodes()) this.note("(no text)");
+    this.article.classList.remove("streaming");
+    this.article.removeAttribute("aria-busy");
+  }
+}
+
+const STOP_NOTES = {
+  max_tokens: "Stopped at the length limit.",
+  refusal: "The model declined to answer.",
+};
+
+function renderStoredAnswer(item) {
+  const view = new AnswerView();
+  for (const call of item.tool_calls || []) {
+    const card = view.addTool(call);
+    if (call.result !== null && call.result !== undefined) card.setResult(call.result, call.is_error);
+  }
+  if (item.content) view.appendText(item.content);
+  if (item.status === "incomplete") view.note("Stopped.");
+  else if (item.status === "in_progress") view.note("Still being written…");
+  else if (STOP_NOTES[item.stop_reason]) view.note(STOP_NOTES[item.stop_reason]);
+  if (item.status === "error") view.showError(ApiError.fromEnvelope(item.error || {}));
+  view.finish();
+  if (item.model) els.modelName.textContent = item.model;
+}
+
+function renderHistory(items) {
+  for (const item of items) {
+    if (item.role === "user") appendUserMessage(item.content);
+    else renderStoredAnswer(item);
+  }
+  els.welcome.hidden = items.length > 0;
+  scrollToBottom();
+}
+
+function clearThread() {
+  state.viewTicket++;
+  els.thread.replaceChildren();
+  els.welcome.hidden = false;
+}
+
+// ---------------------------------------------------------------- conversations
+
+function setConversation(id) {
+  state.conversationId = id;
+  const url = id ? `#${id}` : location.pathname + location.search;
+  history.replaceState(null, "", url);
+  for (const button of els.conversationList.querySelectorAll("button")) {
+    button.setAttribute("aria-current", String(button.dataset.id === id));
+  }
+}
+
+function conversationItem(conversation) {
+  const item = el("li");
+  const button = item.appendChild(el("button", "conversation-link"));
+  button.type = "button";
+  button.dataset.id = conversation.id;
+  button.title = conversation.title || "";
+  button.setAttribute("aria-current", String(conversation.id === state.conversationId));
+  button.append(el("span", "conversation-title", conversation.title || "Untitled"));
+  const time = button.appendChild(el("time", "conversation-time", relativeTime(conversation.updated_at)));
+  time.dateTime = conversation.updated_at;
+  return item;
+}
+
+async function loadConversations({ more = false } = {}) {
+  const params = new URLSearchParams({ limit: String(CONVERSATION_PAGE) });
+  if (more && state.nextCursor) params.set("cursor", state.nextCursor);
+  const page = await getJSON(`conversations?${params}`);
+  const items = page.items.map(conversationItem);
+  if (more) els.conversationList.append(...items);
+  else els.conversationList.replaceChildren(...items);
+  state.nextCursor = page.next_cursor;
+  els.moreConversations.hidden = !page.next_cursor;
+  els.conversationEmpty.hidden = els.conversationList.childElementCount > 0;
+}
+
+function refreshConversations() {
+  loadConversations().catch(showSidebarError);
+}
+
+function showSidebarError(error) {
+  if (error.status === 401) return; // the key view already says so
+  const item = el("li");
+  item.append(errorNotice(error));
+  els.conversationList.replaceChildren(item);
+}
+
+async function openConversation(id) {
+  stopStreaming();
+  closeSidebar();
+  clearThread();
+  setConversation(id);
+  const ticket = state.viewTicket;
+  try {
+    const page = await getJSON(`conversations/${encodeURIComponent(id)}/messages`);
+    if (ticket === state.viewTicket) renderHistory(page.items);
+  } catch (error) {
+    if (ticket !== state.viewTicket) return;
+    if (error.status === 404) setConversation(null);
+    els.welcome.hidden = true;
+    els.thread.append(errorNotice(error));
+  }
+}
+
+function newChat() {
+  stopStreaming();
+  closeSidebar();
+  clearThread();
+  setConversation(null);
+  els.messageInput.focus();
+}
+
+// ---------------------------------------------------------------- a turn
+
+function setStreaming(controller) {
+  state.stream = controller;
+  els.sendButton.hidden = Boolean(controller);
+  els.stopButton.hidden = !controller;
+}
+
+function stopStreaming() {
+  if (state.stream) state.stream.abort();
+}
+
+function handleEvent(view, { event, data }) {
+  switch (event) {
+    case "start":
+      if (!state.conversationId) setConversation(data.conversation_id);
+      els.modelName.textContent = data.model || "";
+      return false;
+    case "delta":
+      view.appendText(data.text);
+      return false;
+    case "tool_use":
+      view.addTool(data);
+      return false;
+    case "tool_result":
+      view.setToolResult(data);
+      return false;
+    case "end":
+      if (STOP_NOTES[data.stop_reason]) view.note(STOP_NOTES[data.stop_reason]);
+      return true;
+    case "error":
+      view.showError(ApiError.fromEnvelope(data.error || {}));
+      return true;
+    default:
+      return false; // an event this page does not know yet
+  }
+}
+
+async function streamAnswer(view, body, signal) {
+  const response = await request("chat", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+    body: JSON.stringify(body),
+    signal,
+  });
+  for await (const event of readEvents(response.body)) {
+    if (handleEvent(view, event)) return;
+  }
+  throw new ApiError("The connection closed before the answer was complete.", {
+    requestId: response.headers.get("X-Request-ID"),
+  });
+}
+
+async function sendMessage(text) {
+  const body = { message: text, stream: true };
+  if (state.conversationId) body.conversation_id = state.conversationId;
+  appendUserMessage(text);
+  const view = new AnswerView();
+  view.startStreaming();
+  const controller = new AbortController();
+  setStreaming(controller);
+  try {
+    await streamAnswer(view, body, controller.signal);
+  } catch (error) {
+    if (error.name === "AbortError") view.note("Stopped.");
+    else view.showError(error);
+  } finally {
+    view.finish();
+    if (state.stream === controller) setStreaming(null);
+    refreshConversations();
+  }
+}
+
+// ---------------------------------------------------------------- key and views
+
+function showKeyView(error) {
+  stopStreaming();
+  state.key = null;
+  sessionStorage.removeItem(KEY_STORAGE);
+  els.chatView.hidden = true;
+  els.forgetKey.hidden = true;
+  els.menuButton.hidden = true;
+  els.keyView.hidden = false;
+  els.keyError.hidden = !error;
+  els.keyError.replaceChildren();
+  if (error) els.keyError.append(errorNotice(error));
+  els.keyInput.value = "";
+  els.keyInput.focus();
+}
+
+function showChatView() {
+  els.keyView.hidden = true;
+  els.chatView.hidden = false;
+  els.forgetKey.hidden = false;
+  els.menuButton.hidden = false;
+}
+
+async function connect(key) {
+  state.key = key;
+  try {
+    await loadConversations();
+  } catch (error) {
+    if (error.status !== 401) showKeyView(error);
+    return;
+  }
+  sessionStorage.setItem(KEY_STORAGE, key);
+  showChatView();
+  const id = location.hash.slice(1);
+  if (UUID.test(id)) await openConversation(id);
+  else newChat();
+}
+
+function closeSidebar() {
+  document.body.classList.remove("sidebar-open");
+  els.menuButton.setAttribute("aria-expanded", "false");
+  els.scrim.hidden = true;
+}
+
+function toggleSidebar() {
+  const open = document.body.classList.toggle("sidebar-open");
+  els.menuButton.setAttribute("aria-expanded", String(open));
+  els.scrim.hidden = !open;
+}
+
+function autosize() {
+  const input = els.messageInput;
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight, 240)}px`;
+}
+
+function submitMessage() {
+  const text = els.messageInput.value.trim();
+  if (!text || state.stream) return;
+  els.messageInput.value = "";
+  autosize();
+  sendMessage(text);
+}
+
+async function copyCode(button) {
+  const code = button.closest(".code-block").querySelector("code");
+  await navigator.clipboard.writeText(code.textContent);
+  button.textContent = "Copied";
+  setTimeout(() => (button.textContent = "Copy"), 1500);
+}
+
+// ---------------------------------------------------------------- wiring
+
+function bindEvents() {
+  els.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = els.keyInput.value.trim();
+    if (key) connect(key);
+  });
+  els.forgetKey.addEventListener("click", () => showKeyView(null));
+  els.newChat.addEventListener("click", newChat);
+  els.moreConversations.addEventListener("click", () => loadConversations({ more: true }).catch(showSidebarError));
+  els.conversationList.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-id]");
+    if (button) openConversation(button.dataset.id);
+  });
+  els.menuButton.addEventListener("click", toggleSidebar);
+  els.scrim.addEventListener("click", closeSidebar);
+  els.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitMessage();
+  });
+  els.stopButton.addEventListener("click", stopStreaming);
+  els.messageInput.addEventListener("input", autosize);
+  els.messageInput.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      submitMessage();
+    }
+  });
+  els.thread.addEventListener("click", (event) => {
+    const button = event.target.closest(".copy-button");
+    if (button) copyCode(button).catch(() => (button.textContent = "Copy failed"));
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    stopStreaming();
+    closeSidebar();
+  });
+}
+
+function init() {
+  const ids = [
+    "key-view", "key-form", "key-input", "key-error", "chat-view", "menu-button", "forget-key", "model-name",
+    "sidebar", "scrim", "new-chat", "conversation-list", "conversation-empty", "more-conversations",
+    "messages", "welcome", "thread", "composer", "message-input", "send-button", "stop-button",
+  ];
+  for (const id of ids) els[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = document.getElementById(id);
+  bindEvents();
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  if (key) connect(key);
+  else showKeyView(null);
+}
+
+init();

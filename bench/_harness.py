@@ -1,0 +1,462 @@
+"""Shared set-up for the benchmarks: a throw-away Postgres database, the fake LLM and one uvicorn worker.
+
+Everything is started as a subprocess in its own session (so a terminal Ctrl-C reaches only the
+benchmark, which then stops them in order) and torn down in `finally`: servers, then the database.
+Only loopback addresses are used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_BASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+T = TypeVar("T")
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr, so stdout holds only the results (table or JSON)."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def raise_nofile() -> int:
+    """soft = hard for open files; call before spawning, children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    # Small race between close and the child's bind; acceptable on a loopback-only bench box.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def fmt_ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
+
+
+def print_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
+    width = max((len(label) for label, _ in rows), default=0)
+    print(f"\n{title}")
+    print("-" * max(len(title), width + 20))
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) in KiB from /proc; (0, 0) once the process is gone."""
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return rss, hwm
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process from /proc/<pid>/stat; NaN once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            # Fields after the ")" that closes the command name; utime and stime are 14 and 15.
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores, from the first line of /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def child_pid(pid: int) -> int | None:
+    """The first child of `pid` (the uvicorn under py-spy), from /proc."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+            found = children.read().split()
+    except OSError:
+        return None
+    return int(found[0]) if found else None
+
+
+def settings_env_names() -> set[str]:
+    """Every variable the service reads, so a developer's shell cannot leak into the bench."""
+    from app.core.config import Settings
+
+    return {name.upper() for name in Settings.model_fields}
+
+
+def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in settings_env_names()}
+    env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------- database
+
+
+async def create_database(name: str) -> str:
+    """CREATE DATABASE `name`; returns its SQLAlchemy asyncpg URL."""
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{PG_BASE_URL}/{name}"
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+    try:
+        # FORCE: a server we had to SIGKILL may have left sessions behind.
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def run_checked(cmd: Sequence[str], env: Mapping[str, str], what: str, timeout: float) -> str:
+    """Run a short helper command; on failure raise with its output, which says why."""
+    done = subprocess.run(
+        list(cmd), cwd=REPO, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def migrate(database_url: str) -> None:
+    env = clean_env({"DATABASE_URL": database_url, "APP_NAME": "agentchat-bench-migrate"})
+    run_checked([sys.executable, "-m", "alembic", "upgrade", "head"], env, "alembic upgrade head", timeout=120)
+
+
+def create_key(database_url: str, name: str = "bench") -> str:
+    env = clean_env({"DATABASE_URL": database_url, "APP_NAME": "agentchat-bench-cli", "LOG_LEVEL": "WARNING"})
+    out = run_checked([sys.executable, "-m", "app.cli", "create-key", "--name", name], env, "create-key", timeout=60)
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    if not lines:
+        raise RuntimeError("create-key printed nothing")
+    return lines[-1]
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, first: signal.Signals = signal.SIGTERM, grace: float = 10.0) -> None:
+        """Signal the child's own process group (it leads it), then SIGKILL after `grace` seconds."""
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, first)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} did not stop within {grace:.0f}s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=5)
+
+
+def spawn(name: str, cmd: Sequence[str], env: Mapping[str, str], log_path: Path) -> Proc:
+    # stdout and stderr go to a file, never a pipe nobody reads (a full pipe would stall the server).
+    with open(log_path, "wb") as sink:
+        popen = subprocess.Popen(
+            list(cmd),
+            cwd=REPO,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Proc(name, popen, log_path)
+
+
+async def wait_http_ok(url: str, proc: Proc, within: float = 30.0) -> None:
+    """Poll `url` until it answers 200, failing early (with the log) if the process dies."""
+    deadline = time.monotonic() + within
+    last = "no answer"
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        for _ in range(int(within / 0.1) + 1):
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+            try:
+                response = await client.get(url)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{proc.name} not ready at {url} after {within:.0f}s ({last}):\n{proc.log_tail()}")
+
+
+def py_spy_path() -> str | None:
+    local = Path(sys.executable).with_name("py-spy")
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+DEFAULT_PROFILE = REPO / "bench" / "profile.svg"
+
+
+def resolve_profile(wanted: str | None) -> Path | None:
+    """The --profile output path, or None (with a message) when py-spy is not installed."""
+    if wanted is None:
+        return None
+    if py_spy_path() is None:
+        log("--profile: py-spy is not installed (pip install py-spy); running without a profile")
+        return None
+    return Path(wanted).resolve()
+
+
+# --------------------------------------------------------------------------- server log
+
+
+@dataclass
+class LogReport:
+    lines: int = 0
+    errors: int = 0  # JSON records at level error/critical
+    warnings: int = 0
+    tracebacks: int = 0  # "Traceback" lines or records carrying an exception
+    by_event: dict[str, int] = field(default_factory=dict)  # error/warning events, counted
+    samples: list[str] = field(default_factory=list)  # the first few, shortened
+
+
+def scan_log(path: Path, max_samples: int = 5) -> LogReport:
+    report = LogReport()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return report
+    for line in text.splitlines():
+        report.lines += 1
+        if "Traceback (most recent call last)" in line:
+            report.tracebacks += 1
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        level = str(record.get("level", "")).lower()
+        if "exception" in record:
+            report.tracebacks += 1
+        if level in ("error", "critical", "warning"):
+            if level == "warning":
+                report.warnings += 1
+            else:
+                report.errors += 1
+            key = f"{level}:{record.get('event', '?')}"
+            report.by_event[key] = report.by_event.get(key, 0) + 1
+            if level != "warning" and len(report.samples) < max_samples:
+                report.samples.append(line[:400])
+    return report
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    tag: str  # the <hex> shared by the database name and APP_NAME
+    db_name: str
+    db_url: str
+    app_name: str
+    api_key: str
+    fake_url: str
+    server_url: str
+    fake: Proc
+    server: Proc
+    profile: Path | None
+    log_report: LogReport | None = None  # filled in after the server has stopped
+
+    def server_pid(self) -> int | None:
+        """The uvicorn process itself (under py-spy it is py-spy's child)."""
+        if self.profile is None:
+            return self.server.pid
+        return child_pid(self.server.pid)
+
+
+@contextlib.asynccontextmanager
+async def bench_stack(
+    server_env: Mapping[str, str], *, profile: Path | None = None, ready_timeout: float = 60.0
+) -> AsyncIterator[Stack]:
+    """Database + migrations + key + fake LLM + one uvicorn worker; all undone on exit, however it comes."""
+    tag = secrets.token_hex(4)
+    workdir = Path(tempfile.mkdtemp(prefix=f"agentchat-bench-{tag}-"))
+    db_name: str | None = None
+    procs: list[Proc] = []
+    stack: Stack | None = None
+    server_proc: Proc | None = None
+    try:
+        db_name = f"agentchat_bench_{tag}"  # set first: the cleanup's DROP IF EXISTS covers a half-done create
+        db_url = await create_database(db_name)
+        log(f"database {db_name} created; migrating")
+        await asyncio.to_thread(migrate, db_url)
+        api_key = await asyncio.to_thread(create_key, db_url)
+
+        fake_port = free_port()
+        fake = spawn(
+            "fake LLM",
+            [sys.executable, "-m", "tests.fakes.llm_server", "--host", HOST, "--port", str(fake_port)],
+            clean_env({}),
+            workdir / "fake.log",
+        )
+        procs.append(fake)
+        fake_url = f"http://{HOST}:{fake_port}"
+        await wait_http_ok(f"{fake_url}/_stats", fake)
+
+        app_name = f"agentchat-bench-{tag}"
+        env = clean_env(
+            {
+                "DATABASE_URL": db_url,
+                "ANTHROPIC_API_KEY": "bench",
+                "ANTHROPIC_BASE_URL": fake_url,
+                "LLM_PROVIDER": "anthropic",
+                "APP_NAME": app_name,
+                "LOG_FORMAT": "json",
+                "LLM_MAX_RETRIES": "0",
+                **server_env,
+            }
+        )
+        port = free_port()
+        cmd = [
+            sys.executable, "-m", "uvicorn", "app.main:app",
+            "--host", HOST, "--port", str(port), "--no-access-log", "--backlog", "4096",
+        ]  # fmt: skip
+        if profile is not None:
+            spy = py_spy_path()
+            assert spy is not None, "checked by the caller"
+            # --nonblocking: sample without pausing the server, so the numbers move less.
+            # A .txt path gets collapsed stacks (greppable); anything else a flame graph.
+            fmt = "raw" if profile.suffix == ".txt" else "flamegraph"
+            cmd = [spy, "record", "--nonblocking", "--rate", "200", "--format", fmt, "-o", str(profile), "--", *cmd]
+        server = server_proc = spawn("uvicorn", cmd, env, workdir / "server.log")
+        procs.append(server)
+        server_url = f"http://{HOST}:{port}"
+        await wait_http_ok(f"{server_url}/readyz", server, within=ready_timeout)
+        log(f"fake LLM at {fake_url}, service at {server_url} (pid {server.pid}), APP_NAME={app_name}")
+
+        stack = Stack(tag, db_name, db_url, app_name, api_key, fake_url, server_url, fake, server, profile)
+        yield stack
+    finally:
+        # Server first (its pool closes cleanly), then the fake, then the database.
+        for proc in reversed(procs):
+            try:
+                if proc is server_proc and profile is not None:
+                    # SIGINT to py-spy's group: uvicorn shuts down and py-spy writes the flame graph.
+                    proc.stop(signal.SIGINT, grace=60.0)
+                else:
+                    proc.stop()
+            except Exception as exc:  # keep cleaning up whatever happens
+                log(f"stopping {proc.name} failed: {exc!r}")
+        if stack is not None:
+            stack.log_report = scan_log(stack.server.log_path)
+        if db_name is not None:
+            try:
+                await asyncio.wait_for(drop_database(db_name), timeout=30)
+                log(f"database {db_name} dropped")
+            except BaseException as exc:
+                log(f"could not drop database {db_name}: {exc!r}")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_main(main: Callable[[], Awaitable[T]]) -> T:
+    """asyncio.run, with SIGTERM treated like Ctrl-C: cancel the main task so every `finally` runs."""
+
+    async def wrapper() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await main()
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(wrapper())
+
+
+def jsonable(value: Any) -> Any:
+    """NaN (an empty percentile) becomes null, so the output is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
