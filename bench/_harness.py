@@ -122,6 +122,17 @@ def machine_cpu() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+async def background_load(seconds: float = 1.0) -> float:
+    """Cores busy while our servers idle: other work on the box (a test run...) skews every number."""
+    busy0, total0 = machine_cpu()
+    await asyncio.sleep(seconds)
+    busy1, total1 = machine_cpu()
+    return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+
+
+BUSY_WARNING = 0.25  # cores; above this the box is not quiet
+
+
 def child_pid(pid: int) -> int | None:
     """The first child of `pid` (the uvicorn under py-spy), from /proc."""
     try:

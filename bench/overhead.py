@@ -1,0 +1,355 @@
+"""What the service adds to a turn: the fake LLM called directly vs. POST /chat, side by side.
+
+    python -m bench.overhead                 # a new conversation every turn
+    python -m bench.overhead --continue      # one conversation per client task (history grows)
+    python -m bench.overhead --profile       # server under py-spy -> bench/profile.svg
+
+The fake answers at once (`[[reply:ok]]`), so a /chat turn's latency is the service's own work
+(auth, two short transactions, the upstream call and its SSE parsing, logging at INFO) plus one
+fake call. Concurrency 1: requests interleaved round-robin so both see the same conditions.
+Concurrency 8: each target alone for a fixed time. Always exits 0; PASS/MISS against targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench._harness import (
+    BUSY_WARNING,
+    DEFAULT_PROFILE,
+    REDIS_URL,
+    Stack,
+    background_load,
+    bench_stack,
+    cpu_seconds,
+    fmt_ms,
+    jsonable,
+    log,
+    percentile,
+    print_table,
+    raise_nofile,
+    resolve_profile,
+    run_main,
+)
+
+MESSAGE = "[[reply:ok]]"
+# A minimal valid Messages API body; the fake insists on anthropic-version as the real API does.
+FAKE_BODY: dict[str, Any] = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 16,
+    "messages": [{"role": "user", "content": MESSAGE}],
+}
+FAKE_HEADERS = {"Authorization": "Bearer bench", "anthropic-version": "2023-06-01"}
+MAX_C8_REQUESTS = 100_000  # a hard cap on a timed phase, whatever the speed
+
+
+@dataclass
+class Conversation:
+    """Per client task: the conversation to continue (with --continue) and its length."""
+
+    id: str | None = None
+    turns: int = 0
+
+
+@dataclass
+class Series:
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    server_cpu: float = math.nan  # CPU seconds the service used during a c=8 phase
+
+    def add_error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.latencies)
+        return {
+            "requests": n,
+            "errors": dict(self.errors),
+            "p50_s": percentile(self.latencies, 50),
+            "p90_s": percentile(self.latencies, 90),
+            "p99_s": percentile(self.latencies, 99),
+            "mean_s": statistics.fmean(self.latencies) if n else math.nan,
+            "per_s": n / self.elapsed if self.elapsed else math.nan,
+            "server_cpu_ms_per_request": self.server_cpu / n * 1000 if n else math.nan,
+        }
+
+
+Call = Callable[[Conversation], Awaitable[None]]
+
+
+class Targets:
+    """The request functions, one persistent keep-alive client per target."""
+
+    def __init__(self, stack: Stack, *, continue_conversations: bool) -> None:
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        timeout = httpx.Timeout(30.0)
+        self.fake_json = httpx.AsyncClient(base_url=stack.fake_url, limits=limits, timeout=timeout)
+        self.fake_stream = httpx.AsyncClient(base_url=stack.fake_url, limits=limits, timeout=timeout)
+        self.service = httpx.AsyncClient(base_url=stack.server_url, limits=limits, timeout=timeout)
+        self.auth = {"Authorization": f"Bearer {stack.api_key}"}
+        self.continue_conversations = continue_conversations
+
+    async def aclose(self) -> None:
+        for client in (self.fake_json, self.fake_stream, self.service):
+            await client.aclose()
+
+    async def call_fake_json(self, _: Conversation) -> None:
+        response = await self.fake_json.post("/v1/messages", json=FAKE_BODY, headers=FAKE_HEADERS)
+        if response.status_code != 200:
+            raise CallFailed(f"http {response.status_code}")
+
+    async def call_fake_stream(self, _: Conversation) -> None:
+        # What the service itself asks the fake for: the same answer as SSE, read to the end.
+        response = await self.fake_stream.post("/v1/messages", json={**FAKE_BODY, "stream": True}, headers=FAKE_HEADERS)
+        if response.status_code != 200:
+            raise CallFailed(f"http {response.status_code}")
+
+    async def call_service(self, conversation: Conversation) -> None:
+        payload: dict[str, Any] = {"message": MESSAGE}
+        if self.continue_conversations and conversation.id is not None:
+            payload["conversation_id"] = conversation.id
+        response = await self.service.post("/chat", json=payload, headers=self.auth)
+        if response.status_code != 200:
+            raise CallFailed(f"http {response.status_code} {_error_type(response)}")
+        data = response.json()
+        if data["message"]["status"] != "complete":
+            raise CallFailed(f"message {data['message']['status']}")
+        conversation.id = data["conversation_id"]
+        conversation.turns += 1
+
+
+class CallFailed(Exception):
+    pass
+
+
+def _error_type(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["type"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
+
+
+async def timed(call: Call, conversation: Conversation, series: Series | None) -> None:
+    started = time.perf_counter()
+    try:
+        await call(conversation)
+    except (CallFailed, httpx.HTTPError, ValueError, KeyError) as exc:
+        if series is not None:
+            series.add_error(str(exc) if isinstance(exc, CallFailed) else type(exc).__name__)
+        return
+    if series is not None:
+        series.latencies.append(time.perf_counter() - started)
+
+
+async def sequential(calls: dict[str, Call], warmup: int, requests: int) -> dict[str, Series]:
+    """c=1: round-robin over the targets, rotating who goes first, so drift hits all alike."""
+    names = list(calls)
+    conversations = {name: Conversation() for name in names}
+    series = {name: Series() for name in names}
+    for round_no in range(warmup + requests):
+        measuring = round_no >= warmup
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            await timed(calls[name], conversations[name], series[name] if measuring else None)
+    return series
+
+
+async def concurrent(call: Call, workers: int, seconds: float, count: int | None, server_pid: int) -> Series:
+    """c=workers: every task loops until the time is up (or the shared count is reached)."""
+    series = Series()
+    conversations = [Conversation() for _ in range(workers)]
+    for conversation in conversations:  # warm the pool's connections (untimed)
+        await timed(call, conversation, None)
+    cap = min(count, MAX_C8_REQUESTS) if count else MAX_C8_REQUESTS
+    deadline_s = seconds if count is None else max(seconds, 120.0)
+    issued = 0
+
+    async def worker(conversation: Conversation) -> None:
+        nonlocal issued
+        for _ in range(cap):
+            if issued >= cap or time.perf_counter() >= end:
+                return
+            issued += 1
+            await timed(call, conversation, series)
+
+    cpu_before = cpu_seconds(server_pid)
+    started = time.perf_counter()
+    end = started + deadline_s
+    await asyncio.gather(*(worker(c) for c in conversations))
+    series.elapsed = time.perf_counter() - started
+    series.server_cpu = cpu_seconds(server_pid) - cpu_before
+    return series
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    server_env = {"DB_POOL_SIZE": "10", "LOG_LEVEL": "INFO"}
+    if not args.no_redis:
+        server_env["REDIS_URL"] = REDIS_URL
+    profile = resolve_profile(args.profile)
+    result: dict[str, Any] = {
+        "mode": "continue: one conversation per client task" if args.continue_ else "a new conversation every turn",
+        "redis": not args.no_redis,
+        "profile": str(profile) if profile else None,
+    }
+    async with bench_stack(server_env, profile=profile) as stack:
+        targets = Targets(stack, continue_conversations=args.continue_)
+        try:
+            load = await background_load()
+            result["background_load_cores"] = load
+            if load > BUSY_WARNING:
+                log(f"warning: {load:.2f} cores busy before the run (other processes); numbers will be noisy")
+            server_pid = stack.server_pid() or stack.server.pid
+            c1_calls: dict[str, Call] = {
+                "fake direct (JSON)": targets.call_fake_json,
+                "fake direct (SSE)": targets.call_fake_stream,
+                "service /chat": targets.call_service,
+            }
+            log(f"c=1: {args.warmup} warm-up + {args.requests} requests per target, interleaved")
+            c1 = await sequential(c1_calls, args.warmup, args.requests)
+            result["c1"] = {name: s.summary() for name, s in c1.items()}
+
+            c8: dict[str, Series] = {}
+            for name, call in (("fake direct (JSON)", targets.call_fake_json), ("service /chat", targets.call_service)):
+                what = f"{args.c8_turns} requests" if args.c8_turns else f"{args.c8_seconds:.0f} s"
+                log(f"c={args.concurrency}: {name} for {what}")
+                c8[name] = await concurrent(call, args.concurrency, args.c8_seconds, args.c8_turns, server_pid)
+            result["c8"] = {name: s.summary() for name, s in c8.items()}
+        finally:
+            await targets.aclose()
+    report = stack.log_report
+    total_turns = sum(len(s.latencies) for s in c1.values()) + sum(len(s.latencies) for s in c8.values())
+    result["server_log"] = {
+        "lines": report.lines if report else None,
+        "errors": report.errors if report else None,
+        "warnings": report.warnings if report else None,
+        "tracebacks": report.tracebacks if report else None,
+        "events": report.by_event if report else {},
+        "samples": report.samples if report else [],
+        "lines_per_request_approx": (report.lines / total_turns) if report and total_turns else None,
+    }
+    fake_c1 = c1["fake direct (JSON)"].latencies
+    service_c1 = c1["service /chat"].latencies
+    result["added_median_c1_s"] = (
+        statistics.median(service_c1) - statistics.median(fake_c1) if fake_c1 and service_c1 else math.nan
+    )
+    result["service_turns_per_s_c8"] = result["c8"]["service /chat"]["per_s"]
+    result["targets"] = {"added_median_ms_max": args.target_added_ms, "turns_per_s_min": args.target_tps}
+    return result
+
+
+def _lat_row(s: dict[str, Any]) -> str:
+    errors = sum(s["errors"].values())
+    tail = f"   errors {errors} {s['errors']}" if errors else ""
+    return f"p50 {fmt_ms(s['p50_s']):>9}  p90 {fmt_ms(s['p90_s']):>9}  p99 {fmt_ms(s['p99_s']):>9}  n={s['requests']}{tail}"
+
+
+def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
+    print_table(
+        "bench.overhead — setup",
+        [
+            ("mode", r["mode"]),
+            ("redis", "on" if r["redis"] else "off"),
+            ("background load before run", f"{r['background_load_cores']:.2f} cores (of 2)"),
+            ("profile", r["profile"] or "off"),
+        ],
+    )
+    print_table(
+        f"concurrency 1 ({args.requests} requests each after {args.warmup} warm-up, interleaved)",
+        [(name, _lat_row(s)) for name, s in r["c1"].items()],
+    )
+    rows: list[tuple[str, str]] = []
+    for name, s in r["c8"].items():
+        rows.append((name, f"{s['per_s']:7.1f} /s   {_lat_row(s)}"))
+    service = r["c8"]["service /chat"]
+    rows.append(("service CPU per turn", f"{service['server_cpu_ms_per_request']:.2f} ms (uvicorn process only)"))
+    print_table(f"concurrency {args.concurrency}", rows)
+    log_info = r["server_log"]
+    print_table(
+        "server log (LOG_LEVEL=INFO)",
+        [
+            (
+                "lines / errors / tracebacks / warnings",
+                f"{log_info['lines']} / {log_info['errors']} / {log_info['tracebacks']} / {log_info['warnings']}",
+            ),
+            ("lines per request (approx.)", f"{log_info['lines_per_request_approx'] or 0:.1f}"),
+        ],
+    )
+    for event, count in sorted(log_info["events"].items()):
+        print(f"  log {event}: {count}")
+    for line in log_info["samples"]:
+        print(f"  > {line}")
+
+    added_ms = r["added_median_c1_s"] * 1000
+    tps = r["service_turns_per_s_c8"]
+    added_ok = added_ms <= args.target_added_ms
+    tps_ok = tps >= args.target_tps
+    print("\nsummary")
+    print(
+        f"  added at median (c=1): {added_ms:5.1f} ms   | target ≤ {args.target_added_ms:g} ms   "
+        f"{'PASS' if added_ok else 'MISS'}"
+    )
+    print(
+        f"  service turns/s (c={args.concurrency}): {tps:6.0f}     | target ≥ {args.target_tps:g}    "
+        f"{'PASS' if tps_ok else 'MISS'}"
+    )
+    if r["profile"]:
+        print(f"  profile written to {r['profile']} (numbers above were taken under py-spy)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description="What the service adds per turn.")
+    parser.add_argument("--warmup", type=int, default=30, help="c=1 warm-up requests per target (default 30)")
+    parser.add_argument("--requests", type=int, default=300, help="c=1 measured requests per target (default 300)")
+    parser.add_argument("--concurrency", type=int, default=8, help="client tasks in the concurrent phase (default 8)")
+    parser.add_argument("--c8-seconds", type=float, default=10.0, help="concurrent phase length per target (10 s)")
+    parser.add_argument("--c8-turns", type=int, default=None, help="concurrent phase: a request count instead")
+    parser.add_argument(
+        "--continue",
+        dest="continue_",
+        action="store_true",
+        help="continue one conversation per client task instead of starting a new one every turn",
+    )
+    parser.add_argument("--no-redis", action="store_true", help="leave REDIS_URL unset")
+    parser.add_argument("--target-added-ms", type=float, default=6.0)
+    parser.add_argument("--target-tps", type=float, default=200.0)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const=str(DEFAULT_PROFILE),
+        default=None,
+        metavar="PATH",
+        help="run the server under py-spy; default bench/profile.svg (a .txt path gives collapsed stacks)",
+    )
+    args = parser.parse_args(argv)
+    if not (0 <= args.warmup <= 10_000 and 1 <= args.requests <= 100_000 and 1 <= args.concurrency <= 256):
+        parser.error("--warmup/--requests/--concurrency out of range")
+    if not 0 < args.c8_seconds <= 600:
+        parser.error("--c8-seconds must be in (0, 600]")
+    raise_nofile()
+    try:
+        result = run_main(lambda: run(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted; cleaned up")
+        return 130
+    if args.json:
+        print(json.dumps(jsonable(result), indent=2))
+    else:
+        print_report(result, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

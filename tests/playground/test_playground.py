@@ -1,0 +1,396 @@
+"""The playground at `/`, driven in a real headless Chromium against the live server and the fake LLM.
+
+Chromium is Debian's package (`scripts/ensure-browser.sh` installs it); Playwright never downloads a
+browser here. A missing browser is a failure, not a skip: these tests are the playground's only proof.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Locator, Page, async_playwright, expect
+
+from app.playground.router import CONTENT_SECURITY_POLICY
+from tests.fakes.llm_server import FakeLLMServer
+from tests.helpers import Live, eventually
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure-browser.sh (apt-get install chromium)", pytrace=False)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@dataclass
+class Playground:
+    """One browser tab on the playground, with what its console said."""
+
+    page: Page
+    url: str
+    console: list[ConsoleMessage] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    @property
+    def answers(self) -> Locator:
+        return self.page.locator("#thread .message.assistant")
+
+    @property
+    def last_answer(self) -> Locator:
+        return self.answers.last
+
+    async def open(self) -> None:
+        await self.page.goto(self.url + "/")
+
+    async def connect(self, key: str) -> None:
+        await self.open()
+        await self.page.get_by_label("API key").fill(key)
+        await self.page.get_by_label("API key").press("Enter")
+        await expect(self.page.locator("#chat-view")).to_be_visible()
+
+    async def send(self, text: str) -> None:
+        box = self.page.get_by_label("Message")
+        await box.fill(text)
+        await box.press("Enter")
+
+    async def answer_done(self, timeout: float = 10_000) -> None:
+        await expect(self.last_answer).not_to_have_class(re.compile(r"\bstreaming\b"), timeout=timeout)
+        await expect(self.page.get_by_role("button", name="Send")).to_be_visible()
+
+    def csp_violations(self) -> list[str]:
+        return [m.text for m in self.console if "Content Security Policy" in m.text]
+
+
+@asynccontextmanager
+async def open_tab(browser: Browser, live: Live) -> AsyncIterator[Playground]:
+    """A fresh browser context (its own sessionStorage); fails if the page threw or broke its CSP."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    tab = Playground(page, live.url)
+    page.on("console", tab.console.append)
+    page.on("pageerror", lambda error: tab.page_errors.append(str(error)))
+    try:
+        yield tab
+    finally:
+        await context.close()
+    assert tab.page_errors == [], "uncaught errors in the page"
+    assert tab.csp_violations() == [], "the page broke its own Content-Security-Policy"
+
+
+@pytest.fixture
+async def playground(browser: Browser, live: Live) -> AsyncIterator[Playground]:
+    async with open_tab(browser, live) as tab:
+        yield tab
+
+
+@pytest.fixture
+async def connected(playground: Playground, live_key: str) -> Playground:
+    await playground.connect(live_key)
+    return playground
+
+
+async def api_messages(live: Live, key: str, conversation_id: str) -> list[dict[str, object]]:
+    async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        r = await http.get(f"/conversations/{conversation_id}/messages")
+    r.raise_for_status()
+    items: list[dict[str, object]] = r.json()["items"]
+    return items
+
+
+def conversation_id_of(tab: Playground) -> str:
+    fragment = tab.page.url.partition("#")[2]
+    assert re.fullmatch(r"[0-9a-f-]{36}", fragment), f"no conversation in the URL: {tab.page.url}"
+    return fragment
+
+
+# ------------------------------------------------------------------------------------------ serving
+
+
+async def test_page_and_assets_carry_a_strict_csp(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src 'self';" in CONTENT_SECURITY_POLICY and "unsafe" not in CONTENT_SECURITY_POLICY
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "<script" in page.text and "http" not in page.text.lower().replace("http-equiv", "")
+
+    for name, media_type in [("app.js", "text/javascript"), ("style.css", "text/css"), ("icon.svg", "image/svg+xml")]:
+        asset = await client.get(f"/static/playground/{name}")
+        assert asset.status_code == 200, name
+        assert asset.headers["content-type"].startswith(media_type)
+        assert asset.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        again = await client.get(f"/static/playground/{name}", headers={"If-None-Match": asset.headers["etag"]})
+        assert again.status_code == 304
+
+    script = (await client.get("/static/playground/app.js")).text
+    assert ".innerHTML" not in script and "insertAdjacentHTML" not in script and "eval(" not in script
+
+
+async def test_only_allow_listed_files_are_served(client: httpx.AsyncClient) -> None:
+    for name in ["router.py", "index.html", "..%2Frouter.py", "%2E%2E%2F__init__.py", "nope.js"]:
+        r = await client.get(f"/static/playground/{name}")
+        assert r.status_code == 404, name
+        assert r.json()["error"]["type"] == "not_found"
+
+
+# ------------------------------------------------------------------------------------------ chatting
+
+
+async def test_send_a_message_and_watch_the_answer_stream_in(connected: Playground) -> None:
+    page = connected.page
+    await expect(page.get_by_role("heading", name="What can I help with?")).to_be_visible()
+
+    await connected.send("Count for me [[words:12]] [[slow:0.05]]")
+
+    user = page.locator("#thread .message.user")
+    await expect(user).to_have_text("Count for me [[words:12]] [[slow:0.05]]")
+    # Mid-stream: part of the answer is on screen and the Stop button is offered.
+    await expect(connected.last_answer).to_have_class(re.compile(r"\bstreaming\b"))
+    await expect(connected.last_answer).to_contain_text("word2")
+    await expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    assert "word12" not in await connected.last_answer.inner_text()
+
+    await connected.answer_done()
+    await expect(connected.last_answer).to_have_text(" ".join(f"word{n}" for n in range(1, 13)))
+    await expect(page.locator("#model-name")).to_have_text("claude-test")
+    await expect(page.get_by_label("Message")).to_have_value("")
+    await expect(page.locator(".conversation-link")).to_have_count(1)
+
+
+async def test_shift_enter_adds_a_line_and_enter_sends(connected: Playground) -> None:
+    box = connected.page.get_by_label("Message")
+    await box.press_sequentially("first line")
+    await box.press("Shift+Enter")
+    await box.press_sequentially("second line")
+    await expect(box).to_have_value("first line\nsecond line")
+    await expect(connected.answers).to_have_count(0)
+
+    await box.press("Enter")
+    await connected.answer_done()
+    await expect(connected.page.locator("#thread .message.user")).to_have_text("first line\nsecond line")
+    await expect(connected.last_answer).to_have_text("echo: first line\nsecond line")
+
+
+async def test_history_survives_a_reload(connected: Playground, live_key: str, browser: Browser, live: Live) -> None:
+    page = connected.page
+    await connected.send("[[reply:The first answer.]]")
+    await connected.answer_done()
+    await connected.send("[[reply:The second answer.]]")
+    await connected.answer_done()
+    conversation_id = conversation_id_of(connected)
+
+    await page.reload()
+    assert await page.evaluate("sessionStorage.getItem('agentchat.apiKey')") == live_key
+    assert await page.evaluate("localStorage.length") == 0
+    await expect(page.locator("#chat-view")).to_be_visible()
+    listed = page.locator(".conversation-link")
+    await expect(listed).to_have_count(1)
+    await expect(listed).to_have_attribute("aria-current", "true")
+    await expect(connected.answers).to_have_text(["The first answer.", "The second answer."])
+    await expect(page.locator("#thread .message.user")).to_have_count(2)
+
+    # A new chat clears the thread; the list opens the old one again.
+    await page.get_by_role("button", name="New chat").click()
+    await expect(connected.answers).to_have_count(0)
+    assert "#" not in page.url
+    await listed.click()
+    await expect(connected.answers).to_have_text(["The first answer.", "The second answer."])
+    assert conversation_id_of(connected) == conversation_id
+
+    # sessionStorage belongs to the tab: another tab must ask for the key again.
+    async with open_tab(browser, live) as other:
+        await other.open()
+        await expect(other.page.get_by_label("API key")).to_be_visible()
+        await expect(other.page.locator("#chat-view")).to_be_hidden()
+
+
+async def test_stop_ends_the_answer_and_closes_the_upstream_stream(
+    connected: Playground, llm_server: FakeLLMServer, live: Live, live_key: str
+) -> None:
+    page = connected.page
+    await connected.send("Go on and on [[words:400]] [[slow:0.05]]")
+    await expect(connected.last_answer).to_contain_text("word5")
+    assert llm_server.state.open_streams == 1
+
+    await page.get_by_role("button", name="Stop").click()
+
+    await connected.answer_done(timeout=3_000)
+    await expect(connected.last_answer.locator(".message-note")).to_have_text("Stopped.")
+    await eventually(lambda: llm_server.state.open_streams == 0, timeout=2.0)
+    shown = await connected.last_answer.locator(".markdown").inner_text()
+    assert shown.startswith("word1 word2") and "word400" not in shown
+
+    # The server kept the partial answer, marked incomplete, and the page shows it that way.
+    conversation_id = conversation_id_of(connected)
+
+    async def recorded_incomplete() -> bool:
+        items = await api_messages(live, live_key, conversation_id)
+        return items[-1]["status"] == "incomplete"
+
+    await eventually(recorded_incomplete, timeout=3.0)
+    await page.reload()
+    await expect(connected.last_answer.locator(".message-note")).to_have_text("Stopped.")
+    await expect(connected.last_answer.locator(".markdown")).to_contain_text("word1 word2")
+
+
+async def test_markup_in_an_answer_is_inert_text(connected: Playground) -> None:
+    page = connected.page
+    payload = '<img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script>'
+    await connected.send(f"[[reply:{payload}]]")
+    await connected.answer_done()
+
+    await expect(connected.last_answer).to_have_text(payload)
+    await expect(page.locator("#thread .message.user")).to_have_text(f"[[reply:{payload}]]")
+    await expect(page.locator(".conversation-title")).to_contain_text("<img src=x")
+    assert await page.locator("#thread img, #thread script, #sidebar img").count() == 0
+    await page.wait_for_timeout(200)  # an onerror handler would have fired by now
+    assert await page.evaluate("typeof window.__xss") == "undefined"
+
+    await page.reload()
+    await expect(connected.last_answer).to_have_text(payload)
+    assert await page.locator("#thread img, #thread script").count() == 0
+    assert await page.evaluate("typeof window.__xss") == "undefined"
+    assert connected.csp_violations() == []
+    assert connected.page_errors == []
+
+
+MARKDOWN_ANSWER = """Here is a **small** example:
+
+```python
+def greet(name):
+    return f"Hello, {name}!"
+```
+
+- fast
+- small
+- *safe*
+
+1. Install it
+2. Run `make test`
+
+See [the docs](https://example.com/docs) but not [this](javascript:evil)."""
+
+
+async def test_markdown_answers_render_as_code_lists_and_links(connected: Playground) -> None:
+    await connected.send("Show me some Markdown, please.")
+    await connected.answer_done()
+    await connected.send(f"[[reply:{MARKDOWN_ANSWER}]]")
+    await connected.answer_done()
+    answer = connected.last_answer
+
+    await expect(answer.locator(".code-block pre code")).to_have_text(
+        'def greet(name):\n    return f"Hello, {name}!"'
+    )
+    await expect(answer.locator(".code-lang")).to_have_text("python")
+    await expect(answer.locator("ul > li")).to_have_text(["fast", "small", "safe"])
+    await expect(answer.locator("ul em")).to_have_text("safe")
+    await expect(answer.locator("ol > li")).to_have_text(["Install it", "Run make test"])
+    await expect(answer.locator("ol code")).to_have_text("make test")
+    await expect(answer.locator("strong")).to_have_text("small")
+    link = answer.get_by_role("link", name="the docs")
+    await expect(link).to_have_attribute("href", "https://example.com/docs")
+    await expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+    await expect(answer.locator("a")).to_have_count(1)
+    await expect(answer).to_contain_text("[this](javascript:evil)")
+
+    await save_screenshots(connected)
+
+
+async def save_screenshots(tab: Playground) -> None:
+    """The conversation in light, dark and phone width, for people to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = tab.page
+    await page.screenshot(path=ARTIFACTS / "playground.png")
+    await page.emulate_media(color_scheme="dark")
+    await page.screenshot(path=ARTIFACTS / "playground-dark.png")
+    await page.emulate_media(color_scheme="light")
+    await page.set_viewport_size({"width": 390, "height": 780})
+    await expect(page.locator("#sidebar")).not_to_be_in_viewport()
+    await page.screenshot(path=ARTIFACTS / "playground-phone.png")
+    await page.get_by_role("button", name="Conversations").click()
+    await expect(page.locator("#sidebar")).to_be_in_viewport()
+    await page.wait_for_timeout(300)  # the drawer's slide-in
+    await page.screenshot(path=ARTIFACTS / "playground-phone-menu.png")
+
+
+async def test_an_upstream_error_shows_its_message_and_request_id(connected: Playground) -> None:
+    await connected.send("This will fail [[status:529]]")
+    await connected.answer_done()
+    notice = connected.last_answer.locator(".notice.error")
+    await expect(notice).to_contain_text("overloaded")
+    await expect(notice.locator(".request-id code")).to_have_text(re.compile(r"^\S{8,}$"))
+
+
+async def test_an_http_error_shows_its_message_and_request_id(connected: Playground) -> None:
+    responses: list[str] = []
+    connected.page.on(
+        "response", lambda r: responses.append(r.headers.get("x-request-id", "")) if r.url.endswith("/chat") else None
+    )
+    await connected.send("x" * 32_001)
+    await connected.answer_done()
+    notice = connected.last_answer.locator(".notice.error")
+    await expect(notice).to_contain_text("longer than 32000 characters")
+    await expect(notice.locator(".error-type")).to_have_text("payload_too_large")
+    assert responses and responses[0]
+    await expect(notice.locator(".request-id code")).to_have_text(responses[0])
+
+
+async def test_a_refused_key_is_explained(playground: Playground) -> None:
+    await playground.open()
+    await playground.page.get_by_label("API key").fill("not-a-key")
+    await playground.page.get_by_role("button", name="Connect").click()
+    notice = playground.page.locator("#key-error .notice")
+    await expect(notice).to_be_visible()
+    await expect(notice.locator(".request-id code")).not_to_be_empty()
+    await expect(playground.page.locator("#chat-view")).to_be_hidden()
+    assert await playground.page.evaluate("sessionStorage.length") == 0
+
+
+async def test_tool_calls_appear_as_cards(connected: Playground) -> None:
+    await connected.send('Work it out [[tool:calculator {"expression": "6*7"}]] [[tool:calculator {"expression": "1/0"}]]')
+    await connected.answer_done()
+    cards = connected.last_answer.locator("details.tool-card")
+    if await cards.count() == 0:
+        pytest.skip("the app sent no tool_use event: the agent feature is not in this build")
+
+    await expect(cards).to_have_count(2)
+    await expect(cards.locator(".tool-name")).to_have_text(["calculator", "calculator"])
+    await expect(cards.nth(0)).not_to_have_class(re.compile(r"\bfailed\b"))
+    await expect(cards.nth(1)).to_have_class(re.compile(r"\bfailed\b"))
+    await cards.nth(0).locator("summary").click()
+    await expect(cards.nth(0)).to_contain_text('"expression": "6*7"')
+    await expect(cards.nth(0).locator(".tool-section").last).to_contain_text("42")
+    await expect(cards.nth(1).locator(".tool-status")).to_have_text("error")
+    await expect(connected.last_answer.locator(".markdown").last).to_contain_text("tool results: 42")
+
+    await connected.page.reload()
+    cards = connected.last_answer.locator("details.tool-card")
+    await expect(cards).to_have_count(2)
+    await expect(cards.nth(1)).to_have_class(re.compile(r"\bfailed\b"))
+    await expect(cards.nth(1)).to_contain_text("Division by zero")
