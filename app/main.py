@@ -18,6 +18,7 @@ from app.conversations.router import router as conversations_router
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.errors import install_error_handlers
+from app.core.lifecycle import Lifecycle, drain_on_sigterm
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import create_redis
@@ -34,6 +35,9 @@ def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         # AsyncExitStack releases in reverse order, also when start-up fails halfway.
         async with AsyncExitStack() as stack:
+            lifecycle = Lifecycle(settings.shutdown_grace_seconds)
+            stack.callback(lifecycle.close)
+            stack.enter_context(drain_on_sigterm(lifecycle))
             engine = create_engine(settings)
             stack.push_async_callback(engine.dispose)
             sessions = create_sessionmaker(engine)
@@ -64,6 +68,7 @@ def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-
                 "llm": llm,
                 "http": http,
                 "tools": tools,
+                "lifecycle": lifecycle,
             }
             log.info("app.stopping")
 

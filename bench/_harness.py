@@ -133,6 +133,19 @@ async def background_load(seconds: float = 1.0) -> float:
 BUSY_WARNING = 0.25  # cores; above this the box is not quiet
 
 
+async def wait_for_quiet(max_wait: float) -> float:
+    """Measure background load in 1 s windows until it is below BUSY_WARNING or `max_wait` passes."""
+    load = await background_load()
+    for _ in range(int(max_wait)):
+        if load <= BUSY_WARNING:
+            break
+        log(f"{load:.2f} cores busy with other work; waiting for a quieter moment")
+        load = await background_load()
+    if load > BUSY_WARNING:
+        log(f"warning: {load:.2f} cores busy with other processes; numbers will be noisy")
+    return load
+
+
 def child_pid(pid: int) -> int | None:
     """The first child of `pid` (the uvicorn under py-spy), from /proc."""
     try:
@@ -176,6 +189,16 @@ async def drop_database(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+async def db_xacts(name: str) -> dict[str, int]:
+    """Committed and rolled-back transactions of one database (pg_stat_database)."""
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+    try:
+        row = await conn.fetchrow("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1", name)
+    finally:
+        await conn.close()
+    return {"commit": int(row["xact_commit"]), "rollback": int(row["xact_rollback"])} if row else {}
 
 
 def run_checked(cmd: Sequence[str], env: Mapping[str, str], what: str, timeout: float) -> str:
@@ -354,6 +377,12 @@ class Stack:
     server: Proc
     profile: Path | None
     log_report: LogReport | None = None  # filled in after the server has stopped
+    # pg_stat_database counts when the server became ready and after it exited (exit flushes them).
+    xacts_start: dict[str, int] = field(default_factory=dict)
+    xacts_end: dict[str, int] = field(default_factory=dict)
+
+    def xacts_used(self) -> dict[str, int]:
+        return {k: self.xacts_end.get(k, 0) - v for k, v in self.xacts_start.items()} if self.xacts_end else {}
 
     def server_pid(self) -> int | None:
         """The uvicorn process itself (under py-spy it is py-spy's child)."""
@@ -423,6 +452,7 @@ async def bench_stack(
         log(f"fake LLM at {fake_url}, service at {server_url} (pid {server.pid}), APP_NAME={app_name}")
 
         stack = Stack(tag, db_name, db_url, app_name, api_key, fake_url, server_url, fake, server, profile)
+        stack.xacts_start = await db_xacts(db_name)
         yield stack
     finally:
         # Server first (its pool closes cleanly), then the fake, then the database.
@@ -437,6 +467,10 @@ async def bench_stack(
                 log(f"stopping {proc.name} failed: {exc!r}")
         if stack is not None:
             stack.log_report = scan_log(stack.server.log_path)
+            try:
+                stack.xacts_end = await asyncio.wait_for(db_xacts(stack.db_name), timeout=10)
+            except Exception as exc:
+                log(f"could not read pg_stat_database: {exc!r}")
         if db_name is not None:
             try:
                 await asyncio.wait_for(drop_database(db_name), timeout=30)

@@ -26,11 +26,9 @@ from typing import Any
 import httpx
 
 from bench._harness import (
-    BUSY_WARNING,
     DEFAULT_PROFILE,
     REDIS_URL,
     Stack,
-    background_load,
     bench_stack,
     cpu_seconds,
     fmt_ms,
@@ -41,6 +39,7 @@ from bench._harness import (
     raise_nofile,
     resolve_profile,
     run_main,
+    wait_for_quiet,
 )
 
 MESSAGE = "[[reply:ok]]"
@@ -100,6 +99,7 @@ class Targets:
         self.service = httpx.AsyncClient(base_url=stack.server_url, limits=limits, timeout=timeout)
         self.auth = {"Authorization": f"Bearer {stack.api_key}"}
         self.continue_conversations = continue_conversations
+        self.service_calls = 0  # every /chat request, warm-up included, to divide server-side totals by
 
     async def aclose(self) -> None:
         for client in (self.fake_json, self.fake_stream, self.service):
@@ -120,6 +120,7 @@ class Targets:
         payload: dict[str, Any] = {"message": MESSAGE}
         if self.continue_conversations and conversation.id is not None:
             payload["conversation_id"] = conversation.id
+        self.service_calls += 1
         response = await self.service.post("/chat", json=payload, headers=self.auth)
         if response.status_code != 200:
             raise CallFailed(f"http {response.status_code} {_error_type(response)}")
@@ -206,10 +207,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with bench_stack(server_env, profile=profile) as stack:
         targets = Targets(stack, continue_conversations=args.continue_)
         try:
-            load = await background_load()
-            result["background_load_cores"] = load
-            if load > BUSY_WARNING:
-                log(f"warning: {load:.2f} cores busy before the run (other processes); numbers will be noisy")
+            result["background_load_cores"] = await wait_for_quiet(args.wait_quiet)
             server_pid = stack.server_pid() or stack.server.pid
             c1_calls: dict[str, Call] = {
                 "fake direct (JSON)": targets.call_fake_json,
@@ -229,7 +227,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await targets.aclose()
     report = stack.log_report
-    total_turns = sum(len(s.latencies) for s in c1.values()) + sum(len(s.latencies) for s in c8.values())
     result["server_log"] = {
         "lines": report.lines if report else None,
         "errors": report.errors if report else None,
@@ -237,8 +234,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "tracebacks": report.tracebacks if report else None,
         "events": report.by_event if report else {},
         "samples": report.samples if report else [],
-        "lines_per_request_approx": (report.lines / total_turns) if report and total_turns else None,
+        "lines_per_service_turn": (report.lines / targets.service_calls) if report and targets.service_calls else None,
     }
+    xacts = stack.xacts_used()
+    result["pg_xacts_per_service_turn"] = {k: v / targets.service_calls for k, v in xacts.items()} if xacts else {}
+    result["service_turns_total"] = targets.service_calls
     fake_c1 = c1["fake direct (JSON)"].latencies
     service_c1 = c1["service /chat"].latencies
     result["added_median_c1_s"] = (
@@ -252,7 +252,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def _lat_row(s: dict[str, Any]) -> str:
     errors = sum(s["errors"].values())
     tail = f"   errors {errors} {s['errors']}" if errors else ""
-    return f"p50 {fmt_ms(s['p50_s']):>9}  p90 {fmt_ms(s['p90_s']):>9}  p99 {fmt_ms(s['p99_s']):>9}  n={s['requests']}{tail}"
+    quantiles = "  ".join(f"{q} {fmt_ms(s[f'{q}_s']):>9}" for q in ("p50", "p90", "p99"))
+    return f"{quantiles}  n={s['requests']}{tail}"
 
 
 def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
@@ -274,6 +275,15 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         rows.append((name, f"{s['per_s']:7.1f} /s   {_lat_row(s)}"))
     service = r["c8"]["service /chat"]
     rows.append(("service CPU per turn", f"{service['server_cpu_ms_per_request']:.2f} ms (uvicorn process only)"))
+    per_turn = r["pg_xacts_per_service_turn"]
+    if per_turn:
+        rows.append(
+            (
+                "PG transactions per turn",
+                f"{per_turn['commit']:.2f} commits + {per_turn['rollback']:.2f} rollbacks "
+                f"(all {r['service_turns_total']} /chat turns, warm-up included)",
+            )
+        )
     print_table(f"concurrency {args.concurrency}", rows)
     log_info = r["server_log"]
     print_table(
@@ -283,7 +293,7 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
                 "lines / errors / tracebacks / warnings",
                 f"{log_info['lines']} / {log_info['errors']} / {log_info['tracebacks']} / {log_info['warnings']}",
             ),
-            ("lines per request (approx.)", f"{log_info['lines_per_request_approx'] or 0:.1f}"),
+            ("lines per /chat turn", f"{log_info['lines_per_service_turn'] or 0:.1f}"),
         ],
     )
     for event, count in sorted(log_info["events"].items()):
@@ -320,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         dest="continue_",
         action="store_true",
         help="continue one conversation per client task instead of starting a new one every turn",
+    )
+    parser.add_argument(
+        "--wait-quiet", type=float, default=60.0, help="wait up to this many seconds for other CPU load to stop"
     )
     parser.add_argument("--no-redis", action="store_true", help="leave REDIS_URL unset")
     parser.add_argument("--target-added-ms", type=float, default=6.0)

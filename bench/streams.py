@@ -40,6 +40,7 @@ from bench._harness import (
     resolve_profile,
     rss_kib,
     run_main,
+    wait_for_quiet,
 )
 
 POOL_SIZE = 5
@@ -74,6 +75,8 @@ class Peaks:
     sample_failures: int = 0
     pg_by_state: dict[str, int] = field(default_factory=dict)  # states at the PG peak
     timeline: list[Sample] = field(default_factory=list)
+    # GET /healthz (no DB, no threadpool) latency while the burst runs: the server's event-loop lag.
+    healthz: list[float] = field(default_factory=list)
 
     def peak_rate(self, window: int = 10) -> tuple[float, float]:
         """Highest (server cores, machine cores) used over any `window` consecutive sample periods."""
@@ -173,6 +176,24 @@ async def sample(stack: Stack, stop: asyncio.Event, peaks: Peaks, origin: list[f
         await pg.close()
 
 
+async def probe_healthz(stack: Stack, stop: asyncio.Event, peaks: Peaks, max_seconds: float) -> None:
+    """GET /healthz back to back (100 ms apart) on its own task, so a slow answer delays no other sample."""
+    async with httpx.AsyncClient(base_url=stack.server_url, timeout=30.0) as server:
+        for _ in range(int(max_seconds / SAMPLE_EVERY) + 1):
+            if stop.is_set():
+                return
+            sent = time.perf_counter()
+            try:
+                (await server.get("/healthz")).raise_for_status()
+                peaks.healthz.append(time.perf_counter() - sent)
+            except httpx.HTTPError:
+                peaks.sample_failures += 1
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=SAMPLE_EVERY)
+            except TimeoutError:
+                pass
+
+
 def timeline_rows(peaks: Peaks) -> list[tuple[str, str]]:
     """One row per second: the last sample's gauges and the CPU used in that second."""
     rows: list[tuple[str, str]] = []
@@ -216,11 +237,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }  # REDIS_URL stays unset: clean_env drops it
     results: list[StreamResult] = []
     peaks = Peaks()
-    out: dict[str, Any] = {}
     async with bench_stack(server_env, profile=resolve_profile(args.profile)) as stack:
         headers = {"Authorization": f"Bearer {stack.api_key}", "Accept": "text/event-stream"}
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         timeout = httpx.Timeout(60.0, connect=30.0, pool=60.0)
+        background = await wait_for_quiet(args.wait_quiet)
         async with httpx.AsyncClient(base_url=stack.server_url, limits=limits, timeout=timeout) as client:
             stop = asyncio.Event()
             origin = [time.monotonic()]  # moved to the burst's start below; samples before it are negative
@@ -231,6 +252,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             server_pid = stack.server_pid() or stack.server.pid
             cpu_before = (cpu_seconds(server_pid), cpu_seconds(stack.fake.pid), time.process_time())
             origin[0] = time.monotonic()
+            prober = asyncio.create_task(probe_healthz(stack, stop, peaks, max_seconds=args.deadline + 30))
             started = time.perf_counter()
             try:
                 results = await asyncio.gather(*(one_stream(client, headers, message, args.deadline) for _ in range(n)))
@@ -239,7 +261,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 cpu_after = (cpu_seconds(server_pid), cpu_seconds(stack.fake.pid), time.process_time())
                 await asyncio.sleep(2 * SAMPLE_EVERY)  # let the sampler see the pool settle
                 stop.set()
-                await asyncio.wait_for(sampler, timeout=10)
+                await asyncio.wait_for(asyncio.gather(sampler, prober), timeout=40)
         pid = stack.server_pid()
         hwm = rss_kib(pid)[1] if pid is not None else 0
         async with httpx.AsyncClient(base_url=stack.fake_url, timeout=5.0) as fake:
@@ -258,7 +280,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ttfts = [r.ttft for r in results if r.ttft is not None]
     starts = [r.first_start for r in results if r.first_start is not None]
     durations = [r.duration for r in results if r.duration is not None]
-    out = {
+    out: dict[str, Any] = {
         "streams_requested": n,
         "message": message,
         "completed": sum(r.completed for r in results),
@@ -278,6 +300,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_max_s": max(durations, default=math.nan),
         "ideal_duration_s": args.words * args.slow,
         "wall_s": wall,
+        "background_load_cores": background,
         "cpu_s": {
             name: after - before
             for name, before, after in zip(("server", "fake", "client"), cpu_before, cpu_after, strict=True)
@@ -288,6 +311,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_rss_peak_mib": peaks.rss_kib / 1024,
         "server_vmhwm_mib": hwm / 1024,
         "samples": len(peaks.timeline),
+        "healthz_p50_s": percentile(peaks.healthz, 50),
+        "healthz_max_s": max(peaks.healthz, default=math.nan),
+        "pg_xacts": stack.xacts_used(),
         "peak_server_cores_1s": peaks.peak_rate()[0],
         "peak_machine_cores_1s": peaks.peak_rate()[1],
         "timeline": [f"{label}  {value}" for label, value in timeline_rows(peaks)],
@@ -325,6 +351,7 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
             f"{r['duration_p50_s']:.2f} s / {r['duration_max_s']:.2f} s (ideal {r['ideal_duration_s']:.1f} s)",
         ),
         ("total wall time", f"{r['wall_s']:.2f} s"),
+        ("background load before the burst", f"{r['background_load_cores']:.2f} cores (other processes)"),
         (
             "CPU during the burst",
             ", ".join(f"{k} {v:.1f} s ({v / r['wall_s']:.0%} of a core)" for k, v in r["cpu_s"].items())
@@ -336,6 +363,11 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
         ),
         ("server RSS at peak", f"{r['server_rss_peak_mib']:.1f} MiB (VmHWM {r['server_vmhwm_mib']:.1f} MiB)"),
         ("stored assistant messages", str(r["stored_assistant_messages"])),
+        (
+            "GET /healthz during the burst",
+            f"p50 {fmt_ms(r['healthz_p50_s'])}, max {fmt_ms(r['healthz_max_s'])} (event-loop lag proxy)",
+        ),
+        ("PG transactions (whole run)", str(r["pg_xacts"])),
         ("fake rejections (invalid requests)", str(r["fake_rejections"])),
         (
             "server log",
@@ -371,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--words", type=int, default=40, help="deltas per answer (default 40)")
     parser.add_argument("--slow", type=float, default=0.1, help="seconds before each delta (default 0.1)")
     parser.add_argument("--deadline", type=float, default=120.0, help="per-stream client deadline, seconds")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=60.0, help="wait up to this many seconds for other CPU load to stop"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--per-stream", action="store_true", help="include every stream's timings in --json")
     parser.add_argument("--timeline", action="store_true", help="also print one line of gauges per second")

@@ -1,8 +1,8 @@
 """Alembic, async: the same migrations run on Postgres (asyncpg) and SQLite (aiosqlite)."""
 
 import asyncio
-from typing import Any, Literal
 from logging.config import fileConfig
+from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext

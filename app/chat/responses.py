@@ -35,12 +35,20 @@ def usage_out(run: TurnRun) -> UsageOut:
     )
 
 
-async def _cancel_on_disconnect(receive: Receive, group: TaskGroup) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            group.cancel_scope.cancel()
-            return
+class DisconnectWatch:
+    """Cancels a task group when the client goes away, and remembers that it did."""
+
+    def __init__(self, receive: Receive, group: TaskGroup) -> None:
+        self.receive, self.group = receive, group
+        self.client_left = False
+
+    async def run(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.client_left = True
+                self.group.cancel_scope.cancel()
+                return
 
 
 class TurnJSONResponse(Response):
@@ -56,12 +64,13 @@ class TurnJSONResponse(Response):
 
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(_cancel_on_disconnect, receive, group)
+                watch = DisconnectWatch(receive, group)
+                group.start_soon(watch.run)
                 await self.run.run(ignore)
                 group.cancel_scope.cancel()
         finally:
             await self.run.record()
-        if group.cancel_scope.cancel_called and self.run.status == "incomplete":
+        if watch.client_left:
             return  # the client has gone; there is no one to answer
         await self._answer()(scope, receive, send)
 
@@ -149,7 +158,7 @@ class TurnStreamResponse(Response):
 
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(_cancel_on_disconnect, receive, group)
+                group.start_soon(DisconnectWatch(receive, group).run)
                 await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
                 started = self.run.started
                 await body(

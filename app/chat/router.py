@@ -13,6 +13,7 @@ from app.core.errors import (
     ConversationNotFound,
     DatabaseUnavailable,
     PayloadTooLarge,
+    ShuttingDown,
     Unauthorized,
     UpstreamError,
     UpstreamOverloaded,
@@ -20,7 +21,7 @@ from app.core.errors import (
     UpstreamTimeout,
     responses,
 )
-from app.core.state import HttpDep, LLMDep, SessionsDep, SettingsDep, ToolsDep
+from app.core.state import HttpDep, LifecycleDep, LLMDep, SessionsDep, SettingsDep, ToolsDep
 
 router = APIRouter(tags=["chat"])
 
@@ -38,6 +39,7 @@ router = APIRouter(tags=["chat"])
             UpstreamOverloaded,
             DatabaseUnavailable,
             UpstreamTimeout,
+            ShuttingDown,
         ),
         200: {"content": {"text/event-stream": {"description": "start, delta…, end | error events"}}},
     },
@@ -51,8 +53,11 @@ async def chat(
     settings: SettingsDep,
     tools: ToolsDep,
     http: HttpDep,
+    lifecycle: LifecycleDep,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
+    if lifecycle.draining:
+        raise ShuttingDown()
     if len(body.message) > settings.max_message_chars:
         raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
     started = await begin_turn(
@@ -70,7 +75,7 @@ async def chat(
         sessions=sessions,
         http=http,
     )
-    run = TurnRun(started, Agent(llm, tools, settings), context, sessions, settings)
+    run = TurnRun(started, Agent(llm, tools, settings), context, sessions, settings, lifecycle)
     wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
     if wants_stream:
         return TurnStreamResponse(run, ping_seconds=settings.sse_ping_seconds)

@@ -25,7 +25,8 @@ from app.auth.deps import Principal
 from app.chat.history import build_history
 from app.conversations.repository import ConversationRepository, MessageRepository
 from app.core.config import Settings
-from app.core.errors import AppError, ConversationNotFound, UpstreamTimeout
+from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout
+from app.core.lifecycle import Lifecycle
 from app.llm.base import LLMRequest, Usage
 
 log = structlog.get_logger(__name__)
@@ -118,7 +119,7 @@ TurnEvent = Delta | ToolUseEvent | ToolResultEvent | End | Failed
 Emit = Callable[[TurnEvent], Awaitable[None]]
 
 
-@dataclass
+@dataclass(eq=False)  # identity-hashed: the lifecycle tracks runs in a set
 class TurnRun:
     """Phase 2 and 3 of a started turn. The transcript holds what was produced, so any exit can record it."""
 
@@ -127,10 +128,17 @@ class TurnRun:
     context: ToolContext
     sessions: async_sessionmaker[AsyncSession]
     settings: Settings
+    lifecycle: Lifecycle
     status: str = "incomplete"  # until the turn ends one way or another
     transcript: Transcript = field(default_factory=Transcript)
     error: AppError | None = None
     recorded: bool = False
+    _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    _shutdown: bool = False
+
+    def interrupt_for_shutdown(self) -> None:
+        self._shutdown = True
+        self._scope.cancel()
 
     @property
     def answer(self) -> str:
@@ -147,8 +155,14 @@ class TurnRun:
     async def run(self, emit: Emit) -> None:
         """Run the agent, emitting events. Failures become a `Failed` event, never an exception."""
         try:
-            with anyio.fail_after(self.settings.turn_timeout):
+            with self.lifecycle.track(self), self._scope, anyio.fail_after(self.settings.turn_timeout):
                 await self.agent.run(self.started.request, self.context, self.transcript, emit)
+            if self._shutdown:
+                # Interrupted by the drain: the partial answer is kept, the client is told why.
+                self.error = ShuttingDown("The server shut down before the answer was complete.")
+                log.warning("chat.turn.interrupted", conversation_id=str(self.started.conversation_id))
+                await emit(Failed(self.error))
+                return
         except TimeoutError:
             self._fail(UpstreamTimeout("The turn did not finish within its deadline."))
         except AppError as exc:

@@ -69,6 +69,13 @@ class ServiceUnavailable(AppError):
     status_code, type, default_message = 503, "unavailable", "Service temporarily unavailable."
 
 
+class ShuttingDown(ServiceUnavailable):
+    type, default_message = "shutdown", "The server is shutting down; retry on another replica."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     type, default_message = "database_unavailable", "The database is temporarily unavailable."
 

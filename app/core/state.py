@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.agent.registry import ToolRegistry
 from app.core.config import Settings
+from app.core.lifecycle import Lifecycle
 from app.llm.base import ChatModel
 
 
@@ -22,6 +23,7 @@ class State(TypedDict):
     llm: ChatModel
     http: httpx.AsyncClient
     tools: ToolRegistry
+    lifecycle: Lifecycle
 
 
 def get_settings(request: Request) -> Settings:
@@ -49,6 +51,11 @@ def get_http(request: Request) -> httpx.AsyncClient:
     return http
 
 
+def get_lifecycle(request: Request) -> Lifecycle:
+    lifecycle: Lifecycle = request.state.lifecycle
+    return lifecycle
+
+
 def get_redis(request: Request) -> Redis | None:
     redis: Redis | None = request.state.redis
     return redis
@@ -59,4 +66,5 @@ SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 LLMDep = Annotated[ChatModel, Depends(get_llm)]
 RedisDep = Annotated["Redis | None", Depends(get_redis)]
 ToolsDep = Annotated[ToolRegistry, Depends(get_tools)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]

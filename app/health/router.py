@@ -8,7 +8,7 @@ from sqlalchemy import text
 from starlette.responses import JSONResponse
 
 from app.core.errors import envelope
-from app.core.state import RedisDep, SessionsDep
+from app.core.state import LifecycleDep, RedisDep, SessionsDep
 
 router = APIRouter(tags=["health"])
 
@@ -22,9 +22,13 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is down; the body names it."}})
-async def readyz(sessions: SessionsDep, redis: RedisDep) -> JSONResponse:
-    """Ready to serve: the database (and Redis, when configured) answer within a short time."""
+async def readyz(sessions: SessionsDep, redis: RedisDep, lifecycle: LifecycleDep) -> JSONResponse:
+    """Ready to serve: not draining, and the database (and Redis, when configured) answer quickly."""
     checks: dict[str, str] = {}
+    if lifecycle.draining:
+        # First thing on SIGTERM: the load balancer stops sending new work here.
+        body = envelope("shutdown", "Not ready: shutting down.")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     try:
         with anyio.fail_after(CHECK_TIMEOUT):
             async with sessions() as session:

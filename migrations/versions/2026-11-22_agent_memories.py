@@ -8,9 +8,8 @@ Create Date: 2026-11-22 02:07:43.003430
 
 from collections.abc import Sequence
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "7db1fbc05fab"

@@ -24,15 +24,20 @@ from tests.helpers import Live, eventually
     ids=["before-tool", "during-tool", "after-tool"],
 )
 async def test_leaving_mid_loop_then_next_turn(
-    agent_live: Live, agent_key: str, llm_server: FakeLLMServer, message: str, leave_after: str,
+    agent_live: Live,
+    agent_key: str,
+    llm_server: FakeLLMServer,
+    message: str,
+    leave_after: str,
     stored_calls: list[tuple[str, bool]],
 ) -> None:
     headers = {"Authorization": f"Bearer {agent_key}"}
     async with httpx.AsyncClient(base_url=agent_live.url, timeout=30) as http:
         cid = (await http.post("/chat", json={"message": "hello"}, headers=headers)).json()["conversation_id"]
         seen = ""
-        async with http.stream("POST", "/chat", headers=headers,
-                               json={"message": message, "conversation_id": cid, "stream": True}) as r:
+        async with http.stream(
+            "POST", "/chat", headers=headers, json={"message": message, "conversation_id": cid, "stream": True}
+        ) as r:
             async for chunk in r.aiter_text():
                 seen += chunk
                 if leave_after in seen:

@@ -16,8 +16,13 @@ from app.agent.tools.fetch_url import FetchURLInput, check_url, make_fetch_url, 
 from app.core.config import Settings
 
 PUBLIC = "93.184.216.34"
-DNS = {"public.test": [PUBLIC], "other.test": ["93.184.216.35"], "internal.test": ["10.1.2.3"],
-       "mixed.test": [PUBLIC, "127.0.0.1"], "metadata.test": ["169.254.169.254"]}
+DNS = {
+    "public.test": [PUBLIC],
+    "other.test": ["93.184.216.35"],
+    "internal.test": ["10.1.2.3"],
+    "mixed.test": [PUBLIC, "127.0.0.1"],
+    "metadata.test": ["169.254.169.254"],
+}
 
 
 async def fake_resolver(host: str, port: int) -> list[str]:
@@ -29,12 +34,27 @@ async def fake_resolver(host: str, port: int) -> list[str]:
 @pytest.mark.parametrize(
     "url",
     [
-        "http://127.0.0.1/", "http://127.1/", "http://localhost:8000/admin", "http://[::1]/",
-        "http://[::ffff:127.0.0.1]/", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/",
-        "http://192.168.1.1/", "http://172.16.0.1/", "http://100.64.0.1/", "http://0.0.0.0/",
-        "http://224.0.0.1/", "http://[fe80::1]/", "http://[fd00::1]/", "http://internal.test/",
-        "http://metadata.test/", "http://mixed.test/", "ftp://public.test/", "file:///etc/passwd",
-        "http://user:pw@public.test/", "http:///nohost",
+        "http://127.0.0.1/",
+        "http://127.1/",
+        "http://localhost:8000/admin",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+        "http://192.168.1.1/",
+        "http://172.16.0.1/",
+        "http://100.64.0.1/",
+        "http://0.0.0.0/",
+        "http://224.0.0.1/",
+        "http://[fe80::1]/",
+        "http://[fd00::1]/",
+        "http://internal.test/",
+        "http://metadata.test/",
+        "http://mixed.test/",
+        "ftp://public.test/",
+        "file:///etc/passwd",
+        "http://user:pw@public.test/",
+        "http:///nohost",
     ],
 )
 async def test_non_public_targets_are_refused(url: str) -> None:
@@ -49,16 +69,21 @@ async def test_public_target_is_pinned_to_the_checked_address() -> None:
 
 
 async def test_allow_list() -> None:
-    await check_url("http://docs.public.test/", allowed_hosts=["public.test"],
-                    resolver=lambda h, p: fake_resolver("public.test", p))
+    await check_url(
+        "http://docs.public.test/", allowed_hosts=["public.test"], resolver=lambda h, p: fake_resolver("public.test", p)
+    )
     with pytest.raises(ToolError, match="allow-list"):
         await check_url("http://other.test/", allowed_hosts=["public.test"], resolver=fake_resolver)
 
 
 def make_context(settings: Settings, handler: httpx.MockTransport) -> ToolContext:
-    return ToolContext(owner_id=uuid.uuid4(), conversation_id=uuid.uuid4(), settings=settings,
-                       sessions=None,  # type: ignore[arg-type]
-                       http=httpx.AsyncClient(transport=handler))
+    return ToolContext(
+        owner_id=uuid.uuid4(),
+        conversation_id=uuid.uuid4(),
+        settings=settings,
+        sessions=None,  # type: ignore[arg-type]
+        http=httpx.AsyncClient(transport=handler),
+    )
 
 
 async def run_fetch(settings: Settings, url: str, handler: httpx.MockTransport) -> str:
@@ -130,8 +155,11 @@ async def test_loopback_is_refused_through_the_agent(settings: Settings, llm_ser
         key = await make_key(live.state)
         target = f"{live.url}/healthz"
         async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
-            r = await http.post("/chat", headers={"Authorization": f"Bearer {key}"},
-                                json={"message": f"[[tool:fetch_url {json.dumps({'url': target})}]]"})
+            r = await http.post(
+                "/chat",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"message": f"[[tool:fetch_url {json.dumps({'url': target})}]]"},
+            )
     (call,) = r.json()["message"]["tool_calls"]
     assert call["is_error"] is True
     assert "non-public" in call["result"]

@@ -28,8 +28,13 @@ async def test_single_tool_call(agent_live: Live, agent_key: str, llm_server: Fa
     body = r.json()
     assert body["stop_reason"] == "end_turn"
     assert body["message"]["tool_calls"] == [
-        {"id": body["message"]["tool_calls"][0]["id"], "name": "calculator", "input": {"expression": "6*7"},
-         "result": "42", "is_error": False}
+        {
+            "id": body["message"]["tool_calls"][0]["id"],
+            "name": "calculator",
+            "input": {"expression": "6*7"},
+            "result": "42",
+            "is_error": False,
+        }
     ]
     assert body["message"]["content"] == "Let me use calculator.\n\ntool results: 42"
     first, second = llm_server.state.request_bodies()[-2:]
@@ -46,7 +51,10 @@ async def test_parallel_tool_calls_run_concurrently(agent_live: Live, agent_key:
     r = await chat(agent_live, agent_key, tool("meet") + tool("meet") + tool("calculator", {"expression": "1+1"}))
     calls = r.json()["message"]["tool_calls"]
     assert [(c["name"], c["result"], c["is_error"]) for c in calls] == [
-        ("meet", "met 2", False), ("meet", "met 2", False), ("calculator", "2", False)]
+        ("meet", "met 2", False),
+        ("meet", "met 2", False),
+        ("calculator", "2", False),
+    ]
 
 
 async def test_a_chain_of_steps(agent_live: Live, agent_key: str, llm_server: FakeLLMServer) -> None:
@@ -143,8 +151,9 @@ async def test_history_replays_tool_calls_and_shows_them(
     assert sent[2]["content"][0]["tool_use_id"] == sent[1]["content"][-1]["id"]
     assert llm_server.state.rejections == []
     async with httpx.AsyncClient(base_url=agent_live.url) as http:
-        items = (await http.get(f"/conversations/{cid}/messages",
-                                headers={"Authorization": f"Bearer {agent_key}"})).json()["items"]
+        items = (
+            await http.get(f"/conversations/{cid}/messages", headers={"Authorization": f"Bearer {agent_key}"})
+        ).json()["items"]
     assert [i["role"] for i in items] == ["user", "assistant", "user", "assistant"]
     assert items[1]["tool_calls"][0]["result"] == "5"
     assert items[3]["tool_calls"] == []

@@ -45,8 +45,16 @@ async def test_memory_crosses_conversations_but_not_owners(agent_live: Live, age
 
 @pytest.mark.parametrize(
     ("expression", "value"),
-    [("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("2 ^ 10", 1024), ("-3 // 2", -2), ("sqrt(16) + abs(-2)", 6.0),
-     ("round(pi, 2)", 3.14), ("7 % 4", 3), ("1.5e3", 1500.0)],
+    [
+        ("1 + 2 * 3", 7),
+        ("(1 + 2) * 3", 9),
+        ("2 ^ 10", 1024),
+        ("-3 // 2", -2),
+        ("sqrt(16) + abs(-2)", 6.0),
+        ("round(pi, 2)", 3.14),
+        ("7 % 4", 3),
+        ("1.5e3", 1500.0),
+    ],
 )
 def test_calculator_arithmetic(expression: str, value: float) -> None:
     assert evaluate(expression) == value
@@ -54,8 +62,20 @@ def test_calculator_arithmetic(expression: str, value: float) -> None:
 
 @pytest.mark.parametrize(
     "expression",
-    ["__import__('os')", "open('/etc/passwd')", "().__class__", "[1, 2]", "x", "2 ** 100000", "1 if 1 else 2",
-     "lambda: 1", "sqrt(-1)", "'a' * 3", "True + 1", "(-8) ** 0.5"],
+    [
+        "__import__('os')",
+        "open('/etc/passwd')",
+        "().__class__",
+        "[1, 2]",
+        "x",
+        "2 ** 100000",
+        "1 if 1 else 2",
+        "lambda: 1",
+        "sqrt(-1)",
+        "'a' * 3",
+        "True + 1",
+        "(-8) ** 0.5",
+    ],
 )
 def test_calculator_refuses_anything_else(expression: str) -> None:
     with pytest.raises(ToolError):

@@ -7,10 +7,12 @@ import uuid
 import httpx
 from sqlalchemy import select
 
+from app.core.config import Settings
 from app.core.state import State
 from app.models import Message
-from tests.conftest import make_key
+from tests.conftest import make_key, running_app
 from tests.fakes.llm_server import FakeLLMServer
+from tests.helpers import free_port
 
 
 async def stored(state: State, conversation_id: str) -> list[Message]:
@@ -94,17 +96,21 @@ async def test_upstream_errors_map_to_statuses_and_keep_the_user_message(
 
 
 async def test_a_failed_turn_leaves_a_usable_conversation(
-    client: httpx.AsyncClient, auth: dict[str, str], llm_server: FakeLLMServer
+    settings: Settings, client: httpx.AsyncClient, auth: dict[str, str], llm_server: FakeLLMServer
 ) -> None:
     cid = (await client.post("/chat", json={"message": "first"}, headers=auth)).json()["conversation_id"]
-    failed = await client.post("/chat", json={"message": "boom [[status:500]]", "conversation_id": cid}, headers=auth)
+    # The same service, but its model provider cannot be reached: the turn fails with 502.
+    unreachable = settings.model_copy(update={"anthropic_base_url": f"http://127.0.0.1:{free_port()}"})
+    async with running_app(unreachable) as (_, _, broken):
+        failed = await broken.post("/chat", json={"message": "lost?", "conversation_id": cid}, headers=auth)
     assert failed.status_code == 502
+    assert failed.json()["error"]["type"] == "upstream_error"
     r = await client.post("/chat", json={"message": "again", "conversation_id": cid}, headers=auth)
     assert r.status_code == 200, r.text
     sent = llm_server.state.request_bodies()[-1]["messages"]
     # The failed turn has no answer: its user message merges into the next user turn.
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]
-    assert [b["text"] for b in sent[-1]["content"]] == ["boom [[status:500]]", "again"]
+    assert [b["text"] for b in sent[-1]["content"]] == ["lost?", "again"]
     assert llm_server.state.rejections == []
 
 

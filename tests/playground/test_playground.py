@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Locator, Page, async_playwright, expect
 
-from app.playground.router import CONTENT_SECURITY_POLICY
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import Live, eventually
 
@@ -31,12 +31,16 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+EXPECTED_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
+    if not await anyio.Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure-browser.sh (apt-get install chromium)", pytrace=False)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -77,8 +81,8 @@ class Playground:
         await box.fill(text)
         await box.press("Enter")
 
-    async def answer_done(self, timeout: float = 10_000) -> None:
-        await expect(self.last_answer).not_to_have_class(re.compile(r"\bstreaming\b"), timeout=timeout)
+    async def answer_done(self, within_ms: float = 10_000) -> None:
+        await expect(self.last_answer).not_to_have_class(re.compile(r"\bstreaming\b"), timeout=within_ms)
         await expect(self.page.get_by_role("button", name="Send")).to_be_visible()
 
     def csp_violations(self) -> list[str]:
@@ -91,7 +95,7 @@ async def open_tab(browser: Browser, live: Live) -> AsyncIterator[Playground]:
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
     tab = Playground(page, live.url)
-    page.on("console", tab.console.append)
+    page.on("console", lambda message: tab.console.append(message))
     page.on("pageerror", lambda error: tab.page_errors.append(str(error)))
     try:
         yield tab
@@ -134,22 +138,23 @@ async def test_page_and_assets_carry_a_strict_csp(client: httpx.AsyncClient) -> 
     page = await client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
-    assert "script-src 'self';" in CONTENT_SECURITY_POLICY and "unsafe" not in CONTENT_SECURITY_POLICY
+    assert page.headers["content-security-policy"] == EXPECTED_CSP
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["referrer-policy"] == "no-referrer"
-    assert "<script" in page.text and "http" not in page.text.lower().replace("http-equiv", "")
+    assert '<script src="static/playground/app.js"' in page.text
+    assert "http" not in page.text.lower()  # nothing from another origin: works offline
 
     for name, media_type in [("app.js", "text/javascript"), ("style.css", "text/css"), ("icon.svg", "image/svg+xml")]:
         asset = await client.get(f"/static/playground/{name}")
         assert asset.status_code == 200, name
         assert asset.headers["content-type"].startswith(media_type)
-        assert asset.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert asset.headers["content-security-policy"] == EXPECTED_CSP
         again = await client.get(f"/static/playground/{name}", headers={"If-None-Match": asset.headers["etag"]})
         assert again.status_code == 304
 
     script = (await client.get("/static/playground/app.js")).text
-    assert ".innerHTML" not in script and "insertAdjacentHTML" not in script and "eval(" not in script
+    for unsafe in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert unsafe not in script
 
 
 async def test_only_allow_listed_files_are_served(client: httpx.AsyncClient) -> None:
@@ -194,7 +199,7 @@ async def test_shift_enter_adds_a_line_and_enter_sends(connected: Playground) ->
     await box.press("Enter")
     await connected.answer_done()
     await expect(connected.page.locator("#thread .message.user")).to_have_text("first line\nsecond line")
-    await expect(connected.last_answer).to_have_text("echo: first line\nsecond line")
+    await expect(connected.last_answer).to_have_text("echo: first line\nsecond line", use_inner_text=True)
 
 
 async def test_history_survives_a_reload(connected: Playground, live_key: str, browser: Browser, live: Live) -> None:
@@ -240,11 +245,12 @@ async def test_stop_ends_the_answer_and_closes_the_upstream_stream(
 
     await page.get_by_role("button", name="Stop").click()
 
-    await connected.answer_done(timeout=3_000)
+    await connected.answer_done(within_ms=3_000)
     await expect(connected.last_answer.locator(".message-note")).to_have_text("Stopped.")
     await eventually(lambda: llm_server.state.open_streams == 0, timeout=2.0)
     shown = await connected.last_answer.locator(".markdown").inner_text()
-    assert shown.startswith("word1 word2") and "word400" not in shown
+    assert shown.startswith("word1 word2")
+    assert "word400" not in shown
 
     # The server kept the partial answer, marked incomplete, and the page shows it that way.
     conversation_id = conversation_id_of(connected)
@@ -304,9 +310,7 @@ async def test_markdown_answers_render_as_code_lists_and_links(connected: Playgr
     await connected.answer_done()
     answer = connected.last_answer
 
-    await expect(answer.locator(".code-block pre code")).to_have_text(
-        'def greet(name):\n    return f"Hello, {name}!"'
-    )
+    await expect(answer.locator(".code-block pre code")).to_have_text('def greet(name):\n    return f"Hello, {name}!"')
     await expect(answer.locator(".code-lang")).to_have_text("python")
     await expect(answer.locator("ul > li")).to_have_text(["fast", "small", "safe"])
     await expect(answer.locator("ul em")).to_have_text("safe")
@@ -322,21 +326,26 @@ async def test_markdown_answers_render_as_code_lists_and_links(connected: Playgr
     await save_screenshots(connected)
 
 
+async def save_screenshot(tab: Playground, name: str) -> None:
+    """For people to look at (test-artifacts/ is git-ignored)."""
+    await anyio.Path(ARTIFACTS).mkdir(exist_ok=True)
+    await tab.page.screenshot(path=ARTIFACTS / name)
+
+
 async def save_screenshots(tab: Playground) -> None:
-    """The conversation in light, dark and phone width, for people to look at."""
-    ARTIFACTS.mkdir(exist_ok=True)
+    """The conversation in light, dark and at phone width, where the conversation list is a drawer."""
     page = tab.page
-    await page.screenshot(path=ARTIFACTS / "playground.png")
+    await save_screenshot(tab, "playground.png")
     await page.emulate_media(color_scheme="dark")
-    await page.screenshot(path=ARTIFACTS / "playground-dark.png")
+    await save_screenshot(tab, "playground-dark.png")
     await page.emulate_media(color_scheme="light")
     await page.set_viewport_size({"width": 390, "height": 780})
     await expect(page.locator("#sidebar")).not_to_be_in_viewport()
-    await page.screenshot(path=ARTIFACTS / "playground-phone.png")
+    await save_screenshot(tab, "playground-phone.png")
     await page.get_by_role("button", name="Conversations").click()
     await expect(page.locator("#sidebar")).to_be_in_viewport()
     await page.wait_for_timeout(300)  # the drawer's slide-in
-    await page.screenshot(path=ARTIFACTS / "playground-phone-menu.png")
+    await save_screenshot(tab, "playground-phone-menu.png")
 
 
 async def test_an_upstream_error_shows_its_message_and_request_id(connected: Playground) -> None:
@@ -345,6 +354,7 @@ async def test_an_upstream_error_shows_its_message_and_request_id(connected: Pla
     notice = connected.last_answer.locator(".notice.error")
     await expect(notice).to_contain_text("overloaded")
     await expect(notice.locator(".request-id code")).to_have_text(re.compile(r"^\S{8,}$"))
+    await save_screenshot(connected, "playground-error.png")
 
 
 async def test_an_http_error_shows_its_message_and_request_id(connected: Playground) -> None:
@@ -357,7 +367,8 @@ async def test_an_http_error_shows_its_message_and_request_id(connected: Playgro
     notice = connected.last_answer.locator(".notice.error")
     await expect(notice).to_contain_text("longer than 32000 characters")
     await expect(notice.locator(".error-type")).to_have_text("payload_too_large")
-    assert responses and responses[0]
+    assert responses
+    assert responses[0]
     await expect(notice.locator(".request-id code")).to_have_text(responses[0])
 
 
@@ -373,7 +384,9 @@ async def test_a_refused_key_is_explained(playground: Playground) -> None:
 
 
 async def test_tool_calls_appear_as_cards(connected: Playground) -> None:
-    await connected.send('Work it out [[tool:calculator {"expression": "6*7"}]] [[tool:calculator {"expression": "1/0"}]]')
+    await connected.send(
+        'Work it out [[tool:calculator {"expression": "6*7"}]] [[tool:calculator {"expression": "1/0"}]]'
+    )
     await connected.answer_done()
     cards = connected.last_answer.locator("details.tool-card")
     if await cards.count() == 0:
@@ -388,6 +401,8 @@ async def test_tool_calls_appear_as_cards(connected: Playground) -> None:
     await expect(cards.nth(0).locator(".tool-section").last).to_contain_text("42")
     await expect(cards.nth(1).locator(".tool-status")).to_have_text("error")
     await expect(connected.last_answer.locator(".markdown").last).to_contain_text("tool results: 42")
+    await cards.nth(1).locator("summary").click()
+    await save_screenshot(connected, "playground-tools.png")
 
     await connected.page.reload()
     cards = connected.last_answer.locator("details.tool-card")

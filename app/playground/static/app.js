@@ -679,7 +679,10 @@ function stopStreaming() {
 function handleEvent(view, { event, data }) {
   switch (event) {
     case "start":
-      if (!state.conversationId) setConversation(data.conversation_id);
+      if (!state.conversationId) {
+        setConversation(data.conversation_id);
+        refreshConversations(); // it exists now: list it while the answer streams in
+      }
       els.modelName.textContent = data.model || "";
       return false;
     case "delta":
