@@ -97,7 +97,10 @@ async def test_fetches_readable_text_from_the_pinned_address(settings: Settings)
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        html = "<html><head><title>t</title><script>alert(1)</script></head><body><h1>Hello</h1><p>World &amp; co</p></body></html>"
+        html = (
+            "<html><head><title>t</title><script>alert(1)</script></head>"
+            "<body><h1>Hello</h1><p>World &amp; co</p></body></html>"
+        )
         return httpx.Response(200, text=html, headers={"content-type": "text/html; charset=utf-8"})
 
     text = await run_fetch(settings, "http://public.test/page", httpx.MockTransport(handler))

@@ -20,7 +20,7 @@ from playwright.async_api import Browser, ConsoleMessage, Locator, Page, async_p
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import Live, eventually
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path("/usr/bin/chromium-nope")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -381,6 +381,7 @@ async def test_a_refused_key_is_explained(playground: Playground) -> None:
     await expect(notice.locator(".request-id code")).not_to_be_empty()
     await expect(playground.page.locator("#chat-view")).to_be_hidden()
     assert await playground.page.evaluate("sessionStorage.length") == 0
+    await save_screenshot(playground, "playground-key.png")
 
 
 async def test_tool_calls_appear_as_cards(connected: Playground) -> None:
