@@ -325,10 +325,16 @@ def _text_of(content: Any) -> str:
 
 
 def _last_user_text(messages: Sequence[JSONDict]) -> str:
-    """Text of the most recent user message that has any (tool_result-only turns are skipped)."""
+    """The last text block of the most recent user message that has one: what the user just said.
+
+    Only the last block counts, so that a service which merges an unanswered earlier turn into the
+    next user message does not replay that turn's directives (tool_result-only turns are skipped).
+    """
     for message in reversed(messages):
-        if message.get("role") == "user" and (text := _text_of(message.get("content"))):
-            return text
+        texts = [b["text"] for b in _blocks(message.get("content")) if b.get("type") == "text" and
+                 isinstance(b.get("text"), str) and b["text"]] if message.get("role") == "user" else []
+        if texts:
+            return str(texts[-1])
     return ""
 
 

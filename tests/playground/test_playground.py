@@ -20,7 +20,7 @@ from playwright.async_api import Browser, ConsoleMessage, Locator, Page, async_p
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import Live, eventually
 
-CHROMIUM = Path("/usr/bin/chromium-nope")
+CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from app.core.config import Settings
 from tests.conftest import make_key, running_app
 from tests.fakes.llm_server import FakeLLMServer
