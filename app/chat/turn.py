@@ -25,13 +25,14 @@ from app.auth.deps import Principal
 from app.chat.history import build_history
 from app.conversations.repository import ConversationRepository, MessageRepository
 from app.core.config import Settings
-from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout
+from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.llm.base import LLMRequest, Usage
 
 log = structlog.get_logger(__name__)
 
 TITLE_CHARS = 80
+RECORD_ATTEMPTS = 3
 
 
 def make_title(message: str) -> str:
@@ -206,10 +207,20 @@ class TurnRun:
             values["error"] = {"type": self.error.type, "message": self.error.message}
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
-                async with self.sessions() as session, session.begin():
-                    await MessageRepository(session).finish(
-                        self.started.message_id, conversation_id=self.started.conversation_id, **values
-                    )
+                for attempt in range(RECORD_ATTEMPTS):
+                    try:
+                        async with self.sessions() as session, session.begin():
+                            await MessageRepository(session).finish(
+                                self.started.message_id, conversation_id=self.started.conversation_id, **values
+                            )
+                        break
+                    except Exception as exc:
+                        # A connection lost under us (a restart, a killed backend) is worth another try
+                        # on a fresh one; anything else is a bug and is not retried.
+                        if not is_db_unavailable(exc) or attempt == RECORD_ATTEMPTS - 1:
+                            raise
+                        log.warning("chat.turn.record_retry", attempt=attempt + 1, error=type(exc).__name__)
+                        await anyio.sleep(0.2 * (attempt + 1))
         except Exception:
             # The user's message is already safe; the answer stays `in_progress` and is skipped on replay.
             log.exception("chat.turn.record_failed", message_id=str(self.started.message_id))
