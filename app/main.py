@@ -5,29 +5,65 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import structlog
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from app.agent.registry import ToolRegistry, build_registry
 from app.agent.tools.base import Tool
+from app.auth.limits import Limits, LocalCounters, RedisCounters
+from app.chat.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
 from app.chat.router import router as chat_router
 from app.conversations.router import router as conversations_router
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.errors import install_error_handlers
 from app.core.lifecycle import Lifecycle, drain_on_sigterm
+from app.core.locks import LocalLocks, LockManager, RedisLocks
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import create_redis
-from app.core.state import State
 from app.health.router import router as health_router
 from app.llm.factory import create_llm
 from app.playground.router import router as playground_router
+from app.runs.manager import RunManager
+from app.runs.router import router as runs_router
+from app.runs.store import RunStore
+from app.state import State
 
 log = structlog.get_logger("app.lifespan")
+
+
+@dataclass(frozen=True)
+class Coordination:
+    """What replicas share through Redis, or per-process stand-ins when there is none."""
+
+    locks: LockManager
+    idempotency: IdempotencyStore
+    limits: Limits
+    run_store: RunStore | None
+
+
+def build_coordination(settings: Settings, redis: Redis | None) -> Coordination:
+    prefix = settings.redis_key_prefix
+    per_minute, per_day = settings.rate_limit_per_minute, settings.tokens_per_day
+    if redis is None:
+        return Coordination(
+            locks=LocalLocks(settings.lock_ttl_seconds),
+            idempotency=LocalIdempotency(settings.idempotency_ttl_seconds),
+            limits=Limits(LocalCounters(), per_minute=per_minute, tokens_per_day=per_day),
+            run_store=None,
+        )
+    return Coordination(
+        locks=RedisLocks(redis, prefix, settings.lock_ttl_seconds),
+        idempotency=RedisIdempotency(redis, prefix, settings.idempotency_ttl_seconds),
+        limits=Limits(RedisCounters(redis, prefix), per_minute=per_minute, tokens_per_day=per_day),
+        run_store=RunStore(redis, prefix, settings.run_retention_seconds, settings.run_max_events),
+    )
 
 
 def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-untyped-def]
@@ -51,6 +87,10 @@ def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-
             )
             llm = create_llm(settings, http)
             stack.push_async_callback(llm.aclose)
+            coordination = build_coordination(settings, redis)
+            # Entered last, so it closes first: runs finish (or are interrupted) and are recorded
+            # while the database and Redis are still there.
+            runs = await stack.enter_async_context(RunManager(coordination.run_store, lifecycle))
             log.info(
                 "app.started",
                 provider=llm.provider,
@@ -69,6 +109,10 @@ def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-
                 "http": http,
                 "tools": tools,
                 "lifecycle": lifecycle,
+                "locks": coordination.locks,
+                "idempotency": coordination.idempotency,
+                "limits": coordination.limits,
+                "runs": runs,
             }
             log.info("app.stopping")
 
@@ -94,6 +138,7 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
     app.include_router(health_router)
     app.include_router(chat_router)
     app.include_router(conversations_router)
+    app.include_router(runs_router)
     app.include_router(playground_router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

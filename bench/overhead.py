@@ -17,6 +17,7 @@ import asyncio
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -357,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted; cleaned up")
         return 130
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        # Set-up failures (service does not start, Postgres unreachable...) are one message, not a trace.
+        log(f"set-up failed: {exc}")
+        return 2
     if args.json:
         print(json.dumps(jsonable(result), indent=2))
     else:

@@ -16,12 +16,13 @@ import asyncio
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 
 from bench._harness import (
@@ -428,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted; cleaned up")
         return 130
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        # Set-up failures (service does not start, Postgres unreachable...) are one message, not a trace.
+        log(f"set-up failed: {exc}")
+        return 2
     if args.json:
         print(json.dumps(jsonable(result), indent=2))
     else:

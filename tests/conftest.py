@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth.repository import ApiKeyRepository
 from app.core.config import Settings
-from app.core.state import State
+from app.state import State
 from app.main import create_app
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import Live, live_server
@@ -126,13 +126,40 @@ class WithState:
 
 
 @asynccontextmanager
+async def lifespan_in_task(app: FastAPI) -> AsyncIterator[State]:
+    """Run the app's lifespan in a task of its own, as a server does.
+
+    Its task groups must be entered and exited in one task; a fixture's setup and teardown may
+    not share one.
+    """
+    ready: asyncio.Future[State] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+
+    async def host() -> None:
+        try:
+            async with app.router.lifespan_context(app) as state:
+                ready.set_result(state)  # type: ignore[arg-type]
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    task = asyncio.create_task(host())
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await task
+
+
+@asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, State, httpx.AsyncClient]]:
     app = create_app(settings)
-    async with app.router.lifespan_context(app) as state:
-        assert state is not None
+    async with lifespan_in_task(app) as state:
         transport = httpx.ASGITransport(app=WithState(app, state))  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            yield app, state, client  # type: ignore[misc]
+            yield app, state, client
 
 
 @pytest.fixture

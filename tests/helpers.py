@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.core.state import State
+from app.state import State
 
 
 def free_port() -> int:

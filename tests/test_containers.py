@@ -452,7 +452,8 @@ def test_compose_file_is_valid_compose_spec() -> None:
     parsed.validate()
     parsed.validate_volumes()
     parsed.validate_networks()
-    assert set(parsed.service_names()) == {"postgres", "redis", "migrate", "api"}
+    # api-replica and lb: profile "scaled" (tests/test_deploy.py checks them).
+    assert set(parsed.service_names()) == {"postgres", "redis", "migrate", "api", "api-replica", "lb"}
     parsed.to_spec()  # full pydantic validation of the model
 
 

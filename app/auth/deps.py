@@ -8,10 +8,14 @@ from typing import Annotated
 
 import structlog
 from fastapi import Depends, Request
+from redis.exceptions import RedisError
 
+from app.auth.limits import Limits
 from app.auth.repository import ApiKeyRepository
-from app.core.errors import Unauthorized
-from app.core.state import SessionsDep
+from app.core.deps import SessionsDep
+from app.core.errors import RateLimited, Unauthorized
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +44,21 @@ async def require_api_key(request: Request, sessions: SessionsDep) -> Principal:
     if row is None:
         raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
     structlog.contextvars.bind_contextvars(key_id=str(row.id))
+    await enforce_request_limit(request, row.id)
     return Principal(key_id=row.id, name=row.name)
+
+
+async def enforce_request_limit(request: Request, owner: uuid.UUID) -> None:
+    limits: Limits = request.state.limits
+    try:
+        decision = await limits.hit_request(owner)
+    except (RedisError, OSError) as exc:
+        # Fail open: a Redis outage must not take chat down with it (documented).
+        log.warning("limits.unavailable", error=type(exc).__name__)
+        return
+    if decision is not None and not decision.allowed:
+        log.info("limits.refused", limit="requests_per_minute")
+        raise RateLimited(f"More than {decision.limit} requests this minute.", headers=decision.headers())
 
 
 CurrentPrincipal = Annotated[Principal, Depends(require_api_key)]

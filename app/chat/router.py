@@ -1,19 +1,31 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
+
+import structlog
+from fastapi import APIRouter, Header, Request
+from redis.exceptions import RedisError
+from starlette.responses import JSONResponse, Response
 
 from app.agent.loop import Agent
 from app.agent.tools.base import ToolContext
 from app.auth.deps import CurrentPrincipal
-from app.chat.responses import TurnJSONResponse, TurnStreamResponse
+from app.chat.idempotency import Claim, fingerprint
+from app.chat.responses import ReplayResponse, RunStreamResponse, TurnJSONResponse, chat_response, turn_driver
 from app.chat.schemas import ChatRequest, ChatResponse
 from app.chat.turn import TurnRun, begin_turn
+from app.core.deps import HttpDep, LifecycleDep, LocksDep, SessionsDep, SettingsDep
 from app.core.errors import (
+    ConversationBusy,
     ConversationNotFound,
     DatabaseUnavailable,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
     PayloadTooLarge,
+    RateLimited,
     ShuttingDown,
+    TokenQuotaExceeded,
     Unauthorized,
     UpstreamError,
     UpstreamOverloaded,
@@ -21,9 +33,26 @@ from app.core.errors import (
     UpstreamTimeout,
     responses,
 )
-from app.core.state import HttpDep, LifecycleDep, LLMDep, SessionsDep, SettingsDep, ToolsDep
+from app.core.locks import Lock
+from app.state import IdempotencyDep, LimitsDep, LLMDep, RunsDep, ToolsDep
 
 router = APIRouter(tags=["chat"])
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, description="Retries with the same key return the same answer."),
+]
+
+
+async def degraded(call: Awaitable[T], fallback: T, feature: str) -> T:
+    """Redis-backed features step aside when Redis is down; chat goes on (documented)."""
+    try:
+        return await call
+    except (RedisError, OSError) as exc:
+        log.warning("chat.degraded", feature=feature, error=type(exc).__name__)
+        return fallback
 
 
 @router.post(
@@ -33,13 +62,17 @@ router = APIRouter(tags=["chat"])
         **responses(
             Unauthorized,
             ConversationNotFound,
+            ConversationBusy,
+            IdempotencyInProgress,
             PayloadTooLarge,
+            IdempotencyKeyReused,
+            RateLimited,
             UpstreamRateLimited,
             UpstreamError,
             UpstreamOverloaded,
             DatabaseUnavailable,
-            UpstreamTimeout,
             ShuttingDown,
+            UpstreamTimeout,
         ),
         200: {"content": {"text/event-stream": {"description": "start, delta…, end | error events"}}},
     },
@@ -49,34 +82,100 @@ async def chat(
     request: Request,
     principal: CurrentPrincipal,
     sessions: SessionsDep,
-    llm: LLMDep,
     settings: SettingsDep,
-    tools: ToolsDep,
     http: HttpDep,
     lifecycle: LifecycleDep,
+    locks: LocksDep,
+    llm: LLMDep,
+    tools: ToolsDep,
+    idempotency: IdempotencyDep,
+    limits: LimitsDep,
+    runs: RunsDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
     if lifecycle.draining:
         raise ShuttingDown()
     if len(body.message) > settings.max_message_chars:
         raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
-    started = await begin_turn(
+    owner = principal.key_id
+    stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+
+    quota = await degraded(limits.check_tokens(owner), None, "token_quota")
+    if quota is not None and not quota.allowed:
+        log.info("limits.refused", limit="tokens_per_day")
+        raise TokenQuotaExceeded(headers=quota.headers())
+
+    fp = fingerprint({**body.model_dump(mode="json"), "stream": stream})
+    if idempotency_key is not None:
+        claim = await degraded(
+            idempotency.claim(owner, idempotency_key, fp, settings.turn_timeout + 60), Claim("new"), "idempotency"
+        )
+        if claim.outcome == "mismatch":
+            raise IdempotencyKeyReused()
+        if claim.outcome == "running":
+            raise IdempotencyInProgress()
+        if claim.outcome == "replay":
+            assert claim.response is not None
+            return ReplayResponse(claim.response) if stream else JSONResponse(claim.response)
+
+    lock: Lock | None = None
+    try:
+        if body.conversation_id is not None:
+            # Keyed by owner too: another owner's id finds a different lock, then a 404.
+            name = f"conversation:{owner}:{body.conversation_id}"
+            lock = await degraded(locks.acquire(name), Lock(name, "unlocked"), "conversation_lock")
+            if lock is None:
+                log.info("chat.conversation_busy", conversation_id=str(body.conversation_id))
+                raise ConversationBusy()
+            if lock.token == "unlocked":
+                lock = None
+        started = await begin_turn(
+            sessions,
+            settings,
+            principal,
+            message=body.message,
+            conversation_id=body.conversation_id,
+            system=body.system,
+        )
+    except BaseException:
+        if lock is not None:
+            await degraded(locks.release(lock), None, "conversation_lock")
+        if idempotency_key is not None:
+            await degraded(idempotency.abandon(owner, idempotency_key), None, "idempotency")
+        raise
+
+    context = ToolContext(
+        owner_id=owner, conversation_id=started.conversation_id, settings=settings, sessions=sessions, http=http
+    )
+    turn = TurnRun(
+        started,
+        Agent(llm, tools, settings),
+        context,
         sessions,
         settings,
-        principal,
-        message=body.message,
-        conversation_id=body.conversation_id,
-        system=body.system,
+        lifecycle,
+        lock=(locks, lock) if lock is not None else None,
     )
-    context = ToolContext(
-        owner_id=principal.key_id,
-        conversation_id=started.conversation_id,
-        settings=settings,
-        sessions=sessions,
-        http=http,
-    )
-    run = TurnRun(started, Agent(llm, tools, settings), context, sessions, settings, lifecycle)
-    wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
-    if wants_stream:
-        return TurnStreamResponse(run, ping_seconds=settings.sse_ping_seconds)
-    return TurnJSONResponse(run)
+
+    async def count_tokens(run: TurnRun) -> None:
+        await limits.add_tokens(owner, run.usage.input_tokens + run.usage.output_tokens)
+
+    turn.after_record.append(count_tokens)
+    if idempotency_key is not None:
+        key = idempotency_key
+
+        async def settle_idempotency(run: TurnRun) -> None:
+            if run.status == "complete":
+                await idempotency.complete(owner, key, fp, chat_response(run))
+            else:
+                await idempotency.abandon(owner, key)  # a retry should run the turn again
+
+        turn.after_record.append(settle_idempotency)
+
+    if stream:
+        run = await runs.start(started.message_id, owner, turn_driver(turn))
+        return RunStreamResponse(
+            run, runs, ping_seconds=settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"
+        )
+    return TurnJSONResponse(turn)

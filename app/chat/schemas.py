@@ -13,6 +13,10 @@ class ChatRequest(BaseModel):
     message: str = Field(min_length=1, description="The user's turn.")
     conversation_id: uuid.UUID | None = Field(default=None, description="Omit to start a new conversation.")
     stream: bool = Field(default=False, description="Answer as Server-Sent Events.")
+    on_disconnect: Literal["cancel", "continue"] = Field(
+        default="cancel",
+        description="Streams only: stop the model when the client leaves, or let the run finish to be rejoined.",
+    )
     system: str | None = Field(
         default=None, max_length=20_000, description="System prompt; only when starting a new conversation."
     )

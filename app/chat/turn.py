@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,7 @@ from app.conversations.repository import ConversationRepository, MessageReposito
 from app.core.config import Settings
 from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout, is_db_unavailable
 from app.core.lifecycle import Lifecycle
+from app.core.locks import Lock, LockManager, kept
 from app.llm.base import LLMRequest, Usage
 
 log = structlog.get_logger(__name__)
@@ -134,8 +136,19 @@ class TurnRun:
     transcript: Transcript = field(default_factory=Transcript)
     error: AppError | None = None
     recorded: bool = False
+    after_record: list[Callable[[TurnRun], Awaitable[None]]] = field(default_factory=list)
+    lock: tuple[LockManager, Lock] | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _shutdown: bool = False
+
+    @asynccontextmanager
+    async def holding_lock(self) -> AsyncIterator[None]:
+        """Keep the conversation's lock (renewed) from here until the block ends."""
+        if self.lock is None:
+            yield
+            return
+        async with kept(*self.lock):
+            yield
 
     def interrupt_for_shutdown(self) -> None:
         self._shutdown = True
@@ -228,6 +241,14 @@ class TurnRun:
         if scope.cancelled_caught:
             log.error("chat.turn.record_timed_out", message_id=str(self.started.message_id))
             return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            for hook in self.after_record:
+                try:
+                    await hook(self)
+                except Exception as exc:  # quotas and idempotency degrade; the turn is stored
+                    log.warning(
+                        "chat.turn.after_record_failed", hook=getattr(hook, "__name__", "?"), error=type(exc).__name__
+                    )
         log.info(
             "chat.turn.finished",
             conversation_id=str(self.started.conversation_id),

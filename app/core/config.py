@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./agentchat.db"
     redis_url: str | None = None
     redis_key_prefix: str = "agentchat:"
+    redis_max_connections: int = Field(default=50, ge=2)
 
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
@@ -41,6 +42,13 @@ class Settings(BaseSettings):
     fetch_url_allowed_hosts: str = ""  # comma-separated; empty means any public host
     fetch_url_max_bytes: int = Field(default=512 * 1024, ge=1024)
     fetch_url_timeout: float = Field(default=10.0, gt=0)
+
+    rate_limit_per_minute: int = Field(default=0, ge=0)  # requests per key; 0 turns the limit off
+    tokens_per_day: int = Field(default=0, ge=0)  # model tokens (in + out) per key per UTC day; 0 = off
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    lock_ttl_seconds: float = Field(default=30.0, ge=1)
+    run_retention_seconds: int = Field(default=900, ge=10)
+    run_max_events: int = Field(default=10_000, ge=100)
 
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)

@@ -1,14 +1,56 @@
-"""Per-request database session: one short transaction per request, committed on success."""
+"""Dependencies on the core resources the lifespan puts on request.state."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends
-from sqlalchemy.ext.asyncio import AsyncSession
+import httpx
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.state import SessionsDep
+from app.core.config import Settings
+from app.core.lifecycle import Lifecycle
+from app.core.locks import LockManager
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.state.settings
+    return settings
+
+
+def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessions: async_sessionmaker[AsyncSession] = request.state.sessions
+    return sessions
+
+
+def get_redis(request: Request) -> Redis | None:
+    redis: Redis | None = request.state.redis
+    return redis
+
+
+def get_http(request: Request) -> httpx.AsyncClient:
+    http: httpx.AsyncClient = request.state.http
+    return http
+
+
+def get_lifecycle(request: Request) -> Lifecycle:
+    lifecycle: Lifecycle = request.state.lifecycle
+    return lifecycle
+
+
+def get_locks(request: Request) -> LockManager:
+    locks: LockManager = request.state.locks
+    return locks
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
+RedisDep = Annotated["Redis | None", Depends(get_redis)]
+HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+LocksDep = Annotated[LockManager, Depends(get_locks)]
 
 
 async def get_session(sessions: SessionsDep) -> AsyncIterator[AsyncSession]:

@@ -53,6 +53,27 @@ class Conflict(AppError):
     status_code, type, default_message = 409, "conflict", "Conflict."
 
 
+class ConversationBusy(Conflict):
+    type, default_message = "conversation_busy", "A turn is already running in this conversation."
+
+
+class IdempotencyInProgress(Conflict):
+    type, default_message = "idempotency_in_progress", "A request with this Idempotency-Key is still running."
+
+
+class IdempotencyKeyReused(AppError):
+    status_code, type = 422, "idempotency_key_reused"
+    default_message = "This Idempotency-Key was used with a different request body."
+
+
+class RunNotFound(NotFound):
+    default_message = "Run not found (or its events have expired)."
+
+
+class RunFinished(Conflict):
+    type, default_message = "run_finished", "The run has already finished."
+
+
 class PayloadTooLarge(AppError):
     status_code, type, default_message = 413, "payload_too_large", "Request body is too large."
 
@@ -63,6 +84,10 @@ class InvalidRequest(AppError):
 
 class RateLimited(AppError):
     status_code, type, default_message = 429, "rate_limited", "Too many requests."
+
+
+class TokenQuotaExceeded(RateLimited):
+    type, default_message = "token_quota_exceeded", "This key has used its tokens for today."
 
 
 class ServiceUnavailable(AppError):

@@ -7,8 +7,8 @@ from fastapi import APIRouter
 from sqlalchemy import text
 from starlette.responses import JSONResponse
 
+from app.core.deps import LifecycleDep, RedisDep, SessionsDep
 from app.core.errors import envelope
-from app.core.state import LifecycleDep, RedisDep, SessionsDep
 
 router = APIRouter(tags=["health"])
 

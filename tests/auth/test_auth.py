@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from app.auth.keys import hash_key
 from app.core.config import Settings
-from app.core.state import State
+from app.state import State
 from app.models import ApiKey
 
 

@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import select
 
 from app.core.config import Settings
-from app.core.state import State
+from app.state import State
 from app.models import Message
 from tests.conftest import make_key, running_app
 from tests.fakes.llm_server import FakeLLMServer

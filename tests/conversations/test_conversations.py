@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.core.state import State
+from app.state import State
 from tests.conftest import make_key
 
 

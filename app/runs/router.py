@@ -1,0 +1,82 @@
+"""Rejoin a streamed turn from any replica, or cancel it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, status
+from redis.exceptions import RedisError
+from starlette.responses import JSONResponse, Response
+
+from app.auth.deps import CurrentPrincipal
+from app.chat.responses import RunStreamResponse, StoredRunStreamResponse
+from app.core.deps import SettingsDep
+from app.core.errors import RunFinished, RunNotFound, ServiceUnavailable, Unauthorized, responses
+from app.runs.manager import RunManager
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+async def _locate(runs: RunManager, run_id: uuid.UUID, owner: uuid.UUID) -> tuple[bool, str]:
+    """(is it running here, its state), or RunNotFound — also for another owner's run."""
+    local = runs.runs.get(run_id)
+    if local is not None:
+        if local.owner_id != owner:
+            raise RunNotFound()
+        return True, "finished" if local.finished else "running"
+    if runs.store is None:
+        raise RunNotFound()
+    try:
+        found = await runs.store.owner(run_id)
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable("The run's event log is unavailable.") from exc
+    if found is None or found[0] != owner:
+        raise RunNotFound()
+    return False, found[1]
+
+
+def _sequence(last_event_id: str | None) -> int:
+    return int(last_event_id) if last_event_id is not None and last_event_id.isdigit() else 0
+
+
+@router.get(
+    "/{run_id}/events",
+    responses={**responses(Unauthorized, RunNotFound, ServiceUnavailable), 200: {"content": {"text/event-stream": {}}}},
+)
+async def run_events(
+    run_id: uuid.UUID,
+    request: Request,
+    principal: CurrentPrincipal,
+    settings: SettingsDep,
+    after: Annotated[int | None, Query(ge=0, description="Replay events after this id.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    """Replay a run's events after `Last-Event-ID` (or `?after=`), then follow it live."""
+    runs: RunManager = request.state.runs
+    here, _ = await _locate(runs, run_id, principal.key_id)
+    start = after if after is not None else _sequence(last_event_id)
+    if here:
+        return RunStreamResponse(
+            runs.runs[run_id], runs, ping_seconds=settings.sse_ping_seconds, after=start, cancel_on_disconnect=False
+        )
+    assert runs.store is not None
+    return StoredRunStreamResponse(runs.store, run_id, ping_seconds=settings.sse_ping_seconds, after=start)
+
+
+@router.post(
+    "/{run_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=responses(Unauthorized, RunNotFound, RunFinished, ServiceUnavailable),
+)
+async def cancel_run(run_id: uuid.UUID, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    """Stop a run, wherever it is running. Its partial answer is recorded."""
+    runs: RunManager = request.state.runs
+    _, state = await _locate(runs, run_id, principal.key_id)
+    if state == "finished":
+        raise RunFinished()
+    try:
+        await runs.cancel(run_id, "cancelled")
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable("Could not reach the replica running this turn.") from exc
+    return JSONResponse({"run_id": str(run_id), "status": "cancelling"}, status_code=202)

@@ -1,0 +1,49 @@
+"""The typed lifespan state (what the app holds for its lifetime) and the domain dependencies on it."""
+
+from __future__ import annotations
+
+from typing import Annotated, TypedDict
+
+import httpx
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.agent.registry import ToolRegistry
+from app.auth.limits import Limits
+from app.chat.idempotency import IdempotencyStore
+from app.core.config import Settings
+from app.core.lifecycle import Lifecycle
+from app.core.locks import LockManager
+from app.llm.base import ChatModel
+from app.runs.manager import RunManager
+
+
+class State(TypedDict):
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis | None
+    http: httpx.AsyncClient
+    llm: ChatModel
+    tools: ToolRegistry
+    lifecycle: Lifecycle
+    locks: LockManager
+    idempotency: IdempotencyStore
+    limits: Limits
+    runs: RunManager
+
+
+def _get(name: str):  # type: ignore[no-untyped-def]
+    def dependency(request: Request) -> object:
+        return getattr(request.state, name)
+
+    dependency.__name__ = f"get_{name}"
+    return dependency
+
+
+LLMDep = Annotated[ChatModel, Depends(_get("llm"))]
+ToolsDep = Annotated[ToolRegistry, Depends(_get("tools"))]
+IdempotencyDep = Annotated[IdempotencyStore, Depends(_get("idempotency"))]
+LimitsDep = Annotated[Limits, Depends(_get("limits"))]
+RunsDep = Annotated[RunManager, Depends(_get("runs"))]
