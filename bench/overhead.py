@@ -216,7 +216,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "service /chat": targets.call_service,
             }
             log(f"c=1: {args.warmup} warm-up + {args.requests} requests per target, interleaved")
+            cpu_before, calls_before = cpu_seconds(server_pid), targets.service_calls
             c1 = await sequential(c1_calls, args.warmup, args.requests)
+            # Only /chat reaches the service, so its CPU over the phase is all /chat turns.
+            c1["service /chat"].server_cpu = (cpu_seconds(server_pid) - cpu_before) * (
+                len(c1["service /chat"].latencies) / max(targets.service_calls - calls_before, 1)
+            )
             result["c1"] = {name: s.summary() for name, s in c1.items()}
 
             c8: dict[str, Series] = {}
@@ -267,10 +272,10 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
             ("profile", r["profile"] or "off"),
         ],
     )
-    print_table(
-        f"concurrency 1 ({args.requests} requests each after {args.warmup} warm-up, interleaved)",
-        [(name, _lat_row(s)) for name, s in r["c1"].items()],
-    )
+    c1_rows = [(name, _lat_row(s)) for name, s in r["c1"].items()]
+    cpu_c1 = r["c1"]["service /chat"]["server_cpu_ms_per_request"]
+    c1_rows.append(("service CPU per turn", f"{cpu_c1:.2f} ms (uvicorn process only)"))
+    print_table(f"concurrency 1 ({args.requests} requests each after {args.warmup} warm-up, interleaved)", c1_rows)
     rows: list[tuple[str, str]] = []
     for name, s in r["c8"].items():
         rows.append((name, f"{s['per_s']:7.1f} /s   {_lat_row(s)}"))

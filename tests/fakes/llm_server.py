@@ -331,8 +331,15 @@ def _last_user_text(messages: Sequence[JSONDict]) -> str:
     next user message does not replay that turn's directives (tool_result-only turns are skipped).
     """
     for message in reversed(messages):
-        texts = [b["text"] for b in _blocks(message.get("content")) if b.get("type") == "text" and
-                 isinstance(b.get("text"), str) and b["text"]] if message.get("role") == "user" else []
+        texts = (
+            [
+                b["text"]
+                for b in _blocks(message.get("content"))
+                if b.get("type") == "text" and isinstance(b.get("text"), str) and b["text"]
+            ]
+            if message.get("role") == "user"
+            else []
+        )
         if texts:
             return str(texts[-1])
     return ""
@@ -1043,7 +1050,10 @@ def _bearer_token(request: Request) -> str:
 
 
 def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = False) -> Starlette:
-    """Build the fake's ASGI app. Each app has its own state (``app.state.fake``)."""
+    """Build the fake's ASGI app. Each app has its own state (``app.state.fake``).
+
+    ``require_openai_key`` only applies when no ``state`` is passed (it is a state field).
+    """
     fake = state if state is not None else FakeLLMState(require_openai_key=require_openai_key)
 
     async def read_body(request: Request) -> JSONDict | None:
@@ -1076,8 +1086,10 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
         fake.reject(message)
         return error_response(dialect, status, message)
 
-    def scripted_failure(dialect: str, directives: Directives, user_text: str) -> PlannedResponse | None:
+    def scripted_failure(dialect: str, directives: Directives, user_text: str, stream: bool) -> PlannedResponse | None:
         """A failure requested by [[status]], [[fail_first]] or JSON-mode [[midstream_error]]."""
+        if directives.midstream_error and not stream:
+            return error_response(dialect, 529, "Overloaded", directives=directives)
         if directives.status is not None:
             return error_response(dialect, directives.status, f"Fake error {directives.status}", directives=directives)
         if directives.fail_first is not None:
@@ -1088,20 +1100,19 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
                 )
         return None
 
-    def success(directives: Directives, stream: bool, json_body: JSONDict, steps: list[Step]) -> PlannedResponse:
-        before: list[Pause] = [Pause(directives.delay_first)] if directives.delay_first else []
-        headers = {"request-id": _new_id("req_fake_")}
-        if stream:
-            return PlannedResponse(
-                fake, status=200, headers={**_SSE_HEADERS, **headers}, body=steps, before_headers=before, is_stream=True
-            )
+    def sse_reply(directives: Directives, steps: list[Step]) -> PlannedResponse:
+        before = [Pause(directives.delay_first)] if directives.delay_first else []
+        headers = {**_SSE_HEADERS, "request-id": _new_id("req_fake_")}
+        return PlannedResponse(fake, status=200, headers=headers, body=steps, before_headers=before, is_stream=True)
+
+    def json_reply(directives: Directives, payload: JSONDict) -> PlannedResponse:
+        before = [Pause(directives.delay_first)] if directives.delay_first else []
         if directives.hang:
             before.append(Pause(math.inf))
         elif directives.slow:
             before.append(Pause(directives.slow))
-        return PlannedResponse(
-            fake, status=200, headers={**_JSON_HEADERS, **headers}, body=[_json_bytes(json_body)], before_headers=before
-        )
+        headers = {**_JSON_HEADERS, "request-id": _new_id("req_fake_")}
+        return PlannedResponse(fake, status=200, headers=headers, body=[_json_bytes(payload)], before_headers=before)
 
     async def messages(request: Request) -> PlannedResponse:
         body = await read_body(request)
@@ -1120,17 +1131,14 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
             return reject("anthropic", 400, str(exc))
 
         stream = bool(body.get("stream"))
-        if failure := scripted_failure("anthropic", directives, user_text):
+        if failure := scripted_failure("anthropic", directives, user_text, stream):
             return failure
-        if directives.midstream_error and not stream:
-            return error_response("anthropic", 529, "Overloaded", directives=directives)
         results, rounds = _anthropic_tool_results(body["messages"])
         answer = plan_answer(directives, clean_text, results, rounds, "toolu_fake")
         usage = _anthropic_usage(body)
-        model = body["model"]
         if stream:
-            return success(directives, True, {}, anthropic_stream(answer, model, usage, directives))
-        return success(directives, False, anthropic_message(answer, model, usage), [])
+            return sse_reply(directives, anthropic_stream(answer, body["model"], usage, directives))
+        return json_reply(directives, anthropic_message(answer, body["model"], usage))
 
     async def chat_completions(request: Request) -> PlannedResponse:
         body = await read_body(request)
@@ -1151,19 +1159,16 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
             return reject("openai", 400, str(exc))
 
         stream = bool(body.get("stream"))
-        if failure := scripted_failure("openai", directives, user_text):
+        if failure := scripted_failure("openai", directives, user_text, stream):
             return failure
-        if directives.midstream_error and not stream:
-            return error_response("openai", 529, "Overloaded", directives=directives)
         results, rounds = _openai_tool_results(messages)
         answer = plan_answer(directives, clean_text, results, rounds, "call_fake")
         usage = _openai_usage(body, answer)
-        model = body["model"]
         if stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            return success(directives, True, {}, openai_stream(answer, model, usage, directives, include_usage))
-        return success(directives, False, openai_completion(answer, model, usage), [])
+            return sse_reply(directives, openai_stream(answer, body["model"], usage, directives, include_usage))
+        return json_reply(directives, openai_completion(answer, body["model"], usage))
 
     async def stats(_: Request) -> JSONResponse:
         return JSONResponse(fake.stats())

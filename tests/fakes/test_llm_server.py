@@ -72,6 +72,22 @@ async def collect_text(client: anthropic.AsyncAnthropic, prompt: str, into: list
             into.append(text)
 
 
+async def stream_failure(client: anthropic.AsyncAnthropic, prompt: str, into: list[str]) -> Exception:
+    """Like collect_text, but returns the error the stream must end with.
+
+    On an SSE ``error`` event the SDK raises from the consumer side, leaving its httpx2
+    generators suspended until the exception is freed. Dropping the traceback frees them
+    now, in this thread; kept in ``pytest.raises`` they would wait for the cycle collector,
+    which may run in the server's thread and report "Exception ignored in <async_generator>".
+    """
+    try:
+        await collect_text(client, prompt, into)
+    except Exception as exc:
+        exc.__traceback__ = None
+        return exc
+    raise AssertionError(f"streaming {prompt!r} did not fail")
+
+
 async def wait_until(predicate: Callable[[], bool], within: float = 1.0) -> None:
     deadline = time.monotonic() + within
     while not predicate():
@@ -253,13 +269,13 @@ async def test_fail_first_counts_per_text(fake: FakeLLMServer) -> None:
 async def test_midstream_error_raises_inside_the_stream(fake: FakeLLMServer) -> None:
     texts: list[str] = []
     async with sdk(fake) as client:
-        with pytest.raises(anthropic.APIStatusError) as caught:
-            await collect_text(client, "[[midstream_error]] [[words:10]]", texts)
+        error = await stream_failure(client, "[[midstream_error]] [[words:10]]", texts)
         # In JSON mode the same directive is a plain 529.
         with pytest.raises(anthropic.OverloadedError):
             await client.messages.create(model=MODEL, max_tokens=64, messages=user("[[midstream_error]]"))
     assert texts == ["word1", " word2"]
-    assert caught.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    assert isinstance(error, anthropic.APIStatusError)
+    assert error.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     await wait_until(lambda: fake.state.open_streams == 0)
 
 
