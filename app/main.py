@@ -25,6 +25,7 @@ from app.core.errors import install_error_handlers
 from app.core.lifecycle import Lifecycle, drain_on_sigterm
 from app.core.locks import LocalLocks, LockManager, RedisLocks
 from app.core.logging import configure_logging
+from app.core.metrics import Metrics, MetricsMiddleware
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import create_redis
 from app.health.router import router as health_router
@@ -66,7 +67,7 @@ def build_coordination(settings: Settings, redis: Redis | None) -> Coordination:
     )
 
 
-def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-untyped-def]
+def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         # AsyncExitStack releases in reverse order, also when start-up fails halfway.
@@ -91,6 +92,7 @@ def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-
             # Entered last, so it closes first: runs finish (or are interrupted) and are recorded
             # while the database and Redis are still there.
             runs = await stack.enter_async_context(RunManager(coordination.run_store, lifecycle))
+            metrics.watch_pool(lambda: int(getattr(engine.pool, "checkedout", lambda: 0)()))
             log.info(
                 "app.started",
                 provider=llm.provider,
@@ -113,6 +115,7 @@ def build_lifespan(settings: Settings, tools: ToolRegistry):  # type: ignore[no-
                 "idempotency": coordination.idempotency,
                 "limits": coordination.limits,
                 "runs": runs,
+                "metrics": metrics,
             }
             log.info("app.stopping")
 
@@ -123,6 +126,7 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
     """Build the app. `extra_tools` are offered to the agent beside the built-ins AGENT_TOOLS enables."""
     settings = settings or load_settings()
     configure_logging(settings.resolved_log_format(), settings.log_level)
+    metrics = Metrics()
     try:
         tools = build_registry(settings, extra_tools)
     except ValueError as exc:
@@ -132,9 +136,10 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
         title="agentchat",
         version="0.1.0",
         summary="Multi-turn conversations with a tool-using LLM agent.",
-        lifespan=build_lifespan(settings, tools),
+        lifespan=build_lifespan(settings, tools, metrics),
     )
     install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(health_router)
     app.include_router(chat_router)
     app.include_router(conversations_router)

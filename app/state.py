@@ -15,6 +15,7 @@ from app.chat.idempotency import IdempotencyStore
 from app.core.config import Settings
 from app.core.lifecycle import Lifecycle
 from app.core.locks import LockManager
+from app.core.metrics import Metrics
 from app.llm.base import ChatModel
 from app.runs.manager import RunManager
 
@@ -32,6 +33,7 @@ class State(TypedDict):
     idempotency: IdempotencyStore
     limits: Limits
     runs: RunManager
+    metrics: Metrics
 
 
 def _get(name: str):  # type: ignore[no-untyped-def]
@@ -47,3 +49,4 @@ ToolsDep = Annotated[ToolRegistry, Depends(_get("tools"))]
 IdempotencyDep = Annotated[IdempotencyStore, Depends(_get("idempotency"))]
 LimitsDep = Annotated[Limits, Depends(_get("limits"))]
 RunsDep = Annotated[RunManager, Depends(_get("runs"))]
+MetricsDep = Annotated[Metrics, Depends(_get("metrics"))]

@@ -163,6 +163,17 @@ def settings_env_names() -> set[str]:
     return {name.upper() for name in Settings.model_fields}
 
 
+def parse_env_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """`--env KEY=VALUE` options: experiment with a setting (DB_POOL_TIMEOUT=30...) without editing code."""
+    overrides: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env wants KEY=VALUE, got {pair!r}")
+        overrides[key.strip().upper()] = value
+    return overrides
+
+
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in settings_env_names()}
     env.update(extra)
@@ -338,26 +349,30 @@ def scan_log(path: Path, max_samples: int = 5) -> LogReport:
         return report
     for line in text.splitlines():
         report.lines += 1
-        if "Traceback (most recent call last)" in line:
-            report.tracebacks += 1
         try:
             record = json.loads(line)
         except ValueError:
-            continue
+            record = None
         if not isinstance(record, dict):
+            # A plain-text traceback (printed before logging was set up, or by uvicorn itself).
+            if "Traceback (most recent call last)" in line:
+                report.tracebacks += 1
             continue
         level = str(record.get("level", "")).lower()
-        if "exception" in record:
+        exception = str(record.get("exception", ""))
+        if exception:
             report.tracebacks += 1
         if level in ("error", "critical", "warning"):
             if level == "warning":
                 report.warnings += 1
             else:
                 report.errors += 1
-            key = f"{level}:{record.get('event', '?')}"
+            # The last line of a traceback names the exception: the part worth reading.
+            cause = exception.strip().splitlines()[-1] if exception.strip() else ""
+            key = f"{level}:{record.get('event', '?')}" + (f" [{cause[:160]}]" if cause else "")
             report.by_event[key] = report.by_event.get(key, 0) + 1
             if level != "warning" and len(report.samples) < max_samples:
-                report.samples.append(line[:400])
+                report.samples.append(line[:300])
     return report
 
 
@@ -393,7 +408,11 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def bench_stack(
-    server_env: Mapping[str, str], *, profile: Path | None = None, ready_timeout: float = 60.0
+    server_env: Mapping[str, str],
+    *,
+    profile: Path | None = None,
+    keep_log: Path | None = None,
+    ready_timeout: float = 60.0,
 ) -> AsyncIterator[Stack]:
     """Database + migrations + key + fake LLM + one uvicorn worker; all undone on exit, however it comes."""
     tag = secrets.token_hex(4)
@@ -467,6 +486,10 @@ async def bench_stack(
                 log(f"stopping {proc.name} failed: {exc!r}")
         if stack is not None:
             stack.log_report = scan_log(stack.server.log_path)
+            if keep_log is not None:
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(stack.server.log_path, keep_log)
+                    log(f"server log copied to {keep_log}")
             try:
                 stack.xacts_end = await asyncio.wait_for(db_xacts(stack.db_name), timeout=10)
             except Exception as exc:

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +36,7 @@ from bench._harness import (
     fmt_ms,
     jsonable,
     log,
+    parse_env_overrides,
     percentile,
     print_table,
     raise_nofile,
@@ -195,17 +197,23 @@ async def concurrent(call: Call, workers: int, seconds: float, count: int | None
     return series
 
 
+def keep_log(args: argparse.Namespace) -> Path | None:
+    return Path(args.server_log).resolve() if args.server_log else None
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     server_env = {"DB_POOL_SIZE": "10", "LOG_LEVEL": "INFO"}
     if not args.no_redis:
         server_env["REDIS_URL"] = REDIS_URL
+    server_env.update(args.env)
     profile = resolve_profile(args.profile)
     result: dict[str, Any] = {
         "mode": "continue: one conversation per client task" if args.continue_ else "a new conversation every turn",
         "redis": not args.no_redis,
+        "env_overrides": args.env,
         "profile": str(profile) if profile else None,
     }
-    async with bench_stack(server_env, profile=profile) as stack:
+    async with bench_stack(server_env, profile=profile, keep_log=keep_log(args)) as stack:
         targets = Targets(stack, continue_conversations=args.continue_)
         try:
             result["background_load_cores"] = await wait_for_quiet(args.wait_quiet)
@@ -268,6 +276,7 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         [
             ("mode", r["mode"]),
             ("redis", "on" if r["redis"] else "off"),
+            ("extra server settings", ", ".join(f"{k}={v}" for k, v in r["env_overrides"].items()) or "none"),
             ("background load before run", f"{r['background_load_cores']:.2f} cores (of 2)"),
             ("profile", r["profile"] or "off"),
         ],
@@ -304,8 +313,6 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
     )
     for event, count in sorted(log_info["events"].items()):
         print(f"  log {event}: {count}")
-    for line in log_info["samples"]:
-        print(f"  > {line}")
 
     added_ms = r["added_median_c1_s"] * 1000
     tps = r["service_turns_per_s_c8"]
@@ -343,6 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-redis", action="store_true", help="leave REDIS_URL unset")
     parser.add_argument("--target-added-ms", type=float, default=6.0)
     parser.add_argument("--target-tps", type=float, default=200.0)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server setting, repeatable (e.g. --env DB_POOL_TIMEOUT=30); shown in the report",
+    )
+    parser.add_argument("--server-log", metavar="PATH", help="keep a copy of the server's log (stdout+stderr) here")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
         "--profile",
@@ -353,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run the server under py-spy; default bench/profile.svg (a .txt path gives collapsed stacks)",
     )
     args = parser.parse_args(argv)
+    try:
+        args.env = parse_env_overrides(args.env)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not (0 <= args.warmup <= 10_000 and 1 <= args.requests <= 100_000 and 1 <= args.concurrency <= 256):
         parser.error("--warmup/--requests/--concurrency out of range")
     if not 0 < args.c8_seconds <= 600:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -35,6 +36,7 @@ from bench._harness import (
     jsonable,
     log,
     machine_cpu,
+    parse_env_overrides,
     percentile,
     print_table,
     raise_nofile,
@@ -228,6 +230,10 @@ async def stored_statuses(stack: Stack) -> dict[str, int]:
         await conn.close()
 
 
+def keep_log(args: argparse.Namespace) -> Path | None:
+    return Path(args.server_log).resolve() if args.server_log else None
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     n: int = args.streams
     message = f"[[words:{args.words}]] [[slow:{args.slow}]] bench"
@@ -235,10 +241,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "DB_POOL_SIZE": str(POOL_SIZE),
         "DB_MAX_OVERFLOW": "0",
         "LOG_LEVEL": "WARNING",
+        **args.env,
     }  # REDIS_URL stays unset: clean_env drops it
     results: list[StreamResult] = []
     peaks = Peaks()
-    async with bench_stack(server_env, profile=resolve_profile(args.profile)) as stack:
+    async with bench_stack(server_env, profile=resolve_profile(args.profile), keep_log=keep_log(args)) as stack:
         headers = {"Authorization": f"Bearer {stack.api_key}", "Accept": "text/event-stream"}
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         timeout = httpx.Timeout(60.0, connect=30.0, pool=60.0)
@@ -284,6 +291,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "streams_requested": n,
         "message": message,
+        "env_overrides": args.env,
         "completed": sum(r.completed for r in results),
         "errors": sum(errors.values()),
         "errors_by_kind": errors,
@@ -308,7 +316,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "peak_pg_connections": peaks.pg_connections,
         "pg_states_at_peak": peaks.pg_by_state,
-        "pool_size": POOL_SIZE,
+        "pool_size": int(server_env["DB_POOL_SIZE"]),
+        "pool_overflow": int(server_env["DB_MAX_OVERFLOW"]),
         "server_rss_peak_mib": peaks.rss_kib / 1024,
         "server_vmhwm_mib": hwm / 1024,
         "samples": len(peaks.timeline),
@@ -331,10 +340,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_report(r: dict[str, Any], *, timeline: bool) -> None:
-    pg_ok = "OK" if r["peak_pg_connections"] <= r["pool_size"] else "OVER THE POOL"
+    limit = r["pool_size"] + r["pool_overflow"]
+    pg_ok = "OK" if r["peak_pg_connections"] <= limit else "OVER THE POOL"
     errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors_by_kind"].items())) or "none"
     rows = [
         ("message", r["message"]),
+        ("extra server settings", ", ".join(f"{k}={v}" for k, v in r["env_overrides"].items()) or "none"),
         ("streams requested", str(r["streams_requested"])),
         ("completed (got `end`)", str(r["completed"])),
         ("errors", f"{r['errors']} ({errs})"),
@@ -360,7 +371,8 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
         ),
         (
             "peak PG connections",
-            f"{r['peak_pg_connections']} (pool {r['pool_size']}, overflow 0): {pg_ok}  states {r['pg_states_at_peak']}",
+            f"{r['peak_pg_connections']} (pool {r['pool_size']}, overflow {r['pool_overflow']}): {pg_ok}"
+            f"  states {r['pg_states_at_peak']}",
         ),
         ("server RSS at peak", f"{r['server_rss_peak_mib']:.1f} MiB (VmHWM {r['server_vmhwm_mib']:.1f} MiB)"),
         ("stored assistant messages", str(r["stored_assistant_messages"])),
@@ -384,11 +396,10 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
             f"server {r['peak_server_cores_1s']:.2f} cores, whole machine {r['peak_machine_cores_1s']:.2f} cores",
         ),
     )
-    print_table(f"bench.streams — {r['streams_requested']} concurrent SSE turns, 1 worker, pool 5", rows)
+    title = f"bench.streams — {r['streams_requested']} concurrent SSE turns, 1 worker, pool {r['pool_size']}"
+    print_table(title, rows)
     for event, count in sorted(r["server_log_events"].items()):
         print(f"  log {event}: {count}")
-    for line in r["server_log_samples"]:
-        print(f"  > {line}")
     if timeline:
         print("\ntimeline (one line a second)")
         for line in r["timeline"]:
@@ -407,6 +418,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-quiet", type=float, default=60.0, help="wait up to this many seconds for other CPU load to stop"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server setting, repeatable (e.g. --env DB_POOL_TIMEOUT=30); shown in the report",
+    )
+    parser.add_argument("--server-log", metavar="PATH", help="keep a copy of the server's log (stdout+stderr) here")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--per-stream", action="store_true", help="include every stream's timings in --json")
     parser.add_argument("--timeline", action="store_true", help="also print one line of gauges per second")
@@ -419,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run the server under py-spy (flame graph; a .txt path gives collapsed stacks)",
     )
     args = parser.parse_args(argv)
+    try:
+        args.env = parse_env_overrides(args.env)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 1 <= args.streams <= 5000:
         parser.error("--streams must be between 1 and 5000")
     nofile = raise_nofile()  # before any subprocess: they inherit it

@@ -7,6 +7,7 @@ Everything produced is accumulated in a Transcript as it happens, so that howeve
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from pydantic import ValidationError
 from app.agent.registry import ToolRegistry
 from app.agent.tools.base import ToolContext, ToolError
 from app.core.config import Settings
+from app.core.errors import AppError
+from app.core.metrics import Metrics
 from app.llm.base import Block, ChatModel, Completed, LLMRequest, TextDelta, ToolCall, Usage
 
 log = structlog.get_logger(__name__)
@@ -85,8 +88,8 @@ def cap(text: str, limit: int) -> str:
 
 
 class Agent:
-    def __init__(self, llm: ChatModel, tools: ToolRegistry, settings: Settings) -> None:
-        self.llm, self.tools, self.settings = llm, tools, settings
+    def __init__(self, llm: ChatModel, tools: ToolRegistry, settings: Settings, metrics: Metrics) -> None:
+        self.llm, self.tools, self.settings, self.metrics = llm, tools, settings, metrics
 
     async def run(self, request: LLMRequest, ctx: ToolContext, transcript: Transcript, emit: Emit) -> None:
         messages = list(request.messages)
@@ -115,15 +118,25 @@ class Agent:
 
     async def _call_model(self, request: LLMRequest, transcript: Transcript, emit: Emit) -> Completed:
         completed: Completed | None = None
-        async with self.llm.stream(request) as events:
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    transcript.partial.append(event.text)
-                    await emit(Delta(event.text))
-                elif isinstance(event, ToolCall):
-                    await emit(ToolUseEvent(event.id, event.name, event.input))
-                elif isinstance(event, Completed):
-                    completed = event
+        started, first_token = time.perf_counter(), True
+        try:
+            async with self.llm.stream(request) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        if first_token:
+                            self.metrics.ttft.observe(time.perf_counter() - started)
+                            first_token = False
+                        transcript.partial.append(event.text)
+                        await emit(Delta(event.text))
+                    elif isinstance(event, ToolCall):
+                        await emit(ToolUseEvent(event.id, event.name, event.input))
+                    elif isinstance(event, Completed):
+                        completed = event
+        except AppError as exc:
+            self.metrics.upstream_errors.labels(exc.type).inc()
+            raise
+        finally:
+            self.metrics.upstream_latency.labels(self.llm.provider).observe(time.perf_counter() - started)
         if completed is None:
             raise RuntimeError("The model stream ended without a final message.")
         return completed

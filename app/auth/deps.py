@@ -58,6 +58,7 @@ async def enforce_request_limit(request: Request, owner: uuid.UUID) -> None:
         return
     if decision is not None and not decision.allowed:
         log.info("limits.refused", limit="requests_per_minute")
+        request.state.metrics.limit_refusals.labels("requests_per_minute").inc()
         raise RateLimited(f"More than {decision.limit} requests this minute.", headers=decision.headers())
 
 

@@ -34,7 +34,7 @@ from app.core.errors import (
     responses,
 )
 from app.core.locks import Lock
-from app.state import IdempotencyDep, LimitsDep, LLMDep, RunsDep, ToolsDep
+from app.state import IdempotencyDep, LimitsDep, LLMDep, MetricsDep, RunsDep, ToolsDep
 
 router = APIRouter(tags=["chat"])
 log = structlog.get_logger(__name__)
@@ -91,6 +91,7 @@ async def chat(
     idempotency: IdempotencyDep,
     limits: LimitsDep,
     runs: RunsDep,
+    metrics: MetricsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
@@ -104,6 +105,7 @@ async def chat(
     quota = await degraded(limits.check_tokens(owner), None, "token_quota")
     if quota is not None and not quota.allowed:
         log.info("limits.refused", limit="tokens_per_day")
+        metrics.limit_refusals.labels("tokens_per_day").inc()
         raise TokenQuotaExceeded(headers=quota.headers())
 
     fp = fingerprint({**body.model_dump(mode="json"), "stream": stream})
@@ -117,6 +119,7 @@ async def chat(
             raise IdempotencyInProgress()
         if claim.outcome == "replay":
             assert claim.response is not None
+            metrics.idempotent_replays.inc()
             return ReplayResponse(claim.response) if stream else JSONResponse(claim.response)
 
     lock: Lock | None = None
@@ -127,6 +130,7 @@ async def chat(
             lock = await degraded(locks.acquire(name), Lock(name, "unlocked"), "conversation_lock")
             if lock is None:
                 log.info("chat.conversation_busy", conversation_id=str(body.conversation_id))
+                metrics.lock_conflicts.inc()
                 raise ConversationBusy()
             if lock.token == "unlocked":
                 lock = None
@@ -150,11 +154,12 @@ async def chat(
     )
     turn = TurnRun(
         started,
-        Agent(llm, tools, settings),
+        Agent(llm, tools, settings, metrics),
         context,
         sessions,
         settings,
         lifecycle,
+        metrics,
         lock=(locks, lock) if lock is not None else None,
     )
 

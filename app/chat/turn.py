@@ -29,6 +29,7 @@ from app.core.config import Settings
 from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Lock, LockManager, kept
+from app.core.metrics import Metrics
 from app.llm.base import LLMRequest, Usage
 
 log = structlog.get_logger(__name__)
@@ -132,6 +133,7 @@ class TurnRun:
     sessions: async_sessionmaker[AsyncSession]
     settings: Settings
     lifecycle: Lifecycle
+    metrics: Metrics
     status: str = "incomplete"  # until the turn ends one way or another
     transcript: Transcript = field(default_factory=Transcript)
     error: AppError | None = None
@@ -168,6 +170,13 @@ class TurnRun:
 
     async def run(self, emit: Emit) -> None:
         """Run the agent, emitting events. Failures become a `Failed` event, never an exception."""
+        self.metrics.turns_in_flight.inc()
+        try:
+            await self._run(emit)
+        finally:
+            self.metrics.turns_in_flight.dec()
+
+    async def _run(self, emit: Emit) -> None:
         try:
             with self.lifecycle.track(self), self._scope, anyio.fail_after(self.settings.turn_timeout):
                 await self.agent.run(self.started.request, self.context, self.transcript, emit)
@@ -206,6 +215,9 @@ class TurnRun:
         if self.recorded:
             return
         self.recorded = True
+        self.metrics.turns.labels(self.status).inc()
+        self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
+        self.metrics.tokens.labels("out").inc(self.usage.output_tokens)
         content = self.transcript.content()
         values: dict[str, Any] = {
             "status": self.status,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from app.core.deps import LifecycleDep, RedisDep, SessionsDep
 from app.core.errors import envelope
@@ -19,6 +20,12 @@ CHECK_TIMEOUT = 2.0
 async def healthz() -> dict[str, str]:
     """The process is alive. Touches nothing else."""
     return {"status": "ok"}
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics for this replica."""
+    return Response(request.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is down; the body names it."}})
