@@ -23,8 +23,8 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth.repository import ApiKeyRepository
 from app.core.config import Settings
-from app.state import State
 from app.main import create_app
+from app.state import State
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import Live, live_server
 from tests.services import admin_database_url, asyncpg_dsn, problems, redis_url

@@ -10,7 +10,6 @@ be retried. nginx must be installed (``scripts/ensure-nginx.sh``); no database i
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,6 +31,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from tests.nginx import Prefix, free_port, load_render
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -492,16 +492,6 @@ def test_compose_conf_balances_every_api_service(services: dict[str, dict[str, A
 # --------------------------------------------------------------------------
 
 
-def load_render() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("agentchat_nginx_render", NGINX_DIR / "render.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def render() -> ModuleType:
     return load_render()
@@ -585,50 +575,6 @@ def nginx_version(nginx_bin: str) -> tuple[int, ...]:
     match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", result.stderr + result.stdout)
     assert match, result.stderr
     return tuple(int(part) for part in match.groups())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        assert isinstance(port, int)
-        return port
-
-
-@dataclass
-class Prefix:
-    """A writable nginx prefix: the rendered config, pid, logs and temp files, all in one dir."""
-
-    root: Path
-
-    @property
-    def conf(self) -> Path:
-        return self.root / "nginx.conf"
-
-    @property
-    def error_log(self) -> Path:
-        return self.root / "logs" / "error.log"
-
-    @property
-    def access_log(self) -> Path:
-        return self.root / "logs" / "access.log"
-
-    def values(self, listen: str, upstreams: str, resolver: str = "") -> dict[str, str]:
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        (self.root / "temp").mkdir(exist_ok=True)
-        return {
-            "LISTEN": listen,
-            "UPSTREAMS": upstreams,
-            "RESOLVER": resolver,
-            "PID_FILE": str(self.root / "nginx.pid"),
-            "ERROR_LOG": str(self.error_log),
-            "ACCESS_LOG": str(self.access_log),
-            "TEMP_DIR": str(self.root / "temp"),
-        }
-
-    def command(self, nginx_bin: str, *extra: str) -> list[str]:
-        # -e: nginx opens its compiled-in error log before reading the config; keep that here too.
-        return [nginx_bin, "-c", str(self.conf), "-p", str(self.root), "-e", str(self.error_log), *extra]
 
 
 def nginx_test(nginx_bin: str, prefix: Prefix) -> None:

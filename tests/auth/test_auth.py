@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from app.auth.keys import hash_key
 from app.core.config import Settings
-from app.state import State
 from app.models import ApiKey
+from app.state import State
 
 
 async def test_missing_or_wrong_keys_are_401(client: httpx.AsyncClient, api_key: str) -> None:

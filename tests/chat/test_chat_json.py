@@ -8,8 +8,8 @@ import httpx
 from sqlalchemy import select
 
 from app.core.config import Settings
-from app.state import State
 from app.models import Message
+from app.state import State
 from tests.conftest import make_key, running_app
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import free_port

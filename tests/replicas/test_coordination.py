@@ -37,9 +37,12 @@ async def test_a_colliding_turn_on_another_replica_is_409(
     assert (await slow).status_code == 200
     # Released when the turn ends: the other replica gets its turn.
     assert (await post(b, owner_key, {"message": "now?", "conversation_id": cid})).status_code == 200
-    items = (await httpx.AsyncClient(base_url=b.url).get(f"/conversations/{cid}/messages", headers=auth(owner_key)))
+    items = await httpx.AsyncClient(base_url=b.url).get(f"/conversations/{cid}/messages", headers=auth(owner_key))
     assert [i["content"] for i in items.json()["items"] if i["role"] == "user"] == [
-        "start", "[[words:20]] [[slow:0.05]]", "now?"]  # the refused turn stored nothing
+        "start",
+        "[[words:20]] [[slow:0.05]]",
+        "now?",
+    ]  # the refused turn stored nothing
 
 
 async def test_a_crashed_holder_does_not_wedge_a_conversation(redis_client: Redis, settings: Settings) -> None:

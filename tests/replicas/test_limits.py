@@ -28,9 +28,9 @@ async def test_a_per_key_limit_of_n_admits_n_across_replicas(replicas: tuple[Liv
     if time.time() % 60 > 55:  # keep the burst inside one fixed window
         await asyncio.sleep(61 - time.time() % 60)
     async with httpx.AsyncClient(timeout=30) as http:
-        responses = await asyncio.gather(*(
-            http.get(f"{(a if n % 2 else b).url}/conversations", headers=auth(owner_key)) for n in range(14)
-        ))
+        responses = await asyncio.gather(
+            *(http.get(f"{(a if n % 2 else b).url}/conversations", headers=auth(owner_key)) for n in range(14))
+        )
     statuses = sorted(r.status_code for r in responses)
     # 6 per minute; the key was created without a request, so the 14 are the only ones counted.
     assert statuses.count(200) == 6
@@ -40,8 +40,6 @@ async def test_a_per_key_limit_of_n_admits_n_across_replicas(replicas: tuple[Liv
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["ratelimit-limit"] == "6"
     assert refused.headers["ratelimit-remaining"] == "0"
-
-
 
 
 async def test_tokens_per_day_quota(settings: Settings, llm_server: FakeLLMServer) -> None:
@@ -65,8 +63,9 @@ async def test_redis_down_degrades_but_chat_works(settings: Settings, llm_server
         r = await client.post("/chat", json={"message": "hello"}, headers={**auth(key), "Idempotency-Key": "x"})
         assert r.status_code == 200, r.text
         cid = r.json()["conversation_id"]
-        r = await client.post("/chat", json={"message": "again", "conversation_id": cid, "stream": True},
-                              headers=auth(key))
+        r = await client.post(
+            "/chat", json={"message": "again", "conversation_id": cid, "stream": True}, headers=auth(key)
+        )
         assert r.status_code == 200
         assert "event: end" in r.text
         assert (await client.get("/readyz")).json()["checks"]["redis"].startswith("failed")

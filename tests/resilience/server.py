@@ -29,6 +29,7 @@ def server_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env.update(
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url or "",
+        REDIS_KEY_PREFIX=settings.redis_key_prefix,
         ANTHROPIC_API_KEY="test-anthropic-key",
         ANTHROPIC_BASE_URL=settings.anthropic_base_url or "",
         LLM_PROVIDER="anthropic",
