@@ -6,7 +6,8 @@
 Every stream asks the fake for `[[words:40]] [[slow:0.1]]` (about 4 s of deltas), all are started
 together, so they all overlap. Proves: no connection is held across the model call (peak PG
 connections stay within the pool), the fake really saw N streams open at once, and how long
-users wait for the first token. Exit code 0 iff no stream failed.
+users wait for the first token. Exit code 0 iff no stream failed (HTTP status, `error` event,
+exception, no `end`) and every answered turn was stored `complete` in the database.
 """
 
 from __future__ import annotations
@@ -329,6 +330,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "timeline": [f"{label}  {value}" for label, value in timeline_rows(peaks)],
         "sample_failures": peaks.sample_failures,
         "stored_assistant_messages": stored,
+        # A client that heard `end` must find the answer stored `complete` (its next turn replays it).
+        "answered_not_stored": max(0, sum(r.completed for r in results) - stored.get("complete", 0)),
         "server_log_errors": report.errors if report else None,
         "server_log_warnings": report.warnings if report else None,
         "server_log_tracebacks": report.tracebacks if report else None,
@@ -337,6 +340,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "per_stream": [asdict(r) for r in results] if args.per_stream else None,
     }
     return out
+
+
+def passed(r: dict[str, Any]) -> bool:
+    """No stream failed, and every answered turn was stored."""
+    return bool(r["errors"] == 0 and r["answered_not_stored"] == 0)
 
 
 def print_report(r: dict[str, Any], *, timeline: bool) -> None:
@@ -351,7 +359,9 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
         ("errors", f"{r['errors']} ({errs})"),
         (
             "peak streams in flight at fake",
-            f"{r['fake_max_open_streams']} (fake's own gauge); {r['peak_open_streams_sampled']} sampled every 100 ms",
+            f"{r['fake_max_open_streams']} of {r['streams_requested']} (fake's own gauge"
+            f"{'' if r['fake_max_open_streams'] == r['streams_requested'] else ': NOT all in flight at once'}); "
+            f"{r['peak_open_streams_sampled']} sampled every 100 ms",
         ),
         ("time to `start` p50 / p99", f"{fmt_ms(r['start_event_p50_s'])} / {fmt_ms(r['start_event_p99_s'])}"),
         ("TTFT p50", fmt_ms(r["ttft_p50_s"])),
@@ -376,6 +386,7 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
         ),
         ("server RSS at peak", f"{r['server_rss_peak_mib']:.1f} MiB (VmHWM {r['server_vmhwm_mib']:.1f} MiB)"),
         ("stored assistant messages", str(r["stored_assistant_messages"])),
+        ("answered (`end`) but not stored complete", str(r["answered_not_stored"])),
         (
             "GET /healthz during the burst",
             f"p50 {fmt_ms(r['healthz_p50_s'])}, max {fmt_ms(r['healthz_max_s'])} (event-loop lag proxy)",
@@ -404,7 +415,7 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
         print("\ntimeline (one line a second)")
         for line in r["timeline"]:
             print(f"  {line}")
-    print(f"\nresult: {'PASS' if r['errors'] == 0 else 'FAIL'}")
+    print(f"\nresult: {'PASS' if passed(r) else 'FAIL'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(jsonable(result), indent=2))
     else:
         print_report(result, timeline=args.timeline)
-    return 0 if result["errors"] == 0 else 1
+    return 0 if passed(result) else 1
 
 
 if __name__ == "__main__":
