@@ -26,6 +26,7 @@ from app.auth.deps import Principal
 from app.chat.history import build_history
 from app.conversations.repository import ConversationRepository, MessageRepository
 from app.core.config import Settings
+from app.core.context import current_request_id
 from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Lock, LockManager, kept
@@ -229,7 +230,11 @@ class TurnRun:
             "cache_creation_tokens": self.usage.cache_creation_input_tokens,
         }
         if self.error is not None:
-            values["error"] = {"type": self.error.type, "message": self.error.message}
+            values["error"] = {
+                "type": self.error.type,
+                "message": self.error.message,
+                "request_id": current_request_id(),
+            }
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
                 for attempt in range(RECORD_ATTEMPTS):

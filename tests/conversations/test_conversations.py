@@ -61,7 +61,7 @@ async def test_other_owners_see_nothing(client: httpx.AsyncClient, auth: dict[st
 
 async def test_messages_show_status_usage_and_errors(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     cid = (await client.post("/chat", json={"message": "fine"}, headers=auth)).json()["conversation_id"]
-    await client.post("/chat", json={"message": "bad [[status:529]]", "conversation_id": cid}, headers=auth)
+    failed = await client.post("/chat", json={"message": "bad [[status:529]]", "conversation_id": cid}, headers=auth)
     items = (await client.get(f"/conversations/{cid}/messages", headers=auth)).json()["items"]
     assert [(i["role"], i["status"]) for i in items] == [
         ("user", "complete"),
@@ -72,4 +72,5 @@ async def test_messages_show_status_usage_and_errors(client: httpx.AsyncClient, 
     assert items[1]["usage"]["output_tokens"] > 0
     assert items[1]["stop_reason"] == "end_turn"
     assert items[3]["error"]["type"] == "upstream_overloaded"
+    assert items[3]["error"]["request_id"] == failed.headers["x-request-id"]  # to find the logs later
     assert items[0]["usage"] is None
