@@ -63,7 +63,7 @@ class StreamResult:
 
 @dataclass
 class Sample:
-    t: float  # seconds since the burst started (negative: before)
+    t: float  # seconds since the burst started (negative: before), when the CPU counters were read
     open_streams: int
     pg_connections: int
     server_cpu: float  # cumulative CPU seconds
@@ -82,13 +82,18 @@ class Peaks:
     # GET /healthz (no DB, no threadpool) latency while the burst runs: the server's event-loop lag.
     healthz: list[float] = field(default_factory=list)
 
-    def peak_rate(self, window: int = 10) -> tuple[float, float]:
-        """Highest (server cores, machine cores) used over any `window` consecutive sample periods."""
+    def peak_rate(self, window: float = 1.0) -> tuple[float, float]:
+        """Highest (server cores, machine cores) used over any span of at least `window` seconds."""
         cores = os.cpu_count() or 1
         best_server = best_machine = 0.0
         line = self.timeline
-        for a, b in zip(line, line[window:], strict=False):
-            if b.t > a.t and b.machine_total > a.machine_total:
+        first = 0
+        for b in line:
+            # Advance to the latest sample still at least `window` before b.
+            while first + 1 < len(line) and b.t - line[first + 1].t >= window:
+                first += 1
+            a = line[first]
+            if b.t - a.t >= window and b.machine_total > a.machine_total:
                 best_server = max(best_server, (b.server_cpu - a.server_cpu) / (b.t - a.t))
                 busy = (b.machine_busy - a.machine_busy) / (b.machine_total - a.machine_total)
                 best_machine = max(best_machine, busy * cores)
@@ -163,10 +168,10 @@ async def sample(stack: Stack, stop: asyncio.Event, peaks: Peaks, origin: list[f
                         peaks.pg_by_state = {str(r["state"]): int(r["n"]) for r in rows}
                     open_streams = int((await fake.get("/_stats")).json()["open_streams"])
                     peaks.open_streams = max(peaks.open_streams, open_streams)
+                    # CPU counters and their timestamp read together: under load the awaits above can take seconds.
                     busy, all_jiffies = machine_cpu()
-                    peaks.timeline.append(
-                        Sample(tick - origin[0], open_streams, total, cpu_seconds(pid), busy, all_jiffies)
-                    )
+                    server_cpu, now = cpu_seconds(pid), time.monotonic()
+                    peaks.timeline.append(Sample(now - origin[0], open_streams, total, server_cpu, busy, all_jiffies))
                 except (OSError, httpx.HTTPError, asyncpg.PostgresError, ValueError, KeyError):
                     peaks.sample_failures += 1
                 peaks.rss_kib = max(peaks.rss_kib, rss_kib(pid)[0])

@@ -28,6 +28,8 @@ import compose_spec
 import pytest
 import yaml
 
+from app.core.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -39,23 +41,8 @@ SHUTDOWN_GRACE_SECONDS_DEFAULT = 20
 APP_PORT = 8000
 HEALTHZ_URL = f"http://127.0.0.1:{APP_PORT}/healthz"
 
-# The public configuration surface of the service.
-DOCUMENTED_ENV_VARS = frozenset(
-    {
-        "DATABASE_URL",
-        "REDIS_URL",
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_BASE_URL",
-        "LLM_PROVIDER",
-        "LLM_MODEL",
-        "DB_POOL_SIZE",
-        "DB_MAX_OVERFLOW",
-        "DB_POOL_TIMEOUT",
-        "LOG_FORMAT",
-        "LOG_LEVEL",
-        "SHUTDOWN_GRACE_SECONDS",
-    }
-)
+# The public configuration surface: every field of the settings, as an environment variable.
+DOCUMENTED_ENV_VARS = frozenset(name.upper() for name in Settings.model_fields)
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
 SECRET_VALUE = re.compile(r"sk-ant-|sk-[A-Za-z0-9]{16,}")
 

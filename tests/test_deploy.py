@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from app.core.config import Settings
 from tests.nginx import Prefix, free_port, load_render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,26 +52,8 @@ POSTGRES_CONNECTION_BUDGET = 97
 # ingress-nginx's default upstream-keepalive-timeout (its ConfigMap), seconds.
 INGRESS_UPSTREAM_KEEPALIVE_TIMEOUT = 60
 
-# The service's configuration surface (README and app/core/config.py).
-DOCUMENTED_ENV_VARS = frozenset(
-    {
-        "DATABASE_URL",
-        "REDIS_URL",
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_BASE_URL",
-        "LLM_PROVIDER",
-        "LLM_MODEL",
-        "DB_POOL_SIZE",
-        "DB_MAX_OVERFLOW",
-        "DB_POOL_TIMEOUT",
-        "LOG_FORMAT",
-        "LOG_LEVEL",
-        "SHUTDOWN_GRACE_SECONDS",
-        "APP_NAME",
-        "RATE_LIMIT_PER_MINUTE",
-        "TOKENS_PER_DAY",
-    }
-)
+# The public configuration surface: every field of the settings, as an environment variable.
+DOCUMENTED_ENV_VARS = frozenset(name.upper() for name in Settings.model_fields)
 # Read by uvicorn's CLI (auto_envvar_prefix "UVICORN"), not by the app.
 UVICORN_ENV_VARS = frozenset({"UVICORN_TIMEOUT_KEEP_ALIVE"})
 SECRET_ENV_VARS = frozenset({"ANTHROPIC_API_KEY", "DATABASE_URL"})

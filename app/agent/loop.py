@@ -29,25 +29,14 @@ INTERRUPTED = "The tool call was interrupted before it returned a result."
 
 
 @dataclass(frozen=True, slots=True)
-class Delta:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolUseEvent:
-    id: str
-    name: str
-    input: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
 class ToolResultEvent:
     tool_use_id: str
     content: str
     is_error: bool
 
 
-AgentEvent = Delta | ToolUseEvent | ToolResultEvent
+# The model's text and tool calls pass through as they are; tool results are the agent's own.
+AgentEvent = TextDelta | ToolCall | ToolResultEvent
 Emit = Callable[[Any], Awaitable[None]]
 
 
@@ -127,9 +116,9 @@ class Agent:
                             self.metrics.ttft.observe(time.perf_counter() - started)
                             first_token = False
                         transcript.partial.append(event.text)
-                        await emit(Delta(event.text))
+                        await emit(event)
                     elif isinstance(event, ToolCall):
-                        await emit(ToolUseEvent(event.id, event.name, event.input))
+                        await emit(event)
                     elif isinstance(event, Completed):
                         completed = event
         except AppError as exc:

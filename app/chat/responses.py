@@ -22,12 +22,13 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from app.agent.loop import Delta, ToolResultEvent, ToolUseEvent
+from app.agent.loop import ToolResultEvent
 from app.chat.schemas import AssistantMessageOut, ChatResponse
 from app.chat.turn import End, Failed, TurnEvent, TurnRun
 from app.conversations.render import tool_calls
 from app.conversations.schemas import UsageOut
 from app.core.errors import envelope
+from app.llm.base import TextDelta, ToolCall
 from app.runs.events import PING, RunEvent
 from app.runs.manager import Run, RunManager
 from app.runs.store import RunStore
@@ -119,9 +120,9 @@ class TurnJSONResponse(Response):
 
 def turn_event(item: TurnEvent, run: TurnRun) -> tuple[str, dict[str, Any]]:
     """A turn's event as a run event: (name, data)."""
-    if isinstance(item, Delta):
+    if isinstance(item, TextDelta):
         return "delta", {"text": item.text}
-    if isinstance(item, ToolUseEvent):
+    if isinstance(item, ToolCall):
         return "tool_use", {"id": item.id, "name": item.name, "input": item.input}
     if isinstance(item, ToolResultEvent):
         return "tool_result", {"tool_use_id": item.tool_use_id, "content": item.content, "is_error": item.is_error}

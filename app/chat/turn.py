@@ -20,7 +20,7 @@ import anyio
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.agent.loop import Agent, Delta, ToolResultEvent, ToolUseEvent, Transcript
+from app.agent.loop import Agent, ToolResultEvent, Transcript
 from app.agent.tools.base import ToolContext
 from app.auth.deps import Principal
 from app.chat.history import build_history
@@ -31,7 +31,7 @@ from app.core.errors import AppError, ConversationNotFound, ShuttingDown, Upstre
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Lock, LockManager, kept
 from app.core.metrics import Metrics
-from app.llm.base import LLMRequest, Usage
+from app.llm.base import LLMRequest, TextDelta, ToolCall, Usage
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +120,7 @@ class Failed:
     error: AppError
 
 
-TurnEvent = Delta | ToolUseEvent | ToolResultEvent | End | Failed
+TurnEvent = TextDelta | ToolCall | ToolResultEvent | End | Failed
 Emit = Callable[[TurnEvent], Awaitable[None]]
 
 
@@ -210,6 +210,9 @@ class TurnRun:
             error_type=error.type,
             cause=cause,
         )
+        # Only type, message and headers are kept: let go of the frames (and the SDK's suspended
+        # stream generators) that the traceback chain would keep alive.
+        error.__cause__ = error.__context__ = error.__traceback__ = None
 
     async def record(self) -> None:
         """Phase 3, once. Shielded and bounded: it must finish even when the turn was cancelled."""
