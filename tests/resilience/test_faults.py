@@ -248,8 +248,9 @@ async def test_sigterm_with_streams_in_flight(
             results.append(events[-1]["data"]["error"]["type"] if events[-1]["event"] == "error" else "end")
 
     # Short streams finish within the grace period; long ones are interrupted at its end.
-    tasks = [asyncio.create_task(stream(n, 10 if n % 2 else 400)) for n in range(20)]
-    await eventually(lambda: llm_server.state.open_streams == 20, timeout=5)
+    tasks = [asyncio.create_task(stream(n, 20 if n % 2 else 400)) for n in range(20)]
+    # Every stream started; the long ones are certainly still running when SIGTERM arrives.
+    await eventually(lambda: len(turns.accepted) == 20 and llm_server.state.open_streams >= 10, timeout=10)
     code = await server.terminate()
     await asyncio.gather(*tasks)
     assert code == 0
