@@ -70,6 +70,7 @@ class Series:
     errors: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     server_cpu: float = math.nan  # CPU seconds the service used during a c=8 phase
+    longest_conversation: int = 0  # turns in the longest conversation (grows only with --continue)
 
     def add_error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -85,6 +86,7 @@ class Series:
             "mean_s": statistics.fmean(self.latencies) if n else math.nan,
             "per_s": n / self.elapsed if self.elapsed else math.nan,
             "server_cpu_ms_per_request": self.server_cpu / n * 1000 if n else math.nan,
+            "longest_conversation_turns": self.longest_conversation,
         }
 
 
@@ -167,6 +169,8 @@ async def sequential(calls: dict[str, Call], warmup: int, requests: int) -> dict
         shift = round_no % len(names)
         for name in names[shift:] + names[:shift]:
             await timed(calls[name], conversations[name], series[name] if measuring else None)
+    for name in names:
+        series[name].longest_conversation = conversations[name].turns
     return series
 
 
@@ -194,6 +198,7 @@ async def concurrent(call: Call, workers: int, seconds: float, count: int | None
     await asyncio.gather(*(worker(c) for c in conversations))
     series.elapsed = time.perf_counter() - started
     series.server_cpu = cpu_seconds(server_pid) - cpu_before
+    series.longest_conversation = max(c.turns for c in conversations)
     return series
 
 
@@ -271,10 +276,15 @@ def _lat_row(s: dict[str, Any]) -> str:
 
 
 def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
+    mode = r["mode"]
+    if r["mode"].startswith("continue"):
+        c1_len = r["c1"]["service /chat"]["longest_conversation_turns"]
+        c8_len = r["c8"]["service /chat"]["longest_conversation_turns"]
+        mode += f" (c=1 conversation reached {c1_len} turns, c={args.concurrency} up to {c8_len} each)"
     print_table(
         "bench.overhead — setup",
         [
-            ("mode", r["mode"]),
+            ("mode", mode),
             ("redis", "on" if r["redis"] else "off"),
             ("extra server settings", ", ".join(f"{k}={v}" for k, v in r["env_overrides"].items()) or "none"),
             ("background load before run", f"{r['background_load_cores']:.2f} cores (of 2)"),

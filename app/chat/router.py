@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
@@ -33,7 +34,7 @@ from app.core.errors import (
     UpstreamTimeout,
     responses,
 )
-from app.core.locks import Lock
+from app.core.locks import Lock, LockManager
 from app.state import IdempotencyDep, LimitsDep, LLMDep, MetricsDep, RunsDep, ToolsDep
 
 router = APIRouter(tags=["chat"])
@@ -53,6 +54,19 @@ async def degraded(call: Awaitable[T], fallback: T, feature: str) -> T:
     except (RedisError, OSError) as exc:
         log.warning("chat.degraded", feature=feature, error=type(exc).__name__)
         return fallback
+
+
+BUSY = Lock("busy", "")
+
+
+async def acquire_conversation(locks: LockManager, owner: uuid.UUID, conversation_id: uuid.UUID) -> Lock | None:
+    """The conversation's turn lock; BUSY if another turn holds it; None if Redis is down (degraded)."""
+    # Keyed by owner too: another owner's id finds a different lock, and then a 404.
+    try:
+        return await locks.acquire(f"conversation:{owner}:{conversation_id}") or BUSY
+    except (RedisError, OSError) as exc:
+        log.warning("chat.degraded", feature="conversation_lock", error=type(exc).__name__)
+        return None
 
 
 @router.post(
@@ -125,15 +139,12 @@ async def chat(
     lock: Lock | None = None
     try:
         if body.conversation_id is not None:
-            # Keyed by owner too: another owner's id finds a different lock, then a 404.
-            name = f"conversation:{owner}:{body.conversation_id}"
-            lock = await degraded(locks.acquire(name), Lock(name, "unlocked"), "conversation_lock")
-            if lock is None:
+            lock = await acquire_conversation(locks, owner, body.conversation_id)
+            if lock is BUSY:
+                lock = None  # not ours to release
                 log.info("chat.conversation_busy", conversation_id=str(body.conversation_id))
                 metrics.lock_conflicts.inc()
                 raise ConversationBusy()
-            if lock.token == "unlocked":
-                lock = None
         started = await begin_turn(
             sessions,
             settings,
