@@ -1,0 +1,29 @@
+"""A burst far larger than the pool queues briefly or fails fast with 503 — never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from app.core.config import Settings
+from tests.conftest import make_key, running_app
+from tests.fakes.llm_server import FakeLLMServer
+
+
+async def test_pool_exhaustion_is_503_with_retry_after(settings: Settings, llm_server: FakeLLMServer) -> None:
+    tiny = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout": 0.05})
+    async with running_app(tiny) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        responses = await asyncio.gather(
+            *(client.post("/chat", json={"message": f"[[words:3]] burst {n}"}, headers=auth) for n in range(60))
+        )
+        statuses = Counter(r.status_code for r in responses)
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses[503] > 0  # the pool really was exhausted
+        for r in responses:
+            if r.status_code == 503:
+                assert r.json()["error"]["type"] == "database_unavailable"
+                assert r.headers["retry-after"]
+        assert state["engine"].pool.checkedout() == 0  # type: ignore[attr-defined]
+        # And the service is fine afterwards.
+        assert (await client.post("/chat", json={"message": "after"}, headers=auth)).status_code == 200
