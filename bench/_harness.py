@@ -212,6 +212,28 @@ async def db_xacts(name: str) -> dict[str, int]:
     return {"commit": int(row["xact_commit"]), "rollback": int(row["xact_rollback"])} if row else {}
 
 
+async def delete_redis_keys(url: str, prefix: str, limit: int = 200_000) -> int:
+    """Remove what the service stored under this run's key prefix (bounded SCAN)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await client.delete(*batch)
+                batch.clear()
+            if deleted + len(batch) >= limit:
+                break
+        if batch:
+            deleted += await client.delete(*batch)
+    finally:
+        await client.aclose()
+    return deleted
+
+
 def run_checked(cmd: Sequence[str], env: Mapping[str, str], what: str, timeout: float) -> str:
     """Run a short helper command; on failure raise with its output, which says why."""
     done = subprocess.run(
@@ -369,6 +391,9 @@ def scan_log(path: Path, max_samples: int = 5) -> LogReport:
                 report.errors += 1
             # The last line of a traceback names the exception: the part worth reading.
             cause = exception.strip().splitlines()[-1] if exception.strip() else ""
+            for detail in ("error_type", "cause", "error"):
+                if record.get(detail) and not cause:
+                    cause = f"{detail}={record[detail]}"
             key = f"{level}:{record.get('event', '?')}" + (f" [{cause[:160]}]" if cause else "")
             report.by_event[key] = report.by_event.get(key, 0) + 1
             if level != "warning" and len(report.samples) < max_samples:
@@ -443,6 +468,8 @@ async def bench_stack(
         env = clean_env(
             {
                 "DATABASE_URL": db_url,
+                # Our own Redis namespace: no collision with a dev instance's keys, and easy to remove.
+                "REDIS_KEY_PREFIX": f"{app_name}:",
                 "ANTHROPIC_API_KEY": "bench",
                 "ANTHROPIC_BASE_URL": fake_url,
                 "LLM_PROVIDER": "anthropic",
@@ -494,6 +521,13 @@ async def bench_stack(
                 stack.xacts_end = await asyncio.wait_for(db_xacts(stack.db_name), timeout=10)
             except Exception as exc:
                 log(f"could not read pg_stat_database: {exc!r}")
+        redis_url = server_env.get("REDIS_URL")
+        if redis_url:
+            try:
+                removed = await asyncio.wait_for(delete_redis_keys(redis_url, f"agentchat-bench-{tag}:"), timeout=30)
+                log(f"removed {removed} Redis keys under agentchat-bench-{tag}:")
+            except Exception as exc:
+                log(f"could not clean Redis keys: {exc!r}")
         if db_name is not None:
             try:
                 await asyncio.wait_for(drop_database(db_name), timeout=30)

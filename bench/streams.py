@@ -115,7 +115,9 @@ async def one_stream(client: httpx.AsyncClient, headers: dict[str, str], message
             event = ""
             # Minimal SSE parsing: only `event:` names matter, plus the `data:` of an error.
             async for line in response.aiter_lines():
-                if line.startswith("event:"):
+                if not line:
+                    event = ""  # a blank line ends the event
+                elif line.startswith("event:"):
                     event = line[6:].strip()
                 elif line.startswith("data:"):
                     now = time.perf_counter()
