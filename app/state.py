@@ -37,7 +37,7 @@ class State(TypedDict):
 
 
 def _get(name: str):  # type: ignore[no-untyped-def]
-    def dependency(request: Request) -> object:
+    async def dependency(request: Request) -> object:  # async: no threadpool hop
         return getattr(request.state, name)
 
     dependency.__name__ = f"get_{name}"

@@ -21,6 +21,7 @@ def builtin_tools() -> dict[str, Tool[Any]]:
 class ToolRegistry:
     def __init__(self, tools: Iterable[Tool[Any]] = ()) -> None:
         self._tools: dict[str, Tool[Any]] = {}
+        self._schemas: list[dict[str, Any]] = []
         for tool in tools:
             self.register(tool)
 
@@ -28,6 +29,7 @@ class ToolRegistry:
         if tool.name in self._tools:
             raise ValueError(f"A tool named {tool.name!r} is already registered.")
         self._tools[tool.name] = tool
+        self._schemas = [t.schema() for t in self._tools.values()]  # built once, sent every call
 
     def get(self, name: str) -> Tool[Any] | None:
         return self._tools.get(name)
@@ -37,7 +39,7 @@ class ToolRegistry:
         return list(self._tools)
 
     def schemas(self) -> list[dict[str, Any]]:
-        return [tool.schema() for tool in self._tools.values()]
+        return self._schemas
 
 
 def build_registry(settings: Settings, extra: Sequence[Tool[Any]] = ()) -> ToolRegistry:

@@ -27,13 +27,15 @@ from app.chat.schemas import AssistantMessageOut, ChatResponse
 from app.chat.turn import End, Failed, TurnEvent, TurnRun
 from app.conversations.render import tool_calls
 from app.conversations.schemas import UsageOut
-from app.core.errors import envelope
+from app.core.errors import DatabaseUnavailable, envelope
 from app.llm.base import TextDelta, ToolCall
 from app.runs.events import PING, RunEvent
 from app.runs.manager import Run, RunManager
 from app.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
+
+NOT_SAVED = DatabaseUnavailable("The answer was produced but could not be saved; please retry.")
 
 SSE_HEADERS = {
     "cache-control": "no-cache",
@@ -110,7 +112,7 @@ class TurnJSONResponse(Response):
                 await self.run.record()
         if watch.client_left:
             return  # the client has gone; there is no one to answer
-        error = self.run.error
+        error = self.run.error if self.run.saved else self.run.error or NOT_SAVED
         if error is not None:
             answer = JSONResponse(envelope(error.type, error.message), error.status_code, error.headers)
         else:
@@ -149,9 +151,10 @@ def turn_driver(turn: TurnRun) -> Callable[[Run], Awaitable[None]]:
         )
 
         async def emit(item: TurnEvent) -> None:
-            if isinstance(item, End | Failed):
-                # Stored before anyone hears "end", so a client's next turn sees this one.
-                await turn.record()
+            # Stored before anyone hears "end", so a client's next turn sees this one; and an
+            # answer that could not be stored is not announced as complete.
+            if isinstance(item, End | Failed) and not await turn.record() and isinstance(item, End):
+                item = Failed(NOT_SAVED)
             run.publish(*turn_event(item, turn))
 
         async with turn.holding_lock():

@@ -36,7 +36,7 @@ from app.llm.base import LLMRequest, TextDelta, ToolCall, Usage
 log = structlog.get_logger(__name__)
 
 TITLE_CHARS = 80
-RECORD_ATTEMPTS = 3
+RECORD_DEADLINE = 60.0
 
 
 def make_title(message: str) -> str:
@@ -139,6 +139,7 @@ class TurnRun:
     transcript: Transcript = field(default_factory=Transcript)
     error: AppError | None = None
     recorded: bool = False
+    saved: bool = False
     after_record: list[Callable[[TurnRun], Awaitable[None]]] = field(default_factory=list)
     lock: tuple[LockManager, Lock] | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -214,18 +215,22 @@ class TurnRun:
         # stream generators) that the traceback chain would keep alive.
         error.__cause__ = error.__context__ = error.__traceback__ = None
 
-    async def record(self) -> None:
-        """Phase 3, once. Shielded and bounded: it must finish even when the turn was cancelled."""
+    async def record(self) -> bool:
+        """Phase 3, once; True when the outcome is stored.
+
+        Shielded, so it finishes even when the turn was cancelled, and patient: a lost connection
+        or an exhausted pool is retried on a fresh connection for up to RECORD_DEADLINE seconds,
+        because a finished answer is worth more than a quick reply.
+        """
         if self.recorded:
-            return
+            return self.saved
         self.recorded = True
         self.metrics.turns.labels(self.status).inc()
         self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
         self.metrics.tokens.labels("out").inc(self.usage.output_tokens)
-        content = self.transcript.content()
         values: dict[str, Any] = {
             "status": self.status,
-            "content": content,
+            "content": self.transcript.content(),
             "stop_reason": self.stop_reason,
             "input_tokens": self.usage.input_tokens,
             "output_tokens": self.usage.output_tokens,
@@ -238,29 +243,27 @@ class TurnRun:
                 "message": self.error.message,
                 "request_id": current_request_id(),
             }
-        try:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
-                for attempt in range(RECORD_ATTEMPTS):
-                    try:
-                        async with self.sessions() as session, session.begin():
-                            await MessageRepository(session).finish(
-                                self.started.message_id, conversation_id=self.started.conversation_id, **values
-                            )
-                        break
-                    except Exception as exc:
-                        # A connection lost under us (a restart, a killed backend) is worth another try
-                        # on a fresh one; anything else is a bug and is not retried.
-                        if not is_db_unavailable(exc) or attempt == RECORD_ATTEMPTS - 1:
-                            raise
-                        log.warning("chat.turn.record_retry", attempt=attempt + 1, error=type(exc).__name__)
-                        await anyio.sleep(0.2 * (attempt + 1))
-        except Exception:
-            # The user's message is already safe; the answer stays `in_progress` and is skipped on replay.
-            log.exception("chat.turn.record_failed", message_id=str(self.started.message_id))
-            return
-        if scope.cancelled_caught:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(RECORD_DEADLINE):
+            attempt = 0
+            while not self.saved:
+                attempt += 1
+                try:
+                    async with self.sessions() as session, session.begin():
+                        await MessageRepository(session).finish(
+                            self.started.message_id, conversation_id=self.started.conversation_id, **values
+                        )
+                    self.saved = True
+                except Exception as exc:
+                    if not is_db_unavailable(exc):
+                        # A bug, not an outage: retrying would not help. The user's message is safe;
+                        # the answer stays `in_progress` and is skipped on replay.
+                        log.exception("chat.turn.record_failed", message_id=str(self.started.message_id))
+                        return False
+                    log.warning("chat.turn.record_retry", attempt=attempt, error=type(exc).__name__)
+                    await anyio.sleep(min(0.2 * attempt, 2.0))
+        if not self.saved:
             log.error("chat.turn.record_timed_out", message_id=str(self.started.message_id))
-            return
+            return False
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             for hook in self.after_record:
                 try:
@@ -278,3 +281,4 @@ class TurnRun:
             input_tokens=self.usage.input_tokens,
             output_tokens=self.usage.output_tokens,
         )
+        return True

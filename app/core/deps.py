@@ -1,4 +1,8 @@
-"""Dependencies on the core resources the lifespan puts on request.state."""
+"""Dependencies on the core resources the lifespan puts on request.state.
+
+All `async def`, even the trivial ones: FastAPI runs a plain `def` dependency in the threadpool,
+a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -15,32 +19,32 @@ from app.core.lifecycle import Lifecycle
 from app.core.locks import LockManager
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
 
-def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+async def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     sessions: async_sessionmaker[AsyncSession] = request.state.sessions
     return sessions
 
 
-def get_redis(request: Request) -> Redis | None:
+async def get_redis(request: Request) -> Redis | None:
     redis: Redis | None = request.state.redis
     return redis
 
 
-def get_http(request: Request) -> httpx.AsyncClient:
+async def get_http(request: Request) -> httpx.AsyncClient:
     http: httpx.AsyncClient = request.state.http
     return http
 
 
-def get_lifecycle(request: Request) -> Lifecycle:
+async def get_lifecycle(request: Request) -> Lifecycle:
     lifecycle: Lifecycle = request.state.lifecycle
     return lifecycle
 
 
-def get_locks(request: Request) -> LockManager:
+async def get_locks(request: Request) -> LockManager:
     locks: LockManager = request.state.locks
     return locks
 

@@ -12,6 +12,7 @@ import time
 import uuid
 
 import structlog
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.context import request_id_var
@@ -95,16 +96,19 @@ class RequestContextMiddleware:
         except Exception as exc:
             # Cancellation is a BaseException and passes through untouched.
             if is_db_unavailable(exc):
-                log.warning("http.database_unavailable", error=type(exc).__name__, path=scope["path"])
+                busy = isinstance(exc, PoolTimeout)  # the database is fine; every connection is in use
+                log.warning("http.database_unavailable", error=type(exc).__name__, path=scope["path"], busy=busy)
                 if not response_started:
                     status = 503
                     await self._send_error(
                         send,
                         request_id,
                         503,
-                        "database_unavailable",
-                        "The database is temporarily unavailable.",
-                        retry_after="2",
+                        "service_busy" if busy else "database_unavailable",
+                        "Every database connection is busy; retry shortly."
+                        if busy
+                        else "The database is temporarily unavailable.",
+                        retry_after="1" if busy else "2",
                     )
             else:
                 log.exception("http.unhandled_error", path=scope["path"])

@@ -22,7 +22,7 @@ async def test_pool_exhaustion_is_503_with_retry_after(settings: Settings, llm_s
         assert statuses[503] > 0  # the pool really was exhausted
         for r in responses:
             if r.status_code == 503:
-                assert r.json()["error"]["type"] == "database_unavailable"
+                assert r.json()["error"]["type"] == "service_busy"
                 assert r.headers["retry-after"]
         assert state["engine"].pool.checkedout() == 0  # type: ignore[attr-defined]
         # And the service is fine afterwards.
