@@ -152,6 +152,7 @@ async def chat(
             message=body.message,
             conversation_id=body.conversation_id,
             system=body.system,
+            incremental=stream,
         )
     except BaseException:
         if lock is not None:

@@ -64,6 +64,7 @@ async def begin_turn(
     message: str,
     conversation_id: uuid.UUID | None,
     system: str | None,
+    incremental: bool = True,
 ) -> TurnStarted:
     async with sessions() as session, session.begin():
         conversations = ConversationRepository(session)
@@ -72,40 +73,32 @@ async def begin_turn(
             conversation = await conversations.create(
                 owner_id=principal.key_id, title=make_title(message), system=system
             )
-            earlier = []
+            earlier: list[tuple[str, Any]] = []
         else:
             found = await conversations.get_owned(conversation_id, owner_id=principal.key_id)
             if found is None:
                 raise ConversationNotFound()
             conversation = found
-            earlier = [
-                (m.role, m.content) for m in await messages.list_for_owned(conversation.id, owner_id=principal.key_id)
-            ]
+            earlier = await messages.history(conversation.id, owner_id=principal.key_id)
             await conversations.touch(conversation.id, owner_id=principal.key_id)
-        await messages.add(
-            conversation_id=conversation.id,
-            role="user",
-            content=[{"type": "text", "text": message}],
-            status="complete",
-        )
-        assistant = await messages.add(
-            conversation_id=conversation.id,
-            role="assistant",
-            content=[],
-            status="in_progress",
-            model=settings.llm_model,
+        assistant_id, created_at = await messages.start_turn(
+            conversation_id=conversation.id, text=message, model=settings.llm_model
         )
     history = build_history(earlier, message, budget=settings.history_token_budget)
     request = LLMRequest(
-        model=settings.llm_model, messages=history, max_tokens=settings.llm_max_tokens, system=conversation.system
+        model=settings.llm_model,
+        messages=history,
+        max_tokens=settings.llm_max_tokens,
+        system=conversation.system,
+        incremental=incremental,
     )
-    log.info(
+    log.debug(
         "chat.turn.started",
         conversation_id=str(conversation.id),
-        message_id=str(assistant.id),
+        message_id=str(assistant_id),
         history_messages=len(history),
     )
-    return TurnStarted(conversation.id, assistant.id, assistant.created_at, settings.llm_model, request)
+    return TurnStarted(conversation.id, assistant_id, created_at, settings.llm_model, request)
 
 
 # Events a turn emits, in order: deltas and tool events, then exactly one of End / Failed.

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.ids import uuid7
 from app.models import Conversation, Message
 from app.models.base import utcnow
 
@@ -23,9 +24,16 @@ class ConversationRepository:
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def create(self, *, owner_id: uuid.UUID, title: str, system: str | None) -> Conversation:
-        conversation = Conversation(owner_id=owner_id, title=title, system=system)
-        self.session.add(conversation)
-        await self.session.flush()
+        now = utcnow()
+        conversation = Conversation(
+            id=uuid7(), owner_id=owner_id, title=title, system=system, created_at=now, updated_at=now
+        )
+        # A plain INSERT: this is the hot path of every new conversation; the unit of work adds nothing.
+        await self.session.execute(
+            insert(Conversation).values(
+                id=conversation.id, owner_id=owner_id, title=title, system=system, created_at=now, updated_at=now
+            )
+        )
         return conversation
 
     async def touch(self, conversation_id: uuid.UUID, *, owner_id: uuid.UUID) -> None:
@@ -33,6 +41,7 @@ class ConversationRepository:
             update(Conversation)
             .where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
             .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
         )
 
     async def list_owned(
@@ -71,19 +80,48 @@ class MessageRepository:
         )
         return (await self.session.execute(stmt)).scalars().all()
 
-    async def add(
-        self,
-        *,
-        conversation_id: uuid.UUID,
-        role: str,
-        content: list[dict[str, Any]],
-        status: str,
-        model: str | None = None,
-    ) -> Message:
-        message = Message(conversation_id=conversation_id, role=role, content=content, status=status, model=model)
-        self.session.add(message)
-        await self.session.flush()
-        return message
+    async def history(self, conversation_id: uuid.UUID, *, owner_id: uuid.UUID) -> list[tuple[str, Any]]:
+        """(role, content blocks) of every message, in order: what a new turn replays."""
+        stmt = (
+            select(Message.role, Message.content)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.conversation_id == conversation_id, Conversation.owner_id == owner_id)
+            .order_by(Message.id)
+        )
+        return [(role, content) for role, content in (await self.session.execute(stmt)).all()]
+
+    async def start_turn(self, *, conversation_id: uuid.UUID, text: str, model: str) -> tuple[uuid.UUID, datetime]:
+        """Store the user's message and the assistant's `in_progress` placeholder in one round trip.
+
+        Returns the placeholder's id and creation time. Ids are UUIDv7, taken in order here, so the
+        user's message sorts first.
+        """
+        now = utcnow()
+        user_id, assistant_id = uuid7(), uuid7()
+        common = {
+            "conversation_id": conversation_id,
+            "created_at": now,
+            "updated_at": now,
+            "stop_reason": None,
+            "error": None,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_read_tokens": 0,
+            "cache_creation_tokens": 0,
+        }
+        rows = [
+            {
+                **common,
+                "id": user_id,
+                "role": "user",
+                "content": [{"type": "text", "text": text}],
+                "status": "complete",
+                "model": None,
+            },
+            {**common, "id": assistant_id, "role": "assistant", "content": [], "status": "in_progress", "model": model},
+        ]
+        await self.session.execute(insert(Message), rows)
+        return assistant_id, now
 
     async def finish(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
         """Record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
@@ -91,4 +129,5 @@ class MessageRepository:
             update(Message)
             .where(Message.id == message_id, Message.conversation_id == conversation_id)
             .values(updated_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)  # no objects in this session to refresh
         )

@@ -112,8 +112,21 @@ class AnthropicModel:
         if request.tools:
             kwargs["tools"] = request.tools
         with map_errors():
+            if not request.incremental:
+                yield self._whole(await self._client.messages.create(**kwargs))
+                return
             async with self._client.messages.stream(**kwargs) as upstream:
                 yield self._events(upstream)
+
+    @staticmethod
+    async def _whole(message: Any) -> AsyncIterator[LLMEvent]:
+        content = [block.model_dump(mode="json", exclude_none=True) for block in message.content]
+        for block in content:
+            if block["type"] == "text" and block["text"]:
+                yield TextDelta(block["text"])
+            elif block["type"] == "tool_use":
+                yield ToolCall(id=block["id"], name=block["name"], input=dict(block.get("input") or {}))
+        yield Completed(stop_reason=message.stop_reason or "end_turn", usage=_usage(message.usage), content=content)
 
     @staticmethod
     async def _events(upstream: Any) -> AsyncIterator[LLMEvent]:

@@ -135,7 +135,7 @@ async def test_turn_deadline_bounds_a_slow_stream(settings, llm_server: FakeLLMS
     async with running_app(quick) as (_, state, client):
         key = await make_key(state)
         r = await client.post(
-            "/chat", json={"message": "[[words:50]] [[slow:0.1]]"}, headers={"Authorization": f"Bearer {key}"}
+            "/chat", json={"message": "[[delay_first:3]] slow"}, headers={"Authorization": f"Bearer {key}"}
         )
         assert r.status_code == 504, r.text
         assert r.json()["error"]["message"] == "The turn did not finish within its deadline."

@@ -62,12 +62,13 @@ async def test_replicas_behind_nginx_act_as_one(cluster: Cluster, llm_server: Fa
     async with httpx.AsyncClient(timeout=30) as http:
         # 1. A colliding turn on the other replica gets 409.
         cid = (await http.post(f"{a.url}/chat", json={"message": "hi"}, headers=headers)).json()["conversation_id"]
+        calls_before = llm_server.state.request_count
         slow = asyncio.create_task(
             http.post(
-                f"{a.url}/chat", headers=headers, json={"message": "[[words:30]] [[slow:0.05]]", "conversation_id": cid}
+                f"{a.url}/chat", headers=headers, json={"message": "[[delay_first:1]] slow", "conversation_id": cid}
             )
         )
-        await eventually(lambda: llm_server.state.open_streams == 1)
+        await eventually(lambda: llm_server.state.request_count >= calls_before + 1)
         busy = await http.post(f"{b.url}/chat", json={"message": "me too", "conversation_id": cid}, headers=headers)
         assert busy.status_code == 409
         assert busy.json()["error"]["type"] == "conversation_busy"

@@ -29,8 +29,9 @@ async def test_a_colliding_turn_on_another_replica_is_409(
 ) -> None:
     a, b = replicas
     cid = (await post(a, owner_key, {"message": "start"})).json()["conversation_id"]
-    slow = asyncio.create_task(post(a, owner_key, {"message": "[[words:20]] [[slow:0.05]]", "conversation_id": cid}))
-    await eventually(lambda: llm_server.state.open_streams == 1)
+    calls_before = llm_server.state.request_count
+    slow = asyncio.create_task(post(a, owner_key, {"message": "[[delay_first:1]] slow", "conversation_id": cid}))
+    await eventually(lambda: llm_server.state.request_count >= calls_before + 1)
     busy = await post(b, owner_key, {"message": "me too", "conversation_id": cid})
     assert busy.status_code == 409
     assert busy.json()["error"]["type"] == "conversation_busy"
@@ -40,7 +41,7 @@ async def test_a_colliding_turn_on_another_replica_is_409(
     items = await httpx.AsyncClient(base_url=b.url).get(f"/conversations/{cid}/messages", headers=auth(owner_key))
     assert [i["content"] for i in items.json()["items"] if i["role"] == "user"] == [
         "start",
-        "[[words:20]] [[slow:0.05]]",
+        "[[delay_first:1]] slow",
         "now?",
     ]  # the refused turn stored nothing
 
@@ -87,9 +88,10 @@ async def test_idempotent_retry_while_running_and_after_failure(
     replicas: tuple[Live, Live], owner_key: str, llm_server: FakeLLMServer
 ) -> None:
     a, b = replicas
-    body = {"message": "[[words:20]] [[slow:0.05]]"}
+    body = {"message": "[[delay_first:1]] slow"}
+    calls_before = llm_server.state.request_count
     first = asyncio.create_task(post(a, owner_key, body, **{"Idempotency-Key": "k-2"}))
-    await eventually(lambda: llm_server.state.open_streams == 1)
+    await eventually(lambda: llm_server.state.request_count >= calls_before + 1)
     running = await post(b, owner_key, body, **{"Idempotency-Key": "k-2"})
     assert running.status_code == 409
     assert running.json()["error"]["type"] == "idempotency_in_progress"

@@ -27,7 +27,7 @@ async def test_drain_lets_short_turns_finish_and_interrupts_long_ones(
 
             short = asyncio.create_task(turn("[[words:5]] [[slow:0.1]]", True))
             long_stream = asyncio.create_task(turn("[[words:500]] [[slow:0.05]]", True))
-            long_json = asyncio.create_task(turn("[[words:500]] [[slow:0.05]]", False))
+            long_json = asyncio.create_task(turn("[[delay_first:30]] never in time", False))
             await eventually(lambda: lifecycle.in_flight == 3)
             lifecycle.begin_drain()
 
