@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypedDict
+from typing import Annotated, TypedDict, cast
 
 import httpx
 from fastapi import Depends, Request
@@ -36,17 +36,9 @@ class State(TypedDict):
     metrics: Metrics
 
 
-def _get(name: str):  # type: ignore[no-untyped-def]
-    async def dependency(request: Request) -> object:  # async: no threadpool hop
-        return getattr(request.state, name)
-
-    dependency.__name__ = f"get_{name}"
-    return dependency
+async def get_app_state(request: Request) -> State:
+    """Everything the lifespan built, as one dependency: the hot path resolves one, not a dozen."""
+    return cast(State, request.scope["state"])
 
 
-LLMDep = Annotated[ChatModel, Depends(_get("llm"))]
-ToolsDep = Annotated[ToolRegistry, Depends(_get("tools"))]
-IdempotencyDep = Annotated[IdempotencyStore, Depends(_get("idempotency"))]
-LimitsDep = Annotated[Limits, Depends(_get("limits"))]
-RunsDep = Annotated[RunManager, Depends(_get("runs"))]
-MetricsDep = Annotated[Metrics, Depends(_get("metrics"))]
+AppStateDep = Annotated[State, Depends(get_app_state)]

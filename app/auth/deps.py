@@ -40,12 +40,13 @@ async def require_api_key(request: Request, sessions: SessionsDep) -> Principal:
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
     # A short session of its own: the connection is back in the pool before the handler runs.
     async with sessions() as session:
-        row = await ApiKeyRepository(session).get_active_by_key(token)
-    if row is None:
+        found = await ApiKeyRepository(session).find_active(token)
+    if found is None:
         raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
-    structlog.contextvars.bind_contextvars(key_id=str(row.id))
-    await enforce_request_limit(request, row.id)
-    return Principal(key_id=row.id, name=row.name)
+    key_id, name = found
+    structlog.contextvars.bind_contextvars(key_id=str(key_id))
+    await enforce_request_limit(request, key_id)
+    return Principal(key_id=key_id, name=name)
 
 
 async def enforce_request_limit(request: Request, owner: uuid.UUID) -> None:

@@ -22,9 +22,11 @@ class ApiKeyRepository:
         await self.session.flush()
         return row, key
 
-    async def get_active_by_key(self, key: str) -> ApiKey | None:
-        stmt = select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+    async def find_active(self, key: str) -> tuple[uuid.UUID, str] | None:
+        """(id, name) of the active key, or None. Columns, not an entity: this runs on every request."""
+        stmt = select(ApiKey.id, ApiKey.name).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        row = (await self.session.execute(stmt)).first()
+        return (row.id, row.name) if row is not None else None
 
     async def list(self) -> Sequence[ApiKey]:
         return (await self.session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars().all()

@@ -16,7 +16,6 @@ from app.chat.idempotency import Claim, fingerprint
 from app.chat.responses import ReplayResponse, RunStreamResponse, TurnJSONResponse, chat_response, turn_driver
 from app.chat.schemas import ChatRequest, ChatResponse
 from app.chat.turn import TurnRun, begin_turn
-from app.core.deps import HttpDep, LifecycleDep, LocksDep, SessionsDep, SettingsDep
 from app.core.errors import (
     ConversationBusy,
     ConversationNotFound,
@@ -35,7 +34,7 @@ from app.core.errors import (
     responses,
 )
 from app.core.locks import Lock, LockManager
-from app.state import IdempotencyDep, LimitsDep, LLMDep, MetricsDep, RunsDep, ToolsDep
+from app.state import AppStateDep
 
 router = APIRouter(tags=["chat"])
 log = structlog.get_logger(__name__)
@@ -95,20 +94,12 @@ async def chat(
     body: ChatRequest,
     request: Request,
     principal: CurrentPrincipal,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    http: HttpDep,
-    lifecycle: LifecycleDep,
-    locks: LocksDep,
-    llm: LLMDep,
-    tools: ToolsDep,
-    idempotency: IdempotencyDep,
-    limits: LimitsDep,
-    runs: RunsDep,
-    metrics: MetricsDep,
+    app: AppStateDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
+    settings, sessions, lifecycle, metrics = app["settings"], app["sessions"], app["lifecycle"], app["metrics"]
+    limits, idempotency, locks = app["limits"], app["idempotency"], app["locks"]
     if lifecycle.draining:
         raise ShuttingDown()
     if len(body.message) > settings.max_message_chars:
@@ -162,11 +153,11 @@ async def chat(
         raise
 
     context = ToolContext(
-        owner_id=owner, conversation_id=started.conversation_id, settings=settings, sessions=sessions, http=http
+        owner_id=owner, conversation_id=started.conversation_id, settings=settings, sessions=sessions, http=app["http"]
     )
     turn = TurnRun(
         started,
-        Agent(llm, tools, settings, metrics),
+        Agent(app["llm"], app["tools"], settings, metrics),
         context,
         sessions,
         settings,
@@ -191,6 +182,7 @@ async def chat(
         turn.after_record.append(settle_idempotency)
 
     if stream:
+        runs = app["runs"]
         run = await runs.start(started.message_id, owner, turn_driver(turn))
         return RunStreamResponse(
             run, runs, ping_seconds=settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"

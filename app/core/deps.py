@@ -9,14 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.lifecycle import Lifecycle
-from app.core.locks import LockManager
 
 
 async def get_settings(request: Request) -> Settings:
@@ -34,27 +32,15 @@ async def get_redis(request: Request) -> Redis | None:
     return redis
 
 
-async def get_http(request: Request) -> httpx.AsyncClient:
-    http: httpx.AsyncClient = request.state.http
-    return http
-
-
 async def get_lifecycle(request: Request) -> Lifecycle:
     lifecycle: Lifecycle = request.state.lifecycle
     return lifecycle
 
 
-async def get_locks(request: Request) -> LockManager:
-    locks: LockManager = request.state.locks
-    return locks
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 RedisDep = Annotated["Redis | None", Depends(get_redis)]
-HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
-LocksDep = Annotated[LockManager, Depends(get_locks)]
 
 
 async def get_session(sessions: SessionsDep) -> AsyncIterator[AsyncSession]:
