@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.core.config import Settings
+
+PING_AFTER_IDLE_SECONDS = 2.0
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -21,15 +25,41 @@ def create_engine(settings: Settings) -> AsyncEngine:
         "statement_timeout": str(settings.db_statement_timeout_ms),
         "idle_in_transaction_session_timeout": str(settings.db_idle_in_transaction_timeout_ms),
     }
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
-        pool_pre_ping=True,
+        pool_pre_ping=False,  # see _ping_when_idle
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=1800,
         connect_args={"server_settings": server_settings, "timeout": 5, "command_timeout": 30},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Pre-ping, but only a connection that has sat idle: a ping costs a round trip per checkout
+    (three per turn), and a connection used a moment ago is as alive as a ping would show.
+
+    A dead idle connection (server restarted, backend killed) is replaced before anyone sees it;
+    one killed while busy fails that request (503), and SQLAlchemy then invalidates the whole pool.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_: Any, record: Any) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, __: Any) -> None:
+        used_at = record.info.get("used_at")
+        if used_at is None or time.monotonic() - used_at < PING_AFTER_IDLE_SECONDS:
+            return  # brand new, or just used
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError() from exc
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:
