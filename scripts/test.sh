@@ -12,8 +12,9 @@ echo "== mypy"; mypy
 
 echo "== services"; python -m tests.services   # one clear line if Postgres or Redis is unreachable
 echo "== migrations (upgrade head, check) on Postgres and SQLite"; python -m tests.migrations_check
-echo "== browser"; "$(dirname "$0")/ensure-browser.sh"   # Debian chromium for tests/playground
-echo "== nginx"; "$(dirname "$0")/ensure-nginx.sh"   # Debian nginx for the load-balancer tests
+echo "== browser, load balancer"
+"$(dirname "$0")/ensure-apt.sh" chromium chromium   # tests/playground drive Debian's chromium
+"$(dirname "$0")/ensure-apt.sh" nginx nginx         # tests run nginx in front of replicas
 echo "== pytest"
 set +e
 python -m pytest "$@"

@@ -28,7 +28,7 @@ def free_port() -> int:
 def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if found is None:
-        pytest.fail("nginx is not installed: run scripts/ensure-nginx.sh", pytrace=False)
+        pytest.fail("nginx is not installed: run scripts/ensure-apt.sh nginx nginx", pytrace=False)
     return found
 
 

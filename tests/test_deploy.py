@@ -4,7 +4,7 @@ There is no cluster and no Docker engine in CI: the Kubernetes manifests are par
 wiring cross-checked (probes, shutdown arithmetic, selectors, secrets). The nginx load balancer is
 rendered from its template with loopback upstreams and really run, unprivileged, in front of small
 local HTTP servers: streams must pass unbuffered, request IDs must be forwarded, a POST must never
-be retried. nginx must be installed (``scripts/ensure-nginx.sh``); no database is needed.
+be retried. nginx must be installed (``scripts/ensure-apt.sh nginx nginx``); no database is needed.
 """
 
 from __future__ import annotations
@@ -549,7 +549,7 @@ def test_upstream_idle_connections_close_before_uvicorns() -> None:
 def nginx_bin() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if found is None:
-        pytest.fail("nginx is not installed: run scripts/ensure-nginx.sh", pytrace=False)
+        pytest.fail("nginx is not installed: run scripts/ensure-apt.sh nginx nginx", pytrace=False)
     return found
 
 
@@ -929,7 +929,7 @@ def test_no_replica_answers_502_in_the_apps_envelope(start_nginx: Callable[[list
 def test_ensure_nginx_script_is_idempotent(nginx_bin: str) -> None:
     """With nginx present the script installs nothing and prints one line."""
     script = ROOT / "scripts" / "ensure-nginx.sh"
-    assert os.access(script, os.X_OK), "scripts/ensure-nginx.sh must be executable"
+    assert os.access(script, os.X_OK), "scripts/ensure-apt.sh nginx nginx must be executable"
     result = subprocess.run([str(script)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("nginx: "), result.stdout

@@ -1,6 +1,6 @@
 """The playground at `/`, driven in a real headless Chromium against the live server and the fake LLM.
 
-Chromium is Debian's package (`scripts/ensure-browser.sh` installs it); Playwright never downloads a
+Chromium is Debian's package (`scripts/ensure-apt.sh chromium chromium` installs it); Playwright never downloads a
 browser here. A missing browser is a failure, not a skip: these tests are the playground's only proof.
 """
 
@@ -41,7 +41,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
     if not await anyio.Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure-browser.sh (apt-get install chromium)", pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} is missing: run scripts/ensure-apt.sh chromium chromium (apt-get install chromium)",
+            pytrace=False,
+        )
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
