@@ -4,6 +4,7 @@ import uuid
 from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
+import anyio
 import structlog
 from fastapi import APIRouter, Header, Request
 from redis.exceptions import RedisError
@@ -113,7 +114,7 @@ async def chat(
         metrics.limit_refusals.labels("tokens_per_day").inc()
         raise TokenQuotaExceeded(headers=quota.headers())
 
-    fp = fingerprint({**body.model_dump(mode="json"), "stream": stream})
+    fp = fingerprint({**body.model_dump(mode="json"), "stream": stream}) if idempotency_key is not None else ""
     if idempotency_key is not None:
         claim = await degraded(
             idempotency.claim(owner, idempotency_key, fp, settings.turn_timeout + 60), Claim("new"), "idempotency"
@@ -146,10 +147,12 @@ async def chat(
             incremental=stream,
         )
     except BaseException:
-        if lock is not None:
-            await degraded(locks.release(lock), None, "conversation_lock")
-        if idempotency_key is not None:
-            await degraded(idempotency.abandon(owner, idempotency_key), None, "idempotency")
+        # Undo the claims, even on cancellation (shielded, bounded); then let the error go on.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            if lock is not None:
+                await degraded(locks.release(lock), None, "conversation_lock")
+            if idempotency_key is not None:
+                await degraded(idempotency.abandon(owner, idempotency_key), None, "idempotency")
         raise
 
     context = ToolContext(
