@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -562,3 +563,143 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return value
+
+
+# --------------------------------------------------------------------------- building blocks for
+# benchmarks that start their own servers (bench.soak: one `-X dev` server; bench.replicas: two
+# replicas behind nginx). bench_stack above stays as it is for streams/overhead.
+
+# Lines in a server log that mean a leaked connection, task, socket or file.
+LEAK_MARKERS = re.compile(r"non-checked-in|Task was destroyed|Unclosed|ResourceWarning")
+
+
+def leak_lines(path: Path, limit: int = 10) -> tuple[int, list[str]]:
+    """(how many lines of the log carry a leak marker, the first `limit` of them, shortened)."""
+    count, found = 0, []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as text:
+            for line in text:
+                if LEAK_MARKERS.search(line):
+                    count += 1
+                    if len(found) < limit:
+                        found.append(line.rstrip()[:300])
+    except OSError:
+        pass
+    return count, found
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors of a process (entries of /proc/<pid>/fd); -1 once it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def children_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (nginx's workers under its master), from /proc."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+            return [int(p) for p in children.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+async def redis_clients_named(client: Any, name: str) -> list[dict[str, Any]]:
+    """CLIENT LIST entries whose name is `name` (the service sets APP_NAME as its client name)."""
+    return [c for c in await client.client_list() if c.get("name") == name]
+
+
+@dataclass
+class Base:
+    """What every server of one benchmark run shares: database, API key, fake LLM, work dir."""
+
+    tag: str
+    workdir: Path
+    db_name: str
+    db_url: str
+    api_key: str
+    fake: Proc
+    fake_url: str
+    procs: list[Proc] = field(default_factory=list)  # stopped newest first on exit, the fake last
+
+    @property
+    def name(self) -> str:
+        """`agentchat-bench-<tag>`: the stem of every APP_NAME and Redis key prefix of the run."""
+        return f"agentchat-bench-{self.tag}"
+
+    def server_env(self, app_name: str, redis_prefix: str, extra: Mapping[str, str]) -> dict[str, str]:
+        """The service's environment: our database, the fake as Anthropic, our names; then `extra`."""
+        return clean_env(
+            {
+                "DATABASE_URL": self.db_url,
+                "REDIS_KEY_PREFIX": redis_prefix,
+                "ANTHROPIC_API_KEY": "bench",
+                "ANTHROPIC_BASE_URL": self.fake_url,
+                "LLM_PROVIDER": "anthropic",
+                "APP_NAME": app_name,
+                "LOG_FORMAT": "json",
+                **extra,
+            }
+        )
+
+    async def start_server(
+        self, name: str, env: Mapping[str, str], *, dev: bool = False, ready_timeout: float = 60.0
+    ) -> tuple[Proc, str]:
+        """One uvicorn worker on a free loopback port (`python -X dev` with dev=True); waits for /readyz."""
+        port = free_port()
+        cmd = [
+            sys.executable, *(["-X", "dev"] if dev else []), "-m", "uvicorn", "app.main:app",
+            "--host", HOST, "--port", str(port), "--no-access-log", "--backlog", "4096",
+        ]  # fmt: skip
+        proc = spawn(name, cmd, env, self.workdir / f"{name}.log")
+        self.procs.append(proc)
+        url = f"http://{HOST}:{port}"
+        await wait_http_ok(f"{url}/readyz", proc, within=ready_timeout)
+        return proc, url
+
+
+@contextlib.asynccontextmanager
+async def bench_base(*, redis_url: str | None = REDIS_URL) -> AsyncIterator[Base]:
+    """A fresh database (migrated, one API key) and the fake LLM. On exit, however it comes: every
+    process started through Base.start_server is stopped, then the fake; the Redis keys under
+    `agentchat-bench-<tag>` are deleted, the database is dropped and the work dir removed."""
+    tag = secrets.token_hex(4)
+    workdir = Path(tempfile.mkdtemp(prefix=f"agentchat-bench-{tag}-"))
+    db_name = f"agentchat_bench_{tag}"  # set first: the cleanup's DROP IF EXISTS covers a half-done create
+    base: Base | None = None
+    fake: Proc | None = None
+    try:
+        db_url = await create_database(db_name)
+        log(f"database {db_name} created; migrating")
+        await asyncio.to_thread(migrate, db_url)
+        api_key = await asyncio.to_thread(create_key, db_url)
+        fake_port = free_port()
+        fake = spawn(
+            "fake LLM",
+            [sys.executable, "-m", "tests.fakes.llm_server", "--host", HOST, "--port", str(fake_port)],
+            clean_env({}),
+            workdir / "fake.log",
+        )
+        fake_url = f"http://{HOST}:{fake_port}"
+        await wait_http_ok(f"{fake_url}/_stats", fake)
+        base = Base(tag, workdir, db_name, db_url, api_key, fake, fake_url)
+        yield base
+    finally:
+        for proc in [*reversed(base.procs if base else []), *([fake] if fake else [])]:
+            try:
+                proc.stop()
+            except Exception as exc:  # keep cleaning up whatever happens
+                log(f"stopping {proc.name} failed: {exc!r}")
+        if redis_url:
+            try:
+                removed = await asyncio.wait_for(delete_redis_keys(redis_url, f"agentchat-bench-{tag}"), timeout=30)
+                log(f"removed {removed} Redis keys under agentchat-bench-{tag}")
+            except Exception as exc:
+                log(f"could not clean Redis keys: {exc!r}")
+        try:
+            await asyncio.wait_for(drop_database(db_name), timeout=30)
+            log(f"database {db_name} dropped")
+        except BaseException as exc:
+            log(f"could not drop database {db_name}: {exc!r}")
+        shutil.rmtree(workdir, ignore_errors=True)

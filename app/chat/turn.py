@@ -29,7 +29,7 @@ from app.core.config import Settings
 from app.core.context import current_request_id
 from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout, is_db_unavailable
 from app.core.lifecycle import Lifecycle
-from app.core.locks import Lock, LockManager, kept
+from app.core.locks import Held, Lock, LockManager, kept
 from app.core.metrics import Metrics
 from app.llm.base import LLMRequest, TextDelta, ToolCall, Usage
 
@@ -135,6 +135,7 @@ class TurnRun:
     saved: bool = False
     after_record: list[Callable[[TurnRun], Awaitable[None]]] = field(default_factory=list)
     lock: tuple[LockManager, Lock] | None = None
+    _held: Held | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _shutdown: bool = False
 
@@ -144,7 +145,8 @@ class TurnRun:
         if self.lock is None:
             yield
             return
-        async with kept(*self.lock):
+        async with kept(*self.lock) as held:
+            self._held = held
             yield
 
     def interrupt_for_shutdown(self) -> None:
@@ -218,6 +220,15 @@ class TurnRun:
         if self.recorded:
             return self.saved
         self.recorded = True
+        try:
+            return await self._record()
+        finally:
+            # The turn is over: free the conversation now, before the client hears so and
+            # sends its next turn (not when the response finally closes).
+            if self._held is not None:
+                await self._held.release()
+
+    async def _record(self) -> bool:
         self.metrics.turns.labels(self.status).inc()
         self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
         self.metrics.tokens.labels("out").inc(self.usage.output_tokens)

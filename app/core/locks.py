@@ -82,13 +82,35 @@ class LocalLocks:
             del self._held[lock.name]
 
 
-@asynccontextmanager
-async def kept(manager: LockManager, lock: Lock) -> AsyncIterator[None]:
-    """Renew `lock` while the block runs; release it however the block ends (shielded, bounded)."""
+class Held:
+    """A lock held by this process. `release()` may come early; it happens once."""
 
-    async def renew_forever() -> None:
-        while True:
+    def __init__(self, manager: LockManager, lock: Lock) -> None:
+        self.manager, self.lock = manager, lock
+        self.released = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            try:
+                await self.manager.release(self.lock)
+            except (RedisError, OSError) as exc:
+                # The TTL frees it soon; nothing else to do.
+                log.warning("lock.release_failed", lock=self.lock.name, error=type(exc).__name__)
+
+
+@asynccontextmanager
+async def kept(manager: LockManager, lock: Lock) -> AsyncIterator[Held]:
+    """Renew `lock` while the block runs (until released); release it however the block ends."""
+    held = Held(manager, lock)
+
+    async def renew_until_released() -> None:
+        while not held.released:
             await anyio.sleep(manager.ttl / 3)
+            if held.released:
+                return
             try:
                 if not await manager.renew(lock):
                     log.warning("lock.lost", lock=lock.name)
@@ -97,15 +119,10 @@ async def kept(manager: LockManager, lock: Lock) -> AsyncIterator[None]:
 
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(renew_forever)
+            group.start_soon(renew_until_released)
             try:
-                yield
+                yield held
             finally:
                 group.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            try:
-                await manager.release(lock)
-            except (RedisError, OSError) as exc:
-                # The TTL frees it soon; nothing else to do.
-                log.warning("lock.release_failed", lock=lock.name, error=type(exc).__name__)
+        await held.release()

@@ -10,7 +10,7 @@ import httpx
 from redis.asyncio import Redis
 
 from app.core.config import Settings
-from app.core.locks import RedisLocks
+from app.core.locks import Lock, LockManager, RedisLocks
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import Live, eventually, sse_events
 
@@ -160,3 +160,35 @@ async def test_cancel_from_the_other_replica_stops_the_run(
         assert items[1]["status"] == "incomplete"
         again = await http.post(f"/runs/{run_id}/cancel", headers=auth(owner_key))
         assert again.status_code == 409
+
+
+class SlowRelease:
+    """A lock manager whose release takes a while, like Redis on a bad day."""
+
+    def __init__(self, inner: LockManager) -> None:
+        self.inner, self.ttl = inner, inner.ttl
+
+    async def acquire(self, name: str) -> Lock | None:
+        return await self.inner.acquire(name)
+
+    async def renew(self, lock: Lock) -> bool:
+        return await self.inner.renew(lock)
+
+    async def release(self, lock: Lock) -> None:
+        await asyncio.sleep(0.3)
+        await self.inner.release(lock)
+
+
+async def test_the_next_turn_can_follow_at_once(replicas: tuple[Live, Live], owner_key: str) -> None:
+    """The conversation is freed before the client hears `end` (or gets its answer), not after."""
+    a, b = replicas
+    a.state["locks"] = SlowRelease(a.state["locks"])
+    cid = (await post(a, owner_key, {"message": "first"})).json()["conversation_id"]
+    for n in range(3):
+        streamed = await post(a, owner_key, {"message": f"s{n}", "conversation_id": cid, "stream": True})
+        assert sse_events(streamed.text)[-1]["event"] == "end"
+        answered = await post(b, owner_key, {"message": f"j{n}", "conversation_id": cid})
+        assert answered.status_code == 200, answered.text
+        json_turn = await post(a, owner_key, {"message": f"k{n}", "conversation_id": cid})
+        assert json_turn.status_code == 200, json_turn.text
+        assert (await post(b, owner_key, {"message": f"m{n}", "conversation_id": cid})).status_code == 200
