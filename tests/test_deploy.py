@@ -928,9 +928,9 @@ def test_no_replica_answers_502_in_the_apps_envelope(start_nginx: Callable[[list
 @pytest.mark.skipif(os.name != "posix", reason="POSIX shell script")
 def test_ensure_nginx_script_is_idempotent(nginx_bin: str) -> None:
     """With nginx present the script installs nothing and prints one line."""
-    script = ROOT / "scripts" / "ensure-nginx.sh"
-    assert os.access(script, os.X_OK), "scripts/ensure-apt.sh nginx nginx must be executable"
-    result = subprocess.run([str(script)], capture_output=True, text=True, timeout=60, check=False)
+    script = ROOT / "scripts" / "ensure-apt.sh"
+    assert os.access(script, os.X_OK), "scripts/ensure-apt.sh must be executable"
+    result = subprocess.run([str(script), "nginx", "nginx"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("nginx: "), result.stdout
     assert result.stdout.count("\n") == 1, result.stdout
