@@ -63,6 +63,8 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     )
     structlog.configure(
         processors=[
+            # First: a debug line below LOG_LEVEL costs nothing more than this check.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
