@@ -554,6 +554,19 @@ def run_main(main: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(wrapper())
 
 
+def run_or_exit(main: Callable[[], Awaitable[T]]) -> T:
+    """run_main for a script: Ctrl-C/SIGTERM exits 130, a set-up failure exits 2 with one line."""
+    try:
+        return run_main(main)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted; cleaned up")
+        raise SystemExit(130) from None
+    except (RuntimeError, OSError, subprocess.SubprocessError, asyncpg.PostgresError) as exc:
+        # Set-up failures (service does not start, Postgres unreachable...) are one message, not a trace.
+        log(f"set-up failed: {exc}")
+        raise SystemExit(2) from None
+
+
 def jsonable(value: Any) -> Any:
     """NaN (an empty percentile) becomes null, so the output is strict JSON."""
     if isinstance(value, float) and math.isnan(value):

@@ -17,7 +17,6 @@ import asyncio
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -41,7 +40,7 @@ from bench._harness import (
     print_table,
     raise_nofile,
     resolve_profile,
-    run_main,
+    run_or_exit,
     wait_for_quiet,
 )
 
@@ -387,15 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.c8_seconds <= 600:
         parser.error("--c8-seconds must be in (0, 600]")
     raise_nofile()
-    try:
-        result = run_main(lambda: run(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted; cleaned up")
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        # Set-up failures (service does not start, Postgres unreachable...) are one message, not a trace.
-        log(f"set-up failed: {exc}")
-        return 2
+    result = run_or_exit(lambda: run(args))
     if args.json:
         print(json.dumps(jsonable(result), indent=2))
     else:

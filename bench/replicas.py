@@ -49,7 +49,7 @@ from bench._harness import (
     machine_cpu,
     percentile,
     raise_nofile,
-    run_main,
+    run_or_exit,
     wait_for_quiet,
 )
 from tests.nginx import Prefix, start_nginx
@@ -432,14 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.stream_concurrency <= 2000:
         parser.error("--stream-concurrency must be between 1 and 2000")
     raise_nofile()
-    try:
-        phases = run_main(lambda: run(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted; cleaned up")
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        log(f"set-up failed: {exc}")
-        return 2
+    phases = run_or_exit(lambda: run(args))
     comparison(phases)
     failed = sum(row.error_count for phase in phases for row in phase.rows)
     print(f"\nresult: {'PASS' if failed == 0 else f'FAIL ({failed} failed requests)'}")

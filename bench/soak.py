@@ -23,7 +23,6 @@ import json
 import math
 import random
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -48,25 +47,12 @@ from bench._harness import (
     raise_nofile,
     redis_clients_named,
     rss_kib,
-    run_main,
+    run_or_exit,
     scan_log,
 )
+from tests.resilience.server import MIX  # the fault suite's mix, shared
 
 POOL = 5
-# (weight, message, how the client behaves): the mix of tests/resilience/test_faults.py (copied, as
-# that module pulls in pytest fixtures). "leave" = the client hangs up after a few events.
-MIX: list[tuple[int, str, str]] = [
-    (30, "hello [[words:8]]", "read"),
-    (10, "slow [[words:30]] [[slow:0.02]]", "leave"),
-    (6, "limited [[status:429]]", "read"),
-    (6, "overloaded [[status:529]]", "read"),
-    (6, "broken [[status:500]]", "read"),
-    (6, "flaky [[fail_first:1:529]]", "read"),
-    (6, "mid [[words:6]] [[midstream_error]]", "read"),
-    (6, "drop [[words:6]] [[drop]]", "read"),
-    (4, "hang [[hang]]", "read"),
-    (6, "late [[delay_first:0.3]]", "leave"),
-]
 CLIENT_DEADLINE = 30.0  # per turn; TURN_TIMEOUT is 6 s, so only a stuck server gets near it
 CONTINUE_PROBABILITY = 0.3  # a turn continues the worker's last good conversation (history grows)
 MAX_CONVERSATION_TURNS = 10
@@ -570,14 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.kill_every <= 3600:
         parser.error("--kill-every must be between 1 and 3600 seconds")
     raise_nofile()
-    try:
-        result = run_main(lambda: run(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted; cleaned up")
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError, asyncpg.PostgresError) as exc:
-        log(f"set-up failed: {exc}")
-        return 2
+    result = run_or_exit(lambda: run(args))
     print_summary(result)
     return 0 if passed(result) else 1
 

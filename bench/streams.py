@@ -17,7 +17,6 @@ import asyncio
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,7 @@ from bench._harness import (
     raise_nofile,
     resolve_profile,
     rss_kib,
-    run_main,
+    run_or_exit,
     wait_for_quiet,
 )
 
@@ -465,15 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     nofile = raise_nofile()  # before any subprocess: they inherit it
     if nofile < 2 * args.streams + 200:
         log(f"RLIMIT_NOFILE is {nofile}; {args.streams} streams may run out of file descriptors")
-    try:
-        result = run_main(lambda: run(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted; cleaned up")
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        # Set-up failures (service does not start, Postgres unreachable...) are one message, not a trace.
-        log(f"set-up failed: {exc}")
-        return 2
+    result = run_or_exit(lambda: run(args))
     if args.json:
         print(json.dumps(jsonable(result), indent=2))
     else:

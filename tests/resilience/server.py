@@ -20,6 +20,20 @@ from tests.helpers import free_port
 from tests.services import asyncpg_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
+# The fault mix the suite (and bench/soak.py) drives: (weight, message, how the client behaves);
+# "leave" = the client hangs up after a few events.
+MIX: list[tuple[int, str, str]] = [
+    (30, "hello [[words:8]]", "read"),
+    (10, "slow [[words:30]] [[slow:0.02]]", "leave"),
+    (6, "limited [[status:429]]", "read"),
+    (6, "overloaded [[status:529]]", "read"),
+    (6, "broken [[status:500]]", "read"),
+    (6, "flaky [[fail_first:1:529]]", "read"),
+    (6, "mid [[words:6]] [[midstream_error]]", "read"),
+    (6, "drop [[words:6]] [[drop]]", "read"),
+    (4, "hang [[hang]]", "read"),
+    (6, "late [[delay_first:0.3]]", "leave"),
+]
 # Lines that mean a leak or a bug, whatever the scenario.
 LEAK_PATTERNS = re.compile(r"non-checked-in|Task was destroyed|Unclosed|ResourceWarning|Task exception was never")
 

@@ -28,6 +28,7 @@ from tests.conftest import make_key
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import eventually, sse_events
 from tests.resilience.server import (
+    MIX,
     PoolWatch,
     ServerProcess,
     kill_pg_connections,
@@ -41,20 +42,6 @@ pytestmark = pytest.mark.e2e
 KILLED_CONNECTION_TRACES = ("AdminShutdown", "ConnectionDoesNotExist", "ConnectionError")
 POOL = 5
 SEED = 20261122
-
-# (weight, message, how the client behaves)
-MIX = [
-    (30, "hello [[words:8]]", "read"),
-    (10, "slow [[words:30]] [[slow:0.02]]", "leave"),
-    (6, "limited [[status:429]]", "read"),
-    (6, "overloaded [[status:529]]", "read"),
-    (6, "broken [[status:500]]", "read"),
-    (6, "flaky [[fail_first:1:529]]", "read"),
-    (6, "mid [[words:6]] [[midstream_error]]", "read"),
-    (6, "drop [[words:6]] [[drop]]", "read"),
-    (4, "hang [[hang]]", "read"),
-    (6, "late [[delay_first:0.3]]", "leave"),
-]
 
 
 class Turns:
@@ -148,10 +135,15 @@ async def check_invariants(
         gate = asyncio.Semaphore(10)
 
         async def next_turn(cid: str) -> None:
-            async with gate:
-                r = await http.post(
-                    "/chat", json={"message": "all good?", "conversation_id": cid}, headers=turns.headers
-                )
+            for _ in range(50):
+                async with gate:
+                    r = await http.post(
+                        "/chat", json={"message": "all good?", "conversation_id": cid}, headers=turns.headers
+                    )
+                # A turn whose client left may still be recording its partial answer: busy, briefly.
+                if r.status_code != 409:
+                    break
+                await asyncio.sleep(0.1)
             assert r.status_code == 200, r.text
             assert r.json()["message"]["status"] == "complete"
 
