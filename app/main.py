@@ -15,17 +15,19 @@ from redis.asyncio import Redis
 
 from app.agent.registry import ToolRegistry, build_registry
 from app.agent.tools.base import Tool
+from app.auth.cache import KeyCache
 from app.auth.limits import Limits, LocalCounters, RedisCounters
 from app.chat.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
 from app.chat.router import router as chat_router
 from app.conversations.router import router as conversations_router
 from app.core.config import ConfigError, Settings, load_settings
-from app.core.db import create_engine, create_sessionmaker
+from app.core.db import Database, create_engine, create_sessionmaker, instrument
 from app.core.errors import install_error_handlers
 from app.core.lifecycle import Lifecycle, drain_on_sigterm
 from app.core.locks import LocalLocks, LockManager, RedisLocks
 from app.core.logging import configure_logging
-from app.core.metrics import Metrics, MetricsMiddleware
+from app.core.loop import LoopLag
+from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import create_redis
 from app.health.router import router as health_router
@@ -75,8 +77,10 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
             lifecycle = Lifecycle(settings.shutdown_grace_seconds)
             stack.callback(lifecycle.close)
             stack.enter_context(drain_on_sigterm(lifecycle))
+            loop_lag = await stack.enter_async_context(LoopLag(metrics).running())
             engine = create_engine(settings)
             stack.push_async_callback(engine.dispose)
+            instrument(engine, metrics)
             sessions = create_sessionmaker(engine)
             redis = create_redis(settings)
             if redis is not None:
@@ -91,7 +95,7 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
             coordination = build_coordination(settings, redis)
             # Entered last, so it closes first: runs finish (or are interrupted) and are recorded
             # while the database and Redis are still there.
-            runs = await stack.enter_async_context(RunManager(coordination.run_store, lifecycle))
+            runs = await stack.enter_async_context(RunManager(coordination.run_store, lifecycle, metrics))
             metrics.watch_pool(lambda: int(getattr(engine.pool, "checkedout", lambda: 0)()))
             log.info(
                 "app.started",
@@ -106,6 +110,9 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
                 "settings": settings,
                 "engine": engine,
                 "sessions": sessions,
+                "db": Database(engine, metrics),
+                "keys": KeyCache(settings.auth_cache_seconds, settings.auth_cache_size),
+                "loop_lag": loop_lag,
                 "redis": redis,
                 "llm": llm,
                 "http": http,
@@ -139,13 +146,12 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
         lifespan=build_lifespan(settings, tools, metrics),
     )
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(health_router)
     app.include_router(chat_router)
     app.include_router(conversations_router)
     app.include_router(runs_router)
     app.include_router(playground_router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     return app
 
 

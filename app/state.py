@@ -10,11 +10,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.agent.registry import ToolRegistry
+from app.auth.cache import KeyCache
 from app.auth.limits import Limits
 from app.chat.idempotency import IdempotencyStore
 from app.core.config import Settings
+from app.core.db import Database
 from app.core.lifecycle import Lifecycle
 from app.core.locks import LockManager
+from app.core.loop import LoopLag
 from app.core.metrics import Metrics
 from app.llm.base import ChatModel
 from app.runs.manager import RunManager
@@ -24,6 +27,9 @@ class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    db: Database
+    keys: KeyCache
+    loop_lag: LoopLag
     redis: Redis | None
     http: httpx.AsyncClient
     llm: ChatModel

@@ -10,10 +10,10 @@ import structlog
 from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
-from app.auth.limits import Limits
-from app.auth.repository import ApiKeyRepository
-from app.core.deps import SessionsDep
+from app.auth.keys import hash_key
+from app.auth.repository import find_active
 from app.core.errors import RateLimited, Unauthorized
+from app.state import AppStateDep, State
 
 log = structlog.get_logger(__name__)
 
@@ -34,32 +34,35 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-async def require_api_key(request: Request, sessions: SessionsDep) -> Principal:
+async def require_api_key(request: Request, app: AppStateDep) -> Principal:
     token = _bearer(request)
     if token is None:
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
-    # A short session of its own: the connection is back in the pool before the handler runs.
-    async with sessions() as session:
-        found = await ApiKeyRepository(session).find_active(token)
+    key_hash = hash_key(token)
+    found = app["keys"].get(key_hash)
     if found is None:
-        raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
+        # One statement of its own: the connection is back in the pool before the handler runs.
+        async with app["db"].statement() as conn:
+            found = await find_active(conn, key_hash)
+        if found is None:
+            raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
+        app["keys"].put(key_hash, *found)
     key_id, name = found
     structlog.contextvars.bind_contextvars(key_id=str(key_id))
-    await enforce_request_limit(request, key_id)
+    await enforce_request_limit(app, key_id)
     return Principal(key_id=key_id, name=name)
 
 
-async def enforce_request_limit(request: Request, owner: uuid.UUID) -> None:
-    limits: Limits = request.state.limits
+async def enforce_request_limit(app: State, owner: uuid.UUID) -> None:
     try:
-        decision = await limits.hit_request(owner)
+        decision = await app["limits"].hit_request(owner)
     except (RedisError, OSError) as exc:
         # Fail open: a Redis outage must not take chat down with it (documented).
         log.warning("limits.unavailable", error=type(exc).__name__)
         return
     if decision is not None and not decision.allowed:
         log.info("limits.refused", limit="requests_per_minute")
-        request.state.metrics.limit_refusals.labels("requests_per_minute").inc()
+        app["metrics"].limit_refusals.labels("requests_per_minute").inc()
         raise RateLimited(f"More than {decision.limit} requests this minute.", headers=decision.headers())
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from fastapi.encoders import jsonable_encoder
 from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -69,7 +68,7 @@ def chat_response(run: TurnRun) -> dict[str, Any]:
         ),
         usage=usage_out(run),
     )
-    return jsonable_encoder(body)  # type: ignore[no-any-return]
+    return body.model_dump(mode="json")
 
 
 class DisconnectWatch:
@@ -200,8 +199,7 @@ class RunStreamResponse(Response):
             await _start_sse(send)
             index = self.after
             while True:
-                with anyio.move_on_after(self.ping_seconds):
-                    await run.wait_beyond(index)
+                await run.wait_beyond(index, self.ping_seconds)
                 if index < len(run.events):
                     fresh = run.events[index:]
                     index += len(fresh)

@@ -25,6 +25,7 @@ from app.core.errors import (
     IdempotencyKeyReused,
     PayloadTooLarge,
     RateLimited,
+    ServiceBusy,
     ShuttingDown,
     TokenQuotaExceeded,
     Unauthorized,
@@ -85,6 +86,7 @@ async def acquire_conversation(locks: LockManager, owner: uuid.UUID, conversatio
             UpstreamError,
             UpstreamOverloaded,
             DatabaseUnavailable,
+            ServiceBusy,
             ShuttingDown,
             UpstreamTimeout,
         ),
@@ -99,10 +101,16 @@ async def chat(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
-    settings, sessions, lifecycle, metrics = app["settings"], app["sessions"], app["lifecycle"], app["metrics"]
+    settings, db, lifecycle, metrics = app["settings"], app["db"], app["lifecycle"], app["metrics"]
     limits, idempotency, locks = app["limits"], app["idempotency"], app["locks"]
     if lifecycle.draining:
         raise ShuttingDown()
+    if settings.admission_max_loop_lag and app["loop_lag"].latest > settings.admission_max_loop_lag:
+        # The loop cannot keep up: refuse now, cheaply, before this turn takes a connection it
+        # would hold through a slow loop (and time out at the pool seconds later).
+        metrics.admission_refusals.inc()
+        log.warning("chat.admission_refused", loop_lag_s=round(app["loop_lag"].latest, 3))
+        raise ServiceBusy()
     if len(body.message) > settings.max_message_chars:
         raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
     owner = principal.key_id
@@ -138,7 +146,7 @@ async def chat(
                 metrics.lock_conflicts.inc()
                 raise ConversationBusy()
         started = await begin_turn(
-            sessions,
+            db,
             settings,
             principal,
             message=body.message,
@@ -156,13 +164,17 @@ async def chat(
         raise
 
     context = ToolContext(
-        owner_id=owner, conversation_id=started.conversation_id, settings=settings, sessions=sessions, http=app["http"]
+        owner_id=owner,
+        conversation_id=started.conversation_id,
+        settings=settings,
+        sessions=app["sessions"],
+        http=app["http"],
     )
     turn = TurnRun(
         started,
         Agent(app["llm"], app["tools"], settings, metrics),
         context,
-        sessions,
+        db,
         settings,
         lifecycle,
         metrics,

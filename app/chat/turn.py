@@ -18,15 +18,15 @@ from typing import Any
 
 import anyio
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agent.loop import Agent, ToolResultEvent, Transcript
 from app.agent.tools.base import ToolContext
 from app.auth.deps import Principal
 from app.chat.history import build_history
-from app.conversations.repository import ConversationRepository, MessageRepository
+from app.conversations.repository import TurnRepository
 from app.core.config import Settings
 from app.core.context import current_request_id
+from app.core.db import Database
 from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
@@ -57,7 +57,7 @@ class TurnStarted:
 
 
 async def begin_turn(
-    sessions: async_sessionmaker[AsyncSession],
+    db: Database,
     settings: Settings,
     principal: Principal,
     *,
@@ -66,39 +66,39 @@ async def begin_turn(
     system: str | None,
     incremental: bool = True,
 ) -> TurnStarted:
-    async with sessions() as session, session.begin():
-        conversations = ConversationRepository(session)
-        messages = MessageRepository(session)
+    # One statement on Postgres (see TurnRepository): the connection is held for one round trip.
+    async with db.statement() if db.is_postgres else db.transaction() as conn:
+        turns = TurnRepository(conn)
         if conversation_id is None:
-            conversation = await conversations.create(
-                owner_id=principal.key_id, title=make_title(message), system=system
+            opened = await turns.open_new(
+                owner_id=principal.key_id,
+                title=make_title(message),
+                system=system,
+                text=message,
+                model=settings.llm_model,
             )
-            earlier: list[tuple[str, Any]] = []
         else:
-            found = await conversations.get_owned(conversation_id, owner_id=principal.key_id)
+            found = await turns.open_existing(
+                conversation_id=conversation_id, owner_id=principal.key_id, text=message, model=settings.llm_model
+            )
             if found is None:
                 raise ConversationNotFound()
-            conversation = found
-            earlier = await messages.history(conversation.id, owner_id=principal.key_id)
-            await conversations.touch(conversation.id, owner_id=principal.key_id)
-        assistant_id, created_at = await messages.start_turn(
-            conversation_id=conversation.id, text=message, model=settings.llm_model
-        )
-    history = build_history(earlier, message, budget=settings.history_token_budget)
+            opened = found
+    history = build_history(opened.earlier, message, budget=settings.history_token_budget)
     request = LLMRequest(
         model=settings.llm_model,
         messages=history,
         max_tokens=settings.llm_max_tokens,
-        system=conversation.system,
+        system=opened.system,
         incremental=incremental,
     )
     log.debug(
         "chat.turn.started",
-        conversation_id=str(conversation.id),
-        message_id=str(assistant_id),
+        conversation_id=str(opened.conversation_id),
+        message_id=str(opened.assistant_id),
         history_messages=len(history),
     )
-    return TurnStarted(conversation.id, assistant_id, created_at, settings.llm_model, request)
+    return TurnStarted(opened.conversation_id, opened.assistant_id, opened.created_at, settings.llm_model, request)
 
 
 # Events a turn emits, in order: deltas and tool events, then exactly one of End / Failed.
@@ -124,7 +124,7 @@ class TurnRun:
     started: TurnStarted
     agent: Agent
     context: ToolContext
-    sessions: async_sessionmaker[AsyncSession]
+    db: Database
     settings: Settings
     lifecycle: Lifecycle
     metrics: Metrics
@@ -252,8 +252,8 @@ class TurnRun:
             while not self.saved:
                 attempt += 1
                 try:
-                    async with self.sessions() as session, session.begin():
-                        await MessageRepository(session).finish(
+                    async with self.db.statement() as conn:
+                        await TurnRepository(conn).finish(
                             self.started.message_id, conversation_id=self.started.conversation_id, **values
                         )
                     self.saved = True

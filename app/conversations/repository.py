@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import and_, delete, insert, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.ids import uuid7
 from app.models import Conversation, Message
@@ -22,27 +24,6 @@ class ConversationRepository:
     async def get_owned(self, conversation_id: uuid.UUID, *, owner_id: uuid.UUID) -> Conversation | None:
         stmt = select(Conversation).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
         return (await self.session.execute(stmt)).scalar_one_or_none()
-
-    async def create(self, *, owner_id: uuid.UUID, title: str, system: str | None) -> Conversation:
-        now = utcnow()
-        conversation = Conversation(
-            id=uuid7(), owner_id=owner_id, title=title, system=system, created_at=now, updated_at=now
-        )
-        # A plain INSERT: this is the hot path of every new conversation; the unit of work adds nothing.
-        await self.session.execute(
-            insert(Conversation).values(
-                id=conversation.id, owner_id=owner_id, title=title, system=system, created_at=now, updated_at=now
-            )
-        )
-        return conversation
-
-    async def touch(self, conversation_id: uuid.UUID, *, owner_id: uuid.UUID) -> None:
-        await self.session.execute(
-            update(Conversation)
-            .where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
-            .values(updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
 
     async def list_owned(
         self, *, owner_id: uuid.UUID, limit: int, before: tuple[datetime, uuid.UUID] | None
@@ -80,54 +61,135 @@ class MessageRepository:
         )
         return (await self.session.execute(stmt)).scalars().all()
 
-    async def history(self, conversation_id: uuid.UUID, *, owner_id: uuid.UUID) -> list[tuple[str, Any]]:
-        """(role, content blocks) of every message, in order: what a new turn replays."""
-        stmt = (
-            select(Message.role, Message.content)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .where(Message.conversation_id == conversation_id, Conversation.owner_id == owner_id)
-            .order_by(Message.id)
-        )
-        return [(role, content) for role, content in (await self.session.execute(stmt)).all()]
 
-    async def start_turn(self, *, conversation_id: uuid.UUID, text: str, model: str) -> tuple[uuid.UUID, datetime]:
-        """Store the user's message and the assistant's `in_progress` placeholder in one round trip.
+@dataclass(frozen=True, slots=True)
+class OpenedTurn:
+    """What phase 1 stored and read: the conversation, the assistant placeholder, the history before it."""
 
-        Returns the placeholder's id and creation time. Ids are UUIDv7, taken in order here, so the
-        user's message sorts first.
-        """
-        now = utcnow()
+    conversation_id: uuid.UUID
+    assistant_id: uuid.UUID
+    created_at: datetime
+    system: str | None
+    earlier: list[tuple[str, Any]]
+
+
+# Phase 1 on Postgres is one statement, so it holds a connection for one round trip and is its own
+# transaction. The two messages come from VALUES joined to the conversation row, so nothing is
+# inserted unless that row exists and is owned; the final SELECT reads the snapshot from before
+# the statement, i.e. the history without the new turn.
+_MESSAGES_FROM_VALUES = """
+    INSERT INTO messages (id, conversation_id, role, content, status, model, input_tokens, output_tokens,
+                          cache_read_tokens, cache_creation_tokens, created_at, updated_at)
+    SELECT m.id, conversation.id, m.role, m.content, m.status, m.model, 0, 0, 0, 0, :now, :now
+    FROM conversation CROSS JOIN (VALUES
+        (CAST(:user_id AS uuid), 'user', CAST(:content AS jsonb), 'complete', CAST(NULL AS varchar)),
+        (CAST(:assistant_id AS uuid), 'assistant', CAST('[]' AS jsonb), 'in_progress', CAST(:model AS varchar))
+    ) AS m(id, role, content, status, model)
+"""
+_OPEN_NEW_PG = text(
+    """
+    WITH conversation AS (
+        INSERT INTO conversations (id, owner_id, title, system, created_at, updated_at)
+        VALUES (:conversation_id, :owner_id, :title, :system, :now, :now)
+        RETURNING id
+    )"""
+    + _MESSAGES_FROM_VALUES
+)
+_OPEN_EXISTING_PG = text(
+    """
+    WITH conversation AS (
+        UPDATE conversations SET updated_at = :now
+        WHERE id = :conversation_id AND owner_id = :owner_id
+        RETURNING id, system
+    ), turn AS ("""
+    + _MESSAGES_FROM_VALUES
+    + """)
+    SELECT conversation.system, m.role, m.content
+    FROM conversation LEFT JOIN messages AS m ON m.conversation_id = conversation.id
+    ORDER BY m.id
+    """
+)
+
+
+class TurnRepository:
+    """The SQL of a turn's phases, on a bare connection (no ORM unit of work on the hot path).
+
+    Postgres: one statement per phase. SQLite (the embedded default, one writer) has no
+    data-modifying CTEs, so it runs the same steps as separate statements in one transaction.
+    """
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.postgres = conn.dialect.name == "postgresql"
+
+    @staticmethod
+    def _ids(text_: str, model: str) -> dict[str, Any]:
+        # UUIDv7, taken in this order: the user's message sorts before the assistant's.
         user_id, assistant_id = uuid7(), uuid7()
+        content = json.dumps([{"type": "text", "text": text_}], ensure_ascii=False)
+        return {"user_id": user_id, "assistant_id": assistant_id, "content": content, "model": model, "now": utcnow()}
+
+    async def open_new(
+        self, *, owner_id: uuid.UUID, title: str, system: str | None, text: str, model: str
+    ) -> OpenedTurn:
+        params = {**self._ids(text, model), "conversation_id": uuid7(), "owner_id": owner_id, "title": title}
+        if self.postgres:
+            await self.conn.execute(_OPEN_NEW_PG, {**params, "system": system})
+        else:
+            await self.conn.execute(
+                insert(Conversation).values(
+                    id=params["conversation_id"],
+                    owner_id=owner_id,
+                    title=title,
+                    system=system,
+                    created_at=params["now"],
+                    updated_at=params["now"],
+                )
+            )
+            await self._insert_messages(params["conversation_id"], params)
+        return OpenedTurn(params["conversation_id"], params["assistant_id"], params["now"], system, [])
+
+    async def open_existing(
+        self, *, conversation_id: uuid.UUID, owner_id: uuid.UUID, text: str, model: str
+    ) -> OpenedTurn | None:
+        """None when the conversation does not exist or is not this owner's (nothing is stored then)."""
+        params = {**self._ids(text, model), "conversation_id": conversation_id, "owner_id": owner_id}
+        if self.postgres:
+            rows = (await self.conn.execute(_OPEN_EXISTING_PG, params)).all()
+            if not rows:
+                return None
+            earlier = [(role, content) for _, role, content in rows if role is not None]
+            return OpenedTurn(conversation_id, params["assistant_id"], params["now"], rows[0][0], earlier)
+        owned = Conversation.id == conversation_id, Conversation.owner_id == owner_id
+        system = (await self.conn.execute(select(Conversation.system).where(*owned))).first()
+        if system is None:
+            return None
+        history = select(Message.role, Message.content).where(Message.conversation_id == conversation_id)
+        earlier = [(role, content) for role, content in (await self.conn.execute(history.order_by(Message.id))).all()]
+        await self.conn.execute(update(Conversation).where(*owned).values(updated_at=params["now"]))
+        await self._insert_messages(conversation_id, params)
+        return OpenedTurn(conversation_id, params["assistant_id"], params["now"], system[0], earlier)
+
+    async def _insert_messages(self, conversation_id: uuid.UUID, params: dict[str, Any]) -> None:
         common = {
             "conversation_id": conversation_id,
-            "created_at": now,
-            "updated_at": now,
-            "stop_reason": None,
-            "error": None,
+            "created_at": params["now"],
+            "updated_at": params["now"],
             "input_tokens": 0,
             "output_tokens": 0,
             "cache_read_tokens": 0,
             "cache_creation_tokens": 0,
         }
-        rows = [
-            {
-                **common,
-                "id": user_id,
-                "role": "user",
-                "content": [{"type": "text", "text": text}],
-                "status": "complete",
-                "model": None,
-            },
-            {**common, "id": assistant_id, "role": "assistant", "content": [], "status": "in_progress", "model": model},
-        ]
-        await self.session.execute(insert(Message), rows)
-        return assistant_id, now
+        user = {"id": params["user_id"], "role": "user", "status": "complete", "model": None}
+        user["content"] = json.loads(params["content"])
+        assistant = {"id": params["assistant_id"], "role": "assistant", "status": "in_progress"}
+        assistant |= {"content": [], "model": params["model"]}
+        await self.conn.execute(insert(Message), [common | user, common | assistant])
 
     async def finish(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
-        """Record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
-        await self.session.execute(
+        """Phase 3: record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
+        await self.conn.execute(
             update(Message)
             .where(Message.id == message_id, Message.conversation_id == conversation_id)
             .values(updated_at=utcnow(), **values)
-            .execution_options(synchronize_session=False)  # no objects in this session to refresh
         )

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     run_retention_seconds: int = Field(default=900, ge=10)
     run_max_events: int = Field(default=10_000, ge=100)
 
+    auth_cache_seconds: float = Field(default=5.0, ge=0)  # a revoked key is refused within this; 0 = off
+    auth_cache_size: int = Field(default=10_000, ge=1)
+    admission_max_loop_lag: float = Field(default=0.5, ge=0)  # refuse new turns (503) above this lag; 0 = off
+
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
     db_pool_timeout: float = Field(default=10.0, gt=0)

@@ -1,16 +1,24 @@
-"""The async engine and sessions. Built by the lifespan, never at import time."""
+"""The async engine, its two ways in, and sessions. Built by the lifespan, never at import time.
+
+The hot path (a turn's phases) uses `Database`: `statement()` for work that is one SQL statement,
+which Postgres runs as its own transaction (no BEGIN/COMMIT round trips, so the connection is
+never idle in transaction), and `transaction()` for several statements that must commit together.
+The conversation API and tools use ORM sessions, where the unit of work earns its keep.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.core.config import Settings
+from app.core.metrics import Metrics
 
 PING_AFTER_IDLE_SECONDS = 2.0
 
@@ -32,6 +40,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=1800,
+        # Bound parameters are user content (messages, system prompts): keep them out of errors.
+        hide_parameters=True,
         connect_args={"server_settings": server_settings, "timeout": 5, "command_timeout": 30},
     )
     _ping_when_idle(engine)
@@ -39,8 +49,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 def _ping_when_idle(engine: AsyncEngine) -> None:
-    """Pre-ping, but only a connection that has sat idle: a ping costs a round trip per checkout
-    (three per turn), and a connection used a moment ago is as alive as a ping would show.
+    """Pre-ping, but only a connection that has sat idle: a ping costs a round trip per checkout,
+    and a connection used a moment ago is as alive as a ping would show.
 
     A dead idle connection (server restarted, backend killed) is replaced before anyone sees it;
     one killed while busy fails that request (503), and SQLAlchemy then invalidates the whole pool.
@@ -62,6 +72,24 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise DisconnectionError() from exc
 
 
+def instrument(engine: AsyncEngine, metrics: Metrics) -> None:
+    """Count statements, real commits and pool checkouts: what the hot-path tests pin down."""
+    statements, commits, checkouts = metrics.db_statements, metrics.db_commits, metrics.db_checkouts
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _on_statement(*_: Any) -> None:
+        statements.inc()
+
+    @event.listens_for(engine.sync_engine, "commit")
+    def _on_commit(conn: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":  # a no-op commit otherwise
+            commits.inc()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(*_: Any) -> None:
+        checkouts.inc()
+
+
 def _tune_sqlite(engine: AsyncEngine) -> None:
     # WAL lets readers run beside the single writer; busy_timeout queues writers instead of failing.
     @event.listens_for(engine.sync_engine, "connect")
@@ -78,7 +106,28 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def session_scope(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One session in one transaction, committed on success, rolled back on any exit else."""
-    async with sessions() as session, session.begin():
-        yield session
+class Database:
+    """Connections for the hot path, each checkout timed (agentchat_db_pool_wait_seconds)."""
+
+    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._pool_wait = metrics.db_pool_wait
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement, which commits by itself: no BEGIN, no COMMIT."""
+        started = time.perf_counter()
+        async with self._autocommit.connect() as conn:
+            self._pool_wait.observe(time.perf_counter() - started)
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """Several statements, committed together when the block ends, rolled back on any error."""
+        started = time.perf_counter()
+        async with self.engine.connect() as conn:
+            self._pool_wait.observe(time.perf_counter() - started)
+            async with conn.begin():
+                yield conn

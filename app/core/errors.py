@@ -101,6 +101,13 @@ class ShuttingDown(ServiceUnavailable):
         super().__init__(message, headers={"Retry-After": "1"})
 
 
+class ServiceBusy(ServiceUnavailable):
+    type, default_message = "service_busy", "The server is saturated; retry shortly."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     type, default_message = "database_unavailable", "The database is temporarily unavailable."
 

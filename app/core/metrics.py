@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Waits that should be ~0 on a healthy replica: fine buckets at the bottom, saturation at the top.
+WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class Metrics:
@@ -54,37 +54,32 @@ class Metrics:
             "agentchat_db_pool_checked_out", "Database connections checked out of the pool.", registry=r
         )
 
+        self.db_pool_wait = Histogram(
+            "agentchat_db_pool_wait_seconds",
+            "Time a hot-path caller waited for a pooled database connection.",
+            registry=r,
+            buckets=WAIT_BUCKETS,
+        )
+        self.db_statements = Counter("agentchat_db_statements_total", "SQL statements executed.", registry=r)
+        self.db_commits = Counter(
+            "agentchat_db_commits_total", "Explicit COMMITs (single-statement autocommit work excluded).", registry=r
+        )
+        self.db_checkouts = Counter("agentchat_db_pool_checkouts_total", "Connections checked out.", registry=r)
+        self.loop_lag = Histogram(
+            "agentchat_event_loop_lag_seconds",
+            "How late the event loop ran a timer: the wait every ready task also sees.",
+            registry=r,
+            buckets=WAIT_BUCKETS,
+        )
+        self.mirror_writes = Counter(
+            "agentchat_run_mirror_writes_total", "Redis round trips that mirrored run events.", registry=r
+        )
+        self.admission_refusals = Counter(
+            "agentchat_admission_refusals_total", "Turns refused early: the event loop was saturated.", registry=r
+        )
+
     def watch_pool(self, checked_out: Callable[[], int]) -> None:
         self.pool_checked_out.set_function(checked_out)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Pure ASGI: times every HTTP request, labelled by its route template (never the raw path)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_latency.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - started
-            )

@@ -1,4 +1,7 @@
-"""Pure-ASGI middleware: request IDs, body size limit and the last-chance error envelope.
+"""Pure-ASGI middleware: request IDs, body size limit, request metrics and the last-chance error envelope.
+
+One layer, not several: each layer wraps `send` and `receive` again for every message of every
+response, and a relayed stream is many messages.
 
 Our own rather than asgi-correlation-id because the same outermost layer must also render the
 500 envelope (Starlette's ServerErrorMiddleware sits outside user middleware, so its response
@@ -17,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.context import request_id_var
 from app.core.errors import envelope, is_db_unavailable
+from app.core.metrics import Metrics
 
 log = structlog.get_logger("app.http")
 
@@ -38,9 +42,10 @@ class BodyTooLarge(Exception):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.http_latency = metrics.http_latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,12 +56,13 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
-        status = 0
+        status = 500  # until a response says otherwise
         response_started = False
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._send_error(send, request_id, 413, "payload_too_large", "Request body is too large.")
+            self.http_latency.labels(scope["method"], "unmatched", "413").observe(time.perf_counter() - started)
             self._reset(token)
             return
 
@@ -116,12 +122,16 @@ class RequestContextMiddleware:
                     status = 500
                     await self._send_error(send, request_id, 500, "internal_error", "Internal server error.")
         finally:
+            elapsed = time.perf_counter() - started
+            # Labelled by route template, never the raw path (unbounded label values).
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.http_latency.labels(scope["method"], template, str(status)).observe(elapsed)
             log.debug(
                 "http.request.finished",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
             )
             self._reset(token)
 

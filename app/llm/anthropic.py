@@ -1,7 +1,8 @@
-"""Claude through the official SDK: one AsyncAnthropic per process, streamed calls."""
+"""Claude through the official SDK: one AsyncAnthropic per process; the SDK calls, we read the body."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -17,7 +18,7 @@ from app.core.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from app.llm.base import Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
 
 
 def _retry_after(exc: anthropic.APIStatusError, default: str) -> str:
@@ -60,12 +61,12 @@ def _error_type(body: object) -> str | None:
     return None
 
 
-def _usage(raw: Any) -> Usage:
+def _usage(raw: dict[str, Any]) -> Usage:
     return Usage(
-        input_tokens=raw.input_tokens or 0,
-        output_tokens=raw.output_tokens or 0,
-        cache_read_input_tokens=getattr(raw, "cache_read_input_tokens", None) or 0,
-        cache_creation_input_tokens=getattr(raw, "cache_creation_input_tokens", None) or 0,
+        input_tokens=raw.get("input_tokens") or 0,
+        output_tokens=raw.get("output_tokens") or 0,
+        cache_read_input_tokens=raw.get("cache_read_input_tokens") or 0,
+        cache_creation_input_tokens=raw.get("cache_creation_input_tokens") or 0,
     )
 
 
@@ -111,32 +112,95 @@ class AnthropicModel:
             kwargs["system"] = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
         if request.tools:
             kwargs["tools"] = request.tools
+        # The SDK makes the call (auth, headers, retries before the first byte, status errors);
+        # we read the body ourselves: its typed models and accumulating stream helper cost more per
+        # event than the rest of a relayed delta together, and we keep only a few fields.
         with map_errors():
             if not request.incremental:
-                yield self._whole(await self._client.messages.create(**kwargs))
+                raw = await self._client.messages.with_raw_response.create(**kwargs)
+                yield _whole(json.loads(await raw.read()))
                 return
-            async with self._client.messages.stream(**kwargs) as upstream:
-                yield self._events(upstream)
+            async with self._client.messages.with_streaming_response.create(**kwargs, stream=True) as response:
+                yield _events(response.iter_bytes())
 
-    @staticmethod
-    async def _whole(message: Any) -> AsyncIterator[LLMEvent]:
-        content = [block.model_dump(mode="json", exclude_none=True) for block in message.content]
-        for block in content:
-            if block["type"] == "text" and block["text"]:
-                yield TextDelta(block["text"])
-            elif block["type"] == "tool_use":
-                yield ToolCall(id=block["id"], name=block["name"], input=dict(block.get("input") or {}))
-        yield Completed(stop_reason=message.stop_reason or "end_turn", usage=_usage(message.usage), content=content)
 
-    @staticmethod
-    async def _events(upstream: Any) -> AsyncIterator[LLMEvent]:
-        async for event in upstream:
-            if event.type == "text":
-                if event.text:
-                    yield TextDelta(event.text)
-            elif event.type == "content_block_stop" and event.content_block.type == "tool_use":
-                block = event.content_block
-                yield ToolCall(id=block.id, name=block.name, input=dict(block.input or {}))
-        final = await upstream.get_final_message()
-        content = [block.model_dump(mode="json", exclude_none=True) for block in final.content]
-        yield Completed(stop_reason=final.stop_reason or "end_turn", usage=_usage(final.usage), content=content)
+async def _whole(message: dict[str, Any]) -> AsyncIterator[LLMEvent]:
+    content = [_block(block) for block in message.get("content") or []]
+    for block in content:
+        if block["type"] == "text" and block["text"]:
+            yield TextDelta(block["text"])
+        elif block["type"] == "tool_use":
+            yield ToolCall(id=block["id"], name=block["name"], input=block["input"])
+    yield Completed(
+        stop_reason=message.get("stop_reason") or "end_turn", usage=_usage(message.get("usage") or {}), content=content
+    )
+
+
+def _block(raw: dict[str, Any]) -> Block:
+    """A content block as the history stores it (the API's shape, without nulls)."""
+    if raw.get("type") == "tool_use":
+        return {"type": "tool_use", "id": raw["id"], "name": raw["name"], "input": dict(raw.get("input") or {})}
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[LLMEvent]:
+    """The Messages API's event stream, read directly: one json.loads per event, nothing else."""
+    blocks: dict[int, Block] = {}
+    partial_json: dict[int, list[str]] = {}
+    usage: dict[str, Any] = {}
+    stop_reason = "end_turn"
+    async for data in _sse_data(body):
+        event = json.loads(data)
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta, index = event["delta"], event["index"]
+            if delta["type"] == "text_delta":
+                if text := delta["text"]:
+                    blocks[index]["text"] += text
+                    yield TextDelta(text)
+            elif delta["type"] == "input_json_delta":
+                partial_json.setdefault(index, []).append(delta["partial_json"])
+        elif kind == "content_block_start":
+            blocks[event["index"]] = _block(event["content_block"])
+        elif kind == "content_block_stop":
+            block = blocks[event["index"]]
+            if block["type"] == "tool_use":
+                raw_input = "".join(partial_json.pop(event["index"], []))
+                block["input"] = json.loads(raw_input) if raw_input else block["input"]
+                yield ToolCall(id=block["id"], name=block["name"], input=block["input"])
+        elif kind == "message_start":
+            usage.update(event["message"].get("usage") or {})
+        elif kind == "message_delta":
+            stop_reason = event["delta"].get("stop_reason") or stop_reason
+            usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+        elif kind == "message_stop":
+            content = [blocks[i] for i in sorted(blocks)]
+            yield Completed(stop_reason=stop_reason, usage=_usage(usage), content=content)
+            return
+        elif kind == "error":
+            raise _stream_error(event.get("error"))
+    raise UpstreamError("The model's answer ended before it was complete.")
+
+
+async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The `data` of each Server-Sent Event (events end with a blank line; other fields are unused)."""
+    buffer = b""
+    async for chunk in body:
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        while (end := buffer.find(b"\n\n")) >= 0:
+            block, buffer = buffer[:end], buffer[end + 2 :]
+            lines = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+            if lines:
+                yield lines[0] if len(lines) == 1 else b"\n".join(lines)
+
+
+def _stream_error(error: object) -> UpstreamError:
+    """An `error` event after the stream began (the status was already 200)."""
+    kind = _error_type({"error": error})
+    if kind == "overloaded_error":
+        return UpstreamOverloaded(headers={"Retry-After": "5"})
+    if kind == "rate_limit_error":
+        return UpstreamRateLimited(headers={"Retry-After": "10"})
+    return UpstreamError("The model provider failed mid-answer.")

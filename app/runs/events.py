@@ -1,34 +1,40 @@
-"""Run events and their Server-Sent Events encoding."""
+"""Run events and their Server-Sent Events encoding: each event is encoded once, when published."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 TERMINAL = frozenset({"end", "error"})
 
 
-@dataclass(frozen=True, slots=True)
 class RunEvent:
-    seq: int
-    event: str
-    data: dict[str, Any]
+    """One event of a run. `payload` (its JSON) and `frame` (its SSE bytes) are made once, here."""
+
+    __slots__ = ("seq", "event", "data", "payload", "frame")
+
+    def __init__(self, seq: int, event: str, data: dict[str, Any], payload: str | None = None) -> None:
+        self.seq, self.event, self.data = seq, event, data
+        self.payload = payload if payload is not None else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        self.frame = f"id: {seq}\nevent: {event}\ndata: {self.payload}\n\n".encode()
+
+    def __repr__(self) -> str:
+        return f"RunEvent({self.seq}, {self.event!r}, {self.data!r})"
 
     @property
     def terminal(self) -> bool:
         return self.event in TERMINAL
 
     def sse(self) -> bytes:
-        payload = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
-        return f"id: {self.seq}\nevent: {self.event}\ndata: {payload}\n\n".encode()
+        return self.frame
 
     def fields(self) -> dict[str, str]:
-        return {"event": self.event, "data": json.dumps(self.data, separators=(",", ":"))}
+        return {"event": self.event, "data": self.payload}
 
     @classmethod
     def from_fields(cls, seq: int, fields: dict[bytes, bytes]) -> RunEvent:
-        return cls(seq, fields[b"event"].decode(), json.loads(fields[b"data"]))
+        payload = fields[b"data"].decode()
+        return cls(seq, fields[b"event"].decode(), json.loads(payload), payload)
 
 
 PING = b": ping\n\n"

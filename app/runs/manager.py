@@ -21,36 +21,40 @@ from anyio.abc import TaskGroup
 from redis.exceptions import RedisError
 
 from app.core.lifecycle import Lifecycle
+from app.core.metrics import Metrics
 from app.runs.events import RunEvent
 from app.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
 
 KEEP_FINISHED_SECONDS = 60.0
+# Events are mirrored to Redis in time slices: one pipeline per slice for every run that has news,
+# so the Redis cost follows time, not the number of deltas (or of runs).
+MIRROR_INTERVAL = 0.02
 Driver = Callable[["Run"], Awaitable[None]]
 
 
 class Run:
-    def __init__(self, run_id: uuid.UUID, owner_id: uuid.UUID, store: RunStore | None) -> None:
-        self.id, self.owner_id, self.store = run_id, owner_id, store
+    def __init__(self, run_id: uuid.UUID, owner_id: uuid.UUID, store: RunStore | None, manager: RunManager) -> None:
+        self.id, self.owner_id, self.store, self.manager = run_id, owner_id, store, manager
         self.events: list[RunEvent] = []
         self.finished = False
         self.cancelled_by: str | None = None
         self.scope = anyio.CancelScope()
-        self._changed = anyio.Event()
-        self._unsent: list[RunEvent] = []
-        self._mirror_wakeup = anyio.Event()
-        self._mirror_failed = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self.unmirrored = 0  # index of the first event not yet in Redis
 
     def publish(self, event: str, data: dict[str, Any]) -> RunEvent:
         item = RunEvent(len(self.events) + 1, event, data)
         self.events.append(item)
         if item.terminal:
             self.finished = True
-        self._unsent.append(item)
-        self._mirror_wakeup.set()
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self.store is not None:
+            self.manager.mirror_soon(self)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         return item
 
     def cancel(self, reason: str) -> None:
@@ -58,48 +62,44 @@ class Run:
             self.cancelled_by = reason
             self.scope.cancel()
 
-    async def wait_beyond(self, index: int) -> None:
-        """Return once there is an event after `index`, or the run has finished.
+    async def wait_beyond(self, index: int, at_most: float) -> None:
+        """Return once there is an event after `index`, the run has finished, or `at_most` seconds passed.
 
-        A plain coroutine, not a generator: callers wrap it in a time-out to send pings, and a
-        cancelled wait loses nothing.
+        One future and one timer per wait, nothing per event: a follower that is behind returns at once.
         """
-        while index >= len(self.events) and not self.finished:
-            await self._changed.wait()
-
-    async def mirror(self) -> None:
-        """Copy events to Redis in batches, in order, so other replicas can replay them."""
-        if self.store is None:
+        if index < len(self.events) or self.finished:
             return
-        while True:
-            await self._mirror_wakeup.wait()
-            self._mirror_wakeup = anyio.Event()
-            batch, self._unsent = self._unsent, []
-            done = self.finished and not self._unsent
-            if batch and not self._mirror_failed:
-                try:
-                    await self.store.append(self.id, batch, finished=done)
-                except (RedisError, OSError) as exc:
-                    # Streaming goes on locally; only resuming elsewhere is lost. Said once per run.
-                    self._mirror_failed = True
-                    log.warning("run.mirror_failed", run_id=str(self.id), error=type(exc).__name__)
-            if done:
-                return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(at_most, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class RunManager:
     """Owns every run's task in one task group that lives as long as the app."""
 
-    def __init__(self, store: RunStore | None, lifecycle: Lifecycle) -> None:
-        self.store, self.lifecycle = store, lifecycle
+    def __init__(self, store: RunStore | None, lifecycle: Lifecycle, metrics: Metrics) -> None:
+        self.store, self.lifecycle, self.metrics = store, lifecycle, metrics
         self.runs: dict[uuid.UUID, Run] = {}
         self._group: TaskGroup | None = None
         self._stack = AsyncExitStack()
+        self._to_mirror: dict[uuid.UUID, Run] = {}
+        self._mirror_wakeup = asyncio.Event()
 
     async def __aenter__(self) -> RunManager:
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
         if self.store is not None:
             self._group.start_soon(self._listen_for_cancels)
+            self._group.start_soon(self._mirror_loop)
         return self
 
     async def __aexit__(
@@ -112,6 +112,8 @@ class RunManager:
         await self._wait_finished(10)
         self._group.cancel_scope.cancel()
         await self._stack.__aexit__(exc_type, exc, tb)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._mirror()  # the last slice, so replicas see every run's end
 
     async def _wait_finished(self, seconds: float) -> None:
         # A bounded poll, at shutdown only: simpler than an event per run for the same result.
@@ -119,9 +121,40 @@ class RunManager:
             while any(not run.finished for run in self.runs.values()):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
 
+    def mirror_soon(self, run: Run) -> None:
+        self._to_mirror[run.id] = run
+        self._mirror_wakeup.set()
+
+    async def _mirror_loop(self) -> None:
+        while True:
+            await self._mirror_wakeup.wait()
+            await asyncio.sleep(MIRROR_INTERVAL)  # let the slice fill
+            self._mirror_wakeup.clear()
+            await self._mirror()
+
+    async def _mirror(self) -> None:
+        """Copy every run's new events to Redis in one pipeline, in order."""
+        pending, self._to_mirror = self._to_mirror, {}
+        batch = [(run, run.events[run.unmirrored :]) for run in pending.values() if run.store is not None]
+        batch = [(run, events) for run, events in batch if events]
+        if not batch or self.store is None:
+            return
+        try:
+            await self.store.append_many([(run.id, events, run.finished) for run, events in batch])
+        except (RedisError, OSError) as exc:
+            # Streaming goes on locally; only resuming elsewhere is lost for these runs. Said once per slice.
+            log.warning("run.mirror_failed", runs=len(batch), error=type(exc).__name__)
+            for run, _ in batch:
+                run.store = None
+            return
+        finally:
+            self.metrics.mirror_writes.inc()
+        for run, events in batch:
+            run.unmirrored = events[-1].seq
+
     async def start(self, run_id: uuid.UUID, owner_id: uuid.UUID, driver: Driver) -> Run:
         assert self._group is not None
-        run = Run(run_id, owner_id, self.store)
+        run = Run(run_id, owner_id, self.store, self)
         if self.store is not None:
             try:
                 await self.store.create(run_id, owner_id)
@@ -130,7 +163,6 @@ class RunManager:
                 run.store = None
         self.runs[run_id] = run
         self._group.start_soon(self._drive, run, driver)
-        self._group.start_soon(run.mirror)
         return run
 
     async def _drive(self, run: Run, driver: Driver) -> None:

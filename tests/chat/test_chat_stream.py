@@ -118,8 +118,14 @@ async def test_next_turn_after_a_disconnect_is_valid(live: Live, live_key: str, 
                         break
                     if chunk.count("event: delta") or "event: delta" in chunk:
                         break
+
+            async def recorded() -> bool:
+                # The conversation stays busy (409) until the left turn is recorded: wait for that.
+                r = await http.get(f"/conversations/{cid}/messages", headers=bearer(live_key))
+                return r.json()["items"][-1]["status"] != "in_progress"
+
+            await eventually(recorded, timeout=3.0)
         await eventually(lambda: llm_server.state.open_streams == 0, timeout=2.0)
-        await asyncio.sleep(0.2)
         r = await http.post("/chat", json={"message": "and now?", "conversation_id": cid}, headers=bearer(live_key))
         assert r.status_code == 200, r.text
         items = (await http.get(f"/conversations/{cid}/messages", headers=bearer(live_key))).json()["items"]
