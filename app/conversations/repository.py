@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, text, update
+from sqlalchemy import JSON, Uuid, and_, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.ids import uuid7
 from app.models import Conversation, Message
-from app.models.base import utcnow
+from app.models.base import JSONType, UTCDateTime, utcnow
 
 
 class ConversationRepository:
@@ -111,6 +112,23 @@ _OPEN_EXISTING_PG = text(
 )
 
 
+# Built once: a statement constructed per call costs more CPU than its round trip.
+_FINISH = text(
+    """
+    UPDATE messages SET status = :status, content = :content, stop_reason = :stop_reason, error = :error,
+        input_tokens = :input_tokens, output_tokens = :output_tokens, cache_read_tokens = :cache_read_tokens,
+        cache_creation_tokens = :cache_creation_tokens, updated_at = :now
+    WHERE id = :message_id AND conversation_id = :conversation_id
+    """
+).bindparams(
+    bindparam("content", type_=JSONType),
+    bindparam("error", type_=JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("message_id", type_=Uuid()),
+    bindparam("conversation_id", type_=Uuid()),
+)
+
+
 class TurnRepository:
     """The SQL of a turn's phases, on a bare connection (no ORM unit of work on the hot path).
 
@@ -188,8 +206,5 @@ class TurnRepository:
 
     async def finish(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
         """Phase 3: record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
-        await self.conn.execute(
-            update(Message)
-            .where(Message.id == message_id, Message.conversation_id == conversation_id)
-            .values(updated_at=utcnow(), **values)
-        )
+        params = {"error": None, **values, "message_id": message_id, "conversation_id": conversation_id}
+        await self.conn.execute(_FINISH, {**params, "now": utcnow()})
