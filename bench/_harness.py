@@ -7,6 +7,7 @@ Only loopback addresses are used.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -86,6 +87,41 @@ def print_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
         print(f"{label:<{width}}  {value}")
 
 
+@dataclass(frozen=True)
+class Check:
+    """One measured figure against its target; ok is None when it could not be measured."""
+
+    metric: str
+    value: str
+    target: str
+    ok: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.ok is None else "PASS" if self.ok else "MISS"
+
+
+def check(metric: str, value: float, target: float, *, at_most: bool, unit: str = "", digits: int = 1) -> Check:
+    """A numeric Check: `value` within `target` (≤ when at_most, else ≥); NaN is n/a."""
+    sign = "≤" if at_most else "≥"
+    if math.isnan(value):
+        return Check(metric, "n/a", f"{sign} {target:g}{unit}", None)
+    ok = value <= target if at_most else value >= target
+    return Check(metric, f"{value:.{digits}f}{unit}", f"{sign} {target:g}{unit}", ok)
+
+
+def print_checks(title: str, checks: Sequence[Check]) -> None:
+    """metric / value / target / PASS|MISS, aligned."""
+    head = ("metric", "value", "target", "result")
+    rows = [head, *((c.metric, c.value, c.target, c.verdict) for c in checks)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print(f"\n{title}")
+    for n, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * width for width in widths))
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) in KiB from /proc; (0, 0) once the process is gone."""
     rss = hwm = 0
@@ -157,6 +193,25 @@ def child_pid(pid: int) -> int | None:
     return int(found[0]) if found else None
 
 
+def add_common_options(parser: argparse.ArgumentParser, profile_help: str) -> None:
+    """--wait-quiet, --env, --server-log, --json and --profile, as every single-server benchmark takes them."""
+    parser.add_argument(
+        "--wait-quiet", type=float, default=60.0, help="wait up to this many seconds for other CPU load to stop"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server setting, repeatable (e.g. --env DB_POOL_TIMEOUT=30); shown in the report",
+    )
+    parser.add_argument("--server-log", metavar="PATH", help="keep a copy of the server's log (stdout+stderr) here")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--profile", nargs="?", const=str(DEFAULT_PROFILE), default=None, metavar="PATH", help=profile_help
+    )
+
+
 def settings_env_names() -> set[str]:
     """Every variable the service reads, so a developer's shell cannot leak into the bench."""
     from app.core.config import Settings
@@ -184,32 +239,33 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- database
 
 
-async def create_database(name: str) -> str:
-    """CREATE DATABASE `name`; returns its SQLAlchemy asyncpg URL."""
+@contextlib.asynccontextmanager
+async def pg_admin() -> AsyncIterator[Any]:
+    """A short-lived connection to the `postgres` database, for CREATE/DROP DATABASE and statistics."""
     conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield conn
     finally:
         await conn.close()
+
+
+async def create_database(name: str) -> str:
+    """CREATE DATABASE `name`; returns its SQLAlchemy asyncpg URL."""
+    async with pg_admin() as conn:
+        await conn.execute(f'CREATE DATABASE "{name}"')
     return f"{PG_BASE_URL}/{name}"
 
 
 async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
-    try:
+    async with pg_admin() as conn:
         # FORCE: a server we had to SIGKILL may have left sessions behind.
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def db_xacts(name: str) -> dict[str, int]:
     """Committed and rolled-back transactions of one database (pg_stat_database)."""
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
-    try:
+    async with pg_admin() as conn:
         row = await conn.fetchrow("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1", name)
-    finally:
-        await conn.close()
     return {"commit": int(row["xact_commit"]), "rollback": int(row["xact_rollback"])} if row else {}
 
 
@@ -257,6 +313,14 @@ def create_key(database_url: str, name: str = "bench") -> str:
     if not lines:
         raise RuntimeError("create-key printed nothing")
     return lines[-1]
+
+
+async def prepare_database(db_name: str) -> tuple[str, str]:
+    """Create, migrate and give one API key to a fresh database: (its URL, the key)."""
+    db_url = await create_database(db_name)
+    log(f"database {db_name} created; migrating")
+    await asyncio.to_thread(migrate, db_url)
+    return db_url, await asyncio.to_thread(create_key, db_url)
 
 
 # --------------------------------------------------------------------------- subprocesses
@@ -333,6 +397,21 @@ async def wait_http_ok(url: str, proc: Proc, within: float = 30.0) -> None:
     raise RuntimeError(f"{proc.name} not ready at {url} after {within:.0f}s ({last}):\n{proc.log_tail()}")
 
 
+def spawn_fake(workdir: Path) -> tuple[Proc, str]:
+    """The fake LLM (tests/fakes/llm_server.py) on a free loopback port: (its process, its URL); not yet ready."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.fakes.llm_server", "--host", HOST, "--port", str(port)]
+    return spawn("fake LLM", cmd, clean_env({}), workdir / "fake.log"), f"http://{HOST}:{port}"
+
+
+def uvicorn_cmd(target: str, port: int, *, dev: bool = False) -> list[str]:
+    """One uvicorn worker on loopback; the same flags (default loop and HTTP: uvloop, httptools) for every server."""
+    return [
+        sys.executable, *(["-X", "dev"] if dev else []), "-m", "uvicorn", target,
+        "--host", HOST, "--port", str(port), "--no-access-log", "--backlog", "4096",
+    ]  # fmt: skip
+
+
 def py_spy_path() -> str | None:
     local = Path(sys.executable).with_name("py-spy")
     return str(local) if local.exists() else shutil.which("py-spy")
@@ -362,6 +441,17 @@ class LogReport:
     tracebacks: int = 0  # "Traceback" lines or records carrying an exception
     by_event: dict[str, int] = field(default_factory=dict)  # error/warning events, counted
     samples: list[str] = field(default_factory=list)  # the first few, shortened
+
+    def summary(self, turns: int) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "tracebacks": self.tracebacks,
+            "events": self.by_event,
+            "samples": self.samples,
+            "lines_per_turn": self.lines / turns if turns else None,
+        }
 
 
 def scan_log(path: Path, max_samples: int = 5) -> LogReport:
@@ -417,7 +507,11 @@ class Stack:
     fake: Proc
     server: Proc
     profile: Path | None
+    naive: Proc | None = None  # bench/naive_app.py, with naive=True
+    naive_url: str = ""
     log_report: LogReport | None = None  # filled in after the server has stopped
+    naive_log_report: LogReport | None = None
+    naive_log_tail: str = ""  # kept when its log has tracebacks (the file goes with the work dir)
     # pg_stat_database counts when the server became ready and after it exited (exit flushes them).
     xacts_start: dict[str, int] = field(default_factory=dict)
     xacts_end: dict[str, int] = field(default_factory=dict)
@@ -439,8 +533,12 @@ async def bench_stack(
     profile: Path | None = None,
     keep_log: Path | None = None,
     ready_timeout: float = 60.0,
+    naive: bool = False,
 ) -> AsyncIterator[Stack]:
-    """Database + migrations + key + fake LLM + one uvicorn worker; all undone on exit, however it comes."""
+    """Database + migrations + key + fake LLM + one uvicorn worker; all undone on exit, however it comes.
+
+    naive=True also starts bench/naive_app.py (the tutorial baseline) on the same database, fake and key,
+    as `<APP_NAME>-naive` in pg_stat_activity, so the service's own connection counts leave it out."""
     tag = secrets.token_hex(4)
     workdir = Path(tempfile.mkdtemp(prefix=f"agentchat-bench-{tag}-"))
     db_name: str | None = None
@@ -449,20 +547,9 @@ async def bench_stack(
     server_proc: Proc | None = None
     try:
         db_name = f"agentchat_bench_{tag}"  # set first: the cleanup's DROP IF EXISTS covers a half-done create
-        db_url = await create_database(db_name)
-        log(f"database {db_name} created; migrating")
-        await asyncio.to_thread(migrate, db_url)
-        api_key = await asyncio.to_thread(create_key, db_url)
-
-        fake_port = free_port()
-        fake = spawn(
-            "fake LLM",
-            [sys.executable, "-m", "tests.fakes.llm_server", "--host", HOST, "--port", str(fake_port)],
-            clean_env({}),
-            workdir / "fake.log",
-        )
+        db_url, api_key = await prepare_database(db_name)
+        fake, fake_url = spawn_fake(workdir)
         procs.append(fake)
-        fake_url = f"http://{HOST}:{fake_port}"
         await wait_http_ok(f"{fake_url}/_stats", fake)
 
         app_name = f"agentchat-bench-{tag}"
@@ -481,10 +568,7 @@ async def bench_stack(
             }
         )
         port = free_port()
-        cmd = [
-            sys.executable, "-m", "uvicorn", "app.main:app",
-            "--host", HOST, "--port", str(port), "--no-access-log", "--backlog", "4096",
-        ]  # fmt: skip
+        cmd = uvicorn_cmd("app.main:app", port)
         if profile is not None:
             spy = py_spy_path()
             assert spy is not None, "checked by the caller"
@@ -499,6 +583,16 @@ async def bench_stack(
         log(f"fake LLM at {fake_url}, service at {server_url} (pid {server.pid}), APP_NAME={app_name}")
 
         stack = Stack(tag, db_name, db_url, app_name, api_key, fake_url, server_url, fake, server, profile)
+        if naive:
+            naive_env = {"DATABASE_URL": db_url, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": fake_url}
+            naive_env["APP_NAME"] = f"{app_name}-naive"
+            naive_port = free_port()
+            naive_cmd = uvicorn_cmd("bench.naive_app:app", naive_port)
+            stack.naive = spawn("naive app", naive_cmd, clean_env(naive_env), workdir / "naive.log")
+            procs.append(stack.naive)
+            stack.naive_url = f"http://{HOST}:{naive_port}"
+            await wait_http_ok(f"{stack.naive_url}/healthz", stack.naive, within=ready_timeout)
+            log(f"naive baseline at {stack.naive_url} (pid {stack.naive.pid})")
         stack.xacts_start = await db_xacts(db_name)
         yield stack
     finally:
@@ -514,6 +608,10 @@ async def bench_stack(
                 log(f"stopping {proc.name} failed: {exc!r}")
         if stack is not None:
             stack.log_report = scan_log(stack.server.log_path)
+            if stack.naive is not None:
+                stack.naive_log_report = scan_log(stack.naive.log_path)
+                if stack.naive_log_report.tracebacks:
+                    stack.naive_log_tail = stack.naive.log_tail(2000)
             if keep_log is not None:
                 with contextlib.suppress(OSError):
                     shutil.copyfile(stack.server.log_path, keep_log)
@@ -522,20 +620,24 @@ async def bench_stack(
                 stack.xacts_end = await asyncio.wait_for(db_xacts(stack.db_name), timeout=10)
             except Exception as exc:
                 log(f"could not read pg_stat_database: {exc!r}")
-        redis_url = server_env.get("REDIS_URL")
-        if redis_url:
-            try:
-                removed = await asyncio.wait_for(delete_redis_keys(redis_url, f"agentchat-bench-{tag}:"), timeout=30)
-                log(f"removed {removed} Redis keys under agentchat-bench-{tag}:")
-            except Exception as exc:
-                log(f"could not clean Redis keys: {exc!r}")
-        if db_name is not None:
-            try:
-                await asyncio.wait_for(drop_database(db_name), timeout=30)
-                log(f"database {db_name} dropped")
-            except BaseException as exc:
-                log(f"could not drop database {db_name}: {exc!r}")
-        shutil.rmtree(workdir, ignore_errors=True)
+        await remove_leftovers(tag, server_env.get("REDIS_URL"), db_name, workdir)
+
+
+async def remove_leftovers(tag: str, redis_url: str | None, db_name: str | None, workdir: Path) -> None:
+    """After the servers stopped: delete the run's Redis keys, drop its database, remove its work dir."""
+    if redis_url:
+        try:
+            removed = await asyncio.wait_for(delete_redis_keys(redis_url, f"agentchat-bench-{tag}"), timeout=30)
+            log(f"removed {removed} Redis keys under agentchat-bench-{tag}")
+        except Exception as exc:
+            log(f"could not clean Redis keys: {exc!r}")
+    if db_name is not None:
+        try:
+            await asyncio.wait_for(drop_database(db_name), timeout=30)
+            log(f"database {db_name} dropped")
+        except BaseException as exc:
+            log(f"could not drop database {db_name}: {exc!r}")
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_main(main: Callable[[], Awaitable[T]]) -> T:
@@ -661,11 +763,7 @@ class Base:
     ) -> tuple[Proc, str]:
         """One uvicorn worker on a free loopback port (`python -X dev` with dev=True); waits for /readyz."""
         port = free_port()
-        cmd = [
-            sys.executable, *(["-X", "dev"] if dev else []), "-m", "uvicorn", "app.main:app",
-            "--host", HOST, "--port", str(port), "--no-access-log", "--backlog", "4096",
-        ]  # fmt: skip
-        proc = spawn(name, cmd, env, self.workdir / f"{name}.log")
+        proc = spawn(name, uvicorn_cmd("app.main:app", port, dev=dev), env, self.workdir / f"{name}.log")
         self.procs.append(proc)
         url = f"http://{HOST}:{port}"
         await wait_http_ok(f"{url}/readyz", proc, within=ready_timeout)
@@ -683,18 +781,8 @@ async def bench_base(*, redis_url: str | None = REDIS_URL) -> AsyncIterator[Base
     base: Base | None = None
     fake: Proc | None = None
     try:
-        db_url = await create_database(db_name)
-        log(f"database {db_name} created; migrating")
-        await asyncio.to_thread(migrate, db_url)
-        api_key = await asyncio.to_thread(create_key, db_url)
-        fake_port = free_port()
-        fake = spawn(
-            "fake LLM",
-            [sys.executable, "-m", "tests.fakes.llm_server", "--host", HOST, "--port", str(fake_port)],
-            clean_env({}),
-            workdir / "fake.log",
-        )
-        fake_url = f"http://{HOST}:{fake_port}"
+        db_url, api_key = await prepare_database(db_name)
+        fake, fake_url = spawn_fake(workdir)
         await wait_http_ok(f"{fake_url}/_stats", fake)
         base = Base(tag, workdir, db_name, db_url, api_key, fake, fake_url)
         yield base
@@ -704,15 +792,4 @@ async def bench_base(*, redis_url: str | None = REDIS_URL) -> AsyncIterator[Base
                 proc.stop()
             except Exception as exc:  # keep cleaning up whatever happens
                 log(f"stopping {proc.name} failed: {exc!r}")
-        if redis_url:
-            try:
-                removed = await asyncio.wait_for(delete_redis_keys(redis_url, f"agentchat-bench-{tag}"), timeout=30)
-                log(f"removed {removed} Redis keys under agentchat-bench-{tag}")
-            except Exception as exc:
-                log(f"could not clean Redis keys: {exc!r}")
-        try:
-            await asyncio.wait_for(drop_database(db_name), timeout=30)
-            log(f"database {db_name} dropped")
-        except BaseException as exc:
-            log(f"could not drop database {db_name}: {exc!r}")
-        shutil.rmtree(workdir, ignore_errors=True)
+        await remove_leftovers(tag, redis_url, db_name, workdir)

@@ -1,4 +1,4 @@
-"""What the service adds to a turn: the fake LLM called directly vs. POST /chat, side by side.
+"""What the service adds to a turn: the fake LLM called directly, a naive handler and POST /chat, side by side.
 
     python -m bench.overhead                 # a new conversation every turn
     python -m bench.overhead --continue      # one conversation per client task (history grows)
@@ -6,8 +6,11 @@
 
 The fake answers at once (`[[reply:ok]]`), so a /chat turn's latency is the service's own work
 (auth, two short transactions, the upstream call and its SSE parsing, logging at INFO) plus one
-fake call. Concurrency 1: requests interleaved round-robin so both see the same conditions.
-Concurrency 8: each target alone for a fixed time. Always exits 0; PASS/MISS against targets.
+fake call. The naive handler (bench/naive_app.py: the tutorial pattern, on the same database, fake
+and key, one worker with the same uvicorn flags) is the baseline the service should beat.
+Concurrency 1: requests interleaved round-robin so all see the same conditions. Concurrency 8:
+each target alone for a fixed time. Server CPU is each server process's own, from /proc; the
+service's /metrics is scraped around each of its phases. Always exits 0; PASS/MISS against targets.
 """
 
 from __future__ import annotations
@@ -22,21 +25,25 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from bench import _metrics
 from bench._harness import (
-    DEFAULT_PROFILE,
     REDIS_URL,
+    Check,
     Stack,
+    add_common_options,
     bench_stack,
+    check,
     cpu_seconds,
     fmt_ms,
     jsonable,
     log,
     parse_env_overrides,
     percentile,
+    print_checks,
     print_table,
     raise_nofile,
     resolve_profile,
@@ -53,6 +60,8 @@ FAKE_BODY: dict[str, Any] = {
 }
 FAKE_HEADERS = {"Authorization": "Bearer bench", "anthropic-version": "2023-06-01"}
 MAX_C8_REQUESTS = 100_000  # a hard cap on a timed phase, whatever the speed
+T = TypeVar("T")
+FAKE, FAKE_SSE, NAIVE, SERVICE = "fake direct (JSON)", "fake direct (SSE)", "naive /chat", "service /chat"
 
 
 @dataclass
@@ -101,12 +110,14 @@ class Targets:
         self.fake_json = httpx.AsyncClient(base_url=stack.fake_url, limits=limits, timeout=timeout)
         self.fake_stream = httpx.AsyncClient(base_url=stack.fake_url, limits=limits, timeout=timeout)
         self.service = httpx.AsyncClient(base_url=stack.server_url, limits=limits, timeout=timeout)
+        self.naive = httpx.AsyncClient(base_url=stack.naive_url, limits=limits, timeout=timeout)
         self.auth = {"Authorization": f"Bearer {stack.api_key}"}
         self.continue_conversations = continue_conversations
-        self.service_calls = 0  # every /chat request, warm-up included, to divide server-side totals by
+        # Every /chat request per server, warm-up included, to divide server-side totals by.
+        self.calls = {SERVICE: 0, NAIVE: 0}
 
     async def aclose(self) -> None:
-        for client in (self.fake_json, self.fake_stream, self.service):
+        for client in (self.fake_json, self.fake_stream, self.service, self.naive):
             await client.aclose()
 
     async def call_fake_json(self, _: Conversation) -> None:
@@ -121,11 +132,17 @@ class Targets:
             raise CallFailed(f"http {response.status_code}")
 
     async def call_service(self, conversation: Conversation) -> None:
+        await self._chat(SERVICE, self.service, conversation, continue_=self.continue_conversations)
+
+    async def call_naive(self, conversation: Conversation) -> None:
+        await self._chat(NAIVE, self.naive, conversation, continue_=False)  # the naive app only starts new ones
+
+    async def _chat(self, name: str, client: httpx.AsyncClient, conversation: Conversation, *, continue_: bool) -> None:
         payload: dict[str, Any] = {"message": MESSAGE}
-        if self.continue_conversations and conversation.id is not None:
+        if continue_ and conversation.id is not None:
             payload["conversation_id"] = conversation.id
-        self.service_calls += 1
-        response = await self.service.post("/chat", json=payload, headers=self.auth)
+        self.calls[name] += 1
+        response = await client.post("/chat", json=payload, headers=self.auth)
         if response.status_code != 200:
             raise CallFailed(f"http {response.status_code} {_error_type(response)}")
         data = response.json()
@@ -205,6 +222,14 @@ def keep_log(args: argparse.Namespace) -> Path | None:
     return Path(args.server_log).resolve() if args.server_log else None
 
 
+async def with_metrics(stack: Stack, targets: Targets, phase: Awaitable[T]) -> tuple[T, dict[str, float]]:
+    """Run a phase between two scrapes of the service's /metrics: (its result, the diff per service turn)."""
+    before, calls = await _metrics.scrape(stack.server_url), targets.calls[SERVICE]
+    out = await phase
+    window = _metrics.Window(before, await _metrics.scrape(stack.server_url))
+    return out, window.summary(targets.calls[SERVICE] - calls)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     server_env = {"DB_POOL_SIZE": "10", "LOG_LEVEL": "INFO"}
     if not args.no_redis:
@@ -217,53 +242,60 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "env_overrides": args.env,
         "profile": str(profile) if profile else None,
     }
-    async with bench_stack(server_env, profile=profile, keep_log=keep_log(args)) as stack:
+    async with bench_stack(server_env, profile=profile, keep_log=keep_log(args), naive=True) as stack:
         targets = Targets(stack, continue_conversations=args.continue_)
         try:
             result["background_load_cores"] = await wait_for_quiet(args.wait_quiet)
-            server_pid = stack.server_pid() or stack.server.pid
+            assert stack.naive is not None
+            pids = {SERVICE: stack.server_pid() or stack.server.pid, NAIVE: stack.naive.pid}
             c1_calls: dict[str, Call] = {
-                "fake direct (JSON)": targets.call_fake_json,
-                "fake direct (SSE)": targets.call_fake_stream,
-                "service /chat": targets.call_service,
+                FAKE: targets.call_fake_json,
+                FAKE_SSE: targets.call_fake_stream,
+                NAIVE: targets.call_naive,
+                SERVICE: targets.call_service,
             }
             log(f"c=1: {args.warmup} warm-up + {args.requests} requests per target, interleaved")
-            cpu_before, calls_before = cpu_seconds(server_pid), targets.service_calls
-            c1 = await sequential(c1_calls, args.warmup, args.requests)
-            # Only /chat reaches the service, so its CPU over the phase is all /chat turns.
-            c1["service /chat"].server_cpu = (cpu_seconds(server_pid) - cpu_before) * (
-                len(c1["service /chat"].latencies) / max(targets.service_calls - calls_before, 1)
+            cpu_before, calls_before = {n: cpu_seconds(pid) for n, pid in pids.items()}, dict(targets.calls)
+            c1, result["c1_metrics"] = await with_metrics(
+                stack, targets, sequential(c1_calls, args.warmup, args.requests)
             )
+            for name, pid in pids.items():
+                # Only /chat reaches a server, so its CPU over the phase is all /chat turns (warm-up included).
+                c1[name].server_cpu = (cpu_seconds(pid) - cpu_before[name]) * (
+                    len(c1[name].latencies) / max(targets.calls[name] - calls_before[name], 1)
+                )
             result["c1"] = {name: s.summary() for name, s in c1.items()}
 
             c8: dict[str, Series] = {}
-            for name, call in (("fake direct (JSON)", targets.call_fake_json), ("service /chat", targets.call_service)):
+            c8_metrics: dict[str, dict[str, float]] = {}
+            for name, call, pid in (
+                (FAKE, targets.call_fake_json, pids[SERVICE]),
+                (NAIVE, targets.call_naive, pids[NAIVE]),
+                (SERVICE, targets.call_service, pids[SERVICE]),
+            ):
                 what = f"{args.c8_turns} requests" if args.c8_turns else f"{args.c8_seconds:.0f} s"
                 log(f"c={args.concurrency}: {name} for {what}")
-                c8[name] = await concurrent(call, args.concurrency, args.c8_seconds, args.c8_turns, server_pid)
+                c8[name], c8_metrics[name] = await with_metrics(
+                    stack, targets, concurrent(call, args.concurrency, args.c8_seconds, args.c8_turns, pid)
+                )
+            result["c8_metrics"] = c8_metrics[SERVICE]
             result["c8"] = {name: s.summary() for name, s in c8.items()}
         finally:
             await targets.aclose()
-    report = stack.log_report
-    result["server_log"] = {
-        "lines": report.lines if report else None,
-        "errors": report.errors if report else None,
-        "warnings": report.warnings if report else None,
-        "tracebacks": report.tracebacks if report else None,
-        "events": report.by_event if report else {},
-        "samples": report.samples if report else [],
-        "lines_per_service_turn": (report.lines / targets.service_calls) if report and targets.service_calls else None,
-    }
+    for key, report, name in (("server_log", stack.log_report, SERVICE), ("naive_log", stack.naive_log_report, NAIVE)):
+        result[key] = report.summary(targets.calls[name]) if report else {}
+    result["naive_log_tail"] = stack.naive_log_tail
+    all_turns = sum(targets.calls.values())
     xacts = stack.xacts_used()
-    result["pg_xacts_per_service_turn"] = {k: v / targets.service_calls for k, v in xacts.items()} if xacts else {}
-    result["service_turns_total"] = targets.service_calls
-    fake_c1 = c1["fake direct (JSON)"].latencies
-    service_c1 = c1["service /chat"].latencies
-    result["added_median_c1_s"] = (
-        statistics.median(service_c1) - statistics.median(fake_c1) if fake_c1 and service_c1 else math.nan
-    )
-    result["service_turns_per_s_c8"] = result["c8"]["service /chat"]["per_s"]
-    result["targets"] = {"added_median_ms_max": args.target_added_ms, "turns_per_s_min": args.target_tps}
+    result["pg_xacts_per_turn_both_servers"] = {k: v / all_turns for k, v in xacts.items()} if xacts else {}
+    result["turns_total"] = dict(targets.calls)
+    fake_median = statistics.median(c1[FAKE].latencies) if c1[FAKE].latencies else math.nan
+    result["added_median_c1_s"] = {
+        name: statistics.median(c1[name].latencies) - fake_median if c1[name].latencies else math.nan
+        for name in (NAIVE, SERVICE)
+    }
+    service_tps, naive_tps = result["c8"][SERVICE]["per_s"], result["c8"][NAIVE]["per_s"]
+    result["service_over_naive_c8"] = service_tps / naive_tps if naive_tps else math.nan
     return result
 
 
@@ -274,11 +306,47 @@ def _lat_row(s: dict[str, Any]) -> str:
     return f"{quantiles}  n={s['requests']}{tail}"
 
 
+def _cpu_rows(phase: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (f"{name} CPU per turn", f"{phase[name]['server_cpu_ms_per_request']:.2f} ms (its uvicorn process only)")
+        for name in (NAIVE, SERVICE)
+    ]
+
+
+def checks(r: dict[str, Any], args: argparse.Namespace) -> list[Check]:
+    """The issue's three targets."""
+    return [
+        check(
+            f"service CPU per JSON turn (c={args.concurrency})",
+            r["c8"][SERVICE]["server_cpu_ms_per_request"],
+            args.target_cpu_ms,
+            at_most=True,
+            unit=" ms",
+            digits=2,
+        ),
+        check(
+            f"service/naive turns/s (c={args.concurrency})",
+            r["service_over_naive_c8"],
+            args.target_ratio,
+            at_most=False,
+            unit="×",
+            digits=2,
+        ),
+        check(
+            "added median (c=1)",
+            r["added_median_c1_s"][SERVICE] * 1000,
+            args.target_added_ms,
+            at_most=True,
+            unit=" ms",
+        ),
+    ]
+
+
 def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
     mode = r["mode"]
     if r["mode"].startswith("continue"):
-        c1_len = r["c1"]["service /chat"]["longest_conversation_turns"]
-        c8_len = r["c8"]["service /chat"]["longest_conversation_turns"]
+        c1_len = r["c1"][SERVICE]["longest_conversation_turns"]
+        c8_len = r["c8"][SERVICE]["longest_conversation_turns"]
         mode += f" (c=1 conversation reached {c1_len} turns, c={args.concurrency} up to {c8_len} each)"
     print_table(
         "bench.overhead — setup",
@@ -291,56 +359,42 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         ],
     )
     c1_rows = [(name, _lat_row(s)) for name, s in r["c1"].items()]
-    cpu_c1 = r["c1"]["service /chat"]["server_cpu_ms_per_request"]
-    c1_rows.append(("service CPU per turn", f"{cpu_c1:.2f} ms (uvicorn process only)"))
+    for name in (NAIVE, SERVICE):
+        c1_rows.append((f"{name} added at median", fmt_ms(r["added_median_c1_s"][name])))
+    c1_rows += _cpu_rows(r["c1"])
+    c1_rows += _metrics.rows(r["c1_metrics"])
     print_table(f"concurrency 1 ({args.requests} requests each after {args.warmup} warm-up, interleaved)", c1_rows)
-    rows: list[tuple[str, str]] = []
-    for name, s in r["c8"].items():
-        rows.append((name, f"{s['per_s']:7.1f} /s   {_lat_row(s)}"))
-    service = r["c8"]["service /chat"]
-    rows.append(("service CPU per turn", f"{service['server_cpu_ms_per_request']:.2f} ms (uvicorn process only)"))
-    per_turn = r["pg_xacts_per_service_turn"]
+    rows = [(name, f"{s['per_s']:7.1f} /s   {_lat_row(s)}") for name, s in r["c8"].items()]
+    rows.append(("service / naive turns/s", f"{r['service_over_naive_c8']:.2f}×"))
+    rows += _cpu_rows(r["c8"])
+    rows += _metrics.rows(r["c8_metrics"])
+    per_turn = r["pg_xacts_per_turn_both_servers"]
     if per_turn:
         rows.append(
             (
                 "PG transactions per turn",
                 f"{per_turn['commit']:.2f} commits + {per_turn['rollback']:.2f} rollbacks "
-                f"(all {r['service_turns_total']} /chat turns, warm-up included)",
+                f"(whole database: service and naive, all {sum(r['turns_total'].values())} turns)",
             )
         )
     print_table(f"concurrency {args.concurrency}", rows)
-    log_info = r["server_log"]
-    print_table(
-        "server log (LOG_LEVEL=INFO)",
-        [
-            (
-                "lines / errors / tracebacks / warnings",
-                f"{log_info['lines']} / {log_info['errors']} / {log_info['tracebacks']} / {log_info['warnings']}",
-            ),
-            ("lines per /chat turn", f"{log_info['lines_per_service_turn'] or 0:.1f}"),
-        ],
-    )
-    for event, count in sorted(log_info["events"].items()):
+    log_rows = []
+    for label, info in (("service log (LOG_LEVEL=INFO)", r["server_log"]), ("naive app log", r["naive_log"])):
+        if info:
+            counts = f"{info['lines']} / {info['errors']} / {info['tracebacks']} / {info['warnings']}"
+            log_rows.append((f"{label}: lines / errors / tracebacks / warnings", counts))
+    log_rows.append(("service log lines per /chat turn", f"{r['server_log'].get('lines_per_turn') or 0:.1f}"))
+    print_table("server logs", log_rows)
+    for event, count in sorted(r["server_log"].get("events", {}).items()):
         print(f"  log {event}: {count}")
-
-    added_ms = r["added_median_c1_s"] * 1000
-    tps = r["service_turns_per_s_c8"]
-    added_ok = added_ms <= args.target_added_ms
-    tps_ok = tps >= args.target_tps
-    print("\nsummary")
-    print(
-        f"  added at median (c=1): {added_ms:5.1f} ms   | target ≤ {args.target_added_ms:g} ms   "
-        f"{'PASS' if added_ok else 'MISS'}"
-    )
-    print(
-        f"  service turns/s (c={args.concurrency}): {tps:6.0f}     | target ≥ {args.target_tps:g}    "
-        f"{'PASS' if tps_ok else 'MISS'}"
-    )
+    if r["naive_log_tail"]:
+        print(f"  naive app log ends:\n{r['naive_log_tail']}")
+    print_checks("summary", checks(r, args))
     if r["profile"]:
         print(f"  profile written to {r['profile']} (numbers above were taken under py-spy)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description="What the service adds per turn.")
     parser.add_argument("--warmup", type=int, default=30, help="c=1 warm-up requests per target (default 30)")
     parser.add_argument("--requests", type=int, default=300, help="c=1 measured requests per target (default 300)")
@@ -353,28 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="continue one conversation per client task instead of starting a new one every turn",
     )
-    parser.add_argument(
-        "--wait-quiet", type=float, default=60.0, help="wait up to this many seconds for other CPU load to stop"
-    )
     parser.add_argument("--no-redis", action="store_true", help="leave REDIS_URL unset")
-    parser.add_argument("--target-added-ms", type=float, default=6.0)
-    parser.add_argument("--target-tps", type=float, default=200.0)
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra server setting, repeatable (e.g. --env DB_POOL_TIMEOUT=30); shown in the report",
-    )
-    parser.add_argument("--server-log", metavar="PATH", help="keep a copy of the server's log (stdout+stderr) here")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument(
-        "--profile",
-        nargs="?",
-        const=str(DEFAULT_PROFILE),
-        default=None,
-        metavar="PATH",
-        help="run the server under py-spy; default bench/profile.svg (a .txt path gives collapsed stacks)",
+    parser.add_argument("--target-added-ms", type=float, default=4.0, help="c=1 median over the fake (4 ms)")
+    parser.add_argument("--target-cpu-ms", type=float, default=4.0, help="service CPU per JSON turn (4 ms)")
+    parser.add_argument("--target-ratio", type=float, default=2.0, help="c=8 service/naive turns/s (2)")
+    add_common_options(
+        parser,
+        profile_help="run the server under py-spy; default bench/profile.svg (a .txt path gives collapsed stacks)",
     )
     args = parser.parse_args(argv)
     try:
@@ -385,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup/--requests/--concurrency out of range")
     if not 0 < args.c8_seconds <= 600:
         parser.error("--c8-seconds must be in (0, 600]")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     raise_nofile()
     result = run_or_exit(lambda: run(args))
     if args.json:

@@ -1,13 +1,23 @@
 """Many SSE turns in flight at once against one uvicorn worker with a 5-connection database pool.
 
-    python -m bench.streams                 # 500 streams
+    python -m bench.streams                      # 500 streams at once
     python -m bench.streams --streams 1000 --json
+    python -m bench.streams --scenario ramp600   # 600 streams started over 10 s, 40 deltas 250 ms apart
+    python -m bench.streams --scenario burst50   # 50 at once: user messages stored 0.5 s later?
+    python -m bench.streams --scenario deltas    # server CPU per streamed turn and per relayed delta
 
 Every stream asks the fake for `[[words:40]] [[slow:0.1]]` (about 4 s of deltas), all are started
-together, so they all overlap. Proves: no connection is held across the model call (peak PG
-connections stay within the pool), the fake really saw N streams open at once, and how long
-users wait for the first token. Exit code 0 iff no stream failed (HTTP status, `error` event,
-exception, no `end`) and every answered turn was stored `complete` in the database.
+together (or evenly over `--ramp` seconds), so they overlap. Proves: no connection is held across
+the model call (peak PG connections stay within the pool, nothing sits idle in transaction), the
+fake really saw N streams open at once, and how long users wait for the first token. Exit code 0
+iff no stream failed (HTTP status, `error` event, exception, no `end`) and every answered turn was
+stored `complete` in the database. The scenarios are the issue's presets (pool 5, no overflow,
+DB_POOL_TIMEOUT=5, Redis on, LOG_LEVEL=INFO) and also print PASS/MISS against its targets.
+
+`deltas` runs 100 streams of 1 delta, then 100 of 101 deltas (no pauses) on the same server and
+reads its CPU from /proc around each phase: CPU per streamed turn is the first phase's per stream,
+per relayed delta is the difference over the 100 × 100 extra deltas. The naive baseline
+(bench/naive_app.py) gets the same two phases, for comparison.
 """
 
 from __future__ import annotations
@@ -26,11 +36,15 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 
+from bench import _metrics
 from bench._harness import (
-    DEFAULT_PROFILE,
     PG_ADMIN_DSN,
+    REDIS_URL,
+    Check,
     Stack,
+    add_common_options,
     bench_stack,
+    check,
     cpu_seconds,
     fmt_ms,
     jsonable,
@@ -38,6 +52,7 @@ from bench._harness import (
     machine_cpu,
     parse_env_overrides,
     percentile,
+    print_checks,
     print_table,
     raise_nofile,
     resolve_profile,
@@ -46,8 +61,22 @@ from bench._harness import (
     wait_for_quiet,
 )
 
-POOL_SIZE = 5
 SAMPLE_EVERY = 0.1
+# The issue's server: a pool of 5 and no overflow, a short pool timeout, Redis on, logging at INFO.
+ISSUE_ENV = {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "5", "LOG_LEVEL": "INFO"}
+# Option values when neither the command line nor a scenario gives one.
+DEFAULTS: dict[str, Any] = {
+    "streams": 500, "words": 40, "slow": 0.1, "ramp": 0.0, "redis": False, "stored_after": None,
+    "target_ttft_p99": None, "env": {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "0", "LOG_LEVEL": "WARNING"},
+}  # fmt: skip
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "ramp600": {"streams": 600, "words": 40, "slow": 0.25, "ramp": 10.0, "target_ttft_p99": 1.0},
+    "burst50": {"streams": 50, "words": 40, "slow": 0.25, "stored_after": 0.5},
+    "deltas": {"streams": 100},
+}
+for _preset in SCENARIOS.values():
+    _preset.update(redis=True, env=ISSUE_ENV)
+DELTA_PHASES = (1, 101)  # deltas per answer in the two phases of `deltas`
 
 
 @dataclass
@@ -77,6 +106,7 @@ class Peaks:
     rss_kib: int = 0
     sample_failures: int = 0
     pg_by_state: dict[str, int] = field(default_factory=dict)  # states at the PG peak
+    idle_in_transaction: int = 0  # the most connections seen 'idle in transaction' in one sample
     timeline: list[Sample] = field(default_factory=list)
     # GET /healthz (no DB, no threadpool) latency while the burst runs: the server's event-loop lag.
     healthz: list[float] = field(default_factory=list)
@@ -99,8 +129,13 @@ class Peaks:
         return best_server, best_machine
 
 
-async def one_stream(client: httpx.AsyncClient, headers: dict[str, str], message: str, deadline: float) -> StreamResult:
+async def one_stream(
+    client: httpx.AsyncClient, headers: dict[str, str], message: str, deadline: float, delay: float = 0.0
+) -> StreamResult:
+    """One streamed turn, sent after `delay` seconds; timings from its own send."""
     result = StreamResult()
+    if delay > 0:
+        await asyncio.sleep(delay)
     sent = time.perf_counter()
     try:
         async with (
@@ -164,6 +199,8 @@ async def sample(stack: Stack, stop: asyncio.Event, peaks: Peaks, origin: list[f
                         stack.app_name,
                     )
                     total = sum(int(r["n"]) for r in rows)
+                    idle = sum(int(r["n"]) for r in rows if str(r["state"]).startswith("idle in transaction"))
+                    peaks.idle_in_transaction = max(peaks.idle_in_transaction, idle)
                     if total > peaks.pg_connections:
                         peaks.pg_connections = total
                         peaks.pg_by_state = {str(r["state"]): int(r["n"]) for r in rows}
@@ -227,9 +264,21 @@ def timeline_rows(peaks: Peaks) -> list[tuple[str, str]]:
     return rows
 
 
+def connect_bench_db(stack: Stack) -> Any:
+    """An asyncpg connection (awaitable) to the bench database itself."""
+    return asyncpg.connect(stack.db_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+
+
+async def user_messages_at(conn: Any, origin: float, after: float) -> tuple[int, float]:
+    """(user messages stored, when the count was taken) `after` seconds past `origin` (monotonic)."""
+    await asyncio.sleep(max(0.0, origin + after - time.monotonic()))
+    asked = time.monotonic() - origin
+    return int(await conn.fetchval("SELECT count(*) FROM messages WHERE role = 'user'")), asked
+
+
 async def stored_statuses(stack: Stack) -> dict[str, int]:
     """Assistant messages by status in the bench database: every turn should be `complete`."""
-    conn = await asyncpg.connect(stack.db_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    conn = await connect_bench_db(stack)
     try:
         rows = await conn.fetch("SELECT status, count(*) AS n FROM messages WHERE role = 'assistant' GROUP BY 1")
         return {str(r["status"]): int(r["n"]) for r in rows}
@@ -241,42 +290,77 @@ def keep_log(args: argparse.Namespace) -> Path | None:
     return Path(args.server_log).resolve() if args.server_log else None
 
 
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(args.env)
+    if args.redis:
+        env.setdefault("REDIS_URL", REDIS_URL)
+    return env  # without --redis, REDIS_URL stays unset: clean_env drops it
+
+
+def stream_client(url: str, n: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(60.0, connect=30.0, pool=60.0))
+
+
+def error_kinds(results: list[StreamResult]) -> dict[str, int]:
+    errors: dict[str, int] = {}
+    for r in results:
+        if r.error is not None:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    return errors
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    return await (run_deltas(args) if args.scenario == "deltas" else run_burst(args))
+
+
+async def run_burst(args: argparse.Namespace) -> dict[str, Any]:
     n: int = args.streams
     message = f"[[words:{args.words}]] [[slow:{args.slow}]] bench"
-    server_env = {
-        "DB_POOL_SIZE": str(POOL_SIZE),
-        "DB_MAX_OVERFLOW": "0",
-        "LOG_LEVEL": "WARNING",
-        **args.env,
-    }  # REDIS_URL stays unset: clean_env drops it
+    env = server_env(args)
     results: list[StreamResult] = []
     peaks = Peaks()
-    async with bench_stack(server_env, profile=resolve_profile(args.profile), keep_log=keep_log(args)) as stack:
+    stored_early: tuple[int, float] | None = None
+    async with bench_stack(env, profile=resolve_profile(args.profile), keep_log=keep_log(args)) as stack:
         headers = {"Authorization": f"Bearer {stack.api_key}", "Accept": "text/event-stream"}
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-        timeout = httpx.Timeout(60.0, connect=30.0, pool=60.0)
         background = await wait_for_quiet(args.wait_quiet)
-        async with httpx.AsyncClient(base_url=stack.server_url, limits=limits, timeout=timeout) as client:
-            stop = asyncio.Event()
-            origin = [time.monotonic()]  # moved to the burst's start below; samples before it are negative
-            sampler = asyncio.create_task(sample(stack, stop, peaks, origin, max_seconds=args.deadline + 30))
-            await asyncio.sleep(SAMPLE_EVERY)  # a baseline sample before the burst
-            log(f"starting {n} streams at once: {message!r}")
-            # CPU per process over the burst: on 2 shared cores, who is eating them matters.
-            server_pid = stack.server_pid() or stack.server.pid
-            cpu_before = (cpu_seconds(server_pid), cpu_seconds(stack.fake.pid), time.process_time())
-            origin[0] = time.monotonic()
-            prober = asyncio.create_task(probe_healthz(stack, stop, peaks, max_seconds=args.deadline + 30))
-            started = time.perf_counter()
-            try:
-                results = await asyncio.gather(*(one_stream(client, headers, message, args.deadline) for _ in range(n)))
-            finally:
-                wall = time.perf_counter() - started
-                cpu_after = (cpu_seconds(server_pid), cpu_seconds(stack.fake.pid), time.process_time())
-                await asyncio.sleep(2 * SAMPLE_EVERY)  # let the sampler see the pool settle
-                stop.set()
-                await asyncio.wait_for(asyncio.gather(sampler, prober), timeout=40)
+        db = await connect_bench_db(stack)  # before the burst: counting must not wait for a connection
+        try:
+            async with stream_client(stack.server_url, n) as client:
+                stop = asyncio.Event()
+                origin = [time.monotonic()]  # moved to the burst's start below; samples before it are negative
+                span = args.deadline + args.ramp + 30
+                sampler = asyncio.create_task(sample(stack, stop, peaks, origin, max_seconds=span))
+                await asyncio.sleep(SAMPLE_EVERY)  # a baseline sample before the burst
+                how = f"evenly over {args.ramp:g} s" if args.ramp else "at once"
+                log(f"starting {n} streams {how}: {message!r}")
+                metrics_before = await _metrics.scrape(stack.server_url)
+                # CPU per process over the burst: on 2 shared cores, who is eating them matters.
+                server_pid = stack.server_pid() or stack.server.pid
+                cpu_before = (cpu_seconds(server_pid), cpu_seconds(stack.fake.pid), time.process_time())
+                origin[0] = time.monotonic()
+                prober = asyncio.create_task(probe_healthz(stack, stop, peaks, max_seconds=span))
+                counter = (
+                    asyncio.create_task(user_messages_at(db, origin[0], args.stored_after))
+                    if args.stored_after is not None
+                    else None
+                )
+                started = time.perf_counter()
+                try:
+                    results = await asyncio.gather(
+                        *(one_stream(client, headers, message, args.deadline, i * args.ramp / n) for i in range(n))
+                    )
+                finally:
+                    wall = time.perf_counter() - started
+                    cpu_after = (cpu_seconds(server_pid), cpu_seconds(stack.fake.pid), time.process_time())
+                    await asyncio.sleep(2 * SAMPLE_EVERY)  # let the sampler see the pool settle
+                    stop.set()
+                    await asyncio.wait_for(asyncio.gather(sampler, prober), timeout=40)
+                    if counter is not None:
+                        stored_early = await counter
+                metrics = _metrics.Window(metrics_before, await _metrics.scrape(stack.server_url)).summary(n)
+        finally:
+            await db.close()
         pid = stack.server_pid()
         hwm = rss_kib(pid)[1] if pid is not None else 0
         async with httpx.AsyncClient(base_url=stack.fake_url, timeout=5.0) as fake:
@@ -288,16 +372,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"could not count stored messages: {exc!r}")
 
     report = stack.log_report
-    errors: dict[str, int] = {}
-    for r in results:
-        if r.error is not None:
-            errors[r.error] = errors.get(r.error, 0) + 1
+    errors = error_kinds(results)
     ttfts = [r.ttft for r in results if r.ttft is not None]
     starts = [r.first_start for r in results if r.first_start is not None]
     durations = [r.duration for r in results if r.duration is not None]
     out: dict[str, Any] = {
+        "scenario": args.scenario,
         "streams_requested": n,
         "message": message,
+        "ramp_s": args.ramp,
+        "redis": args.redis,
         "env_overrides": args.env,
         "completed": sum(r.completed for r in results),
         "errors": sum(errors.values()),
@@ -323,8 +407,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "peak_pg_connections": peaks.pg_connections,
         "pg_states_at_peak": peaks.pg_by_state,
-        "pool_size": int(server_env["DB_POOL_SIZE"]),
-        "pool_overflow": int(server_env["DB_MAX_OVERFLOW"]),
+        "idle_in_transaction_max": peaks.idle_in_transaction,
+        "pool_size": int(env.get("DB_POOL_SIZE", "10")),
+        "pool_overflow": int(env.get("DB_MAX_OVERFLOW", "5")),
+        "metrics": metrics,
+        "stored_after_s": args.stored_after,
+        "user_messages_early": stored_early[0] if stored_early else None,
+        "user_messages_counted_at_s": stored_early[1] if stored_early else None,
+        "target_ttft_p99_s": args.target_ttft_p99,
         "server_rss_peak_mib": peaks.rss_kib / 1024,
         "server_vmhwm_mib": hwm / 1024,
         "samples": len(peaks.timeline),
@@ -338,35 +428,150 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "stored_assistant_messages": stored,
         # A client that heard `end` must find the answer stored `complete` (its next turn replays it).
         "answered_not_stored": max(0, sum(r.completed for r in results) - stored.get("complete", 0)),
-        "server_log_errors": report.errors if report else None,
-        "server_log_warnings": report.warnings if report else None,
-        "server_log_tracebacks": report.tracebacks if report else None,
-        "server_log_events": report.by_event if report else {},
-        "server_log_samples": report.samples if report else [],
+        "server_log": report.summary(n) if report else {},
         "per_stream": [asdict(r) for r in results] if args.per_stream else None,
     }
     return out
 
 
+async def delta_phase(
+    client: httpx.AsyncClient, pid: int, headers: dict[str, str], words: int, n: int
+) -> dict[str, Any]:
+    """n streams of `words` deltas at once; the server's CPU over them, from /proc."""
+    message = f"[[words:{words}]] bench"
+    cpu_before = cpu_seconds(pid)
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one_stream(client, headers, message, deadline=120.0) for _ in range(n)))
+    wall = time.perf_counter() - started
+    await asyncio.sleep(0.25)  # anything the server still does for these turns (an idle server uses ~nothing)
+    errors = error_kinds(results)
+    return {
+        "words": words,
+        "cpu_s": cpu_seconds(pid) - cpu_before,
+        "wall_s": wall,
+        "completed": sum(r.completed for r in results),
+        "deltas_received": sum(r.deltas for r in results),
+        "errors": sum(errors.values()),
+        "errors_by_kind": errors,
+    }
+
+
+async def run_deltas(args: argparse.Namespace) -> dict[str, Any]:
+    n: int = args.streams
+    env = server_env(args)
+    out: dict[str, Any] = {"scenario": args.scenario, "streams": n, "env_overrides": args.env, "servers": {}}
+    async with bench_stack(env, profile=resolve_profile(args.profile), keep_log=keep_log(args), naive=True) as stack:
+        assert stack.naive is not None
+        headers = {"Authorization": f"Bearer {stack.api_key}", "Accept": "text/event-stream"}
+        out["background_load_cores"] = await wait_for_quiet(args.wait_quiet)
+        servers = {
+            "service": (stack.server_url, stack.server_pid() or stack.server.pid),
+            "naive": (stack.naive_url, stack.naive.pid),
+        }
+        for name, (url, pid) in servers.items():
+            async with stream_client(url, n) as client:
+                log(f"{name}: warm-up, then {n} streams of {' and then of '.join(map(str, DELTA_PHASES))} deltas")
+                await delta_phase(client, pid, headers, DELTA_PHASES[0], n)  # opens the n keep-alive connections
+                before = await _metrics.scrape(url) if name == "service" else {}
+                phases = [await delta_phase(client, pid, headers, DELTA_PHASES[0], n)]
+                window = _metrics.Window(before, await _metrics.scrape(url)) if name == "service" else None
+                phases.append(await delta_phase(client, pid, headers, DELTA_PHASES[1], n))
+            extra = (DELTA_PHASES[1] - DELTA_PHASES[0]) * n
+            out["servers"][name] = {
+                "phases": phases,
+                "cpu_per_turn_ms": phases[0]["cpu_s"] / n * 1000,
+                "cpu_per_delta_us": (phases[1]["cpu_s"] - phases[0]["cpu_s"]) / extra * 1e6,
+                "metrics": window.summary(n) if window is not None else None,
+            }
+    out["server_log"] = stack.log_report.summary(n * 3) if stack.log_report else {}
+    out["naive_log_tail"] = stack.naive_log_tail
+    out["target_turn_ms"], out["target_delta_us"] = args.target_turn_ms, args.target_delta_us
+    return out
+
+
+def print_deltas(r: dict[str, Any], args: argparse.Namespace) -> None:
+    n = r["streams"]
+    rows: list[tuple[str, str]] = [
+        ("server settings", ", ".join(f"{k}={v}" for k, v in r["env_overrides"].items()) or "none"),
+        ("background load before run", f"{r['background_load_cores']:.2f} cores (other processes)"),
+    ]
+    for name, info in r["servers"].items():
+        for phase in info["phases"]:
+            errs = ", ".join(f"{k}: {v}" for k, v in sorted(phase["errors_by_kind"].items())) or "none"
+            rows.append(
+                (
+                    f"{name}: {n} × {phase['words']} deltas",
+                    f"CPU {phase['cpu_s'] * 1000:.0f} ms, wall {phase['wall_s']:.2f} s, "
+                    f"completed {phase['completed']}, deltas received {phase['deltas_received']}, "
+                    f"errors {phase['errors']} ({errs})",
+                )
+            )
+        rows.append((f"{name}: CPU per streamed turn", f"{info['cpu_per_turn_ms']:.2f} ms"))
+        rows.append((f"{name}: CPU per relayed delta", f"{info['cpu_per_delta_us']:.1f} µs"))
+        if info["metrics"] is not None:
+            rows += [(f"{name}: {label}", value) for label, value in _metrics.rows(info["metrics"])]
+    log_info = r["server_log"]
+    rows.append(("service log", f"{log_info.get('errors')} errors, {log_info.get('tracebacks')} tracebacks"))
+    print_table("bench.streams --scenario deltas: CPU per streamed turn and per relayed delta (from /proc)", rows)
+    for event, count in sorted(log_info.get("events", {}).items()):
+        print(f"  log {event}: {count}")
+    if r["naive_log_tail"]:
+        print(f"  naive app log ends:\n{r['naive_log_tail']}")
+    print_checks("summary", checks(r, args))
+
+
+def checks_deltas(r: dict[str, Any]) -> list[Check]:
+    service = r["servers"]["service"]
+    errors = sum(phase["errors"] for phase in service["phases"])
+    return [
+        check(
+            "service CPU per streamed turn",
+            service["cpu_per_turn_ms"],
+            r["target_turn_ms"],
+            at_most=True,
+            unit=" ms",
+            digits=2,
+        ),
+        check(
+            "service CPU per relayed delta", service["cpu_per_delta_us"], r["target_delta_us"], at_most=True, unit=" µs"
+        ),
+        Check("errors (service, both phases)", str(errors), "0", errors == 0),
+    ]
+
+
+def checks(r: dict[str, Any], args: argparse.Namespace) -> list[Check]:
+    return checks_deltas(r) if r["scenario"] == "deltas" else checks_burst(r)
+
+
+def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
+    (print_deltas if r["scenario"] == "deltas" else print_burst)(r, args)
+
+
 def passed(r: dict[str, Any]) -> bool:
-    """No stream failed, and every answered turn was stored."""
+    """No stream failed, and every answered turn was stored (deltas: no stream failed)."""
+    if r["scenario"] == "deltas":
+        return all(phase["errors"] == 0 for info in r["servers"].values() for phase in info["phases"])
     return bool(r["errors"] == 0 and r["answered_not_stored"] == 0)
 
 
-def print_report(r: dict[str, Any], *, timeline: bool) -> None:
+def print_burst(r: dict[str, Any], args: argparse.Namespace) -> None:
     limit = r["pool_size"] + r["pool_overflow"]
     pg_ok = "OK" if r["peak_pg_connections"] <= limit else "OVER THE POOL"
     errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors_by_kind"].items())) or "none"
     rows = [
         ("message", r["message"]),
-        ("extra server settings", ", ".join(f"{k}={v}" for k, v in r["env_overrides"].items()) or "none"),
-        ("streams requested", str(r["streams_requested"])),
+        ("server settings", ", ".join(f"{k}={v}" for k, v in r["env_overrides"].items()) or "none"),
+        ("redis", "on" if r["redis"] else "off"),
+        (
+            "streams requested",
+            f"{r['streams_requested']} " + (f"evenly over {r['ramp_s']:g} s" if r["ramp_s"] else "at once"),
+        ),
         ("completed (got `end`)", str(r["completed"])),
         ("errors", f"{r['errors']} ({errs})"),
         (
             "peak streams in flight at fake",
             f"{r['fake_max_open_streams']} of {r['streams_requested']} (fake's own gauge"
-            f"{'' if r['fake_max_open_streams'] == r['streams_requested'] else ': NOT all in flight at once'}); "
+            f"{'' if r['fake_max_open_streams'] == r['streams_requested'] or r['ramp_s'] else ': NOT all at once'}); "
             f"{r['peak_open_streams_sampled']} sampled every 100 ms",
         ),
         ("time to `start` p50 / p99", f"{fmt_ms(r['start_event_p50_s'])} / {fmt_ms(r['start_event_p99_s'])}"),
@@ -386,10 +591,19 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
             + f"; {os.cpu_count()} cores",
         ),
         (
+            "peak CPU over any 1 s",
+            f"server {r['peak_server_cores_1s']:.2f} cores, whole machine {r['peak_machine_cores_1s']:.2f} cores",
+        ),
+        (
+            "server CPU per turn",
+            f"{r['cpu_s']['server'] / r['streams_requested'] * 1000:.1f} ms (its whole burst / streams requested)",
+        ),
+        (
             "peak PG connections",
             f"{r['peak_pg_connections']} (pool {r['pool_size']}, overflow {r['pool_overflow']}): {pg_ok}"
             f"  states {r['pg_states_at_peak']}",
         ),
+        ("most 'idle in transaction' in a sample", str(r["idle_in_transaction_max"])),
         ("server RSS at peak", f"{r['server_rss_peak_mib']:.1f} MiB (VmHWM {r['server_vmhwm_mib']:.1f} MiB)"),
         ("stored assistant messages", str(r["stored_assistant_messages"])),
         ("answered (`end`) but not stored complete", str(r["answered_not_stored"])),
@@ -401,66 +615,105 @@ def print_report(r: dict[str, Any], *, timeline: bool) -> None:
         ("fake rejections (invalid requests)", str(r["fake_rejections"])),
         (
             "server log",
-            f"{r['server_log_errors']} errors, {r['server_log_tracebacks']} tracebacks, "
-            f"{r['server_log_warnings']} warnings",
+            f"{r['server_log'].get('errors')} errors, {r['server_log'].get('tracebacks')} tracebacks, "
+            f"{r['server_log'].get('warnings')} warnings",
         ),
         ("samples (failed)", f"{r['samples']} ({r['sample_failures']})"),
+        *_metrics.rows(r["metrics"]),
     ]
-    rows.insert(
-        12,
-        (
-            "peak CPU over any 1 s",
-            f"server {r['peak_server_cores_1s']:.2f} cores, whole machine {r['peak_machine_cores_1s']:.2f} cores",
-        ),
-    )
-    title = f"bench.streams — {r['streams_requested']} concurrent SSE turns, 1 worker, pool {r['pool_size']}"
-    print_table(title, rows)
-    for event, count in sorted(r["server_log_events"].items()):
+    if r["user_messages_early"] is not None:
+        rows.append(
+            (
+                f"user messages stored {r['stored_after_s']:g} s after the burst",
+                f"{r['user_messages_early']} of {r['streams_requested']} "
+                f"(counted at {r['user_messages_counted_at_s']:.2f} s)",
+            )
+        )
+    name = f"--scenario {r['scenario']}" if r["scenario"] else f"{r['streams_requested']} concurrent SSE turns"
+    print_table(f"bench.streams — {name}, 1 worker, pool {r['pool_size']}", rows)
+    for event, count in sorted(r["server_log"].get("events", {}).items()):
         print(f"  log {event}: {count}")
-    if timeline:
+    if args.timeline:
         print("\ntimeline (one line a second)")
         for line in r["timeline"]:
             print(f"  {line}")
+    print_checks("summary", checks(r, args))
     print(f"\nresult: {'PASS' if passed(r) else 'FAIL'}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def checks_burst(r: dict[str, Any]) -> list[Check]:
+    n, limit = r["streams_requested"], r["pool_size"] + r["pool_overflow"]
+    complete = r["stored_assistant_messages"].get("complete", 0)
+    out = [
+        Check(
+            "completed and stored",
+            f"{r['completed']}/{n} completed, {complete}/{n} stored",
+            f"{n}/{n}",
+            r["completed"] == n and complete == n,
+        ),
+        Check("errors", str(r["errors"]), "0", r["errors"] == 0),
+    ]
+    if r["target_ttft_p99_s"] is not None:
+        out.append(check("TTFT p99", r["ttft_p99_s"], r["target_ttft_p99_s"], at_most=True, unit=" s", digits=2))
+    out.append(check("peak PG connections", r["peak_pg_connections"], limit, at_most=True, digits=0))
+    if r["user_messages_early"] is not None:
+        early = r["user_messages_early"]
+        label = f"user messages stored {r['stored_after_s']:g} s after the burst"
+        out.append(Check(label, f"{early}/{n}", f"{n}/{n}", early == n))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.streams", description="Many SSE turns in flight at once on a tiny pool."
     )
-    parser.add_argument("--streams", type=int, default=500, help="concurrent streaming turns (default 500)")
-    parser.add_argument("--words", type=int, default=40, help="deltas per answer (default 40)")
-    parser.add_argument("--slow", type=float, default=0.1, help="seconds before each delta (default 0.1)")
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        help="a preset of the issue (options given as well override it); see the module docstring",
+    )
+    parser.add_argument(
+        "--streams", type=int, help="streaming turns (default 500; ramp600 600, burst50 50, deltas 100)"
+    )
+    parser.add_argument("--words", type=int, help="deltas per answer (default 40)")
+    parser.add_argument("--slow", type=float, help="seconds before each delta (default 0.1; ramp600/burst50 0.25)")
+    parser.add_argument(
+        "--ramp", type=float, help="start the streams evenly over this many seconds (default 0: at once)"
+    )
+    parser.add_argument(
+        "--redis", action=argparse.BooleanOptionalAction, default=None, help="set REDIS_URL (default off; scenarios on)"
+    )
+    parser.add_argument(
+        "--stored-after", type=float, metavar="SECONDS", help="count the user messages stored this long after the send"
+    )
+    parser.add_argument("--target-ttft-p99", type=float, metavar="SECONDS", help="PASS/MISS on TTFT p99 (ramp600: 1)")
+    parser.add_argument("--target-turn-ms", type=float, default=6.0, help="deltas: CPU per streamed turn (6 ms)")
+    parser.add_argument("--target-delta-us", type=float, default=100.0, help="deltas: CPU per relayed delta (100 µs)")
     parser.add_argument("--deadline", type=float, default=120.0, help="per-stream client deadline, seconds")
-    parser.add_argument(
-        "--wait-quiet", type=float, default=60.0, help="wait up to this many seconds for other CPU load to stop"
-    )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra server setting, repeatable (e.g. --env DB_POOL_TIMEOUT=30); shown in the report",
-    )
-    parser.add_argument("--server-log", metavar="PATH", help="keep a copy of the server's log (stdout+stderr) here")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--per-stream", action="store_true", help="include every stream's timings in --json")
     parser.add_argument("--timeline", action="store_true", help="also print one line of gauges per second")
-    parser.add_argument(
-        "--profile",
-        nargs="?",
-        const=str(DEFAULT_PROFILE),
-        default=None,
-        metavar="PATH",
-        help="run the server under py-spy (flame graph; a .txt path gives collapsed stacks)",
+    add_common_options(
+        parser, profile_help="run the server under py-spy (flame graph; a .txt path gives collapsed stacks)"
     )
     args = parser.parse_args(argv)
     try:
-        args.env = parse_env_overrides(args.env)
+        explicit_env = parse_env_overrides(args.env)
     except ValueError as exc:
         parser.error(str(exc))
+    preset = {**DEFAULTS, **SCENARIOS.get(args.scenario or "", {})}
+    for name, value in preset.items():
+        if name != "env" and getattr(args, name) is None:
+            setattr(args, name, value)
+    args.env = {**preset["env"], **explicit_env}
     if not 1 <= args.streams <= 5000:
         parser.error("--streams must be between 1 and 5000")
+    if args.ramp < 0:
+        parser.error("--ramp must not be negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     nofile = raise_nofile()  # before any subprocess: they inherit it
     if nofile < 2 * args.streams + 200:
         log(f"RLIMIT_NOFILE is {nofile}; {args.streams} streams may run out of file descriptors")
@@ -468,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(jsonable(result), indent=2))
     else:
-        print_report(result, timeline=args.timeline)
+        print_report(result, args)
     return 0 if passed(result) else 1
 
 

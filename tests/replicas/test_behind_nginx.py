@@ -35,9 +35,20 @@ async def cluster(settings: Settings, tmp_path: Path, llm_server: FakeLLMServer)
     a = ServerProcess(settings, tmp_path / "a.log")
     b = ServerProcess(settings, tmp_path / "b.log")
     env = {"RATE_LIMIT_PER_MINUTE": str(LIMIT), "LLM_READ_TIMEOUT": "10", "TURN_TIMEOUT": "30"}
-    await asyncio.gather(a.start(**env), b.start(**env))
+    try:
+        await asyncio.gather(a.start(**env), b.start(**env))
+    except BaseException:
+        a.kill()
+        b.kill()
+        raise
     prefix, port = Prefix(tmp_path / "nginx"), free_port()
-    nginx = start_nginx(prefix, port, [a.port, b.port])
+    try:
+        nginx = start_nginx(prefix, port, [a.port, b.port])
+    except BaseException:
+        # The replicas are ours to stop even when nginx never starts (found: orphaned servers).
+        a.kill()
+        b.kill()
+        raise
     try:
         lb = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient() as http:
