@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -104,6 +105,10 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
                 database="sqlite" if settings.is_sqlite else "postgresql",
                 redis=redis is not None,
             )
+            # Everything built so far (modules, settings, clients) lives as long as the process: take
+            # it out of the collector's full passes, which would walk it all again and again and
+            # stall the loop for tens of milliseconds each time under load.
+            gc.freeze()
             if llm.provider == "offline":
                 log.warning("app.offline_model", hint="set ANTHROPIC_API_KEY to use Claude")
             yield {

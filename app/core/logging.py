@@ -89,6 +89,8 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     # uvicorn installs its own handlers; route its lines through ours instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
+        if name == "uvicorn.access" and not logger.propagate and not logger.handlers:
+            continue  # `--no-access-log` left it switched off: keep it so
         logger.handlers = []
         logger.propagate = True
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)

@@ -11,8 +11,8 @@ would miss the X-Request-ID header and the contextvars) and cap streamed request
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 
 import structlog
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -52,7 +52,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        request_id = sane_request_id(headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+        request_id = sane_request_id(headers.get(REQUEST_ID_HEADER)) or os.urandom(16).hex()
         token = request_id_var.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
