@@ -101,7 +101,7 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
             log.info(
                 "app.started",
                 provider=llm.provider,
-                model=settings.llm_model,
+                model=settings.model_name,
                 database="sqlite" if settings.is_sqlite else "postgresql",
                 redis=redis is not None,
             )

@@ -2,10 +2,11 @@
 # Set up and run the whole test suite: lint, types, migrations, tests against real Postgres and
 # Redis (TEST_DATABASE_URL, TEST_REDIS_URL; defaults are the local servers).
 set -euo pipefail
-source "$(dirname "$0")/venv.sh" dev
+source "$(dirname "$0")/venv.sh" dev   # fails when uv.lock and pyproject.toml disagree
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres}"
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 
+echo "== lock"; "$UV" lock --check   # uv.lock is what pyproject.toml resolves to
 echo "== ruff"; ruff check app tests migrations bench
 echo "== mypy"; mypy
 [ "${1:-}" = "--lint-only" ] && exit 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
@@ -227,13 +228,44 @@ def test_multi_stage_with_pinned_base_images(dockerfile: list[Instruction]) -> N
 def test_builder_installs_project_into_venv(dockerfile: list[Instruction]) -> None:
     builder = [i for i in dockerfile if i.stage == 0]
     copied = {src for i in only(builder, "COPY") for src in copy_sources(i)[1]}
-    assert {"pyproject.toml", "README.md", "app"} <= copied
+    assert {"pyproject.toml", "uv.lock", "README.md", "app"} <= copied
     runs = " ".join(i.args for i in only(builder, "RUN"))
     assert "venv /opt/venv" in runs
-    assert re.search(r"pip install\b.*\s\.(\s|$)", runs), "builder must `pip install .`"
+    # The locked set, never a fresh resolution; and the uv that scripts/uv.sh pins.
+    assert re.search(r"uv sync --locked\b", runs), "builder must install from uv.lock"
+    assert "--extra" not in runs, "no dev tools in the image"
+    assert f"uv=={pinned_uv_version()}" in runs
     for instruction in only(dockerfile, "RUN"):
         if "pip install" in instruction.args:
             assert "--no-cache-dir" in instruction.args, instruction.args
+
+
+def pinned_uv_version() -> str:
+    found = re.search(r'^UV_VERSION="([^"]+)"', (ROOT / "scripts" / "uv.sh").read_text(), re.MULTILINE)
+    assert found, "scripts/uv.sh pins uv"
+    return found.group(1)
+
+
+def test_builder_install_command_works_outside_docker(tmp_path: Path) -> None:
+    """Run the builder stage's install as written (minus Docker): the locked set, non-editable."""
+    for name in ("pyproject.toml", "uv.lock", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "app", tmp_path / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "opt-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}
+    uv = ROOT / ".tools" / "bin" / "uv"
+    done = subprocess.run(
+        [str(uv), "sync", "--locked", "--no-editable", "--quiet", "--python", sys.executable],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shutil.rmtree(tmp_path / "app")  # the venv must not need the source tree
+    probe = "import app.main, alembic, uvicorn; print(app.main.__file__)"
+    ran = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60, cwd="/")
+    assert ran.returncode == 0, ran.stderr
+    assert str(venv) in ran.stdout
+    assert not (venv / "bin" / "pytest").exists(), "dev extra installed"
 
 
 def test_final_stage_copies_venv_and_migrations(final_stage: list[Instruction]) -> None:

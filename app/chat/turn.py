@@ -75,18 +75,18 @@ async def begin_turn(
                 title=make_title(message),
                 system=system,
                 text=message,
-                model=settings.llm_model,
+                model=settings.model_name,
             )
         else:
             found = await turns.open_existing(
-                conversation_id=conversation_id, owner_id=principal.key_id, text=message, model=settings.llm_model
+                conversation_id=conversation_id, owner_id=principal.key_id, text=message, model=settings.model_name
             )
             if found is None:
                 raise ConversationNotFound()
             opened = found
     history = build_history(opened.earlier, message, budget=settings.history_token_budget)
     request = LLMRequest(
-        model=settings.llm_model,
+        model=settings.model_name,
         messages=history,
         max_tokens=settings.llm_max_tokens,
         system=opened.system,
@@ -98,7 +98,7 @@ async def begin_turn(
         message_id=str(opened.assistant_id),
         history_messages=len(history),
     )
-    return TurnStarted(opened.conversation_id, opened.assistant_id, opened.created_at, settings.llm_model, request)
+    return TurnStarted(opened.conversation_id, opened.assistant_id, opened.created_at, settings.model_name, request)
 
 
 # Events a turn emits, in order: deltas and tool events, then exactly one of End / Failed.

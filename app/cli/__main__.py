@@ -1,6 +1,8 @@
-"""`python -m app.cli create-key --name NAME | list-keys | revoke-key ID_OR_PREFIX`.
+"""`python -m app.cli create-key --name NAME | list-keys | revoke-key ID_OR_PREFIX | first-run --url URL`.
 
 create-key prints the new key as the last line of stdout, so scripts can take `| tail -n1`.
+first-run (what `make run` calls) creates a first key only on the embedded SQLite database and
+only while it has no keys at all; otherwise it says how to make one.
 """
 
 from __future__ import annotations
@@ -47,6 +49,39 @@ async def revoke_key(repo: ApiKeyRepository, ident: str) -> int:
     return 1
 
 
+async def first_run(url: str) -> int:
+    settings = load_settings()
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            repo = ApiKeyRepository(session)
+            # Never on Postgres (a shared deployment mints keys deliberately), never over existing keys.
+            key = None if not settings.is_sqlite or await repo.list() else (await repo.create("first-run"))[1]
+    finally:
+        await engine.dispose()
+    if key is None:
+        print(f"\n  agentchat is starting on {url}")  # noqa: T201
+        print("  Create an API key with: .venv/bin/python -m app.cli create-key --name me\n")  # noqa: T201
+        return 0
+    print(  # noqa: T201
+        f"""
+  agentchat is starting on {url}
+  Your first API key (shown once; only its hash is stored):
+
+      {key}
+
+  Open the playground, already connected (the key travels in the #fragment, never to a server):
+
+      {url}/#key={key}
+
+  Or from a terminal:
+      curl -s {url}/chat -H "Authorization: Bearer {key}" \\
+           -H 'content-type: application/json' -d '{{"message": "what is 12*7?"}}'
+"""
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description="Manage agentchat API keys.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list-keys", help="list keys (never the secrets)")
     revoke = commands.add_parser("revoke-key", help="revoke a key by id or prefix")
     revoke.add_argument("key", metavar="ID_OR_PREFIX")
+    first = commands.add_parser("first-run", help="on an empty embedded database: create a key, print it once")
+    first.add_argument("--url", default="http://127.0.0.1:8000")
     args = parser.parse_args(argv)
+    if args.command == "first-run":
+        return asyncio.run(first_run(args.url))
     if args.command == "create-key":
         return asyncio.run(_with_repo(lambda repo: create_key(repo, args.name)))
     if args.command == "list-keys":

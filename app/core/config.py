@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         return "anthropic" if self.anthropic_api_key is not None else "offline"
 
     @property
+    def model_name(self) -> str:
+        """The model that answers, as responses and the playground show it: never a real model's
+        name when the offline stand-in is answering."""
+        return "offline" if self.provider == "offline" else self.llm_model
+
+    @property
     def enabled_tools(self) -> list[str]:
         return [name.strip() for name in self.agent_tools.split(",") if name.strip()]
 
