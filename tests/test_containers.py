@@ -262,7 +262,9 @@ def test_builder_install_command_works_outside_docker(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     shutil.rmtree(tmp_path / "app")  # the venv must not need the source tree
     probe = "import app.main, alembic, uvicorn; print(app.main.__file__)"
-    ran = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60, cwd="/")
+    ran = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60, cwd="/"
+    )
     assert ran.returncode == 0, ran.stderr
     assert str(venv) in ran.stdout
     assert not (venv / "bin" / "pytest").exists(), "dev extra installed"

@@ -16,16 +16,15 @@ import anyio
 import structlog
 from pydantic import ValidationError
 
+from app.agent.history import INTERRUPTED
 from app.agent.registry import ToolRegistry
 from app.agent.tools.base import ToolContext, ToolError
 from app.core.config import Settings
 from app.core.errors import AppError
 from app.core.metrics import Metrics
-from app.llm.base import Block, ChatModel, Completed, LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.base import Block, ChatModel, Completed, LLMRequest, TextDelta, ToolCall, Usage, text_of
 
 log = structlog.get_logger(__name__)
-
-INTERRUPTED = "The tool call was interrupted before it returned a result."
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +34,6 @@ class ToolResultEvent:
     is_error: bool
 
 
-# The model's text and tool calls pass through as they are; tool results are the agent's own.
-AgentEvent = TextDelta | ToolCall | ToolResultEvent
 Emit = Callable[[Any], Awaitable[None]]
 
 
@@ -51,10 +48,7 @@ class Transcript:
     steps: int = 0
 
     def text(self) -> str:
-        texts = [b["text"] for b in self.blocks if b.get("type") == "text" and b.get("text")]
-        if self.partial:
-            texts.append("".join(self.partial))
-        return "\n\n".join(texts)
+        return text_of(self.blocks, "".join(self.partial))
 
     def content(self) -> list[Block]:
         """Blocks to store: the partial step kept as text; a tool_use without result closed as interrupted."""

@@ -1,285 +1,132 @@
-"""ASGI responses for a turn.
+"""The /chat door's wire format: a turn as one JSON body, or as a run of Server-Sent Events.
 
-JSON: the turn runs beside a watch on the client's connection, in one task group owned by the
-response; a disconnect cancels it, and what was produced is recorded however it ended.
+JSON: the turn executes beside a watch on the client's connection, in one task group owned by
+the response; a disconnect cancels it, and what was produced is recorded however it ended.
 
-SSE: the turn is a run owned by the app's RunManager; the response follows its events (and so
-does `GET /runs/{id}/events`, from any replica). A disconnect cancels the run unless the client
-asked for `on_disconnect: "continue"`.
+SSE: the turn is a run owned by the app's RunManager (see `TurnService.start_run`); the response
+follows its events (as `GET /runs/{id}/events` does, from any replica). Events: `start`, `delta`,
+`tool_use`, `tool_result`, then `end` or `error`.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import structlog
-from anyio.abc import TaskGroup
-from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.agent.loop import ToolResultEvent
 from app.chat.schemas import AssistantMessageOut, ChatResponse
-from app.chat.turn import End, Failed, TurnEvent, TurnRun
-from app.conversations.render import tool_calls
-from app.conversations.schemas import UsageOut
-from app.core.errors import DatabaseUnavailable, envelope
+from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed, not_saved
+from app.conversations.render import tool_calls, usage_out
+from app.core.asgi import DisconnectWatch, send_body, start_sse
+from app.core.errors import envelope
 from app.llm.base import TextDelta, ToolCall
-from app.runs.events import PING, RunEvent
-from app.runs.manager import Run, RunManager
-from app.runs.store import RunStore
-
-log = structlog.get_logger(__name__)
-
-NOT_SAVED = DatabaseUnavailable("The answer was produced but could not be saved; please retry.")
-
-SSE_HEADERS = {
-    "cache-control": "no-cache",
-    "x-accel-buffering": "no",  # nginx: do not buffer the stream
-}
+from app.runs.events import RunEvent
+from app.runs.manager import Run
 
 
-def usage_out(run: TurnRun) -> UsageOut:
-    u = run.usage
-    return UsageOut(
-        input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens,
-        cache_read_input_tokens=u.cache_read_input_tokens,
-        cache_creation_input_tokens=u.cache_creation_input_tokens,
-    )
-
-
-def chat_response(run: TurnRun) -> dict[str, Any]:
+def chat_response(turn: Turn) -> dict[str, Any]:
     """The JSON body of a finished turn (also what an Idempotency-Key replays)."""
-    started = run.started
+    started = turn.started
     body = ChatResponse(
         conversation_id=started.conversation_id,
         model=started.model,
-        stop_reason=run.stop_reason,
+        stop_reason=turn.stop_reason,
         message=AssistantMessageOut(
             id=started.message_id,
-            content=run.answer,
-            status=run.status,
+            content=turn.text,
+            status=turn.status,
             created_at=started.created_at,
-            tool_calls=tool_calls(run.transcript.content()),
+            tool_calls=tool_calls(turn.transcript.content()),
         ),
-        usage=usage_out(run),
+        usage=usage_out(turn.usage),
     )
     return body.model_dump(mode="json")
-
-
-class DisconnectWatch:
-    """Cancels a task group when the client goes away, and remembers that it did."""
-
-    def __init__(self, receive: Receive, group: TaskGroup, on_leave: Callable[[], None] | None = None) -> None:
-        self.receive, self.group, self.on_leave = receive, group, on_leave
-        self.client_left = False
-
-    async def run(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self.client_left = True
-                if self.on_leave is not None:
-                    self.on_leave()
-                self.group.cancel_scope.cancel()
-                return
 
 
 class TurnJSONResponse(Response):
     """Answers once the turn is over: 200 with the message, or the mapped error status."""
 
-    def __init__(self, run: TurnRun) -> None:
+    def __init__(self, turn: Turn) -> None:
         super().__init__()
-        self.run = run
+        self.turn = turn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def ignore(_: TurnEvent) -> None:
             return None
 
-        async with self.run.holding_lock():
+        turn = self.turn
+        async with turn.holding_lock():
             try:
                 async with anyio.create_task_group() as group:
                     watch = DisconnectWatch(receive, group)
                     group.start_soon(watch.run)
-                    await self.run.run(ignore)
+                    await turn.execute(ignore)
                     group.cancel_scope.cancel()
             finally:
-                await self.run.record()
-        if watch.client_left:
-            return  # the client has gone; there is no one to answer
-        error = self.run.error if self.run.saved else self.run.error or NOT_SAVED
-        if error is not None:
-            answer = JSONResponse(envelope(error.type, error.message), error.status_code, error.headers)
-        else:
-            answer = JSONResponse(chat_response(self.run))
-        await answer(scope, receive, send)
-
-
-def turn_event(item: TurnEvent, run: TurnRun) -> tuple[str, dict[str, Any]]:
-    """A turn's event as a run event: (name, data)."""
-    if isinstance(item, TextDelta):
-        return "delta", {"text": item.text}
-    if isinstance(item, ToolCall):
-        return "tool_use", {"id": item.id, "name": item.name, "input": item.input}
-    if isinstance(item, ToolResultEvent):
-        return "tool_result", {"tool_use_id": item.tool_use_id, "content": item.content, "is_error": item.is_error}
-    if isinstance(item, End):
-        usage = usage_out(run).model_dump()
-        return "end", {"message_id": str(run.started.message_id), "stop_reason": item.stop_reason, "usage": usage}
-    assert isinstance(item, Failed)
-    return "error", envelope(item.error.type, item.error.message)
-
-
-def turn_driver(turn: TurnRun) -> Callable[[Run], Awaitable[None]]:
-    """What a run does: the turn, its events published, its outcome recorded before the last event."""
-
-    async def drive(run: Run) -> None:
-        started = turn.started
-        run.publish(
-            "start",
-            {
-                "conversation_id": str(started.conversation_id),
-                "message_id": str(started.message_id),
-                "run_id": str(run.id),
-                "model": started.model,
-            },
-        )
-
-        async def emit(item: TurnEvent) -> None:
-            # Stored before anyone hears "end", so a client's next turn sees this one; and an
-            # answer that could not be stored is not announced as complete.
-            if isinstance(item, End | Failed) and not await turn.record() and isinstance(item, End):
-                item = Failed(NOT_SAVED)
-            run.publish(*turn_event(item, turn))
-
-        async with turn.holding_lock():
-            try:
-                with run.scope:
-                    await turn.run(emit)
-            finally:
                 await turn.record()
-
-    return drive
-
-
-async def _start_sse(send: Send) -> None:
-    headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
-    headers += [(k.encode(), v.encode()) for k, v in SSE_HEADERS.items()]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-
-async def _body(send: Send, chunk: bytes, more: bool = True) -> None:
-    message: Message = {"type": "http.response.body", "body": chunk, "more_body": more}
-    await send(message)
+        if watch.client_left:
+            return  # the client has gone; there is no one to tell
+        error = turn.error if turn.saved else turn.error or not_saved()
+        if error is not None:
+            response = JSONResponse(envelope(error.type, error.message), error.status_code, error.headers)
+        else:
+            response = JSONResponse(chat_response(turn))
+        await response(scope, receive, send)
 
 
-class RunStreamResponse(Response):
-    """Follows a run of this process: replays what came after `after`, then streams it live."""
+class ChatEvents:
+    """Publishes a turn's events on its run, named and shaped as /chat streams them."""
 
-    def __init__(
-        self, run: Run, manager: RunManager, *, ping_seconds: float, after: int = 0, cancel_on_disconnect: bool = True
-    ) -> None:
-        super().__init__()
-        self.target, self.manager = run, manager
-        self.ping_seconds, self.after, self.cancel_on_disconnect = ping_seconds, after, cancel_on_disconnect
+    def start(self, turn: Turn, run: Run) -> None:
+        started = turn.started
+        data = {
+            "conversation_id": str(started.conversation_id),
+            "message_id": str(started.message_id),
+            "run_id": str(run.id),
+            "model": started.model,
+        }
+        run.publish("start", data)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        run = self.target
-
-        def left() -> None:
-            if self.cancel_on_disconnect:
-                run.cancel("client_disconnected")
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(DisconnectWatch(receive, group, left).run)
-            await _start_sse(send)
-            index = self.after
-            while True:
-                await run.wait_beyond(index, self.ping_seconds)
-                if index < len(run.events):
-                    fresh = run.events[index:]
-                    index += len(fresh)
-                    await _body(send, b"".join(e.sse() for e in fresh))
-                    if fresh[-1].terminal:
-                        break
-                elif run.finished:
-                    break
-                else:
-                    await _body(send, PING)
-            await _body(send, b"", more=False)
-            group.cancel_scope.cancel()
-
-
-class StoredRunStreamResponse(Response):
-    """Follows a run of another replica through its Redis event log."""
-
-    def __init__(self, store: RunStore, run_id: uuid.UUID, *, ping_seconds: float, after: int) -> None:
-        super().__init__()
-        self.store, self.run_id, self.ping_seconds, self.after = store, run_id, ping_seconds, after
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(DisconnectWatch(receive, group).run)
-            await _start_sse(send)
-            last = self.after
-            block_ms = int(min(self.ping_seconds, 5.0) * 1000)
-            idle = 0.0
-            while True:
-                try:
-                    events: list[RunEvent] = await self.store.read(self.run_id, last, block_ms)
-                except (RedisError, OSError) as exc:
-                    log.warning("run.follow_failed", run_id=str(self.run_id), error=type(exc).__name__)
-                    failure = RunEvent(
-                        last + 1, "error", envelope("unavailable", "The run's event log is unavailable.")
-                    )
-                    await _body(send, failure.sse())
-                    break
-                if events:
-                    idle = 0.0
-                    last = events[-1].seq
-                    await _body(send, b"".join(e.sse() for e in events))
-                    if events[-1].terminal:
-                        break
-                    continue
-                idle += block_ms / 1000
-                owner = await self.store.owner(self.run_id)
-                if owner is None or (owner[1] == "finished" and not await self.store.read(self.run_id, last, 0)):
-                    break  # expired, or finished with nothing more to say
-                if idle >= self.ping_seconds:
-                    idle = 0.0
-                    await _body(send, PING)
-            await _body(send, b"", more=False)
-            group.cancel_scope.cancel()
+    def event(self, turn: Turn, event: TurnEvent, run: Run) -> None:
+        if isinstance(event, TextDelta):
+            run.publish("delta", {"text": event.text})
+        elif isinstance(event, ToolCall):
+            run.publish("tool_use", {"id": event.id, "name": event.name, "input": event.input})
+        elif isinstance(event, ToolResultEvent):
+            data = {"tool_use_id": event.tool_use_id, "content": event.content, "is_error": event.is_error}
+            run.publish("tool_result", data)
+        elif isinstance(event, TurnEnded):
+            usage = usage_out(event.usage).model_dump()
+            data = {"message_id": str(turn.started.message_id), "stop_reason": event.stop_reason, "usage": usage}
+            run.publish("end", data)
+        else:
+            assert isinstance(event, TurnFailed)
+            run.publish("error", envelope(event.error.type, event.error.message))
 
 
 class ReplayResponse(Response):
-    """An Idempotency-Key replay of a streamed turn: the stored answer as one short stream."""
+    """An Idempotency-Key replay of a streamed turn: the stored response as one short stream."""
 
     def __init__(self, stored: dict[str, Any]) -> None:
         super().__init__()
         self.stored = stored
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer, message = self.stored, self.stored["message"]
+        stored, message = self.stored, self.stored["message"]
+        start = {
+            "conversation_id": stored["conversation_id"],
+            "message_id": message["id"],
+            "model": stored["model"],
+            "replayed": True,
+        }
+        end = {"message_id": message["id"], "stop_reason": stored["stop_reason"], "usage": stored["usage"]}
         events = [
-            RunEvent(
-                1,
-                "start",
-                {
-                    "conversation_id": answer["conversation_id"],
-                    "message_id": message["id"],
-                    "model": answer["model"],
-                    "replayed": True,
-                },
-            ),
+            RunEvent(1, "start", start),
             RunEvent(2, "delta", {"text": message["content"]}),
-            RunEvent(
-                3, "end", {"message_id": message["id"], "stop_reason": answer["stop_reason"], "usage": answer["usage"]}
-            ),
+            RunEvent(3, "end", end),
         ]
-        await _start_sse(send)
-        await _body(send, b"".join(e.sse() for e in events), more=False)
+        await start_sse(send)
+        await send_body(send, b"".join(e.frame for e in events), more=False)

@@ -1,10 +1,10 @@
 """Where a turn is run. Three phases, and no database connection is held across the model call:
 
-1. `begin_turn`: one short transaction stores the user's message (never lost after this) and an
+1. `begin_turn`: one statement stores the user's message (never lost after this) and an
    `in_progress` assistant placeholder, and reads the history.
-2. `TurnRun.run`: the model call, with no connection checked out.
-3. `TurnRun.record`: one short transaction stores the outcome — `complete`, `incomplete` (client
-   left, shutdown: partial text kept) or `error` — whatever way phase 2 ended.
+2. `Turn.execute`: the agent (model calls and tools), with no connection checked out.
+3. `Turn.record`: one statement stores the outcome — `complete`, `incomplete` (client left,
+   shutdown: partial text kept) or `error` — whatever way phase 2 ended.
 """
 
 from __future__ import annotations
@@ -19,19 +19,21 @@ from typing import Any
 import anyio
 import structlog
 
+from app.agent.history import build_history
 from app.agent.loop import Agent, ToolResultEvent, Transcript
 from app.agent.tools.base import ToolContext
-from app.auth.deps import Principal
-from app.chat.history import build_history
+from app.conversations.errors import ConversationNotFound
 from app.conversations.repository import TurnRepository
 from app.core.config import Settings
 from app.core.context import current_request_id
 from app.core.db import Database
-from app.core.errors import AppError, ConversationNotFound, ShuttingDown, UpstreamTimeout, is_db_unavailable
+from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
 from app.core.metrics import Metrics
 from app.llm.base import LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.errors import UpstreamTimeout
+from app.models.conversations import MessageStatus
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +61,7 @@ class TurnStarted:
 async def begin_turn(
     db: Database,
     settings: Settings,
-    principal: Principal,
+    owner_id: uuid.UUID,
     *,
     message: str,
     conversation_id: uuid.UUID | None,
@@ -71,7 +73,7 @@ async def begin_turn(
         turns = TurnRepository(conn)
         if conversation_id is None:
             opened = await turns.open_new(
-                owner_id=principal.key_id,
+                owner_id=owner_id,
                 title=make_title(message),
                 system=system,
                 text=message,
@@ -79,7 +81,7 @@ async def begin_turn(
             )
         else:
             found = await turns.open_existing(
-                conversation_id=conversation_id, owner_id=principal.key_id, text=message, model=settings.model_name
+                conversation_id=conversation_id, owner_id=owner_id, text=message, model=settings.model_name
             )
             if found is None:
                 raise ConversationNotFound()
@@ -101,25 +103,29 @@ async def begin_turn(
     return TurnStarted(opened.conversation_id, opened.assistant_id, opened.created_at, settings.model_name, request)
 
 
-# Events a turn emits, in order: deltas and tool events, then exactly one of End / Failed.
+# Events a turn emits, in order: text deltas and tool events, then exactly one of TurnEnded / TurnFailed.
 @dataclass(frozen=True, slots=True)
-class End:
+class TurnEnded:
     stop_reason: str
     usage: Usage
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
+class TurnFailed:
     error: AppError
 
 
-TurnEvent = TextDelta | ToolCall | ToolResultEvent | End | Failed
+TurnEvent = TextDelta | ToolCall | ToolResultEvent | TurnEnded | TurnFailed
 Emit = Callable[[TurnEvent], Awaitable[None]]
 
 
-@dataclass(eq=False)  # identity-hashed: the lifecycle tracks runs in a set
-class TurnRun:
-    """Phase 2 and 3 of a started turn. The transcript holds what was produced, so any exit can record it."""
+def not_saved() -> DatabaseUnavailable:
+    return DatabaseUnavailable("The answer was produced but could not be saved; please retry.")
+
+
+@dataclass(eq=False)  # identity-hashed: the lifecycle tracks turns in a set
+class Turn:
+    """Phases 2 and 3 of a started turn. The transcript holds what was produced, so any exit can record it."""
 
     started: TurnStarted
     agent: Agent
@@ -128,12 +134,12 @@ class TurnRun:
     settings: Settings
     lifecycle: Lifecycle
     metrics: Metrics
-    status: str = "incomplete"  # until the turn ends one way or another
+    status: MessageStatus = MessageStatus.INCOMPLETE  # until the turn ends one way or another
     transcript: Transcript = field(default_factory=Transcript)
     error: AppError | None = None
     recorded: bool = False
     saved: bool = False
-    after_record: list[Callable[[TurnRun], Awaitable[None]]] = field(default_factory=list)
+    after_record: list[Callable[[Turn], Awaitable[None]]] = field(default_factory=list)
     lock: tuple[LockManager, Lock] | None = None
     _held: Held | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -154,7 +160,7 @@ class TurnRun:
         self._scope.cancel()
 
     @property
-    def answer(self) -> str:
+    def text(self) -> str:
         return self.transcript.text()
 
     @property
@@ -165,15 +171,15 @@ class TurnRun:
     def stop_reason(self) -> str | None:
         return self.transcript.stop_reason
 
-    async def run(self, emit: Emit) -> None:
-        """Run the agent, emitting events. Failures become a `Failed` event, never an exception."""
+    async def execute(self, emit: Emit) -> None:
+        """Phase 2: the agent, emitting events. Failures become a `TurnFailed` event, never an exception."""
         self.metrics.turns_in_flight.inc()
         try:
-            await self._run(emit)
+            await self._execute(emit)
         finally:
             self.metrics.turns_in_flight.dec()
 
-    async def _run(self, emit: Emit) -> None:
+    async def _execute(self, emit: Emit) -> None:
         try:
             with self.lifecycle.track(self), self._scope, anyio.fail_after(self.settings.turn_timeout):
                 await self.agent.run(self.started.request, self.context, self.transcript, emit)
@@ -181,7 +187,7 @@ class TurnRun:
                 # Interrupted by the drain: the partial answer is kept, the client is told why.
                 self.error = ShuttingDown("The server shut down before the answer was complete.")
                 log.warning("chat.turn.interrupted", conversation_id=str(self.started.conversation_id))
-                await emit(Failed(self.error))
+                await emit(TurnFailed(self.error))
                 return
         except TimeoutError:
             self._fail(UpstreamTimeout("The turn did not finish within its deadline."))
@@ -191,14 +197,14 @@ class TurnRun:
             log.exception("chat.turn.crashed", conversation_id=str(self.started.conversation_id))
             self._fail(AppError())
         else:
-            self.status = "complete"
-            await emit(End(self.stop_reason or "end_turn", self.usage))
+            self.status = MessageStatus.COMPLETE
+            await emit(TurnEnded(self.stop_reason or "end_turn", self.usage))
             return
         assert self.error is not None
-        await emit(Failed(self.error))
+        await emit(TurnFailed(self.error))
 
     def _fail(self, error: AppError) -> None:
-        self.status, self.error = "error", error
+        self.status, self.error = MessageStatus.ERROR, error
         cause = type(error.__cause__).__name__ if error.__cause__ else None
         log.warning(
             "chat.turn.failed",
@@ -233,7 +239,7 @@ class TurnRun:
         self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
         self.metrics.tokens.labels("out").inc(self.usage.output_tokens)
         values: dict[str, Any] = {
-            "status": self.status,
+            "status": self.status.value,
             "content": self.transcript.content(),
             "stop_reason": self.stop_reason,
             "input_tokens": self.usage.input_tokens,
@@ -253,7 +259,7 @@ class TurnRun:
                 attempt += 1
                 try:
                     async with self.db.statement() as conn:
-                        await TurnRepository(conn).finish(
+                        await TurnRepository(conn).record(
                             self.started.message_id, conversation_id=self.started.conversation_id, **values
                         )
                     self.saved = True

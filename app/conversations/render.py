@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.conversations.schemas import MessageOut, ToolCallOut, UsageOut
+from app.llm.base import Usage, text_of
 from app.models import Message
 
 
@@ -14,8 +15,13 @@ def _result_text(content: Any) -> Any:
     return content
 
 
-def blocks_text(blocks: list[dict[str, Any]]) -> str:
-    return "\n\n".join(b["text"] for b in blocks if b.get("type") == "text" and b.get("text"))
+def usage_out(usage: Usage) -> UsageOut:
+    return UsageOut(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+    )
 
 
 def tool_calls(blocks: list[dict[str, Any]]) -> list[ToolCallOut]:
@@ -38,16 +44,14 @@ def render_message(message: Message) -> MessageOut:
     blocks = message.content or []
     usage = None
     if message.role == "assistant":
-        usage = UsageOut(
-            input_tokens=message.input_tokens,
-            output_tokens=message.output_tokens,
-            cache_read_input_tokens=message.cache_read_tokens,
-            cache_creation_input_tokens=message.cache_creation_tokens,
+        stored = Usage(
+            message.input_tokens, message.output_tokens, message.cache_read_tokens, message.cache_creation_tokens
         )
+        usage = usage_out(stored)
     return MessageOut(
         id=message.id,
         role=message.role,
-        content=blocks_text(blocks),
+        content=text_of(blocks),
         status=message.status,
         stop_reason=message.stop_reason,
         model=message.model,

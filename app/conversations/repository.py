@@ -113,7 +113,7 @@ _OPEN_EXISTING_PG = text(
 
 
 # Built once: a statement constructed per call costs more CPU than its round trip.
-_FINISH = text(
+_RECORD = text(
     """
     UPDATE messages SET status = :status, content = :content, stop_reason = :stop_reason, error = :error,
         input_tokens = :input_tokens, output_tokens = :output_tokens, cache_read_tokens = :cache_read_tokens,
@@ -204,7 +204,7 @@ class TurnRepository:
         assistant |= {"content": [], "model": params["model"]}
         await self.conn.execute(insert(Message), [common | user, common | assistant])
 
-    async def finish(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
+    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
         """Phase 3: record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
         params = {"error": None, **values, "message_id": message_id, "conversation_id": conversation_id}
-        await self.conn.execute(_FINISH, {**params, "now": utcnow()})
+        await self.conn.execute(_RECORD, {**params, "now": utcnow()})

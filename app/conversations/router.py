@@ -10,11 +10,12 @@ from fastapi import APIRouter, Query, status
 from starlette.responses import Response
 
 from app.auth.deps import CurrentPrincipal
+from app.conversations.errors import ConversationNotFound
 from app.conversations.render import render_message
 from app.conversations.repository import ConversationRepository, MessageRepository
 from app.conversations.schemas import ConversationOut, ConversationPage, MessagePage
-from app.core.deps import SessionDep
-from app.core.errors import ConversationNotFound, InvalidRequest, Unauthorized, responses
+from app.core.errors import InvalidRequest, Unauthorized, responses
+from app.state import SessionDep
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 

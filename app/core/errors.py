@@ -45,33 +45,8 @@ class NotFound(AppError):
     status_code, type, default_message = 404, "not_found", "Not found."
 
 
-class ConversationNotFound(NotFound):
-    default_message = "Conversation not found."
-
-
 class Conflict(AppError):
     status_code, type, default_message = 409, "conflict", "Conflict."
-
-
-class ConversationBusy(Conflict):
-    type, default_message = "conversation_busy", "A turn is already running in this conversation."
-
-
-class IdempotencyInProgress(Conflict):
-    type, default_message = "idempotency_in_progress", "A request with this Idempotency-Key is still running."
-
-
-class IdempotencyKeyReused(AppError):
-    status_code, type = 422, "idempotency_key_reused"
-    default_message = "This Idempotency-Key was used with a different request body."
-
-
-class RunNotFound(NotFound):
-    default_message = "Run not found (or its events have expired)."
-
-
-class RunFinished(Conflict):
-    type, default_message = "run_finished", "The run has already finished."
 
 
 class PayloadTooLarge(AppError):
@@ -84,10 +59,6 @@ class InvalidRequest(AppError):
 
 class RateLimited(AppError):
     status_code, type, default_message = 429, "rate_limited", "Too many requests."
-
-
-class TokenQuotaExceeded(RateLimited):
-    type, default_message = "token_quota_exceeded", "This key has used its tokens for today."
 
 
 class ServiceUnavailable(AppError):
@@ -113,30 +84,6 @@ class DatabaseUnavailable(ServiceUnavailable):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message, headers={"Retry-After": "2"})
-
-
-class UpstreamError(AppError):
-    """The model provider failed; subclasses map its failure to our status."""
-
-    status_code, type, default_message = 502, "upstream_error", "The model provider failed."
-
-
-class UpstreamRateLimited(UpstreamError):
-    status_code, type, default_message = 429, "upstream_rate_limited", "The model provider is rate limiting."
-
-
-class UpstreamOverloaded(UpstreamError):
-    status_code, type, default_message = 503, "upstream_overloaded", "The model provider is overloaded."
-
-
-class UpstreamTimeout(UpstreamError):
-    status_code, type, default_message = 504, "upstream_timeout", "The model provider timed out."
-
-
-class UpstreamRejected(UpstreamError):
-    """The provider refused the request itself (4xx other than 429): our bug or bad config."""
-
-    status_code, type, default_message = 502, "upstream_rejected", "The model provider rejected the request."
 
 
 def envelope(type_: str, message: str) -> dict[str, Any]:

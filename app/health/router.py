@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
-from app.core.deps import LifecycleDep, RedisDep, SessionsDep
 from app.core.errors import envelope
+from app.state import LifecycleDep, MetricsDep, RedisDep, SessionsDep
 
 router = APIRouter(tags=["health"])
 
@@ -23,9 +23,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(request: Request) -> Response:
+async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics for this replica."""
-    return Response(request.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is down; the body names it."}})

@@ -11,14 +11,8 @@ import anthropic
 import httpx2
 
 from app.core.config import Settings
-from app.core.errors import (
-    UpstreamError,
-    UpstreamOverloaded,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
 
 
 def _retry_after(exc: anthropic.APIStatusError, default: str) -> str:

@@ -26,6 +26,14 @@ class LLMRequest:
     incremental: bool = True
 
 
+def text_of(blocks: list[Block], partial: str = "") -> str:
+    """The text of content blocks as a reader sees it: text blocks (and any partial text) apart by a blank line."""
+    texts = [b["text"] for b in blocks if b.get("type") == "text" and b.get("text")]
+    if partial:
+        texts.append(partial)
+    return "\n\n".join(texts)
+
+
 @dataclass(slots=True)
 class Usage:
     input_tokens: int = 0

@@ -18,14 +18,8 @@ import httpx
 import structlog
 
 from app.core.config import Settings
-from app.core.errors import (
-    UpstreamError,
-    UpstreamOverloaded,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
 
 log = structlog.get_logger(__name__)
 

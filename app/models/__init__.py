@@ -1,8 +1,8 @@
 """ORM models. Importing this package registers every table on Base.metadata."""
 
 from app.models.base import Base
-from app.models.chat import Conversation, Message
+from app.models.conversations import Conversation, Message, MessageStatus
 from app.models.keys import ApiKey
 from app.models.memory import Memory
 
-__all__ = ["ApiKey", "Base", "Conversation", "Memory", "Message"]
+__all__ = ["ApiKey", "Base", "Conversation", "Memory", "Message", "MessageStatus"]

@@ -35,6 +35,3 @@ class RunEvent:
     def from_fields(cls, seq: int, fields: dict[bytes, bytes]) -> RunEvent:
         payload = fields[b"data"].decode()
         return cls(seq, fields[b"event"].decode(), json.loads(payload), payload)
-
-
-PING = b": ping\n\n"

@@ -5,15 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Header, Query, status
 from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
-from app.chat.responses import RunStreamResponse, StoredRunStreamResponse
-from app.core.deps import SettingsDep
-from app.core.errors import RunFinished, RunNotFound, ServiceUnavailable, Unauthorized, responses
+from app.core.errors import ServiceUnavailable, Unauthorized, responses
+from app.runs.deps import RunsDep
+from app.runs.errors import RunFinished, RunNotFound
 from app.runs.manager import RunManager
+from app.runs.responses import RunStreamResponse, StoredRunStreamResponse
+from app.state import SettingsDep
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -46,14 +48,13 @@ def _sequence(last_event_id: str | None) -> int:
 )
 async def run_events(
     run_id: uuid.UUID,
-    request: Request,
     principal: CurrentPrincipal,
     settings: SettingsDep,
+    runs: RunsDep,
     after: Annotated[int | None, Query(ge=0, description="Replay events after this id.")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     """Replay a run's events after `Last-Event-ID` (or `?after=`), then follow it live."""
-    runs: RunManager = request.state.runs
     here, _ = await _locate(runs, run_id, principal.key_id)
     start = after if after is not None else _sequence(last_event_id)
     if here:
@@ -69,9 +70,8 @@ async def run_events(
     status_code=status.HTTP_202_ACCEPTED,
     responses=responses(Unauthorized, RunNotFound, RunFinished, ServiceUnavailable),
 )
-async def cancel_run(run_id: uuid.UUID, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+async def cancel_run(run_id: uuid.UUID, principal: CurrentPrincipal, runs: RunsDep) -> JSONResponse:
     """Stop a run, wherever it is running. Its partial answer is recorded."""
-    runs: RunManager = request.state.runs
     _, state = await _locate(runs, run_id, principal.key_id)
     if state == "finished":
         raise RunFinished()

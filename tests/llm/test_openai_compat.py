@@ -11,14 +11,8 @@ import httpx
 import pytest
 
 from app.core.config import Settings
-from app.core.errors import (
-    UpstreamError,
-    UpstreamOverloaded,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
 from app.llm.base import Completed, LLMEvent, LLMRequest, TextDelta, ToolCall
+from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
 from app.llm.openai_compat import OpenAICompatModel, build_payload
 from tests.fakes.llm_server import FakeLLMServer
 

@@ -1,12 +1,25 @@
+"""Conversations and their messages: one `user` and one `assistant` message per turn."""
+
 from __future__ import annotations
 
 import uuid
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, Timestamps, UUIDPrimaryKey
+
+
+class MessageStatus(StrEnum):
+    """A user message is stored `complete`; an assistant message starts `in_progress`, then is
+    recorded `complete`, `incomplete` (client left or shutdown; partial text kept) or `error`."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    ERROR = "error"
 
 
 class Conversation(UUIDPrimaryKey, Timestamps, Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.chat.history import INTERRUPTED, build_history
+from app.agent.history import INTERRUPTED, build_history
 
 Row = tuple[str, list[dict[str, Any]]]
 

@@ -1,0 +1,231 @@
+"""Starting a turn, for every door (`POST /chat` today, the OpenAI-compatible routes next).
+
+The service knows nothing of wire formats. It applies what every turn goes through — drain,
+admission, the token quota, the Idempotency-Key, the conversation lock — stores the user's
+message (phase 1), and hands back a `Turn` ready to execute, or the stored response a retry
+replays. A door validates its input, calls `start`, and renders the turn's events its own way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol, TypeVar
+
+import anyio
+import structlog
+from fastapi import Depends
+from redis.exceptions import RedisError
+
+from app.agent.loop import Agent
+from app.agent.tools.base import ToolContext
+from app.auth.errors import TokenQuotaExceeded
+from app.chat.errors import IdempotencyInProgress, IdempotencyKeyReused
+from app.chat.idempotency import Claim, fingerprint
+from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed, begin_turn, not_saved
+from app.conversations.errors import ConversationBusy
+from app.core.errors import PayloadTooLarge, ServiceBusy, ShuttingDown
+from app.core.locks import Lock, LockManager
+from app.models.conversations import MessageStatus
+from app.runs.manager import Run
+from app.state import AppStateDep, State
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# Every error `start` can raise, for the doors' OpenAPI declarations.
+START_ERRORS = (
+    ShuttingDown,
+    ServiceBusy,
+    PayloadTooLarge,
+    TokenQuotaExceeded,
+    IdempotencyKeyReused,
+    IdempotencyInProgress,
+    ConversationBusy,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    owner_id: uuid.UUID
+    message: str
+    conversation_id: uuid.UUID | None = None
+    system: str | None = None
+    # True when the caller follows the events as they happen (a run); False when it waits for the outcome.
+    incremental: bool = False
+    idempotency_key: str | None = None
+    # What a retry with the same Idempotency-Key must repeat exactly (the door's own view of its body).
+    fingerprint: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """An Idempotency-Key retry of a finished turn: the response the door stored the first time."""
+
+    response: dict[str, Any]
+
+
+async def degraded(call: Awaitable[T], fallback: T, feature: str) -> T:
+    """Redis-backed features step aside when Redis is down; chat goes on (documented)."""
+    try:
+        return await call
+    except (RedisError, OSError) as exc:
+        log.warning("chat.degraded", feature=feature, error=type(exc).__name__)
+        return fallback
+
+
+BUSY = Lock("busy", "")
+
+
+async def acquire_conversation(locks: LockManager, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> Lock | None:
+    """The conversation's turn lock; BUSY if another turn holds it; None if Redis is down (degraded)."""
+    # Keyed by owner too: another owner's id finds a different lock, and then a 404.
+    try:
+        return await locks.acquire(f"conversation:{owner_id}:{conversation_id}") or BUSY
+    except (RedisError, OSError) as exc:
+        log.warning("chat.degraded", feature="conversation_lock", error=type(exc).__name__)
+        return None
+
+
+class TurnService:
+    def __init__(self, app: State) -> None:
+        self.app = app
+
+    async def start(self, request: TurnRequest, respond: Callable[[Turn], dict[str, Any]]) -> Turn | Replay:
+        """Phase 1 and everything before it. `respond` renders a finished turn for idempotent replays."""
+        app, owner = self.app, request.owner_id
+        settings, metrics = app["settings"], app["metrics"]
+        if app["lifecycle"].draining:
+            raise ShuttingDown()
+        if settings.admission_max_loop_lag and app["loop_lag"].latest > settings.admission_max_loop_lag:
+            # The loop cannot keep up: refuse now, cheaply, before this turn takes a connection it
+            # would hold through a slow loop (and time out at the pool seconds later).
+            metrics.admission_refusals.inc()
+            log.warning("chat.admission_refused", loop_lag_s=round(app["loop_lag"].latest, 3))
+            raise ServiceBusy()
+        if len(request.message) > settings.max_message_chars:
+            raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
+
+        quota = await degraded(app["limits"].check_tokens(owner), None, "token_quota")
+        if quota is not None and not quota.allowed:
+            log.info("limits.refused", limit="tokens_per_day")
+            metrics.limit_refusals.labels("tokens_per_day").inc()
+            raise TokenQuotaExceeded(headers=quota.headers())
+
+        key = request.idempotency_key
+        fp = fingerprint(request.fingerprint or {}) if key is not None else ""
+        if key is not None:
+            ttl = settings.turn_timeout + 60
+            claim = await degraded(app["idempotency"].claim(owner, key, fp, ttl), Claim("new"), "idempotency")
+            if claim.outcome == "mismatch":
+                raise IdempotencyKeyReused()
+            if claim.outcome == "running":
+                raise IdempotencyInProgress()
+            if claim.outcome == "replay":
+                assert claim.response is not None
+                metrics.idempotent_replays.inc()
+                return Replay(claim.response)
+
+        lock: Lock | None = None
+        try:
+            if request.conversation_id is not None:
+                lock = await acquire_conversation(app["locks"], owner, request.conversation_id)
+                if lock is BUSY:
+                    lock = None  # not ours to release
+                    log.info("chat.conversation_busy", conversation_id=str(request.conversation_id))
+                    metrics.lock_conflicts.inc()
+                    raise ConversationBusy()
+            started = await begin_turn(
+                app["db"],
+                settings,
+                owner,
+                message=request.message,
+                conversation_id=request.conversation_id,
+                system=request.system,
+                incremental=request.incremental,
+            )
+        except BaseException:
+            # Undo the claims, even on cancellation (shielded, bounded); then let the error go on.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                if lock is not None:
+                    await degraded(app["locks"].release(lock), None, "conversation_lock")
+                if key is not None:
+                    await degraded(app["idempotency"].abandon(owner, key), None, "idempotency")
+            raise
+
+        context = ToolContext(
+            owner_id=owner,
+            conversation_id=started.conversation_id,
+            settings=settings,
+            sessions=app["sessions"],
+            http=app["http"],
+        )
+        turn = Turn(
+            started,
+            Agent(app["llm"], app["tools"], settings, metrics),
+            context,
+            app["db"],
+            settings,
+            app["lifecycle"],
+            metrics,
+            lock=(app["locks"], lock) if lock is not None else None,
+        )
+        limits = app["limits"]
+
+        async def count_tokens(done: Turn) -> None:
+            await limits.add_tokens(owner, done.usage.input_tokens + done.usage.output_tokens)
+
+        turn.after_record.append(count_tokens)
+        if key is not None:
+            idempotency = app["idempotency"]
+
+            async def settle_idempotency(done: Turn) -> None:
+                if done.status == MessageStatus.COMPLETE:
+                    await idempotency.complete(owner, key, fp, respond(done))
+                else:
+                    await idempotency.abandon(owner, key)  # a retry should run the turn again
+
+            turn.after_record.append(settle_idempotency)
+        return turn
+
+    async def start_run(self, turn: Turn, publisher: RunPublisher) -> Run:
+        """Execute the turn as a run owned by the app (not by the request), its events published."""
+        return await self.app["runs"].start(turn.started.message_id, turn.context.owner_id, as_run(turn, publisher))
+
+
+class RunPublisher(Protocol):
+    """How a door turns a turn's events into run events (its wire format's names and fields)."""
+
+    def start(self, turn: Turn, run: Run) -> None: ...
+    def event(self, turn: Turn, event: TurnEvent, run: Run) -> None: ...
+
+
+def as_run(turn: Turn, publisher: RunPublisher) -> Callable[[Run], Awaitable[None]]:
+    """What a run does: execute the turn, publish its events, record its outcome before the last event."""
+
+    async def drive(run: Run) -> None:
+        publisher.start(turn, run)
+
+        async def emit(event: TurnEvent) -> None:
+            # Stored before anyone hears the end, so a client's next turn sees this one; and an
+            # outcome that could not be stored is never announced as complete.
+            if isinstance(event, TurnEnded | TurnFailed) and not await turn.record() and isinstance(event, TurnEnded):
+                event = TurnFailed(not_saved())
+            publisher.event(turn, event, run)
+
+        async with turn.holding_lock():
+            try:
+                with run.scope:
+                    await turn.execute(emit)
+            finally:
+                await turn.record()
+
+    return drive
+
+
+async def get_turn_service(app: AppStateDep) -> TurnService:
+    return TurnService(app)
+
+
+TurnServiceDep = Annotated[TurnService, Depends(get_turn_service)]

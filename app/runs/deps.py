@@ -1,0 +1,17 @@
+"""The run manager, as a dependency of the routes that follow and cancel runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from app.runs.manager import RunManager
+from app.state import AppStateDep
+
+
+async def get_runs(app: AppStateDep) -> RunManager:
+    return app["runs"]
+
+
+RunsDep = Annotated[RunManager, Depends(get_runs)]

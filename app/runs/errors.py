@@ -1,0 +1,13 @@
+"""Run errors."""
+
+from __future__ import annotations
+
+from app.core.errors import Conflict, NotFound
+
+
+class RunNotFound(NotFound):
+    default_message = "Run not found (or its events have expired)."
+
+
+class RunFinished(Conflict):
+    type, default_message = "run_finished", "The run has already finished."
