@@ -15,7 +15,7 @@ from app.conversations.errors import ConversationNotFound
 from app.core.errors import DatabaseUnavailable, RateLimited, Unauthorized, responses
 from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamTimeout
 from app.runs.responses import RunStreamResponse
-from app.state import AppStateDep
+from app.state import SettingsDep
 
 router = APIRouter(tags=["chat"])
 
@@ -49,7 +49,7 @@ async def chat(
     request: Request,
     principal: CurrentPrincipal,
     turns: TurnServiceDep,
-    app: AppStateDep,
+    settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
@@ -72,8 +72,5 @@ async def chat(
         return TurnJSONResponse(started)
     run = await turns.start_run(started, EVENTS)
     return RunStreamResponse(
-        run,
-        app["runs"],
-        ping_seconds=app["settings"].sse_ping_seconds,
-        cancel_on_disconnect=body.on_disconnect == "cancel",
+        run, ping_seconds=settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"
     )

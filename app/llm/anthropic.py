@@ -12,12 +12,14 @@ import httpx2
 
 from app.core.config import Settings
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
-from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
-
-
-def _retry_after(exc: anthropic.APIStatusError, default: str) -> str:
-    value = exc.response.headers.get("retry-after")
-    return value if value and value.replace(".", "", 1).isdigit() else default
+from app.llm.errors import (
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    retry_after,
+)
 
 
 @contextmanager
@@ -33,13 +35,13 @@ def map_errors() -> Iterator[None]:
         # Once streaming, the SDK lets transport errors through unwrapped: a dropped connection.
         raise UpstreamError("The connection to the model provider dropped mid-answer.") from exc
     except anthropic.RateLimitError as exc:
-        raise UpstreamRateLimited(headers={"Retry-After": _retry_after(exc, "10")}) from exc
+        raise UpstreamRateLimited(headers={"Retry-After": retry_after(exc.response.headers, "10")}) from exc
     except anthropic.APIStatusError as exc:
         body_type = _error_type(exc.body)
         if exc.status_code == 529 or body_type == "overloaded_error":
-            raise UpstreamOverloaded(headers={"Retry-After": _retry_after(exc, "5")}) from exc
+            raise UpstreamOverloaded(headers={"Retry-After": retry_after(exc.response.headers, "5")}) from exc
         if exc.status_code == 429 or body_type == "rate_limit_error":
-            raise UpstreamRateLimited(headers={"Retry-After": _retry_after(exc, "10")}) from exc
+            raise UpstreamRateLimited(headers={"Retry-After": retry_after(exc.response.headers, "10")}) from exc
         if exc.status_code in (408, 504):
             raise UpstreamTimeout() from exc
         if exc.status_code >= 500 or body_type == "api_error":

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from app.core.errors import AppError
+
+
+def retry_after(headers: Mapping[str, str], default: str) -> str:
+    """The provider's Retry-After when it is a plain number of seconds, else our default."""
+    value = headers.get("retry-after")
+    return value if value and value.replace(".", "", 1).isdigit() else default
 
 
 class UpstreamError(AppError):

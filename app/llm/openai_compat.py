@@ -19,7 +19,14 @@ import structlog
 
 from app.core.config import Settings
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
-from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
+from app.llm.errors import (
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    retry_after,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -57,17 +64,12 @@ def _retry_delay(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def _retry_after(headers: Mapping[str, str], default: str) -> str:
-    value = headers.get("retry-after")
-    return value if value and value.replace(".", "", 1).isdigit() else default
-
-
 def _status_error(status: int, headers: Mapping[str, str]) -> UpstreamError:
     """The same status mapping as the Anthropic provider."""
     if status == 429:
-        return UpstreamRateLimited(headers={"Retry-After": _retry_after(headers, "10")})
+        return UpstreamRateLimited(headers={"Retry-After": retry_after(headers, "10")})
     if status in (503, 529):
-        return UpstreamOverloaded(headers={"Retry-After": _retry_after(headers, "5")})
+        return UpstreamOverloaded(headers={"Retry-After": retry_after(headers, "5")})
     if status in (408, 504):
         return UpstreamTimeout()
     if status >= 500:

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from app.core.asgi import PING, DisconnectWatch, send_body, start_sse
 from app.core.errors import envelope
 from app.runs.events import RunEvent
-from app.runs.manager import Run, RunManager
+from app.runs.manager import Run
 from app.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
@@ -28,10 +28,10 @@ class RunStreamResponse(Response):
     """Follows a run of this process: replays what came after `after`, then streams it live."""
 
     def __init__(
-        self, run: Run, manager: RunManager, *, ping_seconds: float, after: int = 0, cancel_on_disconnect: bool = True
+        self, run: Run, *, ping_seconds: float, after: int = 0, cancel_on_disconnect: bool = True
     ) -> None:
         super().__init__()
-        self.target, self.manager = run, manager
+        self.target = run
         self.ping_seconds, self.after, self.cancel_on_disconnect = ping_seconds, after, cancel_on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

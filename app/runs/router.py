@@ -59,7 +59,7 @@ async def run_events(
     start = after if after is not None else _sequence(last_event_id)
     if here:
         return RunStreamResponse(
-            runs.runs[run_id], runs, ping_seconds=settings.sse_ping_seconds, after=start, cancel_on_disconnect=False
+            runs.runs[run_id], ping_seconds=settings.sse_ping_seconds, after=start, cancel_on_disconnect=False
         )
     assert runs.store is not None
     return StoredRunStreamResponse(runs.store, run_id, ping_seconds=settings.sse_ping_seconds, after=start)
