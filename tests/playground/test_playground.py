@@ -6,6 +6,7 @@ browser here. A missing browser is a failure, not a skip: these tests are the pl
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Locator, Page, Route, async_playwright, expect
 
 from tests.fakes.llm_server import FakeLLMServer
 from tests.helpers import Live, eventually
@@ -385,6 +386,64 @@ async def test_a_refused_key_is_explained(playground: Playground) -> None:
     await expect(playground.page.locator("#chat-view")).to_be_hidden()
     assert await playground.page.evaluate("sessionStorage.length") == 0
     await save_screenshot(playground, "playground-key.png")
+
+
+async def test_a_key_in_the_url_fragment_connects_and_never_reaches_the_server(
+    playground: Playground, live_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    page = playground.page
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
+
+    # Hold the first API call: the fragment must be gone before the page even knows the key works.
+    asked, release = anyio.Event(), anyio.Event()
+
+    async def hold(route: Route) -> None:
+        asked.set()
+        await release.wait()
+        await route.continue_()
+
+    await page.route(re.compile(r"/conversations\?"), hold)
+    await page.goto(f"{playground.url}/#key={live_key}")
+    with anyio.fail_after(5):
+        await asked.wait()
+    assert await page.evaluate("location.hash") == ""
+    release.set()
+
+    await expect(page.locator("#chat-view")).to_be_visible()
+    await expect(page.locator("#key-view")).to_be_hidden()
+    assert await page.evaluate("location.hash") == ""
+    assert page.url == playground.url + "/"
+    assert await page.evaluate("sessionStorage.getItem('agentchat.apiKey')") == live_key
+    # The key works for the conversation too, not only for the list.
+    await playground.send("[[reply:Connected from the fragment.]]")
+    await playground.answer_done()
+    await expect(playground.last_answer).to_have_text("Connected from the fragment.")
+
+    secret = live_key.rsplit("_", 1)[-1]
+    assert any(url.endswith("/chat") for url in requested)
+    assert not [url for url in requested if secret in url or "key=" in url]
+    # The server's own record of what it was asked (raw log records, before any redaction).
+    access = [record.getMessage() for record in caplog.records if record.name == "uvicorn.access"]
+    assert any('"GET / HTTP' in line for line in access), access
+    assert any("/conversations?" in line for line in access), access
+    logged = [record.getMessage() for record in caplog.records]
+    assert not [line for line in logged if secret in line or "key=" in line]
+
+
+async def test_other_fragments_are_left_alone_and_a_bad_fragment_key_is_refused(playground: Playground) -> None:
+    page = playground.page
+    await page.goto(playground.url + "/#not-a-key")
+    await expect(page.get_by_label("API key")).to_be_visible()
+    assert await page.evaluate("location.hash") == "#not-a-key"
+
+    await page.goto("about:blank")  # a new load: a change of fragment alone would not start the page again
+    await page.goto(playground.url + "/#key=ak_refused")
+    await expect(page.locator("#key-error .notice")).to_be_visible()
+    await expect(page.locator("#chat-view")).to_be_hidden()
+    assert await page.evaluate("location.hash") == ""
+    assert await page.evaluate("sessionStorage.length") == 0
 
 
 async def test_tool_calls_appear_as_cards(connected: Playground) -> None:

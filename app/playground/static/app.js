@@ -779,6 +779,19 @@ async function connect(key) {
   else newChat();
 }
 
+// A key handed over as `/#key=<key>` (by a set-up script, say) connects without typing it. Fragments are
+// never sent to the server; the address bar drops it at once, so history and bookmarks never hold it.
+function keyFromFragment() {
+  const match = /^#key=([^&#]+)$/.exec(location.hash);
+  if (!match) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  try {
+    return decodeURIComponent(match[1]).trim() || null;
+  } catch {
+    return null; // malformed percent-encoding: ask for the key instead
+  }
+}
+
 function closeSidebar() {
   document.body.classList.remove("sidebar-open");
   els.menuButton.setAttribute("aria-expanded", "false");
@@ -860,7 +873,7 @@ function init() {
   ];
   for (const id of ids) els[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = document.getElementById(id);
   bindEvents();
-  const key = sessionStorage.getItem(KEY_STORAGE);
+  const key = keyFromFragment() || sessionStorage.getItem(KEY_STORAGE);
   if (key) connect(key);
   else showKeyView(null);
 }
