@@ -191,7 +191,13 @@ class TurnService:
 
     async def start_run(self, turn: Turn, publisher: RunPublisher) -> Run:
         """Execute the turn as a run owned by the app (not by the request), its events published."""
-        return await self.app["runs"].start(turn.started.message_id, turn.context.owner_id, as_run(turn, publisher))
+        return await self.app["runs"].start(
+            turn.started.message_id,
+            turn.context.owner_id,
+            as_run(turn, publisher),
+            conversation_id=turn.started.conversation_id,
+            lock=turn.lock[1] if turn.lock is not None else None,  # so another replica can free it
+        )
 
 
 class RunPublisher(Protocol):

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 log = structlog.get_logger(__name__)
 
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+RELEASE_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class RedisLocks:
         return bool(result)
 
     async def release(self, lock: Lock) -> None:
-        await self.redis.eval(_RELEASE, 1, self.prefix + lock.name, lock.token)
+        await self.redis.eval(RELEASE_SCRIPT, 1, self.prefix + lock.name, lock.token)
 
 
 class LocalLocks:

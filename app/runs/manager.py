@@ -9,6 +9,7 @@ can cancel a run: the request is published on Redis, and the replica that runs i
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -20,9 +21,14 @@ import structlog
 from anyio.abc import TaskGroup
 from redis.exceptions import RedisError
 
+from app.core.db import Database
+from app.core.errors import envelope, is_db_unavailable
 from app.core.lifecycle import Lifecycle
+from app.core.locks import Lock
 from app.core.metrics import Metrics
 from app.runs.events import RunEvent
+from app.runs.leases import Leases, Orphan, interrupted_error, partial_content
+from app.runs.repository import settle_interrupted
 from app.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
@@ -87,8 +93,17 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class RunManager:
     """Owns every run's task in one task group that lives as long as the app."""
 
-    def __init__(self, store: RunStore | None, lifecycle: Lifecycle, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: RunStore | None,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        *,
+        leases: Leases | None = None,
+        db: Database | None = None,
+    ) -> None:
         self.store, self.lifecycle, self.metrics = store, lifecycle, metrics
+        self.leases, self.db = leases, db
         self.runs: dict[uuid.UUID, Run] = {}
         self._group: TaskGroup | None = None
         self._stack = AsyncExitStack()
@@ -100,6 +115,9 @@ class RunManager:
         if self.store is not None:
             self._group.start_soon(self._listen_for_cancels)
             self._group.start_soon(self._mirror_loop)
+        if self.leases is not None:
+            self._group.start_soon(self._keep_lease, self.leases)
+            self._group.start_soon(self._settle_orphans, self.leases)
         return self
 
     async def __aexit__(
@@ -114,6 +132,11 @@ class RunManager:
         await self._stack.__aexit__(exc_type, exc, tb)
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self._mirror()  # the last slice, so replicas see every run's end
+            if self.leases is not None and not any(not run.finished for run in self.runs.values()):
+                try:
+                    await self.leases.give_up()
+                except (RedisError, OSError):
+                    pass  # the lease lapses by itself
 
     async def _wait_finished(self, seconds: float) -> None:
         # A bounded poll, at shutdown only: simpler than an event per run for the same result.
@@ -152,12 +175,25 @@ class RunManager:
         for run, events in batch:
             run.unmirrored = events[-1].seq
 
-    async def start(self, run_id: uuid.UUID, owner_id: uuid.UUID, driver: Driver) -> Run:
+    async def start(
+        self,
+        run_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        driver: Driver,
+        *,
+        conversation_id: uuid.UUID | None = None,
+        lock: Lock | None = None,
+    ) -> Run:
+        """Start `driver` as a run. The conversation and its lock are what another replica needs to
+        settle the run should this one die."""
         assert self._group is not None
         run = Run(run_id, owner_id, self.store, self)
         if self.store is not None:
             try:
-                await self.store.create(run_id, owner_id)
+                if self.leases is not None:
+                    await self.leases.register(run_id, owner_id, conversation_id, lock)
+                else:
+                    await self.store.create(run_id, owner_id)
             except (RedisError, OSError) as exc:
                 log.warning("run.store_unavailable", run_id=str(run_id), error=type(exc).__name__)
                 run.store = None
@@ -178,6 +214,49 @@ class RunManager:
                 run.publish("error", {"error": {"type": "cancelled", "message": "The run was cancelled."}})
             asyncio.get_running_loop().call_later(KEEP_FINISHED_SECONDS, self.runs.pop, run.id, None)
 
+    async def _keep_lease(self, leases: Leases) -> None:
+        while True:
+            try:
+                await leases.renew()
+            except (RedisError, OSError) as exc:
+                log.warning("run.lease_renew_failed", error=type(exc).__name__)
+            await anyio.sleep(leases.lease_ms / 3000)
+
+    async def _settle_orphans(self, leases: Leases) -> None:
+        """Now and then, settle the runs of replicas whose lease lapsed (one replica wins each)."""
+        while True:
+            await anyio.sleep(leases.lease_ms / 2000 * (0.75 + random.random() / 2))  # noqa: S311
+            try:
+                for run_id in await leases.orphans():
+                    orphan = await leases.claim(run_id)
+                    if orphan is not None:
+                        await self._settle(leases, orphan)
+            except (RedisError, OSError) as exc:
+                log.warning("run.settle_failed", error=type(exc).__name__)
+
+    async def _settle(self, leases: Leases, orphan: Orphan) -> None:
+        error = interrupted_error()
+        if orphan.conversation_id is not None and self.db is not None:
+            try:
+                async with self.db.statement() as conn:
+                    await settle_interrupted(
+                        conn,
+                        message_id=orphan.run_id,
+                        conversation_id=orphan.conversation_id,
+                        owner_id=orphan.owner_id,
+                        content=partial_content(orphan.events),
+                        error=error,
+                    )
+            except Exception as exc:
+                if not is_db_unavailable(exc):
+                    raise
+                log.warning("run.settle_failed", run_id=str(orphan.run_id), error=type(exc).__name__)
+                return  # the claim expires; a later sweep tries again
+        last = orphan.events[-1].seq if orphan.events else 0
+        await leases.close(orphan, RunEvent(last + 1, "error", envelope(error["type"], error["message"])))
+        self.metrics.runs_settled.inc()
+        log.warning("run.settled_orphan", run_id=str(orphan.run_id), events=len(orphan.events))
+
     async def cancel(self, run_id: uuid.UUID, reason: str) -> None:
         run = self.runs.get(run_id)
         if run is not None:
@@ -194,7 +273,12 @@ class RunManager:
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
-                        run = self.runs.get(uuid.UUID(message["data"].decode()))
+                        try:
+                            run = self.runs.get(uuid.UUID(message["data"].decode()))
+                        except (ValueError, UnicodeDecodeError, AttributeError):
+                            # Anyone who can publish on the channel could send anything: skip it.
+                            log.warning("run.cancel_message_invalid")
+                            continue
                         if run is not None:
                             log.info("run.cancel_requested", run_id=str(run.id))
                             run.cancel("cancelled")

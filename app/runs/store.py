@@ -17,6 +17,7 @@ class RunStore:
         self.redis, self.prefix = redis, prefix + "run:"
         self.retention, self.max_events = retention_seconds, max_events
         self.cancel_channel = prefix + "runs:cancel"
+        self.running_key = prefix + "runs:running"  # run id -> replica, while it runs (app/runs/leases.py)
 
     def _events(self, run_id: uuid.UUID) -> str:
         return f"{self.prefix}{run_id}:events"
@@ -42,6 +43,7 @@ class RunStore:
                 pipe.expire(key, self.retention)
                 if finished:
                     pipe.hset(self._meta(run_id), "state", "finished")
+                    pipe.hdel(self.running_key, str(run_id))
                 pipe.expire(self._meta(run_id), self.retention)
             await pipe.execute()
 

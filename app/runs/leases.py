@@ -1,0 +1,130 @@
+"""Runs outlive the replica that runs them, in Redis: when a replica dies (SIGKILL, OOM, a lost
+node), another one settles its runs.
+
+Each replica renews a lease (`replica:<id>`, a key with a TTL) and lists its running runs in one
+hash. Every replica sweeps that hash now and then; a run whose replica's lease has lapsed is
+claimed (SET NX, so one replica settles it) and settled: the answer recorded `incomplete` with the
+partial text the run log holds, a final `error` event of type `interrupted` for every follower,
+the conversation's lock freed (compare-and-delete with the dead turn's token).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.core.locks import RELEASE_SCRIPT, Lock
+from app.runs.events import RunEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A run whose replica stopped: what settling it needs."""
+
+    run_id: uuid.UUID
+    owner_id: uuid.UUID
+    conversation_id: uuid.UUID | None
+    lock: tuple[str, str] | None  # (redis key, token)
+    events: list[RunEvent]
+
+
+class Leases:
+    def __init__(self, redis: Redis, prefix: str, replica_id: str, lease_seconds: float, retention: int) -> None:
+        self.redis, self.prefix, self.replica_id = redis, prefix, replica_id
+        self.lease_ms, self.retention = int(lease_seconds * 1000), retention
+        self.running_key = f"{prefix}runs:running"
+
+    def _replica(self, replica_id: str) -> str:
+        return f"{self.prefix}replica:{replica_id}"
+
+    def _meta(self, run_id: uuid.UUID | str) -> str:
+        return f"{self.prefix}run:{run_id}:meta"
+
+    def _events(self, run_id: uuid.UUID | str) -> str:
+        return f"{self.prefix}run:{run_id}:events"
+
+    async def renew(self) -> None:
+        await self.redis.set(self._replica(self.replica_id), "1", px=self.lease_ms)
+
+    async def give_up(self) -> None:
+        """At a clean shutdown: every run here has finished, so no one need wait for the lease to lapse."""
+        await self.redis.delete(self._replica(self.replica_id))
+
+    async def register(
+        self, run_id: uuid.UUID, owner_id: uuid.UUID, conversation_id: uuid.UUID | None, lock: Lock | None
+    ) -> None:
+        """The run's meta (who owns it, where it runs, what settling it would need), in one round trip."""
+        meta: dict[Any, Any] = {
+            "owner": str(owner_id),
+            "state": "running",
+            "replica": self.replica_id,
+            "conversation": str(conversation_id or ""),
+        }
+        if lock is not None:
+            meta |= {"lock": f"{self.prefix}lock:{lock.name}", "lock_token": lock.token}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._meta(run_id), mapping=meta)
+            pipe.expire(self._meta(run_id), self.retention)
+            pipe.hset(self.running_key, str(run_id), self.replica_id)
+            await pipe.execute()
+
+    async def unregister(self, run_id: uuid.UUID) -> None:
+        await self.redis.hdel(self.running_key, str(run_id))
+
+    async def orphans(self) -> list[uuid.UUID]:
+        """Runs listed as running on a replica whose lease has lapsed."""
+        running: Any = await self.redis.hgetall(self.running_key)
+        replicas = sorted({r.decode() for r in running.values()} - {self.replica_id})
+        if not replicas:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for replica in replicas:
+                pipe.exists(self._replica(replica))
+            found = await pipe.execute()
+        dead = {r for r, up in zip(replicas, found, strict=True) if not up}
+        return [uuid.UUID(run.decode()) for run, replica in running.items() if replica.decode() in dead]
+
+    async def claim(self, run_id: uuid.UUID) -> Orphan | None:
+        """Take the right to settle `run_id` (one replica wins), with its meta and its event log."""
+        if not await self.redis.set(f"{self.prefix}settle:{run_id}", self.replica_id, nx=True, px=60_000):
+            return None
+        meta: Any = await self.redis.hgetall(self._meta(run_id))
+        entries: Any = await self.redis.xrange(self._events(run_id))
+        events = [RunEvent.from_fields(int(entry_id.split(b"-")[1]), fields) for entry_id, fields in entries]
+        if not meta or (events and events[-1].terminal):
+            await self.unregister(run_id)  # finished after all (its replica died after the end)
+            return None
+        conversation = meta.get(b"conversation", b"").decode()
+        lock = (meta[b"lock"].decode(), meta[b"lock_token"].decode()) if b"lock" in meta else None
+        return Orphan(
+            run_id,
+            uuid.UUID(meta[b"owner"].decode()),
+            uuid.UUID(conversation) if conversation else None,
+            lock,
+            events,
+        )
+
+    async def close(self, orphan: Orphan, final: RunEvent) -> None:
+        """The run's last event, for every follower; its lock freed; it is no longer running anywhere."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            fields: dict[Any, Any] = final.fields()
+            pipe.xadd(self._events(orphan.run_id), fields, id=f"0-{final.seq}")
+            pipe.expire(self._events(orphan.run_id), self.retention)
+            pipe.hset(self._meta(orphan.run_id), "state", "finished")
+            pipe.hdel(self.running_key, str(orphan.run_id))
+            if orphan.lock is not None:
+                pipe.eval(RELEASE_SCRIPT, 1, orphan.lock[0], orphan.lock[1])
+            await pipe.execute()
+
+
+def partial_content(events: list[RunEvent]) -> list[dict[str, Any]]:
+    """What the run log shows the model said before the replica died: its text, as one block."""
+    text = "".join(e.data.get("text", "") for e in events if e.event == "delta")
+    return [{"type": "text", "text": text}] if text else []
+
+
+def interrupted_error() -> dict[str, Any]:
+    return {"type": "interrupted", "message": "The replica running this turn stopped; the partial answer was kept."}
