@@ -74,7 +74,13 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
+# Whose X-Forwarded-For/-Proto uvicorn believes (--proxy-headers): only the proxy's. uvicorn reads
+# FORWARDED_ALLOW_IPS (addresses or networks, comma-separated); set it to the load balancer's
+# address where there is one (docker-compose.yml: the lb; deploy/k8s: the ingress controllers).
+# Trusting everyone ("*") would let any client that reaches the port directly choose its address.
+ENV FORWARDED_ALLOW_IPS=127.0.0.1
+
 # Exec form: uvicorn is PID 1 and receives SIGTERM directly. The graceful
 # shutdown timeout (25s) must exceed the app's SHUTDOWN_GRACE_SECONDS (20s) and
 # stay below the orchestrator's stop grace period (compose: 30s).
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips=*", "--timeout-graceful-shutdown", "25"]
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--timeout-graceful-shutdown", "25"]

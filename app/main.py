@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from app.agent.mcp import McpTools
 from app.agent.registry import ToolRegistry, build_registry
 from app.agent.tools.base import Tool
 from app.auth.cache import KeyCache
-from app.auth.limits import Limits, LocalCounters, RedisCounters
+from app.auth.limits import Counters, Limits, LocalCounters, RedisCounters
 from app.chat.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
 from app.chat.router import router as chat_router
 from app.conversations.router import router as conversations_router
@@ -30,10 +32,14 @@ from app.core.logging import configure_logging
 from app.core.loop import LoopLag
 from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
-from app.core.redis import create_redis
+from app.core.redis import create_follower_redis, create_redis
 from app.health.router import router as health_router
 from app.llm.factory import create_llm
+from app.memories.router import router as memories_router
+from app.openai.router import router as openai_router
 from app.playground.router import router as playground_router
+from app.runs.followers import Followers
+from app.runs.leases import Leases
 from app.runs.manager import RunManager
 from app.runs.router import router as runs_router
 from app.runs.store import RunStore
@@ -50,23 +56,36 @@ class Coordination:
     idempotency: IdempotencyStore
     limits: Limits
     run_store: RunStore | None
+    leases: Leases | None = None
 
 
-def build_coordination(settings: Settings, redis: Redis | None) -> Coordination:
+def build_coordination(settings: Settings, redis: Redis | None, follower_redis: Redis | None = None) -> Coordination:
     prefix = settings.redis_key_prefix
-    per_minute, per_day = settings.rate_limit_per_minute, settings.tokens_per_day
+
+    def limits(counters: Counters) -> Limits:
+        return Limits(
+            counters,
+            per_minute=settings.rate_limit_per_minute,
+            tokens_per_day=settings.tokens_per_day,
+            turns_in_flight=settings.max_turns_in_flight_per_key,
+            turn_ttl=settings.turn_timeout + 60,  # a slot outlives any turn, then frees itself
+        )
+
     if redis is None:
         return Coordination(
             locks=LocalLocks(settings.lock_ttl_seconds),
             idempotency=LocalIdempotency(settings.idempotency_ttl_seconds),
-            limits=Limits(LocalCounters(), per_minute=per_minute, tokens_per_day=per_day),
+            limits=limits(LocalCounters()),
             run_store=None,
         )
     return Coordination(
         locks=RedisLocks(redis, prefix, settings.lock_ttl_seconds),
         idempotency=RedisIdempotency(redis, prefix, settings.idempotency_ttl_seconds),
-        limits=Limits(RedisCounters(redis, prefix), per_minute=per_minute, tokens_per_day=per_day),
-        run_store=RunStore(redis, prefix, settings.run_retention_seconds, settings.run_max_events),
+        limits=limits(RedisCounters(redis, prefix)),
+        run_store=RunStore(
+            redis, prefix, settings.run_retention_seconds, settings.run_max_events, reader=follower_redis
+        ),
+        leases=Leases(redis, prefix, uuid.uuid4().hex, settings.run_lease_seconds, settings.run_retention_seconds),
     )
 
 
@@ -86,6 +105,11 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
             redis = create_redis(settings)
             if redis is not None:
                 stack.push_async_callback(redis.aclose)
+            # Followers' blocking reads get a bounded pool of their own: idle followers of quiet
+            # runs must never take the connections locks and limits need.
+            follower_redis = create_follower_redis(settings)
+            if follower_redis is not None:
+                stack.push_async_callback(follower_redis.aclose)
             http = await stack.enter_async_context(
                 httpx.AsyncClient(
                     timeout=httpx.Timeout(30.0, connect=settings.llm_connect_timeout), follow_redirects=False
@@ -93,10 +117,16 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
             )
             llm = create_llm(settings, http)
             stack.push_async_callback(llm.aclose)
-            coordination = build_coordination(settings, redis)
+            # MCP servers' sessions live in the loops of this task group; a server that is down does
+            # not hold start-up: its tools join when it connects. Closed after the runs (below).
+            await stack.enter_async_context(McpTools(settings, tools, metrics).running())
+            coordination = build_coordination(settings, redis, follower_redis)
             # Entered last, so it closes first: runs finish (or are interrupted) and are recorded
             # while the database and Redis are still there.
-            runs = await stack.enter_async_context(RunManager(coordination.run_store, lifecycle, metrics))
+            db = Database(engine, metrics)
+            runs = await stack.enter_async_context(
+                RunManager(coordination.run_store, lifecycle, metrics, leases=coordination.leases, db=db)
+            )
             metrics.watch_pool(lambda: int(getattr(engine.pool, "checkedout", lambda: 0)()))
             log.info(
                 "app.started",
@@ -104,6 +134,7 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
                 model=settings.model_name,
                 database="sqlite" if settings.is_sqlite else "postgresql",
                 redis=redis is not None,
+                mcp_servers=[server.name for server in settings.mcp_servers],
             )
             # Everything built so far (modules, settings, clients) lives as long as the process: take
             # it out of the collector's full passes, which would walk it all again and again and
@@ -115,7 +146,7 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
                 "settings": settings,
                 "engine": engine,
                 "sessions": sessions,
-                "db": Database(engine, metrics),
+                "db": db,
                 "keys": KeyCache(settings.auth_cache_seconds, settings.auth_cache_size),
                 "loop_lag": loop_lag,
                 "redis": redis,
@@ -127,6 +158,7 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
                 "idempotency": coordination.idempotency,
                 "limits": coordination.limits,
                 "runs": runs,
+                "followers": Followers(settings.run_max_followers_per_key, settings.redis_follower_connections),
                 "metrics": metrics,
             }
             log.info("app.stopping")
@@ -148,13 +180,19 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
         title="agentchat",
         version="0.1.0",
         summary="Multi-turn conversations with a tool-using LLM agent.",
+        # DOCS_ENABLED=false: no /docs, /redoc or /openapi.json (the deployed default, see deploy/k8s).
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
         lifespan=build_lifespan(settings, tools, metrics),
     )
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(chat_router)
     app.include_router(conversations_router)
+    app.include_router(memories_router)
     app.include_router(runs_router)
+    app.include_router(openai_router)
     app.include_router(playground_router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     return app

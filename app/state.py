@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # domain types, for type checking only: the domains import th
     from app.auth.limits import Limits
     from app.chat.idempotency import IdempotencyStore
     from app.llm.base import ChatModel
+    from app.runs.followers import Followers
     from app.runs.manager import RunManager
 
 
@@ -48,6 +49,7 @@ class State(TypedDict):
     idempotency: IdempotencyStore
     limits: Limits
     runs: RunManager
+    followers: Followers
     metrics: Metrics
 
 

@@ -18,7 +18,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,11 +30,16 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 
+from testkit.net import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_BASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# One key drives hundreds of turns a second here: the per-key limits (on by default) would refuse
+# most of them, and they are not what these benchmarks measure. A --env override turns one back on.
+UNLIMITED = {"RATE_LIMIT_PER_MINUTE": "0", "MAX_TURNS_IN_FLIGHT_PER_KEY": "0", "TOKENS_PER_DAY": "0"}
 
 T = TypeVar("T")
 
@@ -54,14 +58,6 @@ def raise_nofile() -> int:
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def free_port() -> int:
-    # Small race between close and the child's bind; acceptable on a loopback-only bench box.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -398,9 +394,9 @@ async def wait_http_ok(url: str, proc: Proc, within: float = 30.0) -> None:
 
 
 def spawn_fake(workdir: Path) -> tuple[Proc, str]:
-    """The fake LLM (tests/fakes/llm_server.py) on a free loopback port: (its process, its URL); not yet ready."""
+    """The fake LLM (testkit/fake_llm) on a free loopback port: (its process, its URL); not yet ready."""
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.fakes.llm_server", "--host", HOST, "--port", str(port)]
+    cmd = [sys.executable, "-m", "testkit.fake_llm", "--host", HOST, "--port", str(port)]
     return spawn("fake LLM", cmd, clean_env({}), workdir / "fake.log"), f"http://{HOST}:{port}"
 
 
@@ -564,6 +560,7 @@ async def bench_stack(
                 "APP_NAME": app_name,
                 "LOG_FORMAT": "json",
                 "LLM_MAX_RETRIES": "0",
+                **UNLIMITED,
                 **server_env,
             }
         )
@@ -754,6 +751,7 @@ class Base:
                 "LLM_PROVIDER": "anthropic",
                 "APP_NAME": app_name,
                 "LOG_FORMAT": "json",
+                **UNLIMITED,
                 **extra,
             }
         )

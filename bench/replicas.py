@@ -5,7 +5,7 @@
 
 Starts the fake LLM, a fresh database, two uvicorn replicas (a pool of 5 each, no overflow, one
 shared Redis and key prefix) and nginx from deploy/nginx/nginx.conf.template (rendered into a temp
-prefix by tests/nginx.py, run unprivileged). Phase A: nginx with replica 1 only. Phase B: a new
+prefix by testkit/nginx.py, run unprivileged). Phase A: nginx with replica 1 only. Phase B: a new
 nginx with both. Each phase: JSON turns (`[[reply:ok]]`, a new conversation each) for --seconds at
 each --concurrency, then streamed turns (`[[words:20]] [[slow:0.05]]`) at --stream-concurrency.
 Which replica served each request comes from nginx's access log (`upstream_addr`), cross-checked
@@ -52,7 +52,7 @@ from bench._harness import (
     run_or_exit,
     wait_for_quiet,
 )
-from tests.nginx import Prefix, start_nginx
+from testkit.nginx import Prefix, start_nginx
 
 POOL = 5
 JSON_MESSAGE = "[[reply:ok]]"

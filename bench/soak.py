@@ -50,7 +50,7 @@ from bench._harness import (
     run_or_exit,
     scan_log,
 )
-from tests.resilience.server import MIX  # the fault suite's mix, shared
+from testkit.faults import MIX  # the fault suite's mix, shared
 
 POOL = 5
 CLIENT_DEADLINE = 30.0  # per turn; TURN_TIMEOUT is 6 s, so only a stuck server gets near it

@@ -7,11 +7,11 @@ export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql+asyncpg://postgres@127
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 
 echo "== lock"; "$UV" lock --check   # uv.lock is what pyproject.toml resolves to
-echo "== ruff"; ruff check app tests migrations bench
+echo "== ruff"; ruff check app tests migrations bench testkit
 echo "== mypy"; mypy
 [ "${1:-}" = "--lint-only" ] && exit 0
 
-echo "== services"; python -m tests.services   # one clear line if Postgres or Redis is unreachable
+echo "== services"; python -m tests.fixtures.services   # one clear line if Postgres or Redis is unreachable
 echo "== migrations (upgrade head, check) on Postgres and SQLite"; python -m tests.migrations_check
 echo "== browser, load balancer"
 "$(dirname "$0")/ensure-apt.sh" chromium chromium   # tests/playground drive Debian's chromium

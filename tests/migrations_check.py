@@ -11,7 +11,7 @@ import uuid
 
 import asyncpg
 
-from tests.services import admin_database_url, asyncpg_dsn
+from tests.fixtures.services import admin_database_url, asyncpg_dsn
 
 
 def alembic(database_url: str, *args: str) -> None:

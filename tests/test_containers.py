@@ -44,6 +44,8 @@ HEALTHZ_URL = f"http://127.0.0.1:{APP_PORT}/healthz"
 
 # The public configuration surface: every field of the settings, as an environment variable.
 DOCUMENTED_ENV_VARS = frozenset(name.upper() for name in Settings.model_fields)
+# Read by uvicorn itself (whose X-Forwarded-For to believe), not by the app.
+UVICORN_ENV_VARS = frozenset({"FORWARDED_ALLOW_IPS"})
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
 SECRET_VALUE = re.compile(r"sk-ant-|sk-[A-Za-z0-9]{16,}")
 
@@ -307,6 +309,8 @@ def test_cmd_runs_uvicorn_behind_proxy(cmd: list[str]) -> None:
     assert cmd[0] == "uvicorn"
     assert "app.main:app" in cmd
     assert "--proxy-headers" in cmd
+    # Whose forwarded headers count comes from FORWARDED_ALLOW_IPS (default 127.0.0.1), never "*".
+    assert not [arg for arg in cmd if arg.startswith("--forwarded-allow-ips")]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
     assert cmd[cmd.index("--port") + 1] == str(APP_PORT)
     assert uvicorn_graceful_timeout(cmd) > SHUTDOWN_GRACE_SECONDS_DEFAULT
@@ -521,7 +525,7 @@ def test_migrate_runs_alembic_once(services: dict[str, dict[str, Any]]) -> None:
 
 def test_api_service_basics(services: dict[str, dict[str, Any]]) -> None:
     api = services["api"]
-    assert f"{APP_PORT}:{APP_PORT}" in [str(p) for p in api["ports"]]
+    assert [str(p) for p in api["ports"]] == [f"127.0.0.1:{APP_PORT}:{APP_PORT}"], "published on this machine only"
     assert "env_file" not in api, "api is configured only through `environment:`"
     assert "command" not in api, "api runs the image's CMD"
 
@@ -565,7 +569,7 @@ def test_no_hard_coded_secrets(services: dict[str, dict[str, Any]]) -> None:
 
 def test_api_uses_only_documented_env_vars(services: dict[str, dict[str, Any]]) -> None:
     for name in ("api", "migrate"):
-        unknown = set(environment(services[name])) - DOCUMENTED_ENV_VARS
+        unknown = set(environment(services[name])) - DOCUMENTED_ENV_VARS - UVICORN_ENV_VARS
         assert not unknown, f"{name} uses undocumented env vars: {sorted(unknown)}"
     assert environment(services["api"])["LOG_FORMAT"] == "json"
 

@@ -10,6 +10,7 @@ be retried. nginx must be installed (``scripts/ensure-apt.sh nginx nginx``); no 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +35,8 @@ import pytest
 import yaml
 
 from app.core.config import Settings
-from tests.nginx import Prefix, free_port, load_render
+from testkit.net import free_port
+from testkit.nginx import Prefix, load_render
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -54,9 +57,9 @@ INGRESS_UPSTREAM_KEEPALIVE_TIMEOUT = 60
 
 # The public configuration surface: every field of the settings, as an environment variable.
 DOCUMENTED_ENV_VARS = frozenset(name.upper() for name in Settings.model_fields)
-# Read by uvicorn's CLI (auto_envvar_prefix "UVICORN"), not by the app.
-UVICORN_ENV_VARS = frozenset({"UVICORN_TIMEOUT_KEEP_ALIVE"})
-SECRET_ENV_VARS = frozenset({"ANTHROPIC_API_KEY", "DATABASE_URL"})
+# Read by uvicorn (its CLI's auto_envvar_prefix "UVICORN", and FORWARDED_ALLOW_IPS), not by the app.
+UVICORN_ENV_VARS = frozenset({"UVICORN_TIMEOUT_KEEP_ALIVE", "FORWARDED_ALLOW_IPS"})
+SECRET_ENV_VARS = frozenset({"ANTHROPIC_API_KEY", "DATABASE_URL", "REDIS_URL"})
 SECRET_NAME = re.compile(r"(^|_)(API_KEY|SECRET|PASSWORD|CREDENTIALS?|PRIVATE_KEY)($|_)|_TOKEN$")
 SECRET_VALUE = re.compile(r"sk-ant-|sk-[A-Za-z0-9]{16,}|-----BEGIN")
 NAMESPACED_KINDS = frozenset(
@@ -69,6 +72,7 @@ NAMESPACED_KINDS = frozenset(
         "HorizontalPodAutoscaler",
         "Job",
         "Ingress",
+        "NetworkPolicy",
     }
 )
 # Applied by hand (see their comments), never by `kubectl apply -k`.
@@ -418,6 +422,136 @@ def test_ingress_is_configured_for_streams(manifests: Manifests) -> None:
             assert next(iter(backend["port"].values())) in service_ports
 
 
+def ingress_routes(ingress: dict[str, Any], path: str) -> bool:
+    """Whether the Ingress sends this request path to a backend (Kubernetes' Exact/Prefix rules)."""
+    for rule in ingress["spec"]["rules"]:
+        for entry in rule["http"]["paths"]:
+            declared, kind = entry["path"], entry["pathType"]
+            if kind == "Exact" and path == declared:
+                return True
+            if kind == "Prefix" and (
+                declared == "/" or path == declared.rstrip("/") or path.startswith(declared.rstrip("/") + "/")
+            ):
+                return True
+            assert kind in {"Exact", "Prefix"}, f"{declared}: pathType {kind} is implementation-specific"
+    return False
+
+
+# Never through the Ingress: operators' endpoints and the API's self-description.
+NOT_PUBLIC = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/healthz", "/readyz")
+
+
+def public_paths() -> list[str]:
+    """Every request path the app serves to clients (OpenAPI paths, with ids filled in) and the playground's."""
+    from app.main import create_app
+
+    schema = create_app(Settings(_env_file=None)).openapi()  # type: ignore[call-arg]
+    paths = [re.sub(r"\{[^}]+\}", "0190a8f2-0000-7000-8000-000000000000", p) for p in schema["paths"]]
+    return [p for p in paths if p not in NOT_PUBLIC] + ["/", "/static/playground/app.js"]
+
+
+def test_ingress_routes_the_api_but_not_metrics_docs_or_probes(manifests: Manifests) -> None:
+    ingress = get(manifests, "Ingress")
+    for path in NOT_PUBLIC:
+        assert not ingress_routes(ingress, path), f"{path} must not be reachable from the internet"
+        assert not ingress_routes(ingress, path + "/x"), path
+    for path in public_paths():
+        assert ingress_routes(ingress, path), f"the Ingress does not route {path}: add it to ingress.yaml"
+    assert not ingress_routes(ingress, "/static/other")
+    annotations = ingress["metadata"]["annotations"]
+    assert not any("snippet" in name for name in annotations), "no config snippets (disabled by default, risky)"
+
+
+def test_docs_are_off_in_the_cluster(manifests: Manifests) -> None:
+    data = get(manifests, "ConfigMap", "agentchat-config")["data"]
+    assert data["DOCS_ENABLED"] == "false"
+    assert Settings(_env_file=None, docs_enabled=data["DOCS_ENABLED"]).docs_enabled is False  # type: ignore[call-arg]
+
+
+def test_redis_needs_a_password_from_the_secret(manifests: Manifests) -> None:
+    assert "REDIS_URL" not in get(manifests, "ConfigMap", "agentchat-config")["data"]
+    redis_url = urlsplit(get(manifests, "Secret", "agentchat-secrets")["stringData"]["REDIS_URL"])
+    assert redis_url.scheme in {"redis", "rediss"}
+    assert redis_url.password == "REPLACE_ME"
+    ref = env_of(only_container(get(manifests, "Deployment")))["REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "agentchat-secrets", "key": "REDIS_URL"}
+
+
+def test_only_the_proxy_may_set_the_client_address(manifests: Manifests, monkeypatch: pytest.MonkeyPatch) -> None:
+    cmd = dockerfile_cmd()
+    assert "--proxy-headers" in cmd
+    assert not [arg for arg in cmd if arg.startswith("--forwarded-allow-ips")], "configured by FORWARDED_ALLOW_IPS"
+    image_env = re.findall(r"^ENV FORWARDED_ALLOW_IPS=(\S+)$", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert image_env == ["127.0.0.1"]
+    value = env_of(only_container(get(manifests, "Deployment")))["FORWARDED_ALLOW_IPS"]["value"]
+    for allowed in value.split(","):
+        network = ipaddress.ip_network(allowed.strip())
+        assert network.is_private, f"{allowed}: trust the ingress controller's pods, not the internet"
+    # What uvicorn itself makes of the setting.
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", value)
+    config = pytest.importorskip("uvicorn.config").Config("app.main:app", proxy_headers=True)
+    assert config.forwarded_allow_ips == value
+
+
+EGRESS_PROBES = {
+    # (address, port): allowed?
+    ("93.184.216.34", 443): True,
+    ("2606:4700:4700::1111", 443): True,
+    ("169.254.169.254", 80): False,
+    ("169.254.169.254", 443): False,
+    ("10.0.0.1", 443): False,
+    ("10.96.0.1", 443): False,  # the Kubernetes API's usual Service address
+    ("172.16.5.4", 443): False,
+    ("192.168.1.10", 443): False,
+    ("100.64.0.1", 443): False,
+    ("127.0.0.1", 443): False,
+    ("fd00::1", 443): False,
+    ("fe80::1", 443): False,
+    ("::ffff:169.254.169.254", 443): False,
+    ("64:ff9b::a9fe:a9fe", 443): False,
+    ("93.184.216.34", 22): False,
+    ("93.184.216.34", 80): False,
+    ("93.184.216.34", 5432): False,
+}
+
+
+def egress_allows(policy: dict[str, Any], address: str, port: int) -> bool:
+    """Whether an ipBlock rule of the policy lets a connection to address:port out (TCP)."""
+    ip = ipaddress.ip_address(address)
+    for rule in policy["spec"]["egress"]:
+        ports = rule.get("ports")
+        if ports and not any(p.get("protocol", "TCP") == "TCP" and p.get("port") == port for p in ports):
+            continue
+        for peer in rule.get("to") or [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]:
+            block = peer.get("ipBlock")
+            if block is None:
+                continue
+            cidr = ipaddress.ip_network(block["cidr"])
+            if ip.version == cidr.version and ip in cidr:
+                if not any(ip in ipaddress.ip_network(e) for e in block.get("except", [])):
+                    return True
+    return False
+
+
+def test_egress_policy_allows_dns_databases_and_https_only(manifests: Manifests) -> None:
+    policy = get(manifests, "NetworkPolicy", "agentchat-egress")
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for workload in (get(manifests, "Deployment"), get(manifests, "Job", "agentchat-migrate")):
+        assert selects(selector, pod_labels(workload)), workload["kind"]
+    rules = policy["spec"]["egress"]
+    for rule in rules:
+        assert rule.get("to"), "every rule names its destinations"
+        assert rule.get("ports"), "every rule names its ports"
+    ports = {(p.get("protocol", "TCP"), p["port"]) for rule in rules for p in rule["ports"]}
+    assert {("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 6379), ("TCP", 443)} <= ports
+    dns = next(rule for rule in rules if {"port": 53, "protocol": "UDP"} in rule["ports"])
+    assert all("ipBlock" not in peer for peer in dns["to"]), "DNS goes to the cluster's resolver only"
+    for (address, port), allowed in EGRESS_PROBES.items():
+        assert egress_allows(policy, address, port) is allowed, (address, port)
+
+
 # --------------------------------------------------------------------------
 # docker-compose.yml, profile "scaled"
 # --------------------------------------------------------------------------
@@ -452,10 +586,20 @@ def test_compose_lb_service(services: dict[str, dict[str, Any]]) -> None:
     lb = services["lb"]
     assert lb["image"] == "nginx:1.27-alpine"
     assert "./deploy/nginx/compose.conf:/etc/nginx/nginx.conf:ro" in lb["volumes"]
-    assert "8080:8080" in [str(port) for port in lb["ports"]]
+    assert [str(port) for port in lb["ports"]] == ["127.0.0.1:8080:8080"], "published on this machine only"
     assert lb["depends_on"]["api"] == {"condition": "service_healthy"}
     assert lb["depends_on"]["api-replica"] == {"condition": "service_healthy"}
     assert "/nginx-health" in " ".join(lb["healthcheck"]["test"])
+
+
+def test_compose_api_believes_forwarded_headers_from_the_lb_only(services: dict[str, dict[str, Any]]) -> None:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    (subnet,) = [ipaddress.ip_network(c["subnet"]) for c in compose["networks"]["default"]["ipam"]["config"]]
+    lb_address = services["lb"]["networks"]["default"]["ipv4_address"]
+    assert ipaddress.ip_address(lb_address) in subnet
+    for name in ("api", "api-replica"):
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == lb_address, name
+    assert [str(port) for port in services["api"]["ports"]] == ["127.0.0.1:8000:8000"]
 
 
 def test_compose_conf_balances_every_api_service(services: dict[str, dict[str, Any]]) -> None:
@@ -528,6 +672,19 @@ def test_template_is_sse_safe_and_never_retries_a_post() -> None:
     for variable in ("$req_id", "$upstream_addr", "$upstream_response_time"):
         assert variable in log_format, variable
     assert text.index("least_conn;") < text.index("keepalive 32;"), "a balancing method must precede keepalive"
+
+
+def test_template_rate_limits_each_client_address(render: ModuleType) -> None:
+    lines = directive_lines(TEMPLATE.read_text(encoding="utf-8"))
+    text = "\n".join(lines)
+    assert re.search(r"^limit_req_zone \$agentchat_limit_key zone=agentchat_per_client:\d+m rate=\d+r/s;$", text, re.M)
+    assert "default $binary_remote_addr;" in lines, "keyed by the client's address"
+    assert "limit_req_status 429;" in lines
+    assert "error_page 429 = @rate_limited;" in lines
+    location = text[text.index("location / {") :]
+    location = location[: location.index("\n}")]
+    assert re.search(r"^limit_req zone=agentchat_per_client burst=\d+ nodelay;$", location, re.M)
+    assert render.COMPOSE_VALUES["LIMIT_EXEMPT"] == "", "in compose, every client is limited"
 
 
 def test_upstream_idle_connections_close_before_uvicorns() -> None:
@@ -728,11 +885,11 @@ def start_nginx(
     """Run the rendered template (foreground, started and stopped by PID) for the given upstreams."""
     with ExitStack() as stack:
 
-        def start(servers: list[str]) -> RunningNginx:
+        def start(servers: list[str], **values: str) -> RunningNginx:
             prefix = Prefix(tmp_path_factory.mktemp("nginx"))
             port = free_port()
             prefix.conf.write_text(
-                render.render(prefix.values(f"127.0.0.1:{port}", render.upstream_servers(servers))),
+                render.render(prefix.values(f"127.0.0.1:{port}", render.upstream_servers(servers), **values)),
                 encoding="utf-8",
             )
             stderr = stack.enter_context((prefix.root / "stderr.log").open("wb"))
@@ -913,6 +1070,49 @@ def test_nginx_own_responses(
     assert json.loads(body)["error"]["type"] == "payload_too_large"
     assert headers["x-request-id"] == "big-1"
     assert not [s for s in upstream.seen if s.path != "/nginx-health"], "nothing reached the replica"
+
+
+def test_a_flood_from_one_address_is_refused_at_the_edge(
+    start_upstream: Callable[[Literal["app", "drop"]], Upstream],
+    start_nginx: Callable[..., RunningNginx],
+) -> None:
+    """20 requests/s with bursts of 40 per client address; the rest is 429 and never reaches a replica."""
+    upstream = start_upstream("app")
+    nginx = start_nginx([f"127.0.0.1:{upstream.port}"], limit_exempt="")
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        answers = list(
+            pool.map(lambda n: nginx.request("GET", "/conversations", {"X-Request-ID": f"flood-{n}"}), range(150))
+        )
+    elapsed = time.monotonic() - started
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 429}
+    allowed = statuses.count(200)
+    assert allowed >= 41, "the burst (40 beyond the first) is served at once"
+    assert allowed <= 41 + 20 * elapsed + 1, f"{allowed} served in {elapsed:.2f}s"
+    assert 429 in statuses, f"no refusal in {elapsed:.2f}s"
+    status, headers, body = answers[statuses.index(429)]
+    assert headers["retry-after"] == "1"
+    assert headers["content-type"] == "application/json"
+    refused_id = headers["x-request-id"]
+    assert json.loads(body)["error"] == {
+        "type": "rate_limited",
+        "message": "Too many requests from this address; retry shortly.",
+        "request_id": refused_id,
+    }
+    assert refused_id not in upstream.ids(), "a refused request never reaches a replica"
+    assert len([s for s in upstream.seen if s.path == "/conversations"]) == allowed
+
+
+def test_exempt_addresses_are_not_limited(
+    start_upstream: Callable[[Literal["app", "drop"]], Upstream],
+    start_nginx: Callable[..., RunningNginx],
+) -> None:
+    upstream = start_upstream("app")
+    nginx = start_nginx([f"127.0.0.1:{upstream.port}"], limit_exempt="127.0.0.1 1;")
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        statuses = set(pool.map(lambda _: nginx.request("GET", "/conversations")[0], range(150)))
+    assert statuses == {200}
 
 
 def test_no_replica_answers_502_in_the_apps_envelope(start_nginx: Callable[[list[str]], RunningNginx]) -> None:

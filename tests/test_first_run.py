@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, sse_events
+from app.core.config import Settings
+from testkit.net import free_port
+from tests.helpers import sse_events
 
 ROOT = Path(__file__).resolve().parent.parent
 README_RUN = "make run"
@@ -43,8 +45,11 @@ def first_run(fresh_copy: Path) -> Iterator[tuple[subprocess.Popen[str], int, li
     readme = (ROOT / "README.md").read_text()
     assert f"\n{README_RUN}\n" in readme, "the README's run command changed: update this test"
     port = free_port()
-    keep = ("PATH", "HOME", "LANG", "TMPDIR", "UV_CACHE_DIR", "XDG_CACHE_HOME")
-    env = {k: v for k, v in os.environ.items() if k in keep} | {"PORT": str(port), "LOG_FORMAT": "json"}
+    # The machine's environment (certificates, proxies, caches) but none of the service's settings:
+    # what a newcomer has before configuring anything.
+    ours = {name.upper() for name in Settings.model_fields} | {"TEST_DATABASE_URL", "TEST_REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("VIRTUAL_ENV")}
+    env |= {"PORT": str(port), "LOG_FORMAT": "json"}
     process = subprocess.Popen(
         README_RUN.split(),
         cwd=fresh_copy,
@@ -122,7 +127,7 @@ def test_make_run_on_a_fresh_copy_shows_the_agent_at_work(
     again = subprocess.run(
         [str(fresh_copy / ".venv" / "bin" / "python"), "-m", "app.cli", "first-run", "--url", url],
         cwd=fresh_copy,
-        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
+        env={k: v for k, v in os.environ.items() if k.upper() not in {"DATABASE_URL", "REDIS_URL"}},
         capture_output=True,
         text=True,
         timeout=60,

@@ -137,13 +137,21 @@ def _starts_exchange(message: Msg) -> bool:
     return message["role"] == "user" and not any(b["type"] == "tool_result" for b in message["content"])
 
 
-def build_history(turns: Sequence[tuple[str, list[Block]]], new_user_text: str, *, budget: int) -> list[Msg]:
-    """turns: (role, content blocks) rows in order. Returns the messages to send, ending with the new turn."""
+def build_history(turns: Sequence[tuple[str, list[Block]]], new_user: str | list[Block], *, budget: int) -> list[Msg]:
+    """turns: (role, content blocks) rows in order. Returns the messages to send, ending with the new turn.
+
+    The new turn is text, or blocks (a caller's tool results first, then its text).
+    """
     messages: list[Msg] = []
     for role, content in turns:
         if role == "user":
             messages.append({"role": "user", "content": list(content)})
         else:
             messages.extend(split_assistant(content))
-    messages.append({"role": "user", "content": [{"type": "text", "text": new_user_text}]})
-    return trim_to_budget(normalise(messages), budget)
+    return continue_history(messages, new_user, budget=budget)
+
+
+def continue_history(messages: Sequence[Msg], new_user: str | list[Block], *, budget: int) -> list[Msg]:
+    """A history given as messages (a client's own, or replayed rows) and the new turn, repaired and trimmed."""
+    content = [{"type": "text", "text": new_user}] if isinstance(new_user, str) else list(new_user)
+    return trim_to_budget(normalise([*messages, {"role": "user", "content": content}]), budget)

@@ -10,7 +10,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -22,6 +22,7 @@ from app.agent.tools.base import ToolContext, ToolError
 from app.core.config import Settings
 from app.core.errors import AppError
 from app.core.metrics import Metrics
+from app.core.text import clean_text
 from app.llm.base import Block, ChatModel, Completed, LLMRequest, TextDelta, ToolCall, Usage, text_of
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,9 @@ class Transcript:
     usage: Usage = field(default_factory=Usage)
     stop_reason: str | None = None
     steps: int = 0
+    # Calls of the caller's own tools (LLMRequest.tools) that ended the turn: left open for the
+    # caller's next turn to answer, never closed as interrupted.
+    awaiting: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         return text_of(self.blocks, "".join(self.partial))
@@ -57,7 +61,7 @@ class Transcript:
             blocks.append({"type": "text", "text": partial})
         answered = {b["tool_use_id"] for b in blocks if b.get("type") == "tool_result"}
         for block in self.blocks:
-            if block.get("type") == "tool_use" and block["id"] not in answered:
+            if block.get("type") == "tool_use" and block["id"] not in answered and block["id"] not in self.awaiting:
                 blocks.append(
                     {"type": "tool_result", "tool_use_id": block["id"], "content": INTERRUPTED, "is_error": True}
                 )
@@ -70,18 +74,41 @@ def cap(text: str, limit: int) -> str:
     return text[:limit] + f"\n…[truncated {len(text) - limit} characters]"
 
 
+class CallGuard(Protocol):
+    """Gates and meters each model call of a turn: `reserve` before it, `settle` after.
+
+    `reserve` raises an AppError to stop the turn at this step — the key was revoked meanwhile, or
+    its token quota is spent (each call reserves its worst case, so a turn overshoots the quota by
+    at most the one call that crossed it).
+    """
+
+    async def reserve(self, request: LLMRequest) -> int: ...
+    async def settle(self, reserved: int, usage: Usage) -> None: ...
+
+
 class Agent:
-    def __init__(self, llm: ChatModel, tools: ToolRegistry, settings: Settings, metrics: Metrics) -> None:
-        self.llm, self.tools, self.settings, self.metrics = llm, tools, settings, metrics
+    def __init__(
+        self,
+        llm: ChatModel,
+        tools: ToolRegistry,
+        settings: Settings,
+        metrics: Metrics,
+        budget: CallGuard | None = None,
+    ) -> None:
+        self.llm, self.tools, self.settings, self.metrics, self.budget = llm, tools, settings, metrics, budget
 
     async def run(self, request: LLMRequest, ctx: ToolContext, transcript: Transcript, emit: Emit) -> None:
         messages = list(request.messages)
-        schemas = self.tools.schemas()
+        # request.tools are the caller's own (an OpenAI client's functions): offered beside ours; a
+        # call of one ends the turn and goes back to the caller, who runs it.
+        theirs = {tool["name"] for tool in request.tools}
+        schemas = [*self.tools.schemas(), *request.tools] if theirs else self.tools.schemas()
+        choice = request.tool_choice if schemas else None  # the first step only: then the model may answer
         for _ in range(self.settings.agent_max_steps):
             transcript.steps += 1
-            completed = await self._call_model(
-                dataclasses.replace(request, messages=messages, tools=schemas), transcript, emit
-            )
+            step = dataclasses.replace(request, messages=messages, tools=schemas, tool_choice=choice)
+            choice = None
+            completed = await self._call_model(step, transcript, emit)
             transcript.usage.add(completed.usage)
             transcript.partial.clear()
             transcript.blocks.extend(completed.content)
@@ -89,8 +116,12 @@ class Agent:
             calls = [b for b in completed.content if b.get("type") == "tool_use"]
             if completed.stop_reason != "tool_use" or not calls:
                 return
-            results = await self._run_tools(calls, ctx, emit)
+            awaiting = [call["id"] for call in calls if call["name"] in theirs]
+            results = await self._run_tools([call for call in calls if call["name"] not in theirs], ctx, emit)
             transcript.blocks.extend(results)
+            if awaiting:
+                transcript.awaiting = awaiting
+                return
             messages = [
                 *messages,
                 {"role": "assistant", "content": completed.content},
@@ -100,6 +131,7 @@ class Agent:
         log.info("agent.step_limit", steps=transcript.steps)
 
     async def _call_model(self, request: LLMRequest, transcript: Transcript, emit: Emit) -> Completed:
+        reserved = await self.budget.reserve(request) if self.budget is not None else 0
         completed: Completed | None = None
         started, first_token = time.perf_counter(), True
         try:
@@ -120,16 +152,27 @@ class Agent:
             raise
         finally:
             self.metrics.upstream_latency.labels(self.llm.provider).observe(time.perf_counter() - started)
+            if self.budget is not None:
+                # Shielded: a cancelled call (client left) still gives back what it did not use.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self.budget.settle(reserved, completed.usage if completed is not None else Usage())
         if completed is None:
             raise RuntimeError("The model stream ended without a final message.")
         return completed
 
     async def _run_tools(self, calls: list[Block], ctx: ToolContext, emit: Emit) -> list[Block]:
         results: dict[str, Block] = {}
+        cap = self.settings.agent_max_tool_calls_per_step
         # A TaskGroup owns the calls; one failing tool becomes an error result, never a cancel of the others.
         async with anyio.create_task_group() as group:
-            for call in calls:
+            for call in calls[:cap]:
                 group.start_soon(self._run_tool, call, ctx, emit, results)
+        for call in calls[cap:]:
+            # Refused, not run: one model step cannot fan out without bound. The model reads why.
+            content = f"Not run: at most {cap} tool calls per step; call the rest in the next step."
+            tool_id = call["id"]
+            results[tool_id] = {"type": "tool_result", "tool_use_id": tool_id, "content": content, "is_error": True}
+            await emit(ToolResultEvent(tool_id, content, True))
         return [results[call["id"]] for call in calls]
 
     async def _run_tool(self, call: Block, ctx: ToolContext, emit: Emit, results: dict[str, Block]) -> None:
@@ -143,6 +186,7 @@ class Agent:
             timeout = tool.timeout or self.settings.agent_tool_timeout
             with anyio.fail_after(timeout):
                 content = await tool.run(data, ctx)
+            ctx.turn_state.saw_untrusted_output |= tool.untrusted_output  # what `remember` records next
             is_error = False
         except ToolError as exc:
             content = str(exc)
@@ -155,6 +199,7 @@ class Agent:
             log.exception("agent.tool.crashed", tool=name)
             content = f"The tool {name} failed unexpectedly ({type(exc).__name__})."
         content = cap(content, self.settings.agent_tool_result_max_chars)
+        content = clean_text(content)  # a page with a NUL must not make the answer unstorable
         log.info("agent.tool.finished", tool=name, is_error=is_error, chars=len(content))
         results[tool_id] = {"type": "tool_result", "tool_use_id": tool_id, "content": content, "is_error": is_error}
         await emit(ToolResultEvent(tool_id, content, is_error))

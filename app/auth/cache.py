@@ -16,6 +16,7 @@ class KeyCache:
     def __init__(self, ttl_seconds: float, max_entries: int) -> None:
         self.ttl, self.max_entries = ttl_seconds, max_entries
         self._entries: dict[str, tuple[float, uuid.UUID, str]] = {}  # insertion order = age
+        self._active: dict[uuid.UUID, float] = {}  # key id -> until when it is known to be active
 
     def get(self, key_hash: str) -> tuple[uuid.UUID, str] | None:
         entry = self._entries.get(key_hash)
@@ -34,6 +35,20 @@ class KeyCache:
         while len(self._entries) >= self.max_entries:
             del self._entries[next(iter(self._entries))]  # the oldest
         self._entries[key_hash] = (time.monotonic() + self.ttl, key_id, name)
+        self.vouch(key_id)
+
+    def vouch(self, key_id: uuid.UUID) -> None:
+        """The key was just seen active (read from the database)."""
+        if self.ttl > 0:
+            if len(self._active) >= self.max_entries:
+                del self._active[next(iter(self._active))]
+            self._active[key_id] = time.monotonic() + self.ttl
+
+    def known_active(self, key_id: uuid.UUID) -> bool:
+        """True while the key was seen active less than `ttl` ago: no need to look again."""
+        until = self._active.get(key_id)
+        return until is not None and until > time.monotonic()
 
     def clear(self) -> None:
         self._entries.clear()
+        self._active.clear()

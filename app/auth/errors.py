@@ -7,3 +7,7 @@ from app.core.errors import RateLimited
 
 class TokenQuotaExceeded(RateLimited):
     type, default_message = "token_quota_exceeded", "This key has used its tokens for today."
+
+
+class TooManyTurns(RateLimited):
+    type, default_message = "too_many_turns", "This key has too many turns in flight; retry when one ends."

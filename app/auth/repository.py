@@ -18,6 +18,20 @@ async def find_active(conn: AsyncConnection, key_hash: str) -> tuple[uuid.UUID, 
     return (row.id, row.name) if row is not None else None
 
 
+class AmbiguousPrefix(Exception):
+    """Several active keys share the prefix given to revoke: which one is meant is not known."""
+
+    def __init__(self, prefix: str, key_ids: list[uuid.UUID]) -> None:
+        super().__init__(f"{len(key_ids)} active keys have the prefix {prefix}")
+        self.prefix, self.key_ids = prefix, key_ids
+
+
+async def is_active(conn: AsyncConnection, key_id: uuid.UUID) -> bool:
+    """Whether the key still exists unrevoked (checked between model steps of its running turns)."""
+    stmt = select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    return (await conn.execute(stmt)).first() is not None
+
+
 class ApiKeyRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -33,10 +47,30 @@ class ApiKeyRepository:
         return (await self.session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars().all()
 
     async def revoke(self, key_id_or_prefix: str) -> bool:
-        stmt = update(ApiKey).where(ApiKey.revoked_at.is_(None))
+        """Revoke one active key: by id, or by prefix when exactly one active key has it.
+
+        A prefix is only 8 hex characters and is not unique: when several active keys share it,
+        none is revoked (AmbiguousPrefix names them, to be revoked by id).
+        """
         try:
-            stmt = stmt.where(ApiKey.id == uuid.UUID(key_id_or_prefix))
+            key_id = uuid.UUID(key_id_or_prefix)
         except ValueError:
-            stmt = stmt.where(ApiKey.prefix == key_id_or_prefix)
-        result = await self.session.execute(stmt.values(revoked_at=utcnow()))
+            matching = (
+                (
+                    await self.session.execute(
+                        select(ApiKey.id)
+                        .where(ApiKey.prefix == key_id_or_prefix, ApiKey.revoked_at.is_(None))
+                        .order_by(ApiKey.created_at)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if len(matching) > 1:
+                raise AmbiguousPrefix(key_id_or_prefix, list(matching)) from None
+            if not matching:
+                return False
+            key_id = matching[0]
+        stmt = update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+        result = await self.session.execute(stmt)
         return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -53,13 +54,19 @@ class RedisIdempotency:
 
     async def claim(self, owner: uuid.UUID, key: str, fp: str, running_ttl: float) -> Claim:
         name = self._key(owner, key)
-        marker = json.dumps({"fp": fp, "state": "running"})
+        # The claim's own id: a SET retried on a fresh connection (app/core/redis.py) may find the
+        # marker its first, unanswered attempt wrote, and must not take it for another request's.
+        claim_id = secrets.token_hex(8)
+        marker = json.dumps({"fp": fp, "state": "running", "claim": claim_id})
         if await self.redis.set(name, marker, nx=True, px=int(running_ttl * 1000)):
             return Claim("new")
         raw = await self.redis.get(name)
         if raw is None:  # expired between the two calls: claim again
             return await self.claim(owner, key, fp, running_ttl)
-        return _decide(json.loads(raw), fp)
+        stored = json.loads(raw)
+        if stored.get("claim") == claim_id:
+            return Claim("new")
+        return _decide(stored, fp)
 
     async def complete(self, owner: uuid.UUID, key: str, fp: str, response: dict[str, Any]) -> None:
         value = json.dumps({"fp": fp, "state": "done", "response": response})

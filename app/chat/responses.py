@@ -21,7 +21,7 @@ from app.chat.schemas import AssistantMessageOut, ChatResponse
 from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed, not_saved
 from app.conversations.render import tool_calls, usage_out
 from app.core.asgi import DisconnectWatch, send_body, start_sse
-from app.core.errors import envelope
+from app.core.errors import AppError, envelope
 from app.llm.base import TextDelta, ToolCall
 from app.runs.events import RunEvent
 from app.runs.manager import Run
@@ -47,7 +47,10 @@ def chat_response(turn: Turn) -> dict[str, Any]:
 
 
 class TurnJSONResponse(Response):
-    """Answers once the turn is over: 200 with the message, or the mapped error status."""
+    """Answers once the turn is over: 200 with the message, or the mapped error status.
+
+    Another door renders the finished turn its own way by overriding `answer`.
+    """
 
     def __init__(self, turn: Turn) -> None:
         super().__init__()
@@ -70,11 +73,12 @@ class TurnJSONResponse(Response):
         if watch.client_left:
             return  # the client has gone; there is no one to tell
         error = turn.error if turn.saved else turn.error or not_saved()
+        await self.answer(turn, error)(scope, receive, send)
+
+    def answer(self, turn: Turn, error: AppError | None) -> Response:
         if error is not None:
-            response = JSONResponse(envelope(error.type, error.message), error.status_code, error.headers)
-        else:
-            response = JSONResponse(chat_response(turn))
-        await response(scope, receive, send)
+            return JSONResponse(envelope(error.type, error.message), error.status_code, error.headers)
+        return JSONResponse(chat_response(turn))
 
 
 class ChatEvents:
@@ -105,6 +109,9 @@ class ChatEvents:
         else:
             assert isinstance(event, TurnFailed)
             run.publish("error", envelope(event.error.type, event.error.message))
+
+    def interrupted(self, turn: Turn, run: Run) -> None:
+        run.publish("error", {"error": {"type": "cancelled", "message": "The run was cancelled."}})
 
 
 class ReplayResponse(Response):

@@ -12,7 +12,7 @@ from app.chat.responses import ChatEvents, ReplayResponse, TurnJSONResponse, cha
 from app.chat.schemas import ChatRequest, ChatResponse
 from app.chat.service import START_ERRORS, Replay, TurnRequest, TurnServiceDep
 from app.conversations.errors import ConversationNotFound
-from app.core.errors import DatabaseUnavailable, RateLimited, Unauthorized, responses
+from app.core.errors import DatabaseUnavailable, InvalidRequest, RateLimited, Unauthorized, responses
 from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamTimeout
 from app.runs.responses import RunStreamResponse
 from app.state import SettingsDep
@@ -32,6 +32,7 @@ EVENTS = ChatEvents()
     responses={
         **responses(
             Unauthorized,
+            InvalidRequest,
             ConversationNotFound,
             RateLimited,
             UpstreamRateLimited,
@@ -53,6 +54,9 @@ async def chat(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
+    if body.system is not None and body.conversation_id is not None:
+        # Silently ignoring it would leave the caller believing the prompt changed.
+        raise InvalidRequest("`system` can only be set when a conversation starts (omit `conversation_id`).")
     stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
     started = await turns.start(
         TurnRequest(

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from app.conversations.schemas import ToolCallOut, UsageOut
+from app.core.text import invalid_characters
 
 
 class ChatRequest(BaseModel):
@@ -26,6 +27,15 @@ class ChatRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
+        return value
+
+    @field_validator("message", "system")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        # A 422 here, not a 500 from Postgres (or from UTF-8 encoding) later.
+        problem = invalid_characters(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 

@@ -18,15 +18,19 @@ import structlog
 from fastapi import Depends
 from redis.exceptions import RedisError
 
+from app.agent.history import estimate_tokens
 from app.agent.loop import Agent
 from app.agent.tools.base import ToolContext
-from app.auth.errors import TokenQuotaExceeded
+from app.auth.errors import TokenQuotaExceeded, TooManyTurns
+from app.auth.repository import is_active
 from app.chat.errors import IdempotencyInProgress, IdempotencyKeyReused
 from app.chat.idempotency import Claim, fingerprint
-from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed, begin_turn, not_saved
-from app.conversations.errors import ConversationBusy
-from app.core.errors import PayloadTooLarge, ServiceBusy, ShuttingDown
+from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed, TurnOptions, begin_turn, not_saved
+from app.conversations.errors import ConversationBusy, ConversationNotFound
+from app.conversations.repository import TurnRepository
+from app.core.errors import PayloadTooLarge, ServiceBusy, ShuttingDown, Unauthorized
 from app.core.locks import Lock, LockManager
+from app.llm.base import LLMRequest, Usage
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import AppStateDep, State
@@ -40,6 +44,7 @@ START_ERRORS = (
     ServiceBusy,
     PayloadTooLarge,
     TokenQuotaExceeded,
+    TooManyTurns,
     IdempotencyKeyReused,
     IdempotencyInProgress,
     ConversationBusy,
@@ -57,6 +62,7 @@ class TurnRequest:
     idempotency_key: str | None = None
     # What a retry with the same Idempotency-Key must repeat exactly (the door's own view of its body).
     fingerprint: dict[str, Any] | None = None
+    options: TurnOptions = TurnOptions()  # blocks, the caller's history and tools, where to continue…
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +134,15 @@ class TurnService:
                 return Replay(claim.response)
 
         lock: Lock | None = None
+        slot: uuid.UUID | None = None
         try:
-            if request.conversation_id is not None:
-                lock = await acquire_conversation(app["locks"], owner, request.conversation_id)
+            slot = await self._take_slot(owner)
+            conversation_id = request.conversation_id or await self._continues(owner, request.options)
+            if conversation_id is not None:
+                lock = await acquire_conversation(app["locks"], owner, conversation_id)
                 if lock is BUSY:
                     lock = None  # not ours to release
-                    log.info("chat.conversation_busy", conversation_id=str(request.conversation_id))
+                    log.info("chat.conversation_busy", conversation_id=str(conversation_id))
                     metrics.lock_conflicts.inc()
                     raise ConversationBusy()
             started = await begin_turn(
@@ -141,13 +150,16 @@ class TurnService:
                 settings,
                 owner,
                 message=request.message,
-                conversation_id=request.conversation_id,
+                conversation_id=conversation_id,
                 system=request.system,
                 incremental=request.incremental,
+                options=request.options,
             )
         except BaseException:
             # Undo the claims, even on cancellation (shielded, bounded); then let the error go on.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                if slot is not None:
+                    await degraded(app["limits"].release_turn(owner, slot), None, "turns_in_flight")
                 if lock is not None:
                     await degraded(app["locks"].release(lock), None, "conversation_lock")
                 if key is not None:
@@ -160,23 +172,27 @@ class TurnService:
             settings=settings,
             sessions=app["sessions"],
             http=app["http"],
+            message_id=started.message_id,  # what a memory written in this turn records as its source
         )
         turn = Turn(
             started,
-            Agent(app["llm"], app["tools"], settings, metrics),
+            Agent(app["llm"], app["tools"], settings, metrics, KeyGate(app, owner)),
             context,
             app["db"],
             settings,
             app["lifecycle"],
             metrics,
             lock=(app["locks"], lock) if lock is not None else None,
+            history_key=request.options.history_key,
         )
         limits = app["limits"]
+        if slot is not None:
+            taken = slot
 
-        async def count_tokens(done: Turn) -> None:
-            await limits.add_tokens(owner, done.usage.input_tokens + done.usage.output_tokens)
+            async def free_slot(_: Turn) -> None:
+                await limits.release_turn(owner, taken)
 
-        turn.after_record.append(count_tokens)
+            turn.after_record.append(free_slot)
         if key is not None:
             idempotency = app["idempotency"]
 
@@ -188,6 +204,36 @@ class TurnService:
 
             turn.after_record.append(settle_idempotency)
         return turn
+
+    async def _continues(self, owner: uuid.UUID, options: TurnOptions) -> uuid.UUID | None:
+        """The conversation a turn continues without naming it: one indexed, owner-scoped statement.
+
+        After an answer (`options.after`) that is not this owner's: ConversationNotFound. By history
+        key: the conversation whose answer has that key, or None (the turn opens a new one).
+        """
+        if options.after is None and options.extends_key is None:
+            return None
+        async with self.app["db"].statement() as conn:
+            turns = TurnRepository(conn)
+            if options.after is not None:
+                found = await turns.conversation_of_answer(options.after, owner_id=owner)
+                if found is None:
+                    raise ConversationNotFound()
+                return found
+            assert options.extends_key is not None
+            return await turns.conversation_with_key(options.extends_key, owner_id=owner)
+
+    async def _take_slot(self, owner: uuid.UUID) -> uuid.UUID | None:
+        """One of the key's MAX_TURNS_IN_FLIGHT_PER_KEY slots, or TooManyTurns (None: off or Redis down)."""
+        slot = uuid.uuid4()
+        decision = await degraded(self.app["limits"].acquire_turn(owner, slot), None, "turns_in_flight")
+        if decision is None:
+            return None
+        if not decision.allowed:
+            log.info("limits.refused", limit="turns_in_flight")
+            self.app["metrics"].limit_refusals.labels("turns_in_flight").inc()
+            raise TooManyTurns(headers=decision.headers())
+        return slot
 
     async def start_run(self, turn: Turn, publisher: RunPublisher) -> Run:
         """Execute the turn as a run owned by the app (not by the request), its events published."""
@@ -201,10 +247,49 @@ class TurnService:
 
 
 class RunPublisher(Protocol):
-    """How a door turns a turn's events into run events (its wire format's names and fields)."""
+    """How a door turns a turn's events into run events (its wire format's names and fields).
+
+    `interrupted` closes a run that stopped before the turn's last event (cancelled, client gone).
+    """
 
     def start(self, turn: Turn, run: Run) -> None: ...
     def event(self, turn: Turn, event: TurnEvent, run: Run) -> None: ...
+    def interrupted(self, turn: Turn, run: Run) -> None: ...
+
+
+class KeyGate:
+    """Before each model call of a turn: is the key still active, and has it quota left?
+
+    A key revoked while its turns run (streams, `on_disconnect: continue` runs) stops them at the
+    next model step on every replica: each checks the database at most once per AUTH_CACHE_SECONDS.
+    """
+
+    def __init__(self, app: State, owner_id: uuid.UUID) -> None:
+        self.limits, self.keys, self.db, self.owner_id = app["limits"], app["keys"], app["db"], owner_id
+
+    async def reserve(self, request: LLMRequest) -> int:
+        if not self.keys.known_active(self.owner_id):
+            async with self.db.statement() as conn:
+                active = await is_active(conn, self.owner_id)
+            if not active:
+                log.warning("chat.turn.key_revoked")
+                raise Unauthorized("The API key was revoked while the turn ran.")
+            self.keys.vouch(self.owner_id)
+        if not self.limits.tokens_per_day:
+            return 0
+        worst = request.max_tokens + sum(estimate_tokens(m) for m in request.messages) + len(request.system or "") // 4
+        decision = await degraded(self.limits.reserve_tokens(self.owner_id, worst), None, "token_quota")
+        if decision is None:
+            return 0
+        if not decision.allowed:
+            log.info("limits.refused", limit="tokens_per_day", between_steps=True)
+            raise TokenQuotaExceeded(headers=decision.headers())
+        return worst
+
+    async def settle(self, reserved: int, usage: Usage) -> None:
+        if self.limits.tokens_per_day:
+            used = usage.input_tokens + usage.output_tokens
+            await degraded(self.limits.settle_tokens(self.owner_id, reserved, used), None, "token_quota")
 
 
 def as_run(turn: Turn, publisher: RunPublisher) -> Callable[[Run], Awaitable[None]]:
@@ -225,7 +310,10 @@ def as_run(turn: Turn, publisher: RunPublisher) -> Callable[[Run], Awaitable[Non
                 with run.scope:
                     await turn.execute(emit)
             finally:
+                turn.interrupted_by = run.cancelled_by
                 await turn.record()
+                if not run.finished:
+                    publisher.interrupted(turn, run)
 
     return drive
 

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import structlog
 
-from app.agent.history import build_history
+from app.agent.history import Msg, build_history, continue_history
 from app.agent.loop import Agent, ToolResultEvent, Transcript
 from app.agent.tools.base import ToolContext
 from app.conversations.errors import ConversationNotFound
@@ -31,7 +31,7 @@ from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, is_db_u
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
 from app.core.metrics import Metrics
-from app.llm.base import LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.base import Block, LLMRequest, TextDelta, ToolCall, Usage
 from app.llm.errors import UpstreamTimeout
 from app.models.conversations import MessageStatus
 
@@ -58,6 +58,30 @@ class TurnStarted:
     request: LLMRequest
 
 
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    """What a door may ask of a turn beyond a text message (the OpenAI-compatible door uses all of it)."""
+
+    # The user's turn as blocks (a client's tool results first, then text); None: the message as text.
+    content: list[Block] | None = None
+    # The caller's own history before this turn (it owns the context); None: the conversation's.
+    history: list[Msg] | None = None
+    # Continue the conversation of this answer, reading its history only up to it (OpenAI's previous_response_id).
+    after: uuid.UUID | None = None
+    # Continue the conversation whose answer has this history key, if this owner has one (else a new one).
+    extends_key: str | None = None
+    # The key stored with this turn's answer: how the caller's next call will find the conversation.
+    history_key: Callable[[Turn], str | None] | None = None
+    # True: the request's `system` applies to this turn only, instead of the conversation's.
+    system_per_turn: bool = False
+    # The caller's own tools (Anthropic shape), offered beside ours; a call of one ends the turn.
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: dict[str, Any] | None = None
+    max_tokens: int | None = None  # at most LLM_MAX_TOKENS
+    # Stored with the answer, for the door to show again (request fields such as OpenAI's metadata).
+    attributes: dict[str, Any] | None = None
+
+
 async def begin_turn(
     db: Database,
     settings: Settings,
@@ -67,7 +91,9 @@ async def begin_turn(
     conversation_id: uuid.UUID | None,
     system: str | None,
     incremental: bool = True,
+    options: TurnOptions = TurnOptions(),  # noqa: B008 - frozen, never mutated
 ) -> TurnStarted:
+    content = options.content if options.content is not None else [{"type": "text", "text": message}]
     # One statement on Postgres (see TurnRepository): the connection is held for one round trip.
     async with db.statement() if db.is_postgres else db.transaction() as conn:
         turns = TurnRepository(conn)
@@ -76,22 +102,35 @@ async def begin_turn(
                 owner_id=owner_id,
                 title=make_title(message),
                 system=system,
-                text=message,
+                content=content,
                 model=settings.model_name,
+                attributes=options.attributes,
             )
         else:
             found = await turns.open_existing(
-                conversation_id=conversation_id, owner_id=owner_id, text=message, model=settings.model_name
+                conversation_id=conversation_id,
+                owner_id=owner_id,
+                content=content,
+                model=settings.model_name,
+                attributes=options.attributes,
+                until=options.after,
+                read_history=options.history is None,
             )
             if found is None:
                 raise ConversationNotFound()
             opened = found
-    history = build_history(opened.earlier, message, budget=settings.history_token_budget)
+    budget = settings.history_token_budget
+    if options.history is not None:
+        history = continue_history(options.history, content, budget=budget)
+    else:
+        history = build_history(opened.earlier, content, budget=budget)
     request = LLMRequest(
         model=settings.model_name,
         messages=history,
-        max_tokens=settings.llm_max_tokens,
-        system=opened.system,
+        max_tokens=min(options.max_tokens or settings.llm_max_tokens, settings.llm_max_tokens),
+        system=system if options.system_per_turn else opened.system,
+        tools=list(options.tools),
+        tool_choice=options.tool_choice,
         incremental=incremental,
     )
     log.debug(
@@ -141,6 +180,10 @@ class Turn:
     saved: bool = False
     after_record: list[Callable[[Turn], Awaitable[None]]] = field(default_factory=list)
     lock: tuple[LockManager, Lock] | None = None
+    # The door's key of the exchange up to this answer, stored with it (see TurnOptions.history_key).
+    history_key: Callable[[Turn], str | None] | None = None
+    # Why an interrupted turn stopped ("cancelled", "client_disconnected"), recorded as its stop reason.
+    interrupted_by: str | None = None
     _held: Held | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _shutdown: bool = False
@@ -169,7 +212,14 @@ class Turn:
 
     @property
     def stop_reason(self) -> str | None:
+        if self.status == MessageStatus.INCOMPLETE and self.interrupted_by is not None:
+            return self.interrupted_by
         return self.transcript.stop_reason
+
+    @property
+    def awaiting(self) -> list[str]:
+        """Ids of the calls of the caller's own tools that ended this turn (the caller runs them)."""
+        return self.transcript.awaiting
 
     async def execute(self, emit: Emit) -> None:
         """Phase 2: the agent, emitting events. Failures become a `TurnFailed` event, never an exception."""
@@ -234,6 +284,15 @@ class Turn:
             if self._held is not None:
                 await self._held.release()
 
+    def _history_key(self) -> str | None:
+        if self.history_key is None:
+            return None
+        try:
+            return self.history_key(self)
+        except Exception:  # a door's bug must not cost the answer: it is stored without a key
+            log.exception("chat.turn.history_key_failed", message_id=str(self.started.message_id))
+            return None
+
     async def _record(self) -> bool:
         self.metrics.turns.labels(self.status).inc()
         self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
@@ -246,6 +305,7 @@ class Turn:
             "output_tokens": self.usage.output_tokens,
             "cache_read_tokens": self.usage.cache_read_input_tokens,
             "cache_creation_tokens": self.usage.cache_creation_input_tokens,
+            "history_key": self._history_key(),
         }
         if self.error is not None:
             values["error"] = {

@@ -12,7 +12,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
-from app.auth.repository import ApiKeyRepository
+from app.auth.repository import AmbiguousPrefix, ApiKeyRepository
 from app.core.config import load_settings
 from app.core.db import create_engine, create_sessionmaker
 
@@ -42,7 +42,13 @@ async def list_keys(repo: ApiKeyRepository) -> int:
 
 
 async def revoke_key(repo: ApiKeyRepository, ident: str) -> int:
-    if await repo.revoke(ident):
+    try:
+        revoked = await repo.revoke(ident)
+    except AmbiguousPrefix as exc:
+        ids = "\n".join(f"  {key_id}" for key_id in exc.key_ids)
+        print(f"{exc}; none revoked. Revoke one by id:\n{ids}", file=sys.stderr)  # noqa: T201
+        return 1
+    if revoked:
         print(f"Revoked {ident}.")  # noqa: T201
         return 0
     print(f"No active key {ident}.", file=sys.stderr)  # noqa: T201
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     create = commands.add_parser("create-key", help="create a key and print it (last line of stdout)")
     create.add_argument("--name", required=True)
     commands.add_parser("list-keys", help="list keys (never the secrets)")
-    revoke = commands.add_parser("revoke-key", help="revoke a key by id or prefix")
+    revoke = commands.add_parser("revoke-key", help="revoke a key by id, or by prefix if only one active key has it")
     revoke.add_argument("key", metavar="ID_OR_PREFIX")
     first = commands.add_parser("first-run", help="on an empty embedded database: create a key, print it once")
     first.add_argument("--url", default="http://127.0.0.1:8000")

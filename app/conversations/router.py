@@ -3,7 +3,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -27,8 +27,11 @@ def encode_cursor(at: datetime, conversation_id: uuid.UUID) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         at, _, raw_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(raw_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:  # not one of ours: ours carry their offset (timestamptz)
+            raise ValueError("naive datetime")
+        return when.astimezone(UTC), uuid.UUID(raw_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeError) as exc:
         raise InvalidRequest("Invalid cursor.") from exc
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.core.mcp_config import McpServerConfig, parse_mcp_servers
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 
@@ -20,6 +22,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_key_prefix: str = "agentchat:"
     redis_max_connections: int = Field(default=50, ge=2)
+    # Followers of runs on other replicas (GET /runs/{id}/events) block on a pool of their own, one
+    # connection each: this many at once per replica; past it, 503 service_busy.
+    redis_follower_connections: int = Field(default=100, ge=1)
 
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
@@ -39,16 +44,27 @@ class Settings(BaseSettings):
     agent_tools: str = "remember,recall,calculator,current_time"  # comma-separated; fetch_url is opt-in
     agent_tool_timeout: float = Field(default=15.0, gt=0)
     agent_tool_result_max_chars: int = Field(default=8000, ge=100)
+    agent_max_tool_calls_per_step: int = Field(default=8, ge=1, le=64)  # the rest answered is_error, not run
     fetch_url_allowed_hosts: str = ""  # comma-separated; empty means any public host
     fetch_url_max_bytes: int = Field(default=512 * 1024, ge=1024)
     fetch_url_timeout: float = Field(default=10.0, gt=0)
+    # JSON or a path to a JSON/YAML file (app/core/mcp_config.py); NoDecode: parsed by the validator.
+    mcp_servers: Annotated[tuple[McpServerConfig, ...], NoDecode] = ()
+    mcp_connect_timeout: float = Field(default=10.0, gt=0)  # connect + first tool listing, per attempt
+    mcp_reconnect_min_seconds: float = Field(default=1.0, gt=0)  # backoff after a failed or dropped connection
+    mcp_reconnect_max_seconds: float = Field(default=60.0, gt=0)
+    mcp_ping_seconds: float = Field(default=30.0, gt=0)  # re-list tools this often: liveness + missed changes
 
-    rate_limit_per_minute: int = Field(default=0, ge=0)  # requests per key; 0 turns the limit off
-    tokens_per_day: int = Field(default=0, ge=0)  # model tokens (in + out) per key per UTC day; 0 = off
+    # Per-key limits, on by default (0 turns one off). Requests: any 60 s; tokens: in + out per UTC day.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    max_turns_in_flight_per_key: int = Field(default=32, ge=0)
+    tokens_per_day: int = Field(default=2_000_000, ge=0)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     lock_ttl_seconds: float = Field(default=30.0, ge=1)
     run_retention_seconds: int = Field(default=900, ge=10)
     run_max_events: int = Field(default=10_000, ge=100)
+    run_max_followers_per_key: int = Field(default=20, ge=1)  # concurrent GET /runs/{id}/events per key; then 429
+    run_lease_seconds: float = Field(default=10.0, ge=1)  # a replica silent this long has its runs settled
 
     auth_cache_seconds: float = Field(default=5.0, ge=0)  # a revoked key is refused within this; 0 = off
     auth_cache_size: int = Field(default=10_000, ge=1)
@@ -67,6 +83,7 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=32_000, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     sse_ping_seconds: float = Field(default=15.0, gt=0)
+    docs_enabled: bool = True  # /docs, /redoc, /openapi.json; off in deploy/k8s
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
 
     @field_validator("log_level", mode="before")
@@ -89,6 +106,11 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("mcp_servers", mode="before")
+    @classmethod
+    def _mcp_servers(cls, value: object) -> tuple[McpServerConfig, ...]:
+        return parse_mcp_servers(value)
 
     @model_validator(mode="after")
     def _provider_has_credentials(self) -> Settings:

@@ -25,7 +25,7 @@ PING_AFTER_IDLE_SECONDS = 2.0
 
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
-        engine = create_async_engine(settings.database_url, pool_pre_ping=True)
+        engine = create_async_engine(settings.database_url, pool_pre_ping=True, hide_parameters=True)
         _tune_sqlite(engine)
         return engine
     server_settings = {
@@ -73,7 +73,8 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
 
 
 def instrument(engine: AsyncEngine, metrics: Metrics) -> None:
-    """Count statements, real commits and pool checkouts: what the hot-path tests pin down."""
+    """Count statements, real commits and pool checkouts (what the hot-path tests pin down), and
+    keep the pool's high-water mark (what the fault tests bound)."""
     statements, commits, checkouts = metrics.db_statements, metrics.db_commits, metrics.db_checkouts
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
@@ -85,9 +86,16 @@ def instrument(engine: AsyncEngine, metrics: Metrics) -> None:
         if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":  # a no-op commit otherwise
             commits.inc()
 
+    peak = 0
+
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(*_: Any) -> None:
+        nonlocal peak
         checkouts.inc()
+        checked_out = getattr(engine.pool, "checkedout", None)  # QueuePool's; not every pool has one
+        if checked_out is not None and (now := checked_out()) > peak:
+            peak = now
+            metrics.pool_checked_out_max.set(peak)
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

@@ -129,6 +129,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers a body that is not UTF-8 with a bare 400 (and malformed JSON with a
+            # 422): one answer for every unreadable body, the one the schema declares.
+            return error_response(422, "validation_error", "body: not valid UTF-8 JSON.")
         type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else type_.replace("_", " ")
         return error_response(exc.status_code, type_, message, dict(exc.headers or {}))
@@ -140,6 +144,41 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    _declare_envelope_for_validation_errors(app)
+
+
+_FASTAPI_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+
+
+def _declare_envelope_for_validation_errors(app: FastAPI) -> None:
+    """FastAPI declares its own 422 body (HTTPValidationError); ours is the envelope: say so.
+
+    Every RequestValidationError is rendered by `validation_error` above, on every route, so the
+    published schema must not promise `{"detail": [...]}` anywhere.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                response = operation.get("responses", {}).get("422")
+                media = (response or {}).get("content", {}).get("application/json", {})
+                if media.get("schema") == _FASTAPI_422:
+                    media["schema"] = {"$ref": "#/components/schemas/ErrorEnvelope"}
+                    response["description"] = "The request is invalid; the message says what is wrong."
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        if "ErrorEnvelope" not in components:
+            envelope_schema = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(envelope_schema.pop("$defs", {}))
+            components["ErrorEnvelope"] = envelope_schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def is_db_unavailable(exc: BaseException) -> bool:

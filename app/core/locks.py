@@ -44,8 +44,12 @@ class RedisLocks:
 
     async def acquire(self, name: str) -> Lock | None:
         token = secrets.token_hex(16)
-        ok = await self.redis.set(self.prefix + name, token, nx=True, px=int(self.ttl * 1000))
-        return Lock(name, token) if ok else None
+        key = self.prefix + name
+        if await self.redis.set(key, token, nx=True, px=int(self.ttl * 1000)):
+            return Lock(name, token)
+        # Busy, or ours already: a SET retried on a fresh connection (app/core/redis.py) finds the
+        # key its first, unanswered attempt wrote. One more read, on the busy path only.
+        return Lock(name, token) if await self.redis.get(key) == token.encode() else None
 
     async def renew(self, lock: Lock) -> bool:
         result = await self.redis.eval(_RENEW, 1, self.prefix + lock.name, lock.token, int(self.ttl * 1000))
@@ -103,7 +107,14 @@ class Held:
 
 @asynccontextmanager
 async def kept(manager: LockManager, lock: Lock) -> AsyncIterator[Held]:
-    """Renew `lock` while the block runs (until released); release it however the block ends."""
+    """Renew `lock` while the block runs (until released); release it however the block ends.
+
+    A lock can be lost while held: its key expired while Redis could not be reached for longer
+    than the TTL, or Redis restarted without its data. The next renewal notices, logs `lock.lost`
+    once and stops (the token can never be ours again). The block is not interrupted: it runs to
+    its end, and until then another holder may take the lock. The release at the end is a
+    compare-and-delete, so it never removes that other holder's lock.
+    """
     held = Held(manager, lock)
 
     async def renew_until_released() -> None:
@@ -114,6 +125,7 @@ async def kept(manager: LockManager, lock: Lock) -> AsyncIterator[Held]:
             try:
                 if not await manager.renew(lock):
                     log.warning("lock.lost", lock=lock.name)
+                    return
             except (RedisError, OSError) as exc:
                 log.warning("lock.renew_failed", lock=lock.name, error=type(exc).__name__)
 

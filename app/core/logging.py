@@ -12,11 +12,19 @@ from structlog.types import EventDict, Processor
 
 # Values that look like credentials are masked wherever they appear in a log line.
 _SECRET_PATTERNS = (
-    re.compile(r"(ak_[A-Za-z0-9]{8})_[A-Za-z0-9_-]{16,}"),
-    re.compile(r"(sk-ant-)[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(ak_[A-Za-z0-9]{8})_[A-Za-z0-9_-]{16,}"),  # our API keys: the display prefix stays
+    # Anthropic (sk-ant-…) and OpenAI-style (sk-…, sk-proj-…, sk-svcacct-…) keys.
+    re.compile(r"(?<![A-Za-z0-9])(sk-(?:ant-|proj-|svcacct-|admin-)?)[A-Za-z0-9_-]{8,}"),
     re.compile(r"(?i)(bearer\s+)[^\s\"']+"),
+    # The password of a URL (postgresql://user:secret@host, redis://:secret@host): user:***@host.
+    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?=@)"),
 )
-_SECRET_KEYS = frozenset({"authorization", "api_key", "x-api-key", "password", "secret", "token"})
+_SECRET_KEYS = frozenset(
+    {"authorization", "proxy_authorization", "cookie", "set_cookie", "api_key", "apikey", "x_api_key", "token"}
+)
+_SECRET_KEY_PARTS = ("password", "passwd", "secret")
+_SECRET_KEY_SUFFIXES = ("_token", "_api_key", "_apikey")  # github_token, openai_api_key (not input_tokens)
+_MAX_DEPTH = 6
 
 
 def _mask(text: str) -> str:
@@ -25,13 +33,37 @@ def _mask(text: str) -> str:
     return text
 
 
+def is_secret_key(name: str) -> bool:
+    """A field whose value is a secret whatever it looks like: openai_api_key, db_password, set-cookie…"""
+    key = name.lower().replace("-", "_")
+    return key in _SECRET_KEYS or key.endswith(_SECRET_KEY_SUFFIXES) or any(p in key for p in _SECRET_KEY_PARTS)
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    """Strings masked; dicts, lists and tuples walked (secret-named keys blanked), to a bounded depth."""
+    if isinstance(value, str):
+        return _mask(value)
+    if depth >= _MAX_DEPTH:
+        return value if isinstance(value, int | float | bool | None) else "***"
+    if isinstance(value, dict):
+        secret = is_secret_key
+        return {k: "***" if isinstance(k, str) and secret(k) else _redact(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if len(value) == 2 and isinstance(value[0], str) and is_secret_key(value[0]):
+            items = [value[0], "***"]  # a (name, value) header pair
+        else:
+            items = [_redact(item, depth + 1) for item in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
 def redact_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
     event_dict.pop("color_message", None)  # uvicorn's ANSI duplicate of the message
     for key, value in list(event_dict.items()):
-        if key.lower() in _SECRET_KEYS:
+        if is_secret_key(key):
             event_dict[key] = "***"
-        elif isinstance(value, str):
-            event_dict[key] = _mask(value)
+        elif isinstance(value, str | dict | list | tuple):
+            event_dict[key] = _redact(value)
     return event_dict
 
 

@@ -53,6 +53,12 @@ class Metrics:
         self.pool_checked_out = Gauge(
             "agentchat_db_pool_checked_out", "Database connections checked out of the pool.", registry=r
         )
+        self.pool_checked_out_max = Gauge(
+            "agentchat_db_pool_checked_out_max",
+            "Most database connections checked out of the pool at once since the process started "
+            "(counted at every checkout, so no peak is missed between scrapes).",
+            registry=r,
+        )
 
         self.db_pool_wait = Histogram(
             "agentchat_db_pool_wait_seconds",
@@ -74,8 +80,32 @@ class Metrics:
         self.mirror_writes = Counter(
             "agentchat_run_mirror_writes_total", "Redis round trips that mirrored run events.", registry=r
         )
+        self.runs_settled = Counter(
+            "agentchat_runs_settled_total", "Runs of dead replicas settled by this one.", registry=r
+        )
         self.admission_refusals = Counter(
             "agentchat_admission_refusals_total", "Turns refused early: the event loop was saturated.", registry=r
+        )
+        self.mcp_calls = Counter("agentchat_mcp_calls_total", "MCP tool calls, by server.", ["server"], registry=r)
+        self.mcp_errors = Counter(
+            "agentchat_mcp_errors_total",
+            "MCP tool calls that did not succeed, by server and kind "
+            "(tool_error, timeout, unavailable, invalid_input, protocol_error, bad_result, cancelled).",
+            ["server", "type"],
+            registry=r,
+        )
+        self.mcp_latency = Histogram(
+            "agentchat_mcp_call_duration_seconds",
+            "One MCP tool call, start to finish.",
+            ["server"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.mcp_up = Gauge(
+            "agentchat_mcp_server_up",
+            "1 while connected to the MCP server with its tools on offer.",
+            ["server"],
+            registry=r,
         )
 
     def watch_pool(self, checked_out: Callable[[], int]) -> None:

@@ -108,6 +108,8 @@ class AnthropicModel:
             kwargs["system"] = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
         if request.tools:
             kwargs["tools"] = request.tools
+            if request.tool_choice:
+                kwargs["tool_choice"] = request.tool_choice
         # The SDK makes the call (auth, headers, retries before the first byte, status errors);
         # we read the body ourselves: its typed models and accumulating stream helper cost more per
         # event than the rest of a relayed delta together, and we keep only a few fields.

@@ -21,6 +21,8 @@ class LLMRequest:
     max_tokens: int
     system: str | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
+    # Anthropic's shape ({"type": "auto" | "any" | "tool" | "none", "name"?}); None: the provider's default.
+    tool_choice: dict[str, Any] | None = None
     # False when nobody watches the answer grow (a JSON turn): a provider may then make one
     # plain call, which costs far less to parse than a stream of events.
     incremental: bool = True

@@ -166,7 +166,16 @@ def build_payload(request: LLMRequest) -> dict[str, Any]:
             }
             for tool in request.tools
         ]
+        if request.tool_choice:
+            payload["tool_choice"] = _tool_choice(request.tool_choice)
     return payload
+
+
+def _tool_choice(choice: dict[str, Any]) -> Any:
+    kind = choice.get("type")
+    if kind == "tool":
+        return {"type": "function", "function": {"name": choice["name"]}}
+    return {"any": "required", "none": "none"}.get(str(kind), "auto")
 
 
 # --- response translation (OpenAI chunks -> LLMEvents) --------------------------------------------

@@ -6,7 +6,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, Timestamps, UUIDPrimaryKey
@@ -35,7 +35,16 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     """One user or assistant item of a turn. Ids are UUIDv7, so ordering by id is creation order."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_conversation_order", "conversation_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_conversation_order", "conversation_id", "id"),
+        # Partial: only answers given through the OpenAI-compatible door carry a key.
+        Index(
+            "ix_messages_history_key",
+            "history_key",
+            postgresql_where=text("history_key IS NOT NULL"),
+            sqlite_where=text("history_key IS NOT NULL"),
+        ),
+    )
 
     conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(16))
@@ -49,3 +58,8 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     output_tokens: Mapped[int] = mapped_column(default=0)
     cache_read_tokens: Mapped[int] = mapped_column(default=0)
     cache_creation_tokens: Mapped[int] = mapped_column(default=0)
+    # Set by the OpenAI-compatible door (app/openai/): on an answer, a hash of its owner and of the
+    # whole exchange up to it as the client sends it back, so the client's next call finds this
+    # conversation (app/openai/history.py); the request fields the door shows again on retrieval.
+    history_key: Mapped[str | None] = mapped_column(String(64))
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

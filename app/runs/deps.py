@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends
 
+from app.runs.followers import Followers
 from app.runs.manager import RunManager
 from app.state import AppStateDep
 
@@ -15,3 +16,10 @@ async def get_runs(app: AppStateDep) -> RunManager:
 
 
 RunsDep = Annotated[RunManager, Depends(get_runs)]
+
+
+async def get_followers(app: AppStateDep) -> Followers:
+    return app["followers"]
+
+
+FollowersDep = Annotated[Followers, Depends(get_followers)]

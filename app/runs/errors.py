@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, NotFound, RateLimited
 
 
 class RunNotFound(NotFound):
@@ -11,3 +11,7 @@ class RunNotFound(NotFound):
 
 class RunFinished(Conflict):
     type, default_message = "run_finished", "The run has already finished."
+
+
+class TooManyFollowers(RateLimited):
+    type, default_message = "too_many_followers", "Too many run streams are open for this key."

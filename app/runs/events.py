@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-TERMINAL = frozenset({"end", "error"})
+# A run's last event: /chat's names, and those of the OpenAI Responses stream (app/openai/), whose
+# runs publish its events as they are so that replaying the log is replaying that stream.
+TERMINAL = frozenset({"end", "error", "response.completed", "response.incomplete", "response.failed"})
 
 
 class RunEvent:

@@ -17,7 +17,9 @@ from starlette.types import Receive, Scope, Send
 
 from app.core.asgi import PING, DisconnectWatch, send_body, start_sse
 from app.core.errors import envelope
+from app.core.redis import FOLLOW_BLOCK_SECONDS
 from app.runs.events import RunEvent
+from app.runs.followers import Ticket
 from app.runs.manager import Run
 from app.runs.store import RunStore
 
@@ -28,13 +30,26 @@ class RunStreamResponse(Response):
     """Follows a run of this process: replays what came after `after`, then streams it live."""
 
     def __init__(
-        self, run: Run, *, ping_seconds: float, after: int = 0, cancel_on_disconnect: bool = True
+        self,
+        run: Run,
+        *,
+        ping_seconds: float,
+        after: int = 0,
+        cancel_on_disconnect: bool = True,
+        ticket: Ticket | None = None,
     ) -> None:
         super().__init__()
-        self.target = run
+        self.target, self.ticket = run, ticket
         self.ping_seconds, self.after, self.cancel_on_disconnect = ping_seconds, after, cancel_on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._follow(receive, send)
+        finally:
+            if self.ticket is not None:
+                self.ticket.release()
+
+    async def _follow(self, receive: Receive, send: Send) -> None:
         run = self.target
 
         def left() -> None:
@@ -64,26 +79,41 @@ class RunStreamResponse(Response):
 class StoredRunStreamResponse(Response):
     """Follows a run of another replica through its Redis event log."""
 
-    def __init__(self, store: RunStore, run_id: uuid.UUID, *, ping_seconds: float, after: int) -> None:
+    def __init__(
+        self, store: RunStore, run_id: uuid.UUID, *, ping_seconds: float, after: int, ticket: Ticket | None = None
+    ) -> None:
         super().__init__()
         self.store, self.run_id, self.ping_seconds, self.after = store, run_id, ping_seconds, after
+        self.ticket = ticket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._follow(receive, send)
+        finally:
+            if self.ticket is not None:
+                self.ticket.release()
+
+    async def _follow(self, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(DisconnectWatch(receive, group).run)
             await start_sse(send)
             last = self.after
-            block_ms = int(min(self.ping_seconds, 5.0) * 1000)
+            # Below the socket time-out: a quiet run (a slow tool, a thinking model) is an empty
+            # read and another wait, not a dead connection.
+            block_ms = int(min(self.ping_seconds, FOLLOW_BLOCK_SECONDS) * 1000)
             idle = 0.0
             while True:
                 try:
                     events: list[RunEvent] = await self.store.read(self.run_id, last, block_ms)
                 except (RedisError, OSError) as exc:
                     log.warning("run.follow_failed", run_id=str(self.run_id), error=type(exc).__name__)
-                    failure = RunEvent(
-                        last + 1, "error", envelope("unavailable", "The run's event log is unavailable.")
-                    )
-                    await send_body(send, failure.sse())
+                    await send_body(send, _unavailable(last, "The run's event log is unavailable."))
+                    break
+                if events and events[0].seq != last + 1:
+                    # Events between the last one sent and these are gone (Redis lost its data, or
+                    # trimmed a long log): say so rather than stream on with a hole in the answer.
+                    log.warning("run.follow_gap", run_id=str(self.run_id), after=last, next=events[0].seq)
+                    await send_body(send, _unavailable(last, LOST))
                     break
                 if events:
                     idle = 0.0
@@ -94,10 +124,22 @@ class StoredRunStreamResponse(Response):
                     continue
                 idle += block_ms / 1000
                 owner = await self.store.owner(self.run_id)
-                if owner is None or (owner[1] == "finished" and not await self.store.read(self.run_id, last, 0)):
-                    break  # expired, or finished with nothing more to say
+                if owner is None:
+                    # Expired, or lost with Redis's data, before its end reached this follower.
+                    log.warning("run.follow_lost", run_id=str(self.run_id), after=last)
+                    await send_body(send, _unavailable(last, LOST))
+                    break
+                if owner[1] == "finished" and not await self.store.read(self.run_id, last, 0):
+                    break  # finished with nothing more to say
                 if idle >= self.ping_seconds:
                     idle = 0.0
                     await send_body(send, PING)
             await send_body(send, b"", more=False)
             group.cancel_scope.cancel()
+
+
+LOST = "The run's event log is gone; the conversation's messages have its answer once it is recorded."
+
+
+def _unavailable(last: int, message: str) -> bytes:
+    return RunEvent(last + 1, "error", envelope("unavailable", message)).sse()

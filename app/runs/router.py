@@ -10,9 +10,9 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
-from app.core.errors import ServiceUnavailable, Unauthorized, responses
-from app.runs.deps import RunsDep
-from app.runs.errors import RunFinished, RunNotFound
+from app.core.errors import ServiceBusy, ServiceUnavailable, Unauthorized, responses
+from app.runs.deps import FollowersDep, RunsDep
+from app.runs.errors import RunFinished, RunNotFound, TooManyFollowers
 from app.runs.manager import RunManager
 from app.runs.responses import RunStreamResponse, StoredRunStreamResponse
 from app.state import SettingsDep
@@ -38,31 +38,52 @@ async def _locate(runs: RunManager, run_id: uuid.UUID, owner: uuid.UUID) -> tupl
     return False, found[1]
 
 
-def _sequence(last_event_id: str | None) -> int:
-    return int(last_event_id) if last_event_id is not None and last_event_id.isdigit() else 0
+# Event ids are a run's sequence numbers (1, 2, 3…): ASCII digits, far below this bound. The bound
+# keeps int() and Redis stream ids safe from a header of thousands of digits (a 422, not a 500).
+MAX_EVENT_ID_DIGITS = 15
+After = Annotated[int | None, Query(ge=0, lt=10**MAX_EVENT_ID_DIGITS, description="Replay events after this id.")]
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        pattern=f"^[0-9]{{1,{MAX_EVENT_ID_DIGITS}}}$",
+        description="The id of the last event you received (as sent in `id:`); replay starts after it.",
+    ),
+]
 
 
 @router.get(
     "/{run_id}/events",
-    responses={**responses(Unauthorized, RunNotFound, ServiceUnavailable), 200: {"content": {"text/event-stream": {}}}},
+    responses={
+        **responses(Unauthorized, RunNotFound, TooManyFollowers, ServiceUnavailable, ServiceBusy),
+        200: {"content": {"text/event-stream": {}}},
+    },
 )
 async def run_events(
     run_id: uuid.UUID,
     principal: CurrentPrincipal,
     settings: SettingsDep,
     runs: RunsDep,
-    after: Annotated[int | None, Query(ge=0, description="Replay events after this id.")] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    followers: FollowersDep,
+    after: After = None,
+    last_event_id: LastEventId = None,
 ) -> Response:
     """Replay a run's events after `Last-Event-ID` (or `?after=`), then follow it live."""
     here, _ = await _locate(runs, run_id, principal.key_id)
-    start = after if after is not None else _sequence(last_event_id)
+    start = after if after is not None else int(last_event_id or 0)
+    ticket = followers.admit(principal.key_id, remote=not here)  # released when the stream ends
     if here:
         return RunStreamResponse(
-            runs.runs[run_id], ping_seconds=settings.sse_ping_seconds, after=start, cancel_on_disconnect=False
+            runs.runs[run_id],
+            ping_seconds=settings.sse_ping_seconds,
+            after=start,
+            cancel_on_disconnect=False,
+            ticket=ticket,
         )
     assert runs.store is not None
-    return StoredRunStreamResponse(runs.store, run_id, ping_seconds=settings.sse_ping_seconds, after=start)
+    return StoredRunStreamResponse(
+        runs.store, run_id, ping_seconds=settings.sse_ping_seconds, after=start, ticket=ticket
+    )
 
 
 @router.post(

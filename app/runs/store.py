@@ -13,8 +13,12 @@ from app.runs.events import RunEvent
 
 
 class RunStore:
-    def __init__(self, redis: Redis, prefix: str, retention_seconds: int, max_events: int) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, retention_seconds: int, max_events: int, *, reader: Redis | None = None
+    ) -> None:
         self.redis, self.prefix = redis, prefix + "run:"
+        # Followers' blocking reads go through their own pool (app/core/redis.py), never the main one.
+        self.reader = reader if reader is not None else redis
         self.retention, self.max_events = retention_seconds, max_events
         self.cancel_channel = prefix + "runs:cancel"
         self.running_key = prefix + "runs:running"  # run id -> replica, while it runs (app/runs/leases.py)
@@ -49,15 +53,15 @@ class RunStore:
 
     async def owner(self, run_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
         meta: dict[Any, Any] = await self.redis.hgetall(self._meta(run_id))
-        if not meta:
+        if b"owner" not in meta:  # none, or only what the mirror wrote after Redis lost the rest
             return None
         return uuid.UUID(meta[b"owner"].decode()), meta[b"state"].decode()
 
     async def read(self, run_id: uuid.UUID, after: int, block_ms: int) -> list[RunEvent]:
         """Events after `after`, waiting up to block_ms for new ones when there are none yet."""
-        entries: Any = await self.redis.xrange(self._events(run_id), min=f"0-{after + 1}", count=500)
+        entries: Any = await self.reader.xrange(self._events(run_id), min=f"0-{after + 1}", count=500)
         if not entries and block_ms:
-            found: Any = await self.redis.xread({self._events(run_id): f"0-{after}"}, count=500, block=block_ms)
+            found: Any = await self.reader.xread({self._events(run_id): f"0-{after}"}, count=500, block=block_ms)
             entries = found[0][1] if found else []
         return [RunEvent.from_fields(int(entry_id.split(b"-")[1]), fields) for entry_id, fields in entries]
 

@@ -20,7 +20,9 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "nginx.conf.template"
 COMPOSE_CONF = HERE / "compose.conf"
 
-PLACEHOLDERS = frozenset({"LISTEN", "UPSTREAMS", "RESOLVER", "PID_FILE", "ERROR_LOG", "ACCESS_LOG", "TEMP_DIR"})
+PLACEHOLDERS = frozenset(
+    {"LISTEN", "UPSTREAMS", "RESOLVER", "PID_FILE", "ERROR_LOG", "ACCESS_LOG", "TEMP_DIR", "LIMIT_EXEMPT"}
+)
 
 # Indentation of the upstream block's body in the template.
 UPSTREAM_INDENT = " " * 8
@@ -64,6 +66,7 @@ COMPOSE_VALUES: Mapping[str, str] = {
     "ERROR_LOG": "stderr",
     "ACCESS_LOG": "/dev/stdout",
     "TEMP_DIR": "/var/cache/nginx",
+    "LIMIT_EXEMPT": "",  # every client is rate-limited
 }
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from app.agent.tools.base import Tool, ToolContext
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import make_key
+from tests.fixtures.app import make_key
 from tests.helpers import Live, live_server
 
 

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
 from tests.helpers import Live, eventually
 
 

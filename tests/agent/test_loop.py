@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from app.core.config import Settings
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
 from tests.helpers import Live, sse_events
 
 
@@ -67,7 +67,7 @@ async def test_a_chain_of_steps(agent_live: Live, agent_key: str, llm_server: Fa
 
 async def test_step_limit_stops_with_a_clear_reason(settings: Settings, llm_server: FakeLLMServer) -> None:
     from app.main import create_app
-    from tests.conftest import make_key
+    from tests.fixtures.app import make_key
     from tests.helpers import live_server
 
     async with live_server(create_app(settings.model_copy(update={"agent_max_steps": 2}))) as live:
@@ -157,3 +157,18 @@ async def test_history_replays_tool_calls_and_shows_them(
     assert [i["role"] for i in items] == ["user", "assistant", "user", "assistant"]
     assert items[1]["tool_calls"][0]["result"] == "5"
     assert items[3]["tool_calls"] == []
+
+
+async def test_tool_calls_per_step_are_capped(agent_live: Live, agent_key: str, llm_server: FakeLLMServer) -> None:
+    cap = agent_live.state["settings"].agent_max_tool_calls_per_step
+    message = "".join(tool("calculator", {"expression": f"{n}+1"}) for n in range(cap + 3))
+    r = await chat(agent_live, agent_key, message)
+    assert r.status_code == 200, r.text
+    calls = r.json()["message"]["tool_calls"]
+    assert [c["result"] for c in calls[:cap]] == [str(n + 1) for n in range(cap)]
+    refused = calls[cap:]
+    assert len(refused) == 3
+    assert all(c["is_error"] and "at most" in c["result"] for c in refused)
+    # The model saw every call answered, the refused ones as errors it can act on.
+    results = llm_server.state.request_bodies()[-1]["messages"][-1]["content"]
+    assert sum(1 for b in results if b["type"] == "tool_result" and b.get("is_error")) == 3

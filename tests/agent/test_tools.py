@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field
 
 from app.agent.tools.base import Tool, ToolContext, ToolError
 from app.agent.tools.calculator import evaluate
+from app.agent.tools.memory import RECALL_NOTE
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import make_key
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key
 from tests.helpers import Live, live_server
 
 
@@ -35,7 +36,7 @@ async def test_memory_crosses_conversations_but_not_owners(agent_live: Live, age
     # A different conversation of the same owner recalls it.
     answer = await post(agent_live, agent_key, tool("recall", {"query": "favourite EDITOR"}))
     (call,) = answer["message"]["tool_calls"]  # type: ignore[index]
-    assert call["result"] == f"- {fact}"
+    assert call["result"] == f"- {fact}\n{RECALL_NOTE}"
     # Another owner's agent finds nothing.
     other = await make_key(agent_live.state, "other")
     answer = await post(agent_live, other, tool("recall", {"query": "editor"}))

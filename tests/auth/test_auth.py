@@ -8,14 +8,16 @@ import sys
 import time
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select, text, update
 
 from app.auth.keys import hash_key
 from app.core.config import Settings
+from app.main import create_app
 from app.models import ApiKey
 from app.state import State
-from tests.conftest import running_app
-from tests.helpers import eventually
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key, running_app
+from tests.helpers import eventually, live_server, sse_events
 
 
 async def test_missing_or_wrong_keys_are_401(client: httpx.AsyncClient, api_key: str) -> None:
@@ -44,8 +46,13 @@ async def test_keys_are_stored_hashed(state: State, api_key: str) -> None:
         rows = (await session.execute(select(ApiKey))).scalars().all()
     assert len(rows) == 1
     assert rows[0].key_hash == hash_key(api_key)
-    assert api_key not in rows[0].key_hash
     assert api_key.startswith(rows[0].prefix + "_")
+    # The secret part is stored nowhere: not in any column of the key's row (the whole row as text).
+    secret = api_key.removeprefix(rows[0].prefix + "_")
+    async with state["sessions"]() as session:
+        row_text = (await session.execute(text("SELECT api_keys::text FROM api_keys"))).scalar_one()
+    assert rows[0].prefix in row_text  # what is shown is there…
+    assert secret not in row_text  # …and the secret is not
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -70,10 +77,9 @@ async def _create_list_revoke(settings: Settings, client: httpx.AsyncClient) -> 
     listed = cli(settings, "list-keys")
     assert "ci-user" in listed.stdout
     assert "active" in listed.stdout
-    assert key not in listed.stdout
-    assert key.split("_")[2] not in listed.stdout
-
     prefix = "_".join(key.split("_")[:2])
+    assert prefix in listed.stdout
+    assert key.removeprefix(prefix + "_") not in listed.stdout  # the secret (it may contain "_" itself)
     revoked = cli(settings, "revoke-key", prefix)
     assert revoked.returncode == 0, revoked.stderr
     revoked_at = time.monotonic()
@@ -87,3 +93,57 @@ async def _create_list_revoke(settings: Settings, client: httpx.AsyncClient) -> 
     assert r.json()["error"]["type"] == "unauthorized"
     assert cli(settings, "revoke-key", prefix).returncode == 1
     assert "revoked" in cli(settings, "list-keys").stdout
+
+
+async def test_cli_refuses_to_revoke_an_ambiguous_prefix(settings: Settings, state: State) -> None:
+    """Prefixes are 8 hex characters: two keys may share one, and revoking by it must not take both."""
+    prefix = "ak_0badcafe"
+    async with state["sessions"]() as session, session.begin():
+        rows = [ApiKey(name=f"twin {n}", prefix=prefix, key_hash=hash_key(f"{prefix}_secret{n}")) for n in range(2)]
+        session.add_all(rows)
+        await session.flush()
+        first, second = (str(row.id) for row in rows)
+
+    async def active() -> set[str]:
+        async with state["sessions"]() as session:
+            stmt = select(ApiKey.id).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+            return {str(key_id) for key_id in (await session.execute(stmt)).scalars()}
+
+    ambiguous = cli(settings, "revoke-key", prefix)
+    assert ambiguous.returncode == 1
+    assert "2 active keys have the prefix ak_0badcafe; none revoked" in ambiguous.stderr
+    assert first in ambiguous.stderr
+    assert second in ambiguous.stderr
+    assert await active() == {first, second}
+
+    by_id = cli(settings, "revoke-key", first)
+    assert by_id.returncode == 0, by_id.stderr
+    assert await active() == {second}
+
+    # Now only one active key has the prefix: it is the one meant.
+    by_prefix = cli(settings, "revoke-key", prefix)
+    assert by_prefix.returncode == 0, by_prefix.stderr
+    assert await active() == set()
+
+
+async def test_a_revoked_key_stops_its_running_turns_at_the_next_model_step(
+    settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    settings = settings.model_copy(update={"auth_cache_seconds": 0.2})
+    step = '[[tool:calculator {"expression": "2+2"}]] [[tool_chain:8]] [[slow:0.05]]'
+    async with live_server(create_app(settings)) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        state = live.state
+        key = await make_key(state)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with client.stream("POST", "/chat", json={"message": step, "stream": True}, headers=headers) as r:
+            seen = ""
+            async for chunk in r.aiter_text():
+                seen += chunk
+                if "event: tool_result" in seen and "revoked" not in seen:
+                    async with state["sessions"]() as session, session.begin():
+                        await session.execute(update(ApiKey).values(revoked_at=func.now()))
+                    seen += "revoked"
+        events = sse_events(seen.replace("revoked", ""))
+        assert events[-1]["event"] == "error"
+        assert events[-1]["data"]["error"]["type"] == "unauthorized"
+        assert llm_server.state.request_count < 8  # stopped at a step, not after the whole chain

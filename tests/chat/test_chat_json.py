@@ -10,9 +10,9 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.models import Message
 from app.state import State
-from tests.conftest import make_key, running_app
-from tests.fakes.llm_server import FakeLLMServer
-from tests.helpers import free_port
+from testkit.fake_llm import FakeLLMServer
+from testkit.net import free_port
+from tests.fixtures.app import make_key, running_app
 
 
 async def stored(state: State, conversation_id: str) -> list[Message]:
@@ -118,7 +118,7 @@ async def test_hung_upstream_times_out_with_504(
     settings,
     llm_server: FakeLLMServer,  # type: ignore[no-untyped-def]
 ) -> None:
-    from tests.conftest import running_app
+    from tests.fixtures.app import running_app
 
     quick = settings.model_copy(update={"llm_read_timeout": 0.5})
     async with running_app(quick) as (_, state, client):
@@ -129,7 +129,7 @@ async def test_hung_upstream_times_out_with_504(
 
 
 async def test_turn_deadline_bounds_a_slow_stream(settings, llm_server: FakeLLMServer) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import running_app
+    from tests.fixtures.app import running_app
 
     quick = settings.model_copy(update={"turn_timeout": 0.6})
     async with running_app(quick) as (_, state, client):
@@ -172,3 +172,17 @@ async def test_unknown_conversation_is_404(client: httpx.AsyncClient, auth: dict
     r = await client.post("/chat", json={"message": "hi", "conversation_id": str(uuid.uuid4())}, headers=auth)
     assert r.status_code == 404
     assert r.json()["error"]["type"] == "not_found"
+
+
+async def test_system_with_an_existing_conversation_is_refused(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    first = (await client.post("/chat", json={"message": "one", "system": "Be brief."}, headers=auth)).json()
+    r = await client.post(
+        "/chat",
+        json={"message": "two", "conversation_id": first["conversation_id"], "system": "Be verbose."},
+        headers=auth,
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["type"] == "invalid_request"
+    assert "system" in r.json()["error"]["message"]
+    items = (await client.get(f"/conversations/{first['conversation_id']}/messages", headers=auth)).json()["items"]
+    assert len(items) == 2  # nothing stored for the refused turn

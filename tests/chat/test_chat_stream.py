@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import select
 
 from app.models import Message
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
 from tests.helpers import Live, eventually, pg_activity, sse_events
 
 

@@ -3,7 +3,6 @@ turn, auth served from the key cache, Redis writes per streamed run, loop and po
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
@@ -131,8 +130,8 @@ async def test_a_saturated_loop_refuses_new_turns_before_touching_the_pool(
 ) -> None:
     await turn(client, auth, message="warm up")  # the key is cached now
     time.sleep(0.4)  # noqa: ASYNC251 -- block the loop, as a CPU-bound burst would
-    await asyncio.sleep(0.01)  # the overdue watchdog tick runs first and reports how late it was
-    assert state["loop_lag"].latest >= 0.25
+    # The overdue watchdog tick reports how late it was (waited for, not assumed to have run by now).
+    await eventually(lambda: state["loop_lag"].latest >= 0.25, timeout=1.0, interval=0.005)
     state["loop_lag"].latest = 1.0  # held there for the assertion below (the next tick resets it)
     before = counts(state)
     r = await client.post("/chat", json={"message": "too busy"}, headers=auth)

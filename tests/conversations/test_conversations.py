@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from app.state import State
-from tests.conftest import make_key
+from tests.fixtures.app import make_key
 
 
 async def test_list_newest_first_with_cursor_pagination(client: httpx.AsyncClient, auth: dict[str, str]) -> None:

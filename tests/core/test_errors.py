@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import running_app
+from tests.fixtures.app import running_app
 
 
 def assert_envelope(r: httpx.Response, status: int, type_: str) -> None:
@@ -57,7 +57,7 @@ async def test_unexpected_exception_is_500_envelope_and_logged(
         raise RuntimeError("secret internals sk-ant-abcdefghijklmnop")
 
     async with app.router.lifespan_context(app) as state:
-        from tests.conftest import WithState
+        from tests.fixtures.app import WithState
 
         transport = httpx.ASGITransport(app=WithState(app, state))  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

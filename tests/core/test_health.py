@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 
 from app.core.config import Settings
-from tests.conftest import running_app
-from tests.helpers import free_port
+from testkit.net import free_port
+from tests.fixtures.app import running_app
 
 
 async def test_health_and_ready(client: httpx.AsyncClient) -> None:

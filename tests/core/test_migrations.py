@@ -10,8 +10,8 @@ import asyncpg
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import run_migrations
-from tests.services import admin_database_url, asyncpg_dsn
+from tests.fixtures.database import run_migrations
+from tests.fixtures.services import admin_database_url, asyncpg_dsn
 
 TABLES = {"api_keys", "conversations", "messages", "memories"}
 

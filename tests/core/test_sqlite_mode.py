@@ -7,7 +7,8 @@ from pathlib import Path
 
 from app.core.config import Settings
 from app.llm.offline import OFFLINE_NOTICE
-from tests.conftest import make_key, run_migrations, running_app
+from tests.fixtures.app import make_key, running_app
+from tests.fixtures.database import run_migrations
 from tests.helpers import sse_events
 
 

@@ -17,7 +17,7 @@ from app.llm.base import Completed, LLMEvent, LLMRequest, TextDelta, ToolCall
 from app.llm.offline import MARK, OFFLINE_NOTICE, OfflineModel
 from app.models import Memory
 from app.state import State
-from tests.conftest import make_key, running_app
+from tests.fixtures.app import make_key, running_app
 from tests.helpers import sse_events
 
 TOOLS = builtin_tools()

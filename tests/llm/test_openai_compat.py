@@ -14,7 +14,7 @@ from app.core.config import Settings
 from app.llm.base import Completed, LLMEvent, LLMRequest, TextDelta, ToolCall
 from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
 from app.llm.openai_compat import OpenAICompatModel, build_payload
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
 
 LOOKUP_TOOL = {
     "name": "lookup",

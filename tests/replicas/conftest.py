@@ -10,7 +10,7 @@ import pytest
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import make_key
+from tests.fixtures.app import make_key
 from tests.helpers import Live, live_server
 
 

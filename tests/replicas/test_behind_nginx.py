@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from app.core.config import Settings
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
+from testkit.net import free_port
+from testkit.nginx import Prefix, start_nginx
 from tests.helpers import eventually, sse_events
-from tests.nginx import Prefix, free_port, start_nginx
 from tests.resilience.server import ServerProcess
 from tests.resilience.test_faults import key_for
 

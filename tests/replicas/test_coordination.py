@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from app.core.config import Settings
 from app.core.locks import Lock, LockManager, RedisLocks
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
 from tests.helpers import Live, eventually, sse_events
 
 
@@ -129,7 +129,7 @@ async def test_stream_resumes_on_the_other_replica_with_nothing_missed(
         whole = sse_events((await http.get(f"/runs/{run_id}/events", headers=auth(owner_key))).text)
         assert [e["event"] for e in whole][0] == "start"
         assert len(whole) == len(ids)
-        from tests.conftest import make_key
+        from tests.fixtures.app import make_key
 
         stranger = await make_key(b.state, "stranger")
         assert (await http.get(f"/runs/{run_id}/events", headers=auth(stranger))).status_code == 404

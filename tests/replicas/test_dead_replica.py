@@ -12,8 +12,8 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.main import create_app
 from app.models import Message
-from tests.conftest import make_key
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key
 from tests.helpers import eventually, live_server, sse_events
 from tests.resilience.server import ServerProcess
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
 
 from app.core.config import Settings
-from tests.conftest import make_key, running_app
-from tests.fakes.llm_server import FakeLLMServer
-from tests.helpers import Live, free_port
+from testkit.fake_llm import FakeLLMServer
+from testkit.net import free_port
+from tests.fixtures.app import make_key, running_app
+from tests.helpers import Live
 
 
 def auth(key: str) -> dict[str, str]:
@@ -25,14 +25,13 @@ def replica_settings(settings: Settings) -> Settings:
 
 async def test_a_per_key_limit_of_n_admits_n_across_replicas(replicas: tuple[Live, Live], owner_key: str) -> None:
     a, b = replicas
-    if time.time() % 60 > 55:  # keep the burst inside one fixed window
-        await asyncio.sleep(61 - time.time() % 60)
     async with httpx.AsyncClient(timeout=30) as http:
         responses = await asyncio.gather(
             *(http.get(f"{(a if n % 2 else b).url}/conversations", headers=auth(owner_key)) for n in range(14))
         )
     statuses = sorted(r.status_code for r in responses)
-    # 6 per minute; the key was created without a request, so the 14 are the only ones counted.
+    # 6 in any 60 s (a sliding window: no edge to burst across); the key was created without a
+    # request, so the 14 are the only ones counted.
     assert statuses.count(200) == 6
     assert statuses.count(429) == 8
     refused = next(r for r in responses if r.status_code == 429)
@@ -69,3 +68,53 @@ async def test_redis_down_degrades_but_chat_works(settings: Settings, llm_server
         assert r.status_code == 200
         assert "event: end" in r.text
         assert (await client.get("/readyz")).json()["checks"]["redis"].startswith("failed")
+
+
+async def test_a_window_edge_does_not_double_the_limit(settings: Settings, llm_server: FakeLLMServer) -> None:
+    """A fixed window let 2N through around its edge; the sliding window admits N in any 60 s."""
+    async with running_app(settings.model_copy(update={"rate_limit_per_minute": 4})) as (_, state, client):
+        key = await make_key(state)
+        statuses = []
+        for _ in range(6):  # spread over ~3 s, across a whole-second (and possibly a minute) edge
+            statuses.append((await client.get("/conversations", headers=auth(key))).status_code)
+            await asyncio.sleep(0.5)
+        assert statuses == [200] * 4 + [429] * 2
+        refused = await client.get("/conversations", headers=auth(key))
+        assert 55 <= int(refused.headers["retry-after"]) <= 60  # when the oldest of the four leaves
+
+
+async def test_turns_in_flight_per_key_are_capped(settings: Settings, llm_server: FakeLLMServer) -> None:
+    capped = settings.model_copy(update={"max_turns_in_flight_per_key": 2})
+    async with running_app(capped) as (_, state, client):
+        key, other = await make_key(state), await make_key(state, "other")
+        slow = [
+            asyncio.create_task(client.post("/chat", json={"message": "[[delay_first:1]] slow"}, headers=auth(key)))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.3)
+        third = await client.post("/chat", json={"message": "one more"}, headers=auth(key))
+        assert third.status_code == 429
+        assert third.json()["error"]["type"] == "too_many_turns"
+        assert third.headers["retry-after"] == "1"
+        assert (await client.post("/chat", json={"message": "mine"}, headers=auth(other))).status_code == 200
+        assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]
+        # Slots come back when turns are recorded; a refused turn stored nothing.
+        assert (await client.post("/chat", json={"message": "now"}, headers=auth(key))).status_code == 200
+        listed = (await client.get("/conversations", headers=auth(key))).json()["items"]
+        assert len(listed) == 3
+
+
+async def test_the_token_quota_is_checked_before_each_model_call(settings: Settings, llm_server: FakeLLMServer) -> None:
+    """A turn that spends the quota in its first step stops before its second, not after eight."""
+    tools = '[[tool:calculator {"expression": "1+1"}]] [[tool_chain:5]] [[words:60]]'
+    async with running_app(settings.model_copy(update={"tokens_per_day": 5})) as (_, state, client):
+        key = await make_key(state)
+        calls = llm_server.state.request_count
+        r = await client.post("/chat", json={"message": tools}, headers=auth(key))
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["type"] == "token_quota_exceeded"
+        assert llm_server.state.request_count - calls == 1  # the second call was never made
+        items = (await client.get("/conversations", headers=auth(key))).json()["items"]
+        messages = (await client.get(f"/conversations/{items[0]['id']}/messages", headers=auth(key))).json()
+        assert messages["items"][-1]["status"] == "error"
+        assert messages["items"][-1]["tool_calls"][0]["name"] == "calculator"  # what it did is kept

@@ -8,8 +8,8 @@ import httpx
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import make_key
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key
 from tests.helpers import eventually, live_server, sse_events
 
 

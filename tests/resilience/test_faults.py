@@ -24,18 +24,19 @@ from sqlalchemy import func, select
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.models import Message
-from tests.conftest import make_key
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
+from testkit.faults import MIX
+from tests.fixtures.app import make_key
+from tests.fixtures.services import admin_database_url
 from tests.helpers import eventually, sse_events
 from tests.resilience.server import (
-    MIX,
     PoolWatch,
     ServerProcess,
     kill_pg_connections,
     pg_connections,
+    pool_high_water,
     redis_clients,
 )
-from tests.services import admin_database_url
 
 pytestmark = pytest.mark.e2e
 # A connection killed mid-write is logged with its traceback (by us, or by SQLAlchemy's pool): expected there.
@@ -177,8 +178,10 @@ async def test_mixed_faults_leak_nothing_and_lose_nothing(
     turns = Turns(server.url, await key_for(settings))
     async with PoolWatch(admin_database_url(), settings.app_name) as watch:
         await traffic(turns, count=300, concurrency=40, seed=SEED)
-    print("outcomes:", dict(turns.outcomes), "peak connections:", watch.peak)
-    assert watch.peak <= POOL
+    peak = await pool_high_water(server.url)
+    print("outcomes:", dict(turns.outcomes), "pool high-water mark:", peak, "sampled connections:", watch.peak)
+    assert peak == POOL  # the pool was used to the full, and never past it
+    assert watch.peak <= POOL  # and nothing connected beside it
     assert turns.outcomes["stream left"] > 0
     await check_invariants(server, llm_server, turns, settings, redis_client)
     assert await server.terminate() == 0
@@ -206,8 +209,10 @@ async def test_postgres_and_redis_faults_fail_cleanly_and_recover(
         killer = asyncio.create_task(kill_repeatedly())
         await traffic(turns, count=200, concurrency=30, seed=SEED + 1)
         killed = await killer
-    print("outcomes:", dict(turns.outcomes), "connections killed:", killed, "peak:", watch.peak)
+    peak = await pool_high_water(server.url)
+    print("outcomes:", dict(turns.outcomes), "connections killed:", killed, "high-water:", peak, "sampled:", watch.peak)
     assert killed > 0
+    assert peak <= POOL
     assert watch.peak <= POOL
     # Recovery without a restart: ready again within seconds.
     async with httpx.AsyncClient(base_url=server.url) as http:

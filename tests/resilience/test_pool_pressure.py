@@ -6,8 +6,8 @@ import asyncio
 from collections import Counter
 
 from app.core.config import Settings
-from tests.conftest import make_key, running_app
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key, running_app
 
 
 async def test_pool_exhaustion_is_503_with_retry_after(settings: Settings, llm_server: FakeLLMServer) -> None:
@@ -25,5 +25,12 @@ async def test_pool_exhaustion_is_503_with_retry_after(settings: Settings, llm_s
                 assert r.json()["error"]["type"] == "service_busy"
                 assert r.headers["retry-after"]
         assert state["engine"].pool.checkedout() == 0  # type: ignore[attr-defined]
+        # The pool's own high-water mark: full, never past its one connection.
+        peak = next(
+            line
+            for line in (await client.get("/metrics")).text.splitlines()
+            if line.startswith("agentchat_db_pool_checked_out_max ")
+        )
+        assert float(peak.split()[-1]) == 1
         # And the service is fine afterwards.
         assert (await client.post("/chat", json={"message": "after"}, headers=auth)).status_code == 200

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from app.core.config import Settings
-from tests.conftest import make_key, running_app
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key, running_app
 from tests.helpers import sse_events
 
 

@@ -8,10 +8,11 @@ import pytest
 
 from app.core import db
 from app.core.config import Settings
-from tests.conftest import make_key, running_app
-from tests.fakes.llm_server import FakeLLMServer
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key, running_app
+from tests.fixtures.services import admin_database_url
+from tests.helpers import eventually
 from tests.resilience.server import kill_pg_connections, pg_connections
-from tests.services import admin_database_url
 
 
 async def test_idle_connections_killed_by_the_server_are_replaced(
@@ -26,7 +27,11 @@ async def test_idle_connections_killed_by_the_server_are_replaced(
         assert sum((await pg_connections(admin_database_url(), settings.app_name)).values()) > 0
         await asyncio.sleep(0.3)  # idle long enough to be checked on the next checkout
         assert await kill_pg_connections(admin_database_url(), settings.app_name) > 0
-        await asyncio.sleep(0.1)
+
+        async def all_gone() -> bool:  # pg_terminate_backend only signals: wait until they have exited
+            return not await pg_connections(admin_database_url(), settings.app_name)
+
+        await eventually(all_gone, timeout=5)
         for _ in range(3):
             r = await client.post("/chat", json={"message": "after the kill"}, headers=auth)
             assert r.status_code == 200, r.text

@@ -30,4 +30,5 @@ current_time_tool = Tool(
     description="The current date and time in a time zone.",
     input_model=CurrentTimeInput,
     run=current_time,
+    untrusted_output=False,
 )

@@ -213,15 +213,24 @@ function appendTextWithBreaks(parent, text) {
   });
 }
 
+// A link the model wrote is shown as its full address (a label can say anything), and opens only
+// when the reader confirms that address: model output may carry injected, look-alike links.
 function linkNode(labelText, href, original) {
   const url = safeUrl(href);
   if (!url) return document.createTextNode(original);
-  const link = el("a");
+  const wrap = el("span", "model-link");
+  if (labelText !== href) {
+    appendInline(wrap, labelText);
+    wrap.append(" ");
+  }
+  const link = wrap.appendChild(el("a", "model-link-url", url));
   link.href = url;
   link.target = "_blank";
   link.rel = "noopener noreferrer nofollow";
-  appendInline(link, labelText);
-  return link;
+  link.addEventListener("click", (event) => {
+    if (!window.confirm(`Open this address the model wrote?\n\n${url}`)) event.preventDefault();
+  });
+  return wrap;
 }
 
 function inlineNode(match) {

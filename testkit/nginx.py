@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,12 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NGINX_DIR = ROOT / "deploy" / "nginx"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        assert isinstance(port, int)
-        return port
+LOOPBACK_EXEMPT = "127.0.0.0/8 1;"
 
 
 def nginx_binary() -> str:
@@ -60,7 +54,11 @@ class Prefix:
     def access_log(self) -> Path:
         return self.root / "logs" / "access.log"
 
-    def values(self, listen: str, upstreams: str, resolver: str = "") -> dict[str, str]:
+    def values(
+        self, listen: str, upstreams: str, resolver: str = "", limit_exempt: str = LOOPBACK_EXEMPT
+    ) -> dict[str, str]:
+        """Loopback clients are not rate-limited unless `limit_exempt` says otherwise (tests and
+        benchmarks send hundreds of requests a second from 127.0.0.1)."""
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         (self.root / "temp").mkdir(exist_ok=True)
         return {
@@ -71,6 +69,7 @@ class Prefix:
             "ERROR_LOG": str(self.error_log),
             "ACCESS_LOG": str(self.access_log),
             "TEMP_DIR": str(self.root / "temp"),
+            "LIMIT_EXEMPT": limit_exempt,
         }
 
     def command(self, nginx_bin: str, *extra: str) -> list[str]:

@@ -1,10 +1,9 @@
-"""Tests of the fake LLM server itself, driven through the real anthropic SDK and httpx."""
+"""Tests of the fake LLM server (testkit.fake_llm) itself, driven through the real anthropic SDK and httpx."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ import httpx2
 import pytest
 from anthropic.types import Message
 
-from tests.fakes.llm_server import DirectiveError, FakeLLMServer, FakeLLMState, parse_directives
+from testkit.fake_llm import DirectiveError, FakeLLMServer, FakeLLMState, parse_directives
+from testkit.net import free_port
 
 MODEL = "claude-fake-1"
 # Typed as Any: the SDK's TypedDict params are stricter than plain dict literals.
@@ -636,17 +636,10 @@ async def test_async_context_manager_and_isolated_state(fake: FakeLLMServer) -> 
         _ = FakeLLMServer().url  # never started
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_standalone_module_runs() -> None:
-    port = _free_port()
+    port = free_port()
     root = Path(__file__).resolve().parents[2]
-    command = [sys.executable, "-m", "tests.fakes.llm_server", "--port", str(port)]
+    command = [sys.executable, "-m", "testkit.fake_llm", "--port", str(port)]
     with subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         try:
             deadline = time.monotonic() + 15

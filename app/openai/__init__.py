@@ -1,0 +1,1 @@
+"""The OpenAI-compatible door (/v1): Chat Completions and Responses over the same turns as /chat."""

@@ -1,0 +1,114 @@
+"""GET /v1/models and POST /v1/chat/completions: validate, start the turn through the service, render.
+
+The client owns the history: the model sees the messages it sends; the conversation stores each
+call's new turn and answer. Which conversation: the one whose answer has the history key of the
+call's messages up to its last assistant message (app/openai/history.py), else a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from starlette.responses import JSONResponse, Response
+
+from app.auth.deps import CurrentPrincipal
+from app.chat.service import Replay, TurnRequest, TurnServiceDep
+from app.chat.turn import Turn, TurnOptions
+from app.core.config import Settings
+from app.openai.chat_wire import ChatChunks, ChunkStreamResponse, CompletionJSONResponse, completion, replay_chunks
+from app.openai.errors import InvalidParam, ModelNotFound, OpenAIRoute, declared
+from app.openai.history import chat_turn
+from app.openai.schemas import ChatCompletionOut, ChatCompletionRequest, ModelList, ModelOut
+from app.openai.tools import client_tools, tool_choice
+from app.state import AppStateDep, SettingsDep
+
+router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
+
+AGENT_MODEL = "agentchat"  # the agent (its tools, memory), under an id that does not change with LLM_MODEL
+CREATED = 1767225600  # 2026-01-01: model lists carry a creation time; ours is a constant
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, description="Retries with the same key return the same answer."),
+]
+STREAM = {"text/event-stream": {"description": "Server-Sent Events, then `data: [DONE]`"}}
+
+
+def served(settings: Settings) -> list[str]:
+    """The agent under its stable id, and under the name of the model that answers."""
+    return list(dict.fromkeys([AGENT_MODEL, settings.model_name]))
+
+
+def check_model(model: str | None, settings: Settings) -> str:
+    if model is None:
+        return AGENT_MODEL
+    if model not in served(settings):
+        raise ModelNotFound(model)
+    return model
+
+
+@router.get("/models", responses=declared(401, 429))
+async def list_models(_: CurrentPrincipal, settings: SettingsDep) -> ModelList:
+    """The models this deployment serves: the agent, under its own id and its model's name."""
+    return ModelList(data=[ModelOut(id=m, created=CREATED, owned_by="agentchat") for m in served(settings)])
+
+
+@router.get("/models/{model}", responses=declared(401, 404, 429))
+async def get_model(model: str, _: CurrentPrincipal, settings: SettingsDep) -> ModelOut:
+    """One model."""
+    return ModelOut(id=check_model(model, settings), created=CREATED, owned_by="agentchat")
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionOut,
+    responses={**declared(400, 401, 404, 409, 429, 502, 503, 504), 200: {"content": STREAM}},
+)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    principal: CurrentPrincipal,
+    turns: TurnServiceDep,
+    app: AppStateDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """A chat completion: one turn of the conversation this history extends (as JSON or chunks)."""
+    settings, ours = app["settings"], app["tools"].names
+    model = check_model(body.model, settings)
+    if body.n != 1:
+        raise InvalidParam("n", "Only one choice (n=1) is supported.")
+    call = chat_turn(principal.key_id, body.messages)
+    tools = client_tools([t.model_dump() for t in body.tools or []], ours, nested=True)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    options = TurnOptions(
+        content=call.content,
+        history=call.history,
+        extends_key=call.extends_key,
+        history_key=call.answer_key,
+        system_per_turn=True,
+        tools=tools,
+        tool_choice=tool_choice(body.tool_choice, [*ours, *(t["name"] for t in tools)]),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        attributes={"api": "chat.completions", "model": model, "metadata": body.metadata, "user": body.user},
+    )
+
+    def respond(turn: Turn) -> dict[str, object]:
+        return completion(turn, model)
+
+    started = await turns.start(
+        TurnRequest(
+            owner_id=principal.key_id,
+            message=call.text,
+            system=call.system,
+            incremental=body.stream,
+            idempotency_key=idempotency_key,
+            fingerprint={"api": "chat.completions", **body.model_dump(mode="json")},
+            options=options,
+        ),
+        respond=respond,
+    )
+    if isinstance(started, Replay):
+        return replay_chunks(started.response, include_usage) if body.stream else JSONResponse(started.response)
+    if not body.stream:
+        return CompletionJSONResponse(started, model)
+    run = await turns.start_run(started, ChatChunks(model, include_usage))
+    return ChunkStreamResponse(run, ping_seconds=settings.sse_ping_seconds)

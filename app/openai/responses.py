@@ -1,0 +1,227 @@
+"""/v1/responses: create (JSON, stream, background), retrieve (or resume its stream), cancel, delete, input items.
+
+The server owns the history: a response is one turn, `resp_<assistant message id>`, and
+`previous_response_id` continues that answer's conversation with the history up to it. Streamed
+and background responses are runs whose events are the Responses stream itself
+(app/openai/response_events.py): `GET …?stream=true&starting_after=N` follows the run from any
+replica after event N; `background` runs on when its client leaves (a run that does not cancel
+on disconnect), and a streamed response that is not in the background is cancelled when its
+client leaves, its partial answer recorded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from redis.exceptions import RedisError
+from starlette.responses import JSONResponse, Response
+
+from app.auth.deps import CurrentPrincipal
+from app.chat.service import Replay, TurnRequest, TurnServiceDep
+from app.chat.turn import Turn, TurnOptions
+from app.conversations.errors import ConversationNotFound
+from app.core.errors import ServiceUnavailable
+from app.openai.chat import STREAM, IdempotencyKey, check_model
+from app.openai.errors import (
+    InvalidParam,
+    NotCancellable,
+    OpenAIRoute,
+    ResponseNotFound,
+    ResponseRunning,
+    declared,
+)
+from app.openai.history import responses_turn
+from app.openai.repository import StoredAnswer, delete_turn, get_answer, get_question
+from app.openai.response_events import IN_PROGRESS, ResponseEvents, ResponseJSONResponse, replayed, response_of
+from app.openai.response_objects import input_items, outcome, output_items, parse_response_id, response_object
+from app.openai.runs import run_of, settled
+from app.openai.schemas import InputItemList, ResponseCreateRequest, ResponseDeleted, ResponseOut
+from app.openai.tools import client_tools, tool_choice
+from app.runs.manager import Run
+from app.runs.responses import RunStreamResponse, StoredRunStreamResponse
+from app.state import AppStateDep, State
+
+router = APIRouter(prefix="/responses", tags=["openai"], route_class=OpenAIRoute)
+
+
+def _id(response_id: str, param: str | None = None) -> uuid.UUID:
+    found = parse_response_id(response_id)
+    if found is None:
+        raise ResponseNotFound(param)
+    return found
+
+
+def stored_response(answer: StoredAnswer) -> dict[str, Any]:
+    return response_object(
+        answer.id,
+        answer.created_at,
+        answer.attributes,
+        state=outcome(answer.status, answer.stop_reason, answer.error),
+        output=output_items(answer.content, answer.id),
+        used=None if answer.running else answer.usage,
+    )
+
+
+async def _answer(app: State, message_id: uuid.UUID, owner: uuid.UUID) -> StoredAnswer:
+    async with app["db"].statement() as conn:
+        answer = await get_answer(conn, message_id, owner_id=owner)
+    if answer is None:
+        raise ResponseNotFound()
+    return answer
+
+
+@router.post(
+    "",
+    response_model=ResponseOut,
+    responses={**declared(400, 401, 404, 409, 429, 502, 503, 504), 200: {"content": STREAM}},
+)
+async def create_response(
+    body: ResponseCreateRequest,
+    principal: CurrentPrincipal,
+    turns: TurnServiceDep,
+    app: AppStateDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """A response: one turn, continuing `previous_response_id`'s conversation or starting one."""
+    settings, ours = app["settings"], app["tools"].names
+    model = check_model(body.model, settings)
+    previous = body.previous_response_id
+    after = _id(previous, "previous_response_id") if previous is not None else None
+    if body.background and not body.store:
+        raise InvalidParam("store", "A background response is stored: it cannot have store=false.")
+    call = responses_turn(body.input, continuing=after is not None)
+    tools = client_tools(body.tools, ours, nested=False)
+    attributes = {
+        "api": "responses",
+        "model": model,
+        **body.model_dump(include={"instructions", "previous_response_id", "metadata", "tools", "tool_choice"}),
+        **body.model_dump(include={"max_output_tokens", "background", "store", "user"}),
+    }
+    options = TurnOptions(
+        content=call.content,
+        history=call.history,
+        after=after,
+        system_per_turn=True,  # as OpenAI does: instructions are not carried over from the previous response
+        tools=tools,
+        tool_choice=tool_choice(body.tool_choice, [*ours, *(t["name"] for t in tools)]),
+        max_tokens=body.max_output_tokens,
+        attributes=attributes,
+    )
+    follow = body.stream or body.background
+
+    def respond(turn: Turn) -> dict[str, Any]:
+        return response_of(turn, attributes)
+
+    try:
+        started = await turns.start(
+            TurnRequest(
+                owner_id=principal.key_id,
+                message=call.text,
+                system="\n\n".join(filter(None, [body.instructions, call.system])) or None,
+                incremental=follow,
+                idempotency_key=idempotency_key,
+                fingerprint={"api": "responses", **body.model_dump(mode="json")},
+                options=options,
+            ),
+            respond=respond,
+        )
+    except ConversationNotFound:
+        raise ResponseNotFound("previous_response_id") from None
+    if isinstance(started, Replay):
+        return replayed(started.response) if body.stream else JSONResponse(started.response)
+    if not follow:
+        return ResponseJSONResponse(started, attributes)
+    run = await turns.start_run(started, ResponseEvents(attributes))
+    if body.stream:
+        # In the background the run goes on without its client, to be rejoined with starting_after.
+        return RunStreamResponse(run, ping_seconds=settings.sse_ping_seconds, cancel_on_disconnect=not body.background)
+    begun = started.started
+    return JSONResponse(
+        response_object(begun.message_id, begun.created_at, attributes, state=IN_PROGRESS, output=[], used=None)
+    )
+
+
+StartingAfter = Annotated[
+    int | None, Query(ge=0, lt=10**15, description="Stream the events after this sequence number.")
+]
+
+
+@router.get(
+    "/{response_id}", response_model=ResponseOut, responses={**declared(401, 404, 429, 503), 200: {"content": STREAM}}
+)
+async def get_response(
+    response_id: str,
+    principal: CurrentPrincipal,
+    app: AppStateDep,
+    stream: bool = False,
+    starting_after: StartingAfter = None,
+) -> Response:
+    """A response; with `stream=true`, its events (after `starting_after`), live while it runs."""
+    message_id, owner = _id(response_id), principal.key_id
+    after = starting_after + 1 if starting_after is not None else 0  # run event ids are sequence numbers + 1
+    if stream:
+        run, ping = await run_of(app["runs"], message_id, owner), app["settings"].sse_ping_seconds
+        if isinstance(run, Run):
+            return RunStreamResponse(run, ping_seconds=ping, after=after, cancel_on_disconnect=False)
+        if run is not None:
+            return StoredRunStreamResponse(run, message_id, ping_seconds=ping, after=after)
+    answer = await _answer(app, message_id, owner)
+    if not stream:
+        return JSONResponse(stored_response(answer))
+    if answer.running:
+        raise InvalidParam("stream", "This response is running without an event stream to follow (not streamed).")
+    return replayed(stored_response(answer), after=after)
+
+
+@router.post("/{response_id}/cancel", response_model=ResponseOut, responses=declared(401, 404, 409, 429, 503))
+async def cancel_response(response_id: str, principal: CurrentPrincipal, app: AppStateDep) -> JSONResponse:
+    """Stop a background or streamed response, wherever it runs; its partial answer is kept."""
+    message_id, owner, runs = _id(response_id), principal.key_id, app["runs"]
+    answer = await _answer(app, message_id, owner)
+    if answer.running:
+        if await run_of(runs, message_id, owner) is None:
+            raise NotCancellable()
+        try:
+            await runs.cancel(message_id, "cancelled")
+            await settled(runs, message_id)
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable("Could not reach the replica running this response.") from exc
+        answer = await _answer(app, message_id, owner)
+    return JSONResponse(stored_response(answer))
+
+
+@router.delete("/{response_id}", response_model=ResponseDeleted, responses=declared(401, 404, 409, 429))
+async def delete_response(response_id: str, principal: CurrentPrincipal, app: AppStateDep) -> ResponseDeleted:
+    """Delete a response: its turn (input and answer) leaves the conversation."""
+    message_id = _id(response_id)
+    async with app["db"].transaction() as conn:
+        answer = await get_answer(conn, message_id, owner_id=principal.key_id)
+        if answer is None:
+            raise ResponseNotFound()
+        if answer.running:
+            raise ResponseRunning()
+        await delete_turn(conn, answer)
+    return ResponseDeleted(id=response_id)
+
+
+@router.get("/{response_id}/input_items", response_model=InputItemList, responses=declared(400, 401, 404, 429))
+async def list_input_items(
+    response_id: str,
+    principal: CurrentPrincipal,
+    app: AppStateDep,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+) -> InputItemList:
+    """The input of a response: its user message and function_call_output items."""
+    message_id = _id(response_id)
+    async with app["db"].statement() as conn:
+        answer = await get_answer(conn, message_id, owner_id=principal.key_id)
+        question = await get_question(conn, answer) if answer is not None else None
+    if answer is None:
+        raise ResponseNotFound()
+    items = input_items(*question) if question is not None else []
+    if order == "desc":
+        items.reverse()
+    first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)
+    return InputItemList(data=items, first_id=first, last_id=last, has_more=False)

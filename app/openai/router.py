@@ -1,0 +1,19 @@
+"""/v1: the OpenAI-compatible routes, every error in OpenAI's shape (see errors.py)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.core.errors import NotFound
+from app.openai import chat, responses
+from app.openai.errors import OpenAIRoute
+
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
+router.include_router(chat.router)
+router.include_router(responses.router)
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def unknown(path: str) -> None:
+    """Anything else under /v1 is a 404 in OpenAI's shape, not the service's envelope."""
+    raise NotFound(f"Unknown endpoint: /v1/{path}.")
