@@ -57,15 +57,13 @@ async def key_for(settings: Settings) -> str:
 
 # The published schema, read from an app that is built but never started (the schema does not
 # depend on settings); each test sends its requests to an app of its own, started on first use.
-schema = schemathesis.openapi.from_asgi(
-    "/openapi.json", create_app(Settings(database_url="sqlite+aiosqlite:///:memory:", llm_provider="offline"))
-)
+UNSTARTED = Settings(database_url="sqlite+aiosqlite:///:memory:", llm_provider="offline", docs_enabled=True)
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(UNSTARTED))
 
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    # Short pings: an idle stream is cut at schemathesis's read time-out, not left hanging.
-    yield create_app(settings.model_copy(update={"sse_ping_seconds": 1.0}))
+    yield create_app(settings)
     asgi.shutdown_lifespans()  # its lifespan ran in schemathesis's event-loop thread
 
 

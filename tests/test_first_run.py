@@ -72,6 +72,19 @@ def first_run(fresh_copy: Path) -> Iterator[tuple[subprocess.Popen[str], int, li
                 process.wait(10)
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (here: the uvicorn that `make run` started), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def read_until(process: subprocess.Popen[str], lines: list[str], pattern: str, within: float) -> re.Match[str]:
     assert process.stdout is not None
     deadline = time.monotonic() + within
@@ -118,7 +131,8 @@ def test_make_run_on_a_fresh_copy_shows_the_agent_at_work(
         assert "42" in answer
         assert kinds.index("tool_use") < kinds.index("tool_result") < kinds.index("end")
 
-    os.killpg(process.pid, signal.SIGTERM)
+    for server in children(process.pid):
+        os.kill(server, signal.SIGTERM)
     assert process.wait(30) == 0
     log = "".join(lines[printed:]) + (process.stdout.read() if process.stdout else "")
     assert "chat.turn.finished" in log

@@ -21,14 +21,15 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller: an API key, which is also the owner of everything it creates."""
+    """The caller: an API key, which owns everything it creates (its id is the `owner_id` of
+    conversations, messages, memories and runs)."""
 
-    key_id: uuid.UUID
+    owner_id: uuid.UUID
     name: str
 
 
 # Declares the scheme in the OpenAPI schema (client generators and API testers read it); with
-# auto_error=False a missing or malformed header is our own 401 envelope, not FastAPI's 403.
+# auto_error=False a missing or malformed header is our own 401 envelope, not FastAPI's bare one.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer ak_…`.")
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
@@ -49,7 +50,7 @@ async def require_api_key(credentials: BearerDep, app: AppStateDep) -> Principal
     key_id, name = found
     structlog.contextvars.bind_contextvars(key_id=str(key_id))
     await enforce_request_limit(app, key_id)
-    return Principal(key_id=key_id, name=name)
+    return Principal(owner_id=key_id, name=name)
 
 
 async def enforce_request_limit(app: State, owner: uuid.UUID) -> None:

@@ -60,7 +60,7 @@ async def chat(
     stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
     started = await turns.start(
         TurnRequest(
-            owner_id=principal.key_id,
+            owner_id=principal.owner_id,
             message=body.message,
             conversation_id=body.conversation_id,
             system=body.system,

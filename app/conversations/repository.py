@@ -9,15 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, TextClause, Uuid, and_, bindparam, delete, insert, or_, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import TextClause, Uuid, and_, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.ids import uuid7
 from app.core.text import clean, clean_text
 from app.llm.base import Block
 from app.models import Conversation, Message
-from app.models.base import JSONType, UTCDateTime, utcnow
+from app.models.base import JSONType, NullableJSON, UTCDateTime, utcnow
 
 
 class ConversationRepository:
@@ -138,7 +137,7 @@ _RECORD = text(
     """
 ).bindparams(
     bindparam("content", type_=JSONType),
-    bindparam("error", type_=JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")),
+    bindparam("error", type_=NullableJSON),
     bindparam("now", type_=UTCDateTime()),
     bindparam("message_id", type_=Uuid()),
     bindparam("conversation_id", type_=Uuid()),

@@ -44,7 +44,7 @@ async def list_conversations(
 ) -> ConversationPage:
     """Your conversations, most recently active first."""
     before = decode_cursor(cursor) if cursor else None
-    rows = await ConversationRepository(session).list_owned(owner_id=principal.key_id, limit=limit + 1, before=before)
+    rows = await ConversationRepository(session).list_owned(owner_id=principal.owner_id, limit=limit + 1, before=before)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].updated_at, page[-1].id) if len(rows) > limit else None
     return ConversationPage(items=[ConversationOut.model_validate(r) for r in page], next_cursor=next_cursor)
@@ -55,7 +55,7 @@ async def get_conversation(
     conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal
 ) -> ConversationOut:
     """One conversation."""
-    row = await ConversationRepository(session).get_owned(conversation_id, owner_id=principal.key_id)
+    row = await ConversationRepository(session).get_owned(conversation_id, owner_id=principal.owner_id)
     if row is None:
         raise ConversationNotFound()
     return ConversationOut.model_validate(row)
@@ -64,9 +64,9 @@ async def get_conversation(
 @router.get("/{conversation_id}/messages", responses=responses(Unauthorized, ConversationNotFound))
 async def list_messages(conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> MessagePage:
     """A conversation's history: one user and one assistant item per turn, in order."""
-    if await ConversationRepository(session).get_owned(conversation_id, owner_id=principal.key_id) is None:
+    if await ConversationRepository(session).get_owned(conversation_id, owner_id=principal.owner_id) is None:
         raise ConversationNotFound()
-    rows = await MessageRepository(session).list_for_owned(conversation_id, owner_id=principal.key_id)
+    rows = await MessageRepository(session).list_for_owned(conversation_id, owner_id=principal.owner_id)
     return MessagePage(items=[render_message(r) for r in rows])
 
 
@@ -77,6 +77,6 @@ async def list_messages(conversation_id: uuid.UUID, session: SessionDep, princip
 )
 async def delete_conversation(conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """Delete a conversation and its messages for good."""
-    if not await ConversationRepository(session).delete_owned(conversation_id, owner_id=principal.key_id):
+    if not await ConversationRepository(session).delete_owned(conversation_id, owner_id=principal.owner_id):
         raise ConversationNotFound()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -40,7 +40,7 @@ async def list_memories(
 ) -> MemoryPage:
     """What the agent remembers for you, newest first, with where each memory came from."""
     before = decode_cursor(cursor) if cursor else None
-    rows = await MemoryRepository(session).list_owned(owner_id=principal.key_id, limit=limit + 1, before=before)
+    rows = await MemoryRepository(session).list_owned(owner_id=principal.owner_id, limit=limit + 1, before=before)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
     return MemoryPage(items=[MemoryOut.of(row) for row in page], next_cursor=next_cursor)
@@ -53,6 +53,6 @@ async def list_memories(
 )
 async def delete_memory(memory_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """Forget one memory for good: recall never returns it again."""
-    if not await MemoryRepository(session).delete_owned(memory_id, owner_id=principal.key_id):
+    if not await MemoryRepository(session).delete_owned(memory_id, owner_id=principal.owner_id):
         raise MemoryNotFound()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

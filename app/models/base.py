@@ -20,6 +20,8 @@ NAMING_CONVENTION = {
 
 # JSONB on Postgres, JSON (text) on SQLite.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# The same for a bound value that may be None: SQL NULL, not the JSON value `null`.
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

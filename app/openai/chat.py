@@ -76,7 +76,7 @@ async def chat_completions(
     model = check_model(body.model, settings)
     if body.n != 1:
         raise InvalidParam("n", "Only one choice (n=1) is supported.")
-    call = chat_turn(principal.key_id, body.messages)
+    call = chat_turn(principal.owner_id, body.messages)
     tools = client_tools([t.model_dump() for t in body.tools or []], ours, nested=True)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     options = TurnOptions(
@@ -96,7 +96,7 @@ async def chat_completions(
 
     started = await turns.start(
         TurnRequest(
-            owner_id=principal.key_id,
+            owner_id=principal.owner_id,
             message=call.text,
             system=call.system,
             incremental=body.stream,

@@ -117,7 +117,7 @@ async def create_response(
     try:
         started = await turns.start(
             TurnRequest(
-                owner_id=principal.key_id,
+                owner_id=principal.owner_id,
                 message=call.text,
                 system="\n\n".join(filter(None, [body.instructions, call.system])) or None,
                 incremental=follow,
@@ -159,7 +159,7 @@ async def get_response(
     starting_after: StartingAfter = None,
 ) -> Response:
     """A response; with `stream=true`, its events (after `starting_after`), live while it runs."""
-    message_id, owner = _id(response_id), principal.key_id
+    message_id, owner = _id(response_id), principal.owner_id
     after = starting_after + 1 if starting_after is not None else 0  # run event ids are sequence numbers + 1
     if stream:
         run, ping = await run_of(app["runs"], message_id, owner), app["settings"].sse_ping_seconds
@@ -178,7 +178,7 @@ async def get_response(
 @router.post("/{response_id}/cancel", response_model=ResponseOut, responses=declared(401, 404, 409, 429, 503))
 async def cancel_response(response_id: str, principal: CurrentPrincipal, app: AppStateDep) -> JSONResponse:
     """Stop a background or streamed response, wherever it runs; its partial answer is kept."""
-    message_id, owner, runs = _id(response_id), principal.key_id, app["runs"]
+    message_id, owner, runs = _id(response_id), principal.owner_id, app["runs"]
     answer = await _answer(app, message_id, owner)
     if answer.running:
         if await run_of(runs, message_id, owner) is None:
@@ -197,7 +197,7 @@ async def delete_response(response_id: str, principal: CurrentPrincipal, app: Ap
     """Delete a response: its turn (input and answer) leaves the conversation."""
     message_id = _id(response_id)
     async with app["db"].transaction() as conn:
-        answer = await get_answer(conn, message_id, owner_id=principal.key_id)
+        answer = await get_answer(conn, message_id, owner_id=principal.owner_id)
         if answer is None:
             raise ResponseNotFound()
         if answer.running:
@@ -216,7 +216,7 @@ async def list_input_items(
     """The input of a response: its user message and function_call_output items."""
     message_id = _id(response_id)
     async with app["db"].statement() as conn:
-        answer = await get_answer(conn, message_id, owner_id=principal.key_id)
+        answer = await get_answer(conn, message_id, owner_id=principal.owner_id)
         question = await get_question(conn, answer) if answer is not None else None
     if answer is None:
         raise ResponseNotFound()

@@ -19,10 +19,10 @@ from app.runs.errors import TooManyFollowers
 class Ticket:
     """One admitted follower; `release()` (idempotent) when its stream ends."""
 
-    __slots__ = ("followers", "key_id", "remote", "released")
+    __slots__ = ("followers", "owner_id", "remote", "released")
 
-    def __init__(self, followers: Followers, key_id: uuid.UUID, remote: bool) -> None:
-        self.followers, self.key_id, self.remote, self.released = followers, key_id, remote, False
+    def __init__(self, followers: Followers, owner_id: uuid.UUID, remote: bool) -> None:
+        self.followers, self.owner_id, self.remote, self.released = followers, owner_id, remote, False
 
     def release(self) -> None:
         if not self.released:
@@ -36,19 +36,19 @@ class Followers:
         self.by_key: Counter[uuid.UUID] = Counter()
         self.remote = 0
 
-    def admit(self, key_id: uuid.UUID, *, remote: bool) -> Ticket:
-        if self.by_key[key_id] >= self.per_key:
+    def admit(self, owner_id: uuid.UUID, *, remote: bool) -> Ticket:
+        if self.by_key[owner_id] >= self.per_key:
             raise TooManyFollowers(
                 f"At most {self.per_key} run streams may be open at once for a key.", headers={"Retry-After": "5"}
             )
         if remote and self.remote >= self.max_remote:
             raise ServiceBusy("This replica follows as many runs as it can; retry shortly.")
-        self.by_key[key_id] += 1
+        self.by_key[owner_id] += 1
         self.remote += remote
-        return Ticket(self, key_id, remote)
+        return Ticket(self, owner_id, remote)
 
     def _release(self, ticket: Ticket) -> None:
-        self.by_key[ticket.key_id] -= 1
-        if self.by_key[ticket.key_id] <= 0:
-            del self.by_key[ticket.key_id]
+        self.by_key[ticket.owner_id] -= 1
+        if self.by_key[ticket.owner_id] <= 0:
+            del self.by_key[ticket.owner_id]
         self.remote -= ticket.remote

@@ -120,9 +120,13 @@ class Leases:
             await pipe.execute()
 
 
+# Where each door's run log carries the model's text: /chat's `delta`, the Responses API's.
+TEXT_EVENTS = {"delta": "text", "response.output_text.delta": "delta"}
+
+
 def partial_content(events: list[RunEvent]) -> list[dict[str, Any]]:
     """What the run log shows the model said before the replica died: its text, as one block."""
-    text = "".join(e.data.get("text", "") for e in events if e.event == "delta")
+    text = "".join(str(e.data.get(TEXT_EVENTS[e.event], "")) for e in events if e.event in TEXT_EVENTS)
     return [{"type": "text", "text": text}] if text else []
 
 

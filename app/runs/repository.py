@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Uuid, bindparam, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Uuid, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.models.base import JSONType, UTCDateTime, utcnow
+from app.models.base import JSONType, NullableJSON, UTCDateTime, utcnow
 
 # Only an answer still `in_progress` (a replica that recorded it and died just after is left
 # alone), and only in a conversation of the run's owner.
@@ -22,7 +21,7 @@ _SETTLE = text(
     """
 ).bindparams(
     bindparam("content", type_=JSONType),
-    bindparam("error", type_=JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")),
+    bindparam("error", type_=NullableJSON),
     bindparam("now", type_=UTCDateTime()),
     bindparam("message_id", type_=Uuid()),
     bindparam("conversation_id", type_=Uuid()),

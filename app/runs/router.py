@@ -69,9 +69,9 @@ async def run_events(
     last_event_id: LastEventId = None,
 ) -> Response:
     """Replay a run's events after `Last-Event-ID` (or `?after=`), then follow it live."""
-    here, _ = await _locate(runs, run_id, principal.key_id)
+    here, _ = await _locate(runs, run_id, principal.owner_id)
     start = after if after is not None else int(last_event_id or 0)
-    ticket = followers.admit(principal.key_id, remote=not here)  # released when the stream ends
+    ticket = followers.admit(principal.owner_id, remote=not here)  # released when the stream ends
     if here:
         return RunStreamResponse(
             runs.runs[run_id],
@@ -93,7 +93,7 @@ async def run_events(
 )
 async def cancel_run(run_id: uuid.UUID, principal: CurrentPrincipal, runs: RunsDep) -> JSONResponse:
     """Stop a run, wherever it is running. Its partial answer is recorded."""
-    _, state = await _locate(runs, run_id, principal.key_id)
+    _, state = await _locate(runs, run_id, principal.owner_id)
     if state == "finished":
         raise RunFinished()
     try:

@@ -3,6 +3,7 @@ a clear 422 in the envelope, declared in the schema; text the service produced i
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -169,3 +170,17 @@ async def test_tool_and_model_text_postgres_refuses_are_cleaned_and_the_answer_i
     tool_result = next(b for b in answer.content if b["type"] == "tool_result")
     assert tool_result["content"] == "page of http://x.test/ab: ab \ufffd end"
     assert answer.content[-1]["text"] == "tool results: page of http://x.test/ab: ab \ufffd end"
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        "0001-01-01T00:00:00+14:00",  # a valid datetime whose UTC instant Postgres cannot take: was a 500
+        "2026-01-01T00:00:00",  # no offset: never one of ours
+    ],
+)
+async def test_a_forged_cursor_is_a_422(client: httpx.AsyncClient, auth: dict[str, str], at: str) -> None:
+    cursor = base64.urlsafe_b64encode(f"{at}|{uuid.uuid4()}".encode()).decode()
+    r = await client.get("/conversations", params={"cursor": cursor}, headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["type"] == "invalid_request"

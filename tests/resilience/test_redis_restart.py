@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -149,26 +148,54 @@ async def test_an_idempotent_retry_runs_again_once_redis_lost_its_record(
         conversations = (await client.get("/conversations", headers=headers)).json()["items"]
         assert len(conversations) == 2
 
+        # A retry of a turn still running is refused (409) while Redis remembers it, and runs once it does not.
+        slow = {**headers, "Idempotency-Key": "order-2"}
+        body = {"message": "[[delay_first:2]] charge it slowly"}
+        calls = llm_server.state.request_count
+        running = asyncio.create_task(client.post("/chat", json=body, headers=slow))
+        await eventually(lambda: llm_server.state.request_count > calls)
+        refused = await client.post("/chat", json=body, headers=slow)
+        assert refused.status_code == 409
+        assert refused.json()["error"]["type"] == "idempotency_in_progress"
+        await private_redis.restart()
+        beside = await client.post("/chat", json=body, headers=slow)
+        assert beside.status_code == 200, beside.text
+        assert (await running).status_code == 200
+        assert beside.json()["message"]["id"] != (await running).json()["message"]["id"]
 
-async def test_limits_start_again_from_zero_once_redis_lost_its_counters(
+
+async def test_limits_start_again_from_zero_once_redis_lost_what_they_counted(
     settings: Settings, llm_server: FakeLLMServer, private_redis: RedisServer
 ) -> None:
-    limits = {"redis_url": private_redis.url, "tokens_per_day": 1, "rate_limit_per_minute": 3}
-    if time.time() % 60 > 50:  # keep the requests counted per minute inside one window
-        await asyncio.sleep(61 - time.time() % 60)
-    async with running_app(settings.model_copy(update=limits)) as (_, state, client):
+    one_at_a_time = {"redis_url": private_redis.url, "max_turns_in_flight_per_key": 1}
+    async with running_app(settings.model_copy(update=one_at_a_time)) as (_, state, client):
+        auth = bearer(await make_key(state))
+        calls = llm_server.state.request_count
+        running = asyncio.create_task(client.post("/chat", json={"message": "[[delay_first:2]] busy"}, headers=auth))
+        await eventually(lambda: llm_server.state.request_count > calls)
+        crowded = await client.post("/chat", json={"message": "beside it"}, headers=auth)
+        assert crowded.status_code == 429
+        assert crowded.json()["error"]["type"] == "too_many_turns"
+        await private_redis.restart()
+        # The turn in flight no longer holds its slot: another one is admitted beside it.
+        assert (await client.post("/chat", json={"message": "beside it, now"}, headers=auth)).status_code == 200
+        assert (await running).status_code == 200
+
+    counted = {"redis_url": private_redis.url, "tokens_per_day": 1, "rate_limit_per_minute": 4}
+    async with running_app(settings.model_copy(update=counted)) as (_, state, client):
         auth = bearer(await make_key(state))
         assert (await client.post("/chat", json={"message": "spend"}, headers=auth)).status_code == 200
         spent = await client.post("/chat", json={"message": "more"}, headers=auth)
         assert spent.status_code == 429
         assert spent.json()["error"]["type"] == "token_quota_exceeded"
         assert (await client.get("/conversations", headers=auth)).status_code == 200
-        limited = await client.get("/conversations", headers=auth)  # the 4th request this minute
+        assert (await client.get("/conversations", headers=auth)).status_code == 200
+        limited = await client.get("/conversations", headers=auth)  # the 5th request in a minute
         assert limited.status_code == 429
         assert limited.json()["error"]["type"] == "rate_limited"
 
         await private_redis.restart()
-        # Both counters are gone: the day's tokens and the minute's requests start from zero.
+        # What the limits counted is gone: the day's tokens and the last minute's requests.
         assert (await client.post("/chat", json={"message": "again"}, headers=auth)).status_code == 200
 
 
@@ -228,3 +255,4 @@ async def test_a_follower_on_another_replica_is_told_when_the_run_log_is_lost(
         assert messages[-1]["content"] == "word1"
         # Rejoining on another replica: the log is unknown there now (404, not a 500).
         assert (await http.get(f"{b.url}/runs/{run_id}/events", headers=auth)).status_code == 404
+        assert (await http.post(f"{b.url}/runs/{run_id}/cancel", headers=auth)).status_code == 404
