@@ -163,10 +163,12 @@ async def get_response(
     after = starting_after + 1 if starting_after is not None else 0  # run event ids are sequence numbers + 1
     if stream:
         run, ping = await run_of(app["runs"], message_id, owner), app["settings"].sse_ping_seconds
-        if isinstance(run, Run):
-            return RunStreamResponse(run, ping_seconds=ping, after=after, cancel_on_disconnect=False)
         if run is not None:
-            return StoredRunStreamResponse(run, message_id, ping_seconds=ping, after=after)
+            # A resumed stream is a follower like GET /runs/{id}/events: the same per-key cap.
+            ticket = app["followers"].admit(owner, remote=not isinstance(run, Run))  # released when it ends
+            if isinstance(run, Run):
+                return RunStreamResponse(run, ping_seconds=ping, after=after, cancel_on_disconnect=False, ticket=ticket)
+            return StoredRunStreamResponse(run, message_id, ping_seconds=ping, after=after, ticket=ticket)
     answer = await _answer(app, message_id, owner)
     if not stream:
         return JSONResponse(stored_response(answer))

@@ -109,6 +109,7 @@ class RunManager:
         self._stack = AsyncExitStack()
         self._to_mirror: dict[uuid.UUID, Run] = {}
         self._mirror_wakeup = asyncio.Event()
+        self._mirror_now = False
 
     async def __aenter__(self) -> RunManager:
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
@@ -146,13 +147,17 @@ class RunManager:
 
     def mirror_soon(self, run: Run) -> None:
         self._to_mirror[run.id] = run
+        # A run's end goes out at once: other replicas read "finished" from it (cancel, follow).
+        self._mirror_now = self._mirror_now or run.finished
         self._mirror_wakeup.set()
 
     async def _mirror_loop(self) -> None:
         while True:
             await self._mirror_wakeup.wait()
-            await asyncio.sleep(MIRROR_INTERVAL)  # let the slice fill
+            if not self._mirror_now:
+                await asyncio.sleep(MIRROR_INTERVAL)  # let the slice fill
             self._mirror_wakeup.clear()
+            self._mirror_now = False
             await self._mirror()
 
     async def _mirror(self) -> None:

@@ -11,7 +11,10 @@ from tests.fixtures.app import make_key, running_app
 
 
 async def test_pool_exhaustion_is_503_with_retry_after(settings: Settings, llm_server: FakeLLMServer) -> None:
-    tiny = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout": 0.05})
+    # One key, 60 turns at once: the per-key turns-in-flight cap would answer first (429), so it is off.
+    tiny = settings.model_copy(
+        update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout": 0.05, "max_turns_in_flight_per_key": 0}
+    )
     async with running_app(tiny) as (_, state, client):
         auth = {"Authorization": f"Bearer {await make_key(state)}"}
         responses = await asyncio.gather(
