@@ -9,28 +9,29 @@ replays. A door validates its input, calls `start`, and renders the turn's event
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import structlog
 from fastapi import Depends
 from redis.exceptions import RedisError
 
-from app.agent.history import estimate_tokens
 from app.agent.loop import Agent
 from app.agent.tools.base import ToolContext
 from app.auth.errors import TokenQuotaExceeded, TooManyTurns
-from app.auth.repository import is_active
+from app.chat.as_run import RunPublisher, as_run
+from app.chat.begin import TurnOptions, begin_turn
+from app.chat.degraded import degraded
 from app.chat.errors import IdempotencyInProgress, IdempotencyKeyReused
+from app.chat.gate import KeyGate
 from app.chat.idempotency import Claim, fingerprint
-from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed, TurnOptions, begin_turn, not_saved
+from app.chat.turn import Turn
 from app.conversations.errors import ConversationBusy, ConversationNotFound
-from app.conversations.repository import TurnRepository
-from app.core.errors import PayloadTooLarge, ServiceBusy, ShuttingDown, Unauthorized
+from app.conversations.turns import TurnRepository
+from app.core.errors import PayloadTooLarge, ServiceBusy, ShuttingDown
 from app.core.locks import Lock, LockManager
-from app.llm.base import LLMRequest, Usage
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import AppStateDep, State
@@ -70,15 +71,6 @@ class Replay:
     """An Idempotency-Key retry of a finished turn: the response the door stored the first time."""
 
     response: dict[str, Any]
-
-
-async def degraded(call: Awaitable[T], fallback: T, feature: str) -> T:
-    """Redis-backed features step aside when Redis is down; chat goes on (documented)."""
-    try:
-        return await call
-    except (RedisError, OSError) as exc:
-        log.warning("chat.degraded", feature=feature, error=type(exc).__name__)
-        return fallback
 
 
 BUSY = Lock("busy", "")
@@ -244,78 +236,6 @@ class TurnService:
             conversation_id=turn.started.conversation_id,
             lock=turn.lock[1] if turn.lock is not None else None,  # so another replica can free it
         )
-
-
-class RunPublisher(Protocol):
-    """How a door turns a turn's events into run events (its wire format's names and fields).
-
-    `interrupted` closes a run that stopped before the turn's last event (cancelled, client gone).
-    """
-
-    def start(self, turn: Turn, run: Run) -> None: ...
-    def event(self, turn: Turn, event: TurnEvent, run: Run) -> None: ...
-    def interrupted(self, turn: Turn, run: Run) -> None: ...
-
-
-class KeyGate:
-    """Before each model call of a turn: is the key still active, and has it quota left?
-
-    A key revoked while its turns run (streams, `on_disconnect: continue` runs) stops them at the
-    next model step on every replica: each checks the database at most once per AUTH_CACHE_SECONDS.
-    """
-
-    def __init__(self, app: State, owner_id: uuid.UUID) -> None:
-        self.limits, self.keys, self.db, self.owner_id = app["limits"], app["keys"], app["db"], owner_id
-
-    async def reserve(self, request: LLMRequest) -> int:
-        if not self.keys.known_active(self.owner_id):
-            async with self.db.statement() as conn:
-                active = await is_active(conn, self.owner_id)
-            if not active:
-                log.warning("chat.turn.key_revoked")
-                raise Unauthorized("The API key was revoked while the turn ran.")
-            self.keys.vouch(self.owner_id)
-        if not self.limits.tokens_per_day:
-            return 0
-        worst = request.max_tokens + sum(estimate_tokens(m) for m in request.messages) + len(request.system or "") // 4
-        decision = await degraded(self.limits.reserve_tokens(self.owner_id, worst), None, "token_quota")
-        if decision is None:
-            return 0
-        if not decision.allowed:
-            log.info("limits.refused", limit="tokens_per_day", between_steps=True)
-            raise TokenQuotaExceeded(headers=decision.headers())
-        return worst
-
-    async def settle(self, reserved: int, usage: Usage) -> None:
-        if self.limits.tokens_per_day:
-            used = usage.input_tokens + usage.output_tokens
-            await degraded(self.limits.settle_tokens(self.owner_id, reserved, used), None, "token_quota")
-
-
-def as_run(turn: Turn, publisher: RunPublisher) -> Callable[[Run], Awaitable[None]]:
-    """What a run does: execute the turn, publish its events, record its outcome before the last event."""
-
-    async def drive(run: Run) -> None:
-        publisher.start(turn, run)
-
-        async def emit(event: TurnEvent) -> None:
-            # Stored before anyone hears the end, so a client's next turn sees this one; and an
-            # outcome that could not be stored is never announced as complete.
-            if isinstance(event, TurnEnded | TurnFailed) and not await turn.record() and isinstance(event, TurnEnded):
-                event = TurnFailed(not_saved())
-            publisher.event(turn, event, run)
-
-        async with turn.holding_lock():
-            try:
-                with run.scope:
-                    await turn.execute(emit)
-            finally:
-                turn.interrupted_by = run.cancelled_by
-                await turn.record()
-                if not run.finished:
-                    publisher.interrupted(turn, run)
-
-    return drive
 
 
 async def get_turn_service(app: AppStateDep) -> TurnService:

@@ -13,8 +13,9 @@ from fastapi import APIRouter, Header
 from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
+from app.chat.begin import TurnOptions
 from app.chat.service import Replay, TurnRequest, TurnServiceDep
-from app.chat.turn import Turn, TurnOptions
+from app.chat.turn import Turn
 from app.core.config import Settings
 from app.openai.chat_wire import ChatChunks, ChunkStreamResponse, CompletionJSONResponse, completion, replay_chunks
 from app.openai.errors import InvalidParam, ModelNotFound, OpenAIRoute, declared

@@ -19,8 +19,9 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
+from app.chat.begin import TurnOptions
 from app.chat.service import Replay, TurnRequest, TurnServiceDep
-from app.chat.turn import Turn, TurnOptions
+from app.chat.turn import Turn
 from app.conversations.errors import ConversationNotFound
 from app.core.errors import ServiceUnavailable
 from app.openai.chat import STREAM, IdempotencyKey, check_model

@@ -10,14 +10,24 @@ the conversation's lock freed (compare-and-delete with the dead turn's token).
 
 from __future__ import annotations
 
+import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from app.core.db import Database
+from app.core.errors import envelope, is_db_unavailable
 from app.core.locks import RELEASE_SCRIPT, Lock
+from app.core.metrics import Metrics
 from app.runs.events import RunEvent
+from app.runs.repository import settle_interrupted
+
+log = structlog.get_logger("app.runs.manager")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,3 +142,49 @@ def partial_content(events: list[RunEvent]) -> list[dict[str, Any]]:
 
 def interrupted_error() -> dict[str, Any]:
     return {"type": "interrupted", "message": "The replica running this turn stopped; the partial answer was kept."}
+
+
+async def keep_lease(leases: Leases) -> None:
+    while True:
+        try:
+            await leases.renew()
+        except (RedisError, OSError) as exc:
+            log.warning("run.lease_renew_failed", error=type(exc).__name__)
+        await anyio.sleep(leases.lease_ms / 3000)
+
+
+async def settle_orphans(leases: Leases, db: Database | None, metrics: Metrics) -> None:
+    """Now and then, settle the runs of replicas whose lease lapsed (one replica wins each)."""
+    while True:
+        await anyio.sleep(leases.lease_ms / 2000 * (0.75 + random.random() / 2))  # noqa: S311
+        try:
+            for run_id in await leases.orphans():
+                orphan = await leases.claim(run_id)
+                if orphan is not None:
+                    await settle(leases, orphan, db, metrics)
+        except (RedisError, OSError) as exc:
+            log.warning("run.settle_failed", error=type(exc).__name__)
+
+
+async def settle(leases: Leases, orphan: Orphan, db: Database | None, metrics: Metrics) -> None:
+    error = interrupted_error()
+    if orphan.conversation_id is not None and db is not None:
+        try:
+            async with db.statement() as conn:
+                await settle_interrupted(
+                    conn,
+                    message_id=orphan.run_id,
+                    conversation_id=orphan.conversation_id,
+                    owner_id=orphan.owner_id,
+                    content=partial_content(orphan.events),
+                    error=error,
+                )
+        except Exception as exc:
+            if not is_db_unavailable(exc):
+                raise
+            log.warning("run.settle_failed", run_id=str(orphan.run_id), error=type(exc).__name__)
+            return  # the claim expires; a later sweep tries again
+    last = orphan.events[-1].seq if orphan.events else 0
+    await leases.close(orphan, RunEvent(last + 1, "error", envelope(error["type"], error["message"])))
+    metrics.runs_settled.inc()
+    log.warning("run.settled_orphan", run_id=str(orphan.run_id), events=len(orphan.events))

@@ -9,7 +9,6 @@ can cancel a run: the request is published on Redis, and the replica that runs i
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -22,13 +21,11 @@ from anyio.abc import TaskGroup
 from redis.exceptions import RedisError
 
 from app.core.db import Database
-from app.core.errors import envelope, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Lock
 from app.core.metrics import Metrics
 from app.runs.events import RunEvent
-from app.runs.leases import Leases, Orphan, interrupted_error, partial_content
-from app.runs.repository import settle_interrupted
+from app.runs.leases import Leases, keep_lease, settle_orphans
 from app.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
@@ -117,8 +114,8 @@ class RunManager:
             self._group.start_soon(self._listen_for_cancels)
             self._group.start_soon(self._mirror_loop)
         if self.leases is not None:
-            self._group.start_soon(self._keep_lease, self.leases)
-            self._group.start_soon(self._settle_orphans, self.leases)
+            self._group.start_soon(keep_lease, self.leases)
+            self._group.start_soon(settle_orphans, self.leases, self.db, self.metrics)
         return self
 
     async def __aexit__(
@@ -218,49 +215,6 @@ class RunManager:
             if not run.finished:
                 run.publish("error", {"error": {"type": "cancelled", "message": "The run was cancelled."}})
             asyncio.get_running_loop().call_later(KEEP_FINISHED_SECONDS, self.runs.pop, run.id, None)
-
-    async def _keep_lease(self, leases: Leases) -> None:
-        while True:
-            try:
-                await leases.renew()
-            except (RedisError, OSError) as exc:
-                log.warning("run.lease_renew_failed", error=type(exc).__name__)
-            await anyio.sleep(leases.lease_ms / 3000)
-
-    async def _settle_orphans(self, leases: Leases) -> None:
-        """Now and then, settle the runs of replicas whose lease lapsed (one replica wins each)."""
-        while True:
-            await anyio.sleep(leases.lease_ms / 2000 * (0.75 + random.random() / 2))  # noqa: S311
-            try:
-                for run_id in await leases.orphans():
-                    orphan = await leases.claim(run_id)
-                    if orphan is not None:
-                        await self._settle(leases, orphan)
-            except (RedisError, OSError) as exc:
-                log.warning("run.settle_failed", error=type(exc).__name__)
-
-    async def _settle(self, leases: Leases, orphan: Orphan) -> None:
-        error = interrupted_error()
-        if orphan.conversation_id is not None and self.db is not None:
-            try:
-                async with self.db.statement() as conn:
-                    await settle_interrupted(
-                        conn,
-                        message_id=orphan.run_id,
-                        conversation_id=orphan.conversation_id,
-                        owner_id=orphan.owner_id,
-                        content=partial_content(orphan.events),
-                        error=error,
-                    )
-            except Exception as exc:
-                if not is_db_unavailable(exc):
-                    raise
-                log.warning("run.settle_failed", run_id=str(orphan.run_id), error=type(exc).__name__)
-                return  # the claim expires; a later sweep tries again
-        last = orphan.events[-1].seq if orphan.events else 0
-        await leases.close(orphan, RunEvent(last + 1, "error", envelope(error["type"], error["message"])))
-        self.metrics.runs_settled.inc()
-        log.warning("run.settled_orphan", run_id=str(orphan.run_id), events=len(orphan.events))
 
     async def cancel(self, run_id: uuid.UUID, reason: str) -> None:
         run = self.runs.get(run_id)

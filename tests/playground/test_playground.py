@@ -485,3 +485,19 @@ async def test_tool_calls_appear_as_cards(connected: Playground) -> None:
     await expect(cards).to_have_count(2)
     await expect(cards.nth(1)).to_have_class(re.compile(r"\bfailed\b"))
     await expect(cards.nth(1)).to_contain_text("Division by zero")
+
+
+async def test_memories_are_listed_and_can_be_forgotten(connected: Playground) -> None:
+    await expect(connected.page.locator("#memory-empty")).to_be_visible()
+    await connected.send('[[tool:remember {"fact": "The user likes teal."}]] noted')
+    await connected.answer_done()
+    memory = connected.page.locator("#memory-list .memory")
+    await expect(memory).to_have_count(1)
+    await expect(memory.locator(".memory-text")).to_have_text("The user likes teal.")
+    await expect(memory.locator(".memory-badge")).to_have_count(0)  # written with no web content read
+    await memory.get_by_role("button", name="Forget: The user likes teal.").click()
+    await expect(memory).to_have_count(0)
+    await expect(connected.page.locator("#memory-empty")).to_be_visible()
+    await connected.page.reload()  # gone on the server too, not just from the page
+    await expect(connected.page.locator("#memory-empty")).to_be_visible()
+    assert connected.csp_violations() == []

@@ -639,6 +639,49 @@ async function loadConversations({ more = false } = {}) {
 
 function refreshConversations() {
   loadConversations().catch(showSidebarError);
+  loadMemories().catch(showMemoryError);
+}
+
+// ---------------------------------------------------------------- memories
+
+// Memories feed every later conversation of the key, so the reader sees them all, with where
+// they came from, and can delete any (a memory written after reading web content is marked).
+function memoryItem(memory) {
+  const item = el("li", "memory");
+  item.dataset.id = memory.id;
+  item.append(el("span", "memory-text", memory.text));
+  if (memory.untrusted_context) {
+    const badge = item.appendChild(el("span", "memory-badge", "from web content"));
+    badge.title = "Written in a turn that had read untrusted tool output: check it before relying on it.";
+  }
+  const forget = item.appendChild(el("button", "ghost-button memory-delete", "Forget"));
+  forget.type = "button";
+  forget.setAttribute("aria-label", `Forget: ${memory.text}`);
+  forget.addEventListener("click", async () => {
+    forget.disabled = true;
+    try {
+      await request(`memories/${encodeURIComponent(memory.id)}`, { method: "DELETE" });
+      item.remove();
+      els.memoryEmpty.hidden = els.memoryList.childElementCount > 0;
+    } catch (error) {
+      forget.disabled = false;
+      showMemoryError(error);
+    }
+  });
+  return item;
+}
+
+async function loadMemories() {
+  const page = await getJSON("memories?limit=50");
+  els.memoryList.replaceChildren(...page.items.map(memoryItem));
+  els.memoryEmpty.hidden = page.items.length > 0;
+}
+
+function showMemoryError(error) {
+  if (error.status === 401) return;
+  const item = el("li");
+  item.append(errorNotice(error));
+  els.memoryList.replaceChildren(item);
 }
 
 function showSidebarError(error) {
@@ -783,6 +826,7 @@ async function connect(key) {
   }
   sessionStorage.setItem(KEY_STORAGE, key);
   showChatView();
+  loadMemories().catch(showMemoryError);
   const id = location.hash.slice(1);
   if (UUID.test(id)) await openConversation(id);
   else newChat();
@@ -878,6 +922,7 @@ function init() {
   const ids = [
     "key-view", "key-form", "key-input", "key-error", "chat-view", "menu-button", "forget-key", "model-name",
     "sidebar", "scrim", "new-chat", "conversation-list", "conversation-empty", "more-conversations",
+    "memory-list", "memory-empty",
     "messages", "welcome", "thread", "composer", "message-input", "send-button", "stop-button",
   ];
   for (const id of ids) els[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = document.getElementById(id);

@@ -1,0 +1,128 @@
+"""Phase 1 of a turn: one statement stores the user's message (never lost after this) and an
+`in_progress` assistant placeholder, and reads the history the model will see."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from app.agent.history import Msg, build_history, continue_history
+from app.conversations.errors import ConversationNotFound
+from app.conversations.turns import TurnRepository
+from app.core.config import Settings
+from app.core.db import Database
+from app.llm.base import Block, LLMRequest
+
+if TYPE_CHECKING:  # a type only: the turn module imports this one
+    from app.chat.turn import Turn
+
+log = structlog.get_logger("app.chat.turn")
+
+
+TITLE_CHARS = 80
+
+
+def make_title(message: str) -> str:
+    line = " ".join(message.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS].rsplit(" ", 1)[0] or line[:TITLE_CHARS]
+    return cut + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStarted:
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    created_at: datetime
+    model: str
+    request: LLMRequest
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    """What a door may ask of a turn beyond a text message (the OpenAI-compatible door uses all of it)."""
+
+    # The user's turn as blocks (a client's tool results first, then text); None: the message as text.
+    content: list[Block] | None = None
+    # The caller's own history before this turn (it owns the context); None: the conversation's.
+    history: list[Msg] | None = None
+    # Continue the conversation of this answer, reading its history only up to it (OpenAI's previous_response_id).
+    after: uuid.UUID | None = None
+    # Continue the conversation whose answer has this history key, if this owner has one (else a new one).
+    extends_key: str | None = None
+    # The key stored with this turn's answer: how the caller's next call will find the conversation.
+    history_key: Callable[[Turn], str | None] | None = None
+    # True: the request's `system` applies to this turn only, instead of the conversation's.
+    system_per_turn: bool = False
+    # The caller's own tools (Anthropic shape), offered beside ours; a call of one ends the turn.
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: dict[str, Any] | None = None
+    max_tokens: int | None = None  # at most LLM_MAX_TOKENS
+    # Stored with the answer, for the door to show again (request fields such as OpenAI's metadata).
+    attributes: dict[str, Any] | None = None
+
+
+async def begin_turn(
+    db: Database,
+    settings: Settings,
+    owner_id: uuid.UUID,
+    *,
+    message: str,
+    conversation_id: uuid.UUID | None,
+    system: str | None,
+    incremental: bool = True,
+    options: TurnOptions = TurnOptions(),  # noqa: B008 - frozen, never mutated
+) -> TurnStarted:
+    content = options.content if options.content is not None else [{"type": "text", "text": message}]
+    # One statement on Postgres (see TurnRepository): the connection is held for one round trip.
+    async with db.statement() if db.is_postgres else db.transaction() as conn:
+        turns = TurnRepository(conn)
+        if conversation_id is None:
+            opened = await turns.open_new(
+                owner_id=owner_id,
+                title=make_title(message),
+                system=system,
+                content=content,
+                model=settings.model_name,
+                attributes=options.attributes,
+            )
+        else:
+            found = await turns.open_existing(
+                conversation_id=conversation_id,
+                owner_id=owner_id,
+                content=content,
+                model=settings.model_name,
+                attributes=options.attributes,
+                until=options.after,
+                read_history=options.history is None,
+            )
+            if found is None:
+                raise ConversationNotFound()
+            opened = found
+    budget = settings.history_token_budget
+    if options.history is not None:
+        history = continue_history(options.history, content, budget=budget)
+    else:
+        history = build_history(opened.earlier, content, budget=budget)
+    request = LLMRequest(
+        model=settings.model_name,
+        messages=history,
+        max_tokens=min(options.max_tokens or settings.llm_max_tokens, settings.llm_max_tokens),
+        system=system if options.system_per_turn else opened.system,
+        tools=list(options.tools),
+        tool_choice=options.tool_choice,
+        incremental=incremental,
+    )
+    log.debug(
+        "chat.turn.started",
+        conversation_id=str(opened.conversation_id),
+        message_id=str(opened.assistant_id),
+        history_messages=len(history),
+    )
+    return TurnStarted(opened.conversation_id, opened.assistant_id, opened.created_at, settings.model_name, request)

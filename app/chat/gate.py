@@ -1,0 +1,52 @@
+"""What every model call of a turn passes first: the key still active, its token quota."""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+
+from app.agent.history import estimate_tokens
+from app.auth.errors import TokenQuotaExceeded
+from app.auth.repository import is_active
+from app.chat.degraded import degraded
+from app.core.errors import Unauthorized
+from app.llm.base import LLMRequest, Usage
+from app.state import State
+
+log = structlog.get_logger(__name__)
+
+
+class KeyGate:
+    """Before each model call of a turn: is the key still active, and has it quota left?
+
+    A key revoked while its turns run (streams, `on_disconnect: continue` runs) stops them at the
+    next model step on every replica: each checks the database at most once per AUTH_CACHE_SECONDS.
+    """
+
+    def __init__(self, app: State, owner_id: uuid.UUID) -> None:
+        self.limits, self.keys, self.db, self.owner_id = app["limits"], app["keys"], app["db"], owner_id
+
+    async def reserve(self, request: LLMRequest) -> int:
+        if not self.keys.known_active(self.owner_id):
+            async with self.db.statement() as conn:
+                active = await is_active(conn, self.owner_id)
+            if not active:
+                log.warning("chat.turn.key_revoked")
+                raise Unauthorized("The API key was revoked while the turn ran.")
+            self.keys.vouch(self.owner_id)
+        if not self.limits.tokens_per_day:
+            return 0
+        worst = request.max_tokens + sum(estimate_tokens(m) for m in request.messages) + len(request.system or "") // 4
+        decision = await degraded(self.limits.reserve_tokens(self.owner_id, worst), None, "token_quota")
+        if decision is None:
+            return 0
+        if not decision.allowed:
+            log.info("limits.refused", limit="tokens_per_day", between_steps=True)
+            raise TokenQuotaExceeded(headers=decision.headers())
+        return worst
+
+    async def settle(self, reserved: int, usage: Usage) -> None:
+        if self.limits.tokens_per_day:
+            used = usage.input_tokens + usage.output_tokens
+            await degraded(self.limits.settle_tokens(self.owner_id, reserved, used), None, "token_quota")
