@@ -22,6 +22,7 @@ from app.auth.cache import KeyCache
 from app.auth.limits import Counters, Limits, LocalCounters, RedisCounters
 from app.chat.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
 from app.chat.router import router as chat_router
+from app.chat.turn import RECORD_DEADLINE
 from app.conversations.router import router as conversations_router
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.db import Database, create_engine, create_sessionmaker, instrument
@@ -125,7 +126,15 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
             # while the database and Redis are still there.
             db = Database(engine, metrics)
             runs = await stack.enter_async_context(
-                RunManager(coordination.run_store, lifecycle, metrics, leases=coordination.leases, db=db)
+                RunManager(
+                    coordination.run_store,
+                    lifecycle,
+                    metrics,
+                    leases=coordination.leases,
+                    db=db,
+                    # Longer than any turn can take to run and be recorded: only the dead are swept.
+                    abandoned_after=settings.turn_timeout + RECORD_DEADLINE + 60,
+                )
             )
             metrics.watch_pool(lambda: int(getattr(engine.pool, "checkedout", lambda: 0)()))
             log.info(

@@ -25,7 +25,7 @@ from app.core.errors import envelope, is_db_unavailable
 from app.core.locks import RELEASE_SCRIPT, Lock
 from app.core.metrics import Metrics
 from app.runs.events import RunEvent
-from app.runs.repository import settle_interrupted
+from app.runs.repository import settle_interrupted, sweep_abandoned
 
 log = structlog.get_logger("app.runs.manager")
 
@@ -188,3 +188,24 @@ async def settle(leases: Leases, orphan: Orphan, db: Database | None, metrics: M
     await leases.close(orphan, RunEvent(last + 1, "error", envelope(error["type"], error["message"])))
     metrics.runs_settled.inc()
     log.warning("run.settled_orphan", run_id=str(orphan.run_id), events=len(orphan.events))
+
+
+async def sweep_abandoned_answers(db: Database, metrics: Metrics, older_than: float) -> None:
+    """Settle answers a dead process left `in_progress` (JSON turns, runs without Redis)."""
+    try:
+        async with db.statement() as conn:
+            settled = await sweep_abandoned(conn, older_than=older_than, error=interrupted_error())
+    except Exception as exc:
+        if not is_db_unavailable(exc):
+            raise
+        log.warning("run.sweep_failed", error=type(exc).__name__)
+        return
+    if settled:
+        metrics.runs_settled.inc(settled)
+        log.warning("run.swept_abandoned", answers=settled)
+
+
+async def keep_sweeping(db: Database, metrics: Metrics, older_than: float, every: float) -> None:
+    while True:
+        await anyio.sleep(every * (0.75 + random.random() / 2))  # noqa: S311
+        await sweep_abandoned_answers(db, metrics, older_than)

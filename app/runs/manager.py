@@ -25,7 +25,7 @@ from app.core.lifecycle import Lifecycle
 from app.core.locks import Lock
 from app.core.metrics import Metrics
 from app.runs.events import RunEvent
-from app.runs.leases import Leases, keep_lease, settle_orphans
+from app.runs.leases import Leases, keep_lease, keep_sweeping, settle_orphans, sweep_abandoned_answers
 from app.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
@@ -98,9 +98,10 @@ class RunManager:
         *,
         leases: Leases | None = None,
         db: Database | None = None,
+        abandoned_after: float | None = None,
     ) -> None:
         self.store, self.lifecycle, self.metrics = store, lifecycle, metrics
-        self.leases, self.db = leases, db
+        self.leases, self.db, self.abandoned_after = leases, db, abandoned_after
         self.runs: dict[uuid.UUID, Run] = {}
         self._group: TaskGroup | None = None
         self._stack = AsyncExitStack()
@@ -116,6 +117,11 @@ class RunManager:
         if self.leases is not None:
             self._group.start_soon(keep_lease, self.leases)
             self._group.start_soon(settle_orphans, self.leases, self.db, self.metrics)
+        if self.db is not None and self.abandoned_after is not None:
+            # Once before serving (what a restart after a crash left behind), then now and then.
+            await sweep_abandoned_answers(self.db, self.metrics, self.abandoned_after)
+            every = min(60.0, self.abandoned_after / 2)
+            self._group.start_soon(keep_sweeping, self.db, self.metrics, self.abandoned_after, every)
         return self
 
     async def __aexit__(

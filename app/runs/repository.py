@@ -1,8 +1,9 @@
-"""The one write runs make to the database: settling the answer of a run whose replica died."""
+"""What runs write to the database: the answers of turns whose replica died."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Uuid, bindparam, text
@@ -42,3 +43,25 @@ async def settle_interrupted(
     params = {"message_id": message_id, "conversation_id": conversation_id, "owner_id": owner_id}
     result = await conn.execute(_SETTLE, {**params, "content": content, "error": error, "now": utcnow()})
     return bool(result.rowcount)
+
+
+# Every turn ends (TURN_TIMEOUT) and is recorded (within RECORD_DEADLINE) long before this age; an
+# answer still `in_progress` past it belongs to a process that died — with or without Redis, a
+# streamed turn or a JSON one. Indexed by the partial scan on status; a few rows at most.
+_SWEEP = text(
+    """
+    UPDATE messages SET status = 'incomplete', error = :error, updated_at = :now
+    WHERE status = 'in_progress' AND role = 'assistant' AND created_at < :before
+    """
+).bindparams(
+    bindparam("error", type_=NullableJSON),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("before", type_=UTCDateTime()),
+)
+
+
+async def sweep_abandoned(conn: AsyncConnection, *, older_than: float, error: dict[str, Any]) -> int:
+    """Record as `incomplete` every answer left `in_progress` longer than any turn can run."""
+    now = utcnow()
+    result = await conn.execute(_SWEEP, {"error": error, "now": now, "before": now - timedelta(seconds=older_than)})
+    return int(result.rowcount)

@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.core.config import Settings
 from app.main import create_app
@@ -87,3 +87,40 @@ async def test_a_killed_replicas_run_is_settled_by_another(
             assert survivor.state["metrics"].runs_settled._value.get() == 1
     finally:
         doomed.kill()
+
+
+async def test_answers_a_dead_process_left_in_progress_are_swept(settings: Settings) -> None:
+    """Any process (JSON turns, no Redis): an answer older than any turn can run is settled."""
+    async with live_server(create_app(settings)) as first, httpx.AsyncClient(timeout=30) as http:
+        key = await make_key(first.state)
+        done = await http.post(f"{first.url}/chat", json={"message": "hello"}, headers=auth(key))
+        conversation_id = uuid.UUID(done.json()["conversation_id"])
+    # As if two turns died with their process: one an hour ago, one a moment ago (maybe still running).
+    stale, fresh = uuid.uuid4(), uuid.uuid4()
+    async with live_server(create_app(settings)) as probe:
+        async with probe.state["sessions"]() as session, session.begin():
+            for message_id, age in ((stale, "1 hour"), (fresh, "1 second")):
+                await session.execute(
+                    text(
+                        "INSERT INTO messages (id, conversation_id, role, content, status, input_tokens, "
+                        "output_tokens, cache_read_tokens, cache_creation_tokens, created_at, updated_at) "
+                        f"VALUES (:id, :cid, 'assistant', '[]', 'in_progress', 0, 0, 0, 0, "
+                        f"now() - interval '{age}', now())"
+                    ),
+                    {"id": message_id, "cid": conversation_id},
+                )
+    async with live_server(create_app(settings)) as restarted:  # its sweep runs at start-up
+
+        async def swept() -> bool:
+            async with restarted.state["sessions"]() as session:
+                row = await session.get(Message, stale)
+                return row is not None and row.status == "incomplete"
+
+        await eventually(swept, timeout=5)
+        async with restarted.state["sessions"]() as session:
+            stale_row, fresh_row = await session.get(Message, stale), await session.get(Message, fresh)
+        assert stale_row is not None
+        assert stale_row.error is not None
+        assert stale_row.error["type"] == "interrupted"
+        assert fresh_row is not None
+        assert fresh_row.status == "in_progress"  # younger than any turn's deadline: left alone
