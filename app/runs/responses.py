@@ -26,7 +26,23 @@ from app.runs.store import RunStore
 log = structlog.get_logger(__name__)
 
 
-class RunStreamResponse(Response):
+class _Follower(Response):
+    """A stream that follows a run, holding a follower ticket (the per-key cap) until it ends."""
+
+    ticket: Ticket | None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._follow(receive, send)
+        finally:
+            if self.ticket is not None:
+                self.ticket.release()
+
+    async def _follow(self, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RunStreamResponse(_Follower):
     """Follows a run of this process: replays what came after `after`, then streams it live."""
 
     def __init__(
@@ -41,13 +57,6 @@ class RunStreamResponse(Response):
         super().__init__()
         self.target, self.ticket = run, ticket
         self.ping_seconds, self.after, self.cancel_on_disconnect = ping_seconds, after, cancel_on_disconnect
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._follow(receive, send)
-        finally:
-            if self.ticket is not None:
-                self.ticket.release()
 
     async def _follow(self, receive: Receive, send: Send) -> None:
         run = self.target
@@ -76,7 +85,7 @@ class RunStreamResponse(Response):
             group.cancel_scope.cancel()
 
 
-class StoredRunStreamResponse(Response):
+class StoredRunStreamResponse(_Follower):
     """Follows a run of another replica through its Redis event log."""
 
     def __init__(
@@ -85,13 +94,6 @@ class StoredRunStreamResponse(Response):
         super().__init__()
         self.store, self.run_id, self.ping_seconds, self.after = store, run_id, ping_seconds, after
         self.ticket = ticket
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._follow(receive, send)
-        finally:
-            if self.ticket is not None:
-                self.ticket.release()
 
     async def _follow(self, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as group:
