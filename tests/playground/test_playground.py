@@ -337,7 +337,7 @@ async def test_markdown_answers_render_as_code_lists_and_links(connected: Playgr
     connected.page.once("dialog", decline)
     pages_before = len(connected.page.context.pages)
     await link.click()
-    await anyio.sleep(0.3)
+    await eventually(lambda: asked, timeout=3)
     assert asked
     assert "https://example.com/docs" in asked[0]
     assert len(connected.page.context.pages) == pages_before  # declined: nothing opened

@@ -49,12 +49,16 @@ async def test_a_killed_replicas_run_is_settled_by_another(
                     if seen.count("event: delta") >= 5:
                         break
             run_id = sse_events(seen.split("\n\n", 1)[0] + "\n\n")[0]["data"]["run_id"]
-            await asyncio.sleep(0.1)  # one mirror slice: the deltas so far reach the run log
+            events_key = f"{settings.redis_key_prefix}run:{run_id}:events"
+
+            async def mirrored() -> bool:  # the deltas so far have reached the run log
+                return int(await survivor.state["redis"].xlen(events_key)) >= 6  # type: ignore[union-attr]
+
+            await eventually(mirrored, timeout=2)
 
             follower = asyncio.create_task(
                 http.get(f"{survivor.url}/runs/{run_id}/events", headers={**auth(key), "Last-Event-ID": "3"})
             )
-            await asyncio.sleep(0.3)
             doomed.kill()  # SIGKILL: no drain, no record, no lock release
 
             followed = await asyncio.wait_for(follower, timeout=LEASE * 4)
