@@ -44,6 +44,13 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
             postgresql_where=text("history_key IS NOT NULL"),
             sqlite_where=text("history_key IS NOT NULL"),
         ),
+        # Partial: the sweep of answers a dead process left running reads only these (a handful).
+        Index(
+            "ix_messages_in_progress",
+            "created_at",
+            postgresql_where=text("status = 'in_progress'"),
+            sqlite_where=text("status = 'in_progress'"),
+        ),
     )
 
     conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))

@@ -17,11 +17,12 @@ from app.chat.begin import TurnOptions
 from app.chat.service import Replay, TurnRequest, TurnServiceDep
 from app.chat.turn import Turn
 from app.core.config import Settings
-from app.openai.chat_wire import ChatChunks, ChunkStreamResponse, CompletionJSONResponse, completion, replay_chunks
+from app.openai.chat_wire import ChatChunks, CompletionJSONResponse, chunk_frames, completion, replay_chunks
 from app.openai.errors import InvalidParam, ModelNotFound, OpenAIRoute, declared
 from app.openai.history import chat_turn
 from app.openai.schemas import ChatCompletionOut, ChatCompletionRequest, ModelList, ModelOut
 from app.openai.tools import client_tools, tool_choice
+from app.runs.responses import RunStreamResponse
 from app.state import AppStateDep, SettingsDep
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
@@ -112,4 +113,5 @@ async def chat_completions(
     if not body.stream:
         return CompletionJSONResponse(started, model)
     run = await turns.start_run(started, ChatChunks(model, include_usage))
-    return ChunkStreamResponse(run, ping_seconds=settings.sse_ping_seconds)
+    # Leaving cancels the turn (the upstream call with it); the partial answer is recorded.
+    return RunStreamResponse(run, ping_seconds=settings.sse_ping_seconds, encode=chunk_frames)

@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
 from app.agent.loop import ToolResultEvent
 from app.chat.responses import TurnJSONResponse
 from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed
-from app.core.asgi import PING, DisconnectWatch, send_body, start_sse
 from app.core.errors import AppError
 from app.llm.base import Block, TextDelta, ToolCall, Usage
 from app.openai.errors import error_body, error_response, openai_error
 from app.openai.history import client_calls
+from app.runs.events import RunEvent
 from app.runs.manager import Run
 
 DONE = b"data: [DONE]\n\n"
@@ -137,36 +135,10 @@ class ChatChunks:
         run.publish("error", openai_error(409, "The completion was cancelled.", code="cancelled"))
 
 
-class ChunkStreamResponse(Response):
-    """Follows a run of chunks: each event's JSON as a `data:` line; `[DONE]` after the last chunk."""
-
-    def __init__(self, run: Run, *, ping_seconds: float) -> None:
-        super().__init__()
-        self.target, self.ping_seconds = run, ping_seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        run = self.target
-        async with anyio.create_task_group() as group:
-            # Leaving cancels the turn (the upstream call with it); the partial answer is recorded.
-            group.start_soon(DisconnectWatch(receive, group, lambda: run.cancel("client_disconnected")).run)
-            await start_sse(send)
-            index = 0
-            while True:
-                await run.wait_beyond(index, self.ping_seconds)
-                if index < len(run.events):
-                    fresh = run.events[index:]
-                    index += len(fresh)
-                    body = b"".join(b"data: %s\n\n" % e.payload.encode() for e in fresh)
-                    if fresh[-1].terminal:
-                        await send_body(send, body + DONE if fresh[-1].event == "end" else body)
-                        break
-                    await send_body(send, body)
-                elif run.finished:
-                    break
-                else:
-                    await send_body(send, PING)
-            await send_body(send, b"", more=False)
-            group.cancel_scope.cancel()
+def chunk_frames(events: list[RunEvent]) -> bytes:
+    """A run of chunks on the wire: each event's JSON as a `data:` line; `[DONE]` after the last chunk."""
+    body = b"".join(b"data: %s\n\n" % e.payload.encode() for e in events)
+    return body + DONE if events[-1].event == "end" else body
 
 
 def replay_chunks(stored: dict[str, Any], include_usage: bool) -> Response:

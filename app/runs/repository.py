@@ -47,7 +47,7 @@ async def settle_interrupted(
 
 # Every turn ends (TURN_TIMEOUT) and is recorded (within RECORD_DEADLINE) long before this age; an
 # answer still `in_progress` past it belongs to a process that died — with or without Redis, a
-# streamed turn or a JSON one. Indexed by the partial scan on status; a few rows at most.
+# streamed turn or a JSON one. Reads the partial index ix_messages_in_progress: a few rows at most.
 _SWEEP = text(
     """
     UPDATE messages SET status = 'incomplete', error = :error, updated_at = :now

@@ -8,6 +8,7 @@ that is ready goes out in one `send`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import anyio
 import structlog
@@ -24,6 +25,11 @@ from app.runs.manager import Run
 from app.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
+
+
+def sse_frames(events: list[RunEvent]) -> bytes:
+    """Run events as Server-Sent Events, each encoded once when it was published."""
+    return b"".join(e.frame for e in events)
 
 
 class _Follower(Response):
@@ -53,9 +59,10 @@ class RunStreamResponse(_Follower):
         after: int = 0,
         cancel_on_disconnect: bool = True,
         ticket: Ticket | None = None,
+        encode: Callable[[list[RunEvent]], bytes] = sse_frames,
     ) -> None:
         super().__init__()
-        self.target, self.ticket = run, ticket
+        self.target, self.ticket, self.encode = run, ticket, encode
         self.ping_seconds, self.after, self.cancel_on_disconnect = ping_seconds, after, cancel_on_disconnect
 
     async def _follow(self, receive: Receive, send: Send) -> None:
@@ -74,7 +81,7 @@ class RunStreamResponse(_Follower):
                 if index < len(run.events):
                     fresh = run.events[index:]
                     index += len(fresh)
-                    await send_body(send, b"".join(e.sse() for e in fresh))
+                    await send_body(send, self.encode(fresh))
                     if fresh[-1].terminal:
                         break
                 elif run.finished:
@@ -120,7 +127,7 @@ class StoredRunStreamResponse(_Follower):
                 if events:
                     idle = 0.0
                     last = events[-1].seq
-                    await send_body(send, b"".join(e.sse() for e in events))
+                    await send_body(send, sse_frames(events))
                     if events[-1].terminal:
                         break
                     continue
