@@ -20,7 +20,7 @@ from app.llm.errors import (
     UpstreamTimeout,
     retry_after,
 )
-from app.llm.transport import model_transport
+from app.llm.transport import LeanTransport, ModelHttpClient, proxied
 
 
 @contextmanager
@@ -78,6 +78,15 @@ def mark_cache_prefix(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [*messages[:-2], prefix, messages[-1]]
 
 
+def _http_client(max_connections: int) -> httpx2.AsyncClient:
+    """One pool for every stream in flight (the SDK's default caps it at 1,000), on the lean transport:
+    half the CPU per call of httpx2's own. Behind a proxy, httpx2's client, which follows it."""
+    if proxied():
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=100)
+        return anthropic.DefaultAsyncHttpxClient(limits=limits)
+    return ModelHttpClient(LeanTransport(max_connections=max_connections, max_keepalive=100))
+
+
 class AnthropicModel:
     provider = "anthropic"
 
@@ -88,11 +97,7 @@ class AnthropicModel:
             base_url=settings.anthropic_base_url,
             max_retries=settings.llm_max_retries,
             timeout=anthropic.Timeout(settings.llm_read_timeout, connect=settings.llm_connect_timeout),
-            # One pool for every stream in flight (the SDK's default caps it at 1,000), on a transport
-            # that costs half the CPU per call of httpx2's default (app/llm/transport.py).
-            http_client=anthropic.DefaultAsyncHttpxClient(
-                transport=model_transport(settings.llm_max_connections, max_keepalive=100)
-            ),
+            http_client=_http_client(settings.llm_max_connections),
         )
 
     async def aclose(self) -> None:

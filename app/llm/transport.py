@@ -9,13 +9,14 @@ a parser fed from `data_received`.
 What it does: keep-alive pooling per origin with a connection cap, TLS, content-length, chunked
 and read-until-close bodies, streamed bodies with flow control, httpx2's connect/read/write/pool
 timeouts and exceptions (so the SDK's retries and our error mapping behave as before). What it
-does not: proxies, HTTP/2, upgrades; `model_transport()` keeps the default where a proxy is set.
+does not: proxies (`proxied()` tells the caller to keep httpx2's client), HTTP/2, upgrades.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator
@@ -27,14 +28,38 @@ import httpx2
 Origin = tuple[bytes, bytes, int]
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _HIGH_WATER = 256 * 1024  # buffered body bytes before the socket stops being read
+KEEPALIVE_EXPIRY = 5.0  # seconds idle before a connection is closed rather than reused (httpcore2's default)
 
 
-def model_transport(max_connections: int, *, max_keepalive: int) -> httpx2.AsyncBaseTransport:
-    """The lean transport, or httpx2's own where the environment asks for a proxy (which it can't do)."""
-    if any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies()):
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive)
-        return httpx2.AsyncHTTPTransport(limits=limits)
-    return LeanTransport(max_connections=max_connections, max_keepalive=max_keepalive)
+class ModelHttpClient(httpx2.AsyncClient):
+    """The SDK's `http_client`: `send()` hands the SDK's request straight to the transport.
+
+    httpx2's own `send()` runs an auth flow, a redirect loop, event hooks and a cookie jar per
+    call; the SDK sets its own auth headers, and the Messages API neither redirects nor sets
+    cookies worth keeping, so here a call skips all four.
+    """
+
+    def __init__(self, transport: httpx2.AsyncBaseTransport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)
+        self._direct = transport
+
+    async def send(self, request: httpx2.Request, *, stream: bool = False, **_: Any) -> httpx2.Response:
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await self._direct.handle_async_request(request)
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
+
+
+def proxied() -> bool:
+    """Whether the environment routes HTTP(S) through a proxy, which this transport can't do."""
+    return any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
 
 
 class _Connection(asyncio.Protocol):
@@ -47,6 +72,9 @@ class _Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._parser: Any = None
+        self.requests = 0  # sent on this connection
+        self.idle_since = 0.0
+        self.got_bytes = False  # of the current response
         # The response being read (reset per request).
         self.status = 0
         self.reason = b""
@@ -67,6 +95,7 @@ class _Connection(asyncio.Protocol):
         if self._parser is None or self.complete:  # bytes while idle: the connection can't be reused
             self.close()
             return
+        self.got_bytes = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -126,14 +155,21 @@ class _Connection(asyncio.Protocol):
         self.body, self.buffered = deque(), 0
         self.complete = self.keep_alive = self._until_close = False
 
+    def reusable(self, now: float) -> bool:
+        return not self.closed and self._parser is None and now - self.idle_since < KEEPALIVE_EXPIRY
+
     @property
-    def reusable(self) -> bool:
-        return not self.closed and self._parser is None
+    def stale(self) -> bool:
+        """A kept-alive connection that ended before a byte of the answer: the server had closed it
+        (an idle timeout racing our request), so the request went unheard and may go again."""
+        return self.requests > 1 and self.closed and not self.got_bytes
 
     def send(self, head: bytes, body: bytes) -> None:
         assert self.transport is not None
         assert self._parser is None
         self._reset_response()
+        self.requests += 1
+        self.got_bytes = False
         self._parser = httptools.HttpResponseParser(self)
         self.transport.write(head + body if len(body) < 64 * 1024 else head)
         if len(body) >= 64 * 1024:
@@ -145,7 +181,8 @@ class _Connection(asyncio.Protocol):
             raise self.error
         if self.closed:
             if not self.complete:
-                raise httpx2.RemoteProtocolError("The model provider closed the connection mid-response.")
+                where = "mid-response" if self.headers_done else "without a response"
+                raise httpx2.RemoteProtocolError(f"The model provider closed the connection {where}.")
             return
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
@@ -236,18 +273,23 @@ class LeanTransport(httpx2.AsyncBaseTransport):
         for name, value in request.headers.raw:
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
-        conn = await self._connection(origin, timeouts)
-        try:
-            conn.send(b"".join(lines), body)
-            read_timeout = timeouts.get("read")
-            while not conn.headers_done:
-                await conn.wait(read_timeout)
-                if conn.closed and not conn.headers_done:
-                    raise httpx2.RemoteProtocolError("The model provider closed the connection without a response.")
-        except BaseException:
-            conn.close()
-            self.release(conn, reuse=False)
-            raise
+        head, read_timeout, retried = b"".join(lines), timeouts.get("read"), False
+        while True:
+            conn = await self._connection(origin, timeouts)
+            try:
+                conn.send(head, body)
+                while not conn.headers_done:
+                    await conn.wait(read_timeout)
+            except httpx2.TransportError:
+                self.release(conn, reuse=False)
+                if conn.stale and not retried:
+                    retried = True  # it went unheard: once more, on another connection
+                    continue
+                raise
+            except BaseException:
+                self.release(conn, reuse=False)
+                raise
+            break
         return httpx2.Response(
             conn.status,
             headers=conn.headers,
@@ -262,11 +304,12 @@ class LeanTransport(httpx2.AsyncBaseTransport):
         while True:
             if self._closed:
                 raise httpx2.ConnectError("The model client is closed.")
-            idle = self._idle.get(origin)
+            idle, now = self._idle.get(origin), time.monotonic()
             while idle:
                 conn = idle.pop()  # the most recently used: the least likely to have been closed by the server
-                if conn.reusable:
+                if conn.reusable(now):
                     return conn
+                conn.close()
                 self._open -= 1
             if self._open < self._max_connections or self._evict_idle():
                 self._open += 1
@@ -325,6 +368,7 @@ class LeanTransport(httpx2.AsyncBaseTransport):
     def release(self, conn: _Connection, *, reuse: bool) -> None:
         idle = self._idle.setdefault(conn.origin, deque())
         if reuse and not self._closed and len(idle) < self._max_keepalive:
+            conn.idle_since = time.monotonic()
             idle.append(conn)
         else:
             conn.close()

@@ -18,7 +18,9 @@ import anthropic
 import httpx2
 import pytest
 
-from app.llm.transport import LeanTransport, model_transport
+from app.llm import transport as transport_module
+from app.llm.anthropic import _http_client
+from app.llm.transport import LeanTransport, ModelHttpClient
 
 MESSAGE = {
     "id": "msg_1",
@@ -267,9 +269,54 @@ async def test_a_cancelled_read_closes_its_connection_and_frees_its_slot() -> No
     assert server.connections == 2
 
 
-async def test_a_proxy_in_the_environment_keeps_httpx_own_transport(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert isinstance(model_transport(10, max_keepalive=10), LeanTransport)
+async def test_a_proxy_in_the_environment_keeps_httpx_own_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(_http_client(10), ModelHttpClient)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    transport = model_transport(10, max_keepalive=10)
-    assert isinstance(transport, httpx2.AsyncHTTPTransport)
-    await transport.aclose()
+    async with _http_client(10) as http:
+        assert not isinstance(http, ModelHttpClient)
+        assert any(mount is not None for mount in http._mounts.values())  # the proxy, as httpx2 mounts it
+
+
+async def test_the_sdk_client_sends_straight_to_the_transport() -> None:
+    """No redirect is followed and no cookie kept: neither is part of the Messages API."""
+    redirect = (
+        b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\nset-cookie: a=b\r\ncontent-length: 0\r\n\r\n"
+    )
+    async with serving(reply(redirect)) as server:
+        async with ModelHttpClient(LeanTransport(max_connections=2, max_keepalive=2), base_url=server.url) as http:
+            response = await http.send(http.build_request("POST", "/v1/messages", content=b"{}"))
+            assert (response.status_code, response.request.url.path) == (307, "/v1/messages")
+            assert not http.cookies
+    assert server.requests == 1
+
+
+async def test_a_request_unheard_on_a_kept_alive_connection_goes_again_once() -> None:
+    """The server's idle timeout can close a connection as our request leaves on it: no byte of an
+    answer comes back, so the request goes again on a new connection; twice would be a real fault."""
+
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 2:
+            return False  # hang up on the second request, unanswered
+        writer.write(with_length())
+        return True
+
+    async with serving(answer) as server, client(server.url) as http:
+        assert (await http.post("/v1/messages", content=b"{}")).json() == MESSAGE
+        assert (await http.post("/v1/messages", content=b"second")).json() == MESSAGE
+    assert (server.connections, server.requests, server.bodies[1:]) == (2, 3, [b"second", b"second"])
+
+
+async def test_an_unanswered_first_request_is_not_sent_again() -> None:
+    async with serving(reply(b"", keep=False)) as server, client(server.url) as http:
+        with pytest.raises(httpx2.RemoteProtocolError, match="without a response"):
+            await http.post("/v1/messages", content=b"{}")
+    assert server.requests == 1
+
+
+async def test_a_connection_idle_past_the_expiry_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_module, "KEEPALIVE_EXPIRY", 0.05)
+    async with serving(reply(with_length())) as server, client(server.url) as http:
+        for _ in range(2):
+            assert (await http.post("/v1/messages", content=b"{}")).json() == MESSAGE
+            await asyncio.sleep(0.1)
+    assert server.connections == 2
