@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -87,6 +88,15 @@ def _http_client(max_connections: int) -> httpx2.AsyncClient:
     return ModelHttpClient(LeanTransport(max_connections=max_connections, max_keepalive=100))
 
 
+def _sdk_spans() -> anthropic.OpenTelemetryClientOption:
+    """The SDK's OpenTelemetry spans: the SDK's defaults where the environment sets up OpenTelemetry
+    (OTEL_*, ANTHROPIC_OPEN_TELEMETRY*); otherwise off, since building a span's attributes costs
+    CPU on every call even when nothing records it."""
+    if any(name.startswith(("OTEL_", "ANTHROPIC_OPEN_TELEMETRY")) for name in os.environ):
+        return None
+    return {"traces": False, "propagation": False}
+
+
 class AnthropicModel:
     provider = "anthropic"
 
@@ -98,6 +108,7 @@ class AnthropicModel:
             max_retries=settings.llm_max_retries,
             timeout=anthropic.Timeout(settings.llm_read_timeout, connect=settings.llm_connect_timeout),
             http_client=_http_client(settings.llm_max_connections),
+            open_telemetry=_sdk_spans(),
         )
 
     async def aclose(self) -> None:

@@ -1,4 +1,4 @@
-"""The model client's lean transport (app/llm/transport.py) against a scripted HTTP/1.1 server.
+"""The model client: its lean transport (app/llm/transport.py) against a scripted HTTP/1.1 server.
 
 Each test's server reads one request at a time and answers with the bytes the test gives, so
 what a real provider (or a broken proxy in front of it) may do on the wire is exercised: framing
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -18,8 +19,9 @@ import anthropic
 import httpx2
 import pytest
 
+from app.core.config import Settings
 from app.llm import transport as transport_module
-from app.llm.anthropic import _http_client
+from app.llm.anthropic import AnthropicModel, _http_client
 from app.llm.transport import LeanTransport, ModelHttpClient
 
 MESSAGE = {
@@ -320,3 +322,15 @@ async def test_a_connection_idle_past_the_expiry_is_not_reused(monkeypatch: pyte
             assert (await http.post("/v1/messages", content=b"{}")).json() == MESSAGE
             await asyncio.sleep(0.1)
     assert server.connections == 2
+
+
+async def test_sdk_spans_are_off_unless_the_environment_sets_up_opentelemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith(("OTEL_", "ANTHROPIC_OPEN_TELEMETRY"))]:
+        monkeypatch.delenv(name)
+    settings = Settings(anthropic_api_key="k", llm_provider="anthropic")  # type: ignore[arg-type]
+    for env, spans in ((None, False), ("OTEL_SERVICE_NAME", True)):
+        if env:
+            monkeypatch.setenv(env, "agentchat")
+        model = AnthropicModel(settings)
+        assert model._client.open_telemetry["traces"]["enabled"] is spans
+        await model.aclose()
