@@ -10,14 +10,19 @@ from typing import Any, Literal
 import structlog
 from structlog.types import EventDict, Processor
 
-# Values that look like credentials are masked wherever they appear in a log line.
-_SECRET_PATTERNS = (
-    re.compile(r"(ak_[A-Za-z0-9]{8})_[A-Za-z0-9_-]{16,}"),  # our API keys: the display prefix stays
-    # Anthropic (sk-ant-…) and OpenAI-style (sk-…, sk-proj-…, sk-svcacct-…) keys.
-    re.compile(r"(?<![A-Za-z0-9])(sk-(?:ant-|proj-|svcacct-|admin-)?)[A-Za-z0-9_-]{8,}"),
-    re.compile(r"(?i)(bearer\s+)[^\s\"']+"),
-    # The password of a URL (postgresql://user:secret@host, redis://:secret@host): user:***@host.
-    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?=@)"),
+# Values that look like credentials are masked wherever they appear in a log line. One pattern,
+# one pass per string: each alternative keeps its one group (a prefix that may stay) and masks the rest.
+_SECRET_VALUE = re.compile(
+    "|".join(
+        (
+            r"(ak_[A-Za-z0-9]{8})_[A-Za-z0-9_-]{16,}",  # our API keys: the display prefix stays
+            # Anthropic (sk-ant-…) and OpenAI-style (sk-…, sk-proj-…, sk-svcacct-…) keys.
+            r"(?<![A-Za-z0-9])(sk-(?:ant-|proj-|svcacct-|admin-)?)[A-Za-z0-9_-]{8,}",
+            r"((?i:bearer)\s+)[^\s\"']+",
+            # The password of a URL (postgresql://user:secret@host, redis://:secret@host): user:***@host.
+            r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?=@)",
+        )
+    )
 )
 _SECRET_KEYS = frozenset(
     {"authorization", "proxy_authorization", "cookie", "set_cookie", "api_key", "apikey", "x_api_key", "token"}
@@ -27,10 +32,12 @@ _SECRET_KEY_SUFFIXES = ("_token", "_api_key", "_apikey")  # github_token, openai
 _MAX_DEPTH = 6
 
 
+def _keep_prefix(match: re.Match[str]) -> str:
+    return next(group for group in match.groups() if group is not None) + "***"
+
+
 def _mask(text: str) -> str:
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + "***", text)
-    return text
+    return _SECRET_VALUE.sub(_keep_prefix, text)
 
 
 def is_secret_key(name: str) -> bool:
@@ -82,30 +89,45 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _StderrLogger:
+    """structlog's output for our own lines: each rendered once and written to whatever
+    sys.stderr is at the time (line-buffered), without a stdlib LogRecord and formatter pass."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or ""
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _stderr_logger(*args: Any) -> _StderrLogger:
+    return _StderrLogger(args[0] if args and isinstance(args[0], str) else None)
+
+
 def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.stdlib.ExtraAdder(),
     ]
     renderer: Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
-        processors=[
-            # First: a debug line below LOG_LEVEL costs nothing more than this check.
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
+        logger_factory=_stderr_logger,
+        # A line below LOG_LEVEL costs one method call that does nothing.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=True,
     )
+    # Lines from stdlib loggers (uvicorn, SQLAlchemy, the SDKs) go through the same processors.
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
