@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from app.models import ApiKey, Conversation, Message
 
-MODEL = os.environ.get("LLM_MODEL", "claude-sonnet-4-5")
+MODEL = os.environ.get("LLM_MODEL", "claude-sonnet-5-5")
 engine = create_async_engine(
     os.environ["DATABASE_URL"],
     connect_args={"server_settings": {"application_name": os.environ.get("APP_NAME", "naive")}},

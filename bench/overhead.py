@@ -54,7 +54,7 @@ from bench._harness import (
 MESSAGE = "[[reply:ok]]"
 # A minimal valid Messages API body; the fake insists on anthropic-version as the real API does.
 FAKE_BODY: dict[str, Any] = {
-    "model": "claude-sonnet-4-5",
+    "model": "claude-sonnet-5-5",
     "max_tokens": 16,
     "messages": [{"role": "user", "content": MESSAGE}],
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -19,7 +20,7 @@ import anthropic
 import httpx2
 import pytest
 
-from app.core.config import Settings
+from app.core.config import DEFAULT_MODEL, Settings
 from app.llm import transport as transport_module
 from app.llm.anthropic import AnthropicModel, _http_client
 from app.llm.transport import LeanTransport, ModelHttpClient
@@ -334,3 +335,15 @@ async def test_sdk_spans_are_off_unless_the_environment_sets_up_opentelemetry(mo
         model = AnthropicModel(settings)
         assert model._client.open_telemetry["traces"]["enabled"] is spans
         await model.aclose()
+
+
+async def test_the_default_model_is_not_one_the_sdk_calls_deprecated() -> None:
+    """The SDK warns on every call to a model past its deprecation date: a default that ages out fails here."""
+    async with serving(reply(with_length())) as server:
+        http = ModelHttpClient(LeanTransport(max_connections=1, max_keepalive=1))
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=server.url, max_retries=0, http_client=http) as sdk:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", DeprecationWarning)
+                await sdk.messages.create(
+                    model=DEFAULT_MODEL, max_tokens=10, messages=[{"role": "user", "content": "x"}]
+                )
