@@ -13,7 +13,7 @@ import structlog
 
 from app.agent.history import Msg, build_history, continue_history
 from app.conversations.errors import ConversationNotFound
-from app.conversations.turns import TurnRepository
+from app.conversations.turns import turn_store
 from app.core.config import Settings
 from app.core.db import Database
 from app.llm.base import Block, LLMRequest
@@ -80,9 +80,8 @@ async def begin_turn(
     options: TurnOptions = TurnOptions(),  # noqa: B008 - frozen, never mutated
 ) -> TurnStarted:
     content = options.content if options.content is not None else [{"type": "text", "text": message}]
-    # One statement on Postgres (see TurnRepository): the connection is held for one round trip.
-    async with db.statement() if db.is_postgres else db.transaction() as conn:
-        turns = TurnRepository(conn)
+    # One statement on Postgres (see turn_store): the connection is held for one round trip.
+    async with turn_store(db) as turns:
         if conversation_id is None:
             opened = await turns.open_new(
                 owner_id=owner_id,

@@ -20,7 +20,7 @@ import structlog
 from app.agent.loop import Agent, ToolResultEvent, Transcript
 from app.agent.tools.base import ToolContext
 from app.chat.begin import TurnStarted
-from app.conversations.turns import TurnRepository
+from app.conversations.turns import turn_store
 from app.core.config import Settings
 from app.core.context import current_request_id
 from app.core.db import Database
@@ -213,8 +213,8 @@ class Turn:
             while not self.saved:
                 attempt += 1
                 try:
-                    async with self.db.statement() as conn:
-                        await TurnRepository(conn).record(
+                    async with turn_store(self.db) as turns:
+                        await turns.record(
                             self.started.message_id, conversation_id=self.started.conversation_id, **values
                         )
                     self.saved = True

@@ -1,21 +1,30 @@
-"""The SQL of a turn's phases (TurnRepository): one statement per phase on Postgres."""
+"""The SQL of a turn's phases: one statement per phase on Postgres (asyncpg), a short transaction
+on SQLite; and the owner-scoped lookups of the conversation a turn continues.
+
+`turn_store(db)` gives the phases' store for the database at hand. On Postgres the statements are
+written out for asyncpg (`Database.driver()`): phase 1 is one data-modifying CTE, phase 3 one
+UPDATE, each its own transaction, each holding its connection for one round trip.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import TextClause, Uuid, bindparam, insert, select, text, update
+from sqlalchemy import Uuid, bindparam, insert, null, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.db import Database, Driver
 from app.core.ids import uuid7
 from app.core.text import clean, clean_text
 from app.llm.base import Block
 from app.models import Conversation, Message
-from app.models.base import JSONType, NullableJSON, UTCDateTime, utcnow
+from app.models.base import utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,119 +38,7 @@ class OpenedTurn:
     earlier: list[tuple[str, Any]]
 
 
-# Phase 1 on Postgres is one statement, so it holds a connection for one round trip and is its own
-# transaction. The two messages come from VALUES joined to the conversation row, so nothing is
-# inserted unless that row exists and is owned; the final SELECT reads the snapshot from before
-# the statement, i.e. the history without the new turn.
-_MESSAGES_FROM_VALUES = """
-    INSERT INTO messages (id, conversation_id, role, content, status, model, attributes, input_tokens,
-                          output_tokens, cache_read_tokens, cache_creation_tokens, created_at, updated_at)
-    SELECT m.id, conversation.id, m.role, m.content, m.status, m.model, m.attributes, 0, 0, 0, 0, :now, :now
-    FROM conversation CROSS JOIN (VALUES
-        (CAST(:user_id AS uuid), 'user', CAST(:content AS jsonb), 'complete', CAST(NULL AS varchar),
-         CAST(NULL AS jsonb)),
-        (CAST(:assistant_id AS uuid), 'assistant', CAST('[]' AS jsonb), 'in_progress', CAST(:model AS varchar),
-         CAST(:attributes AS jsonb))
-    ) AS m(id, role, content, status, model, attributes)
-"""
-_OPEN_NEW_PG = text(
-    """
-    WITH conversation AS (
-        INSERT INTO conversations (id, owner_id, title, system, created_at, updated_at)
-        VALUES (:conversation_id, :owner_id, :title, :system, :now, :now)
-        RETURNING id
-    )"""
-    + _MESSAGES_FROM_VALUES
-)
-
-
-def _open_existing_pg(history: str) -> TextClause:
-    return text(
-        """
-    WITH conversation AS (
-        UPDATE conversations SET updated_at = :now
-        WHERE id = :conversation_id AND owner_id = :owner_id
-        RETURNING id, system
-    ), turn AS ("""
-        + _MESSAGES_FROM_VALUES
-        + """)
-    SELECT conversation.system, m.role, m.content
-    FROM conversation LEFT JOIN messages AS m ON m.conversation_id = conversation.id"""
-        + history
-        + """
-    ORDER BY m.id
-    """
-    )
-
-
-# The history read with the new turn: all of it; up to a given message (a caller continuing from
-# an earlier answer); none (a caller that sends its own history).
-_OPEN_EXISTING_PG = _open_existing_pg("")
-_OPEN_EXISTING_UNTIL_PG = _open_existing_pg(" AND m.id <= CAST(:until AS uuid)")
-_OPEN_EXISTING_BARE_PG = _open_existing_pg(" AND false")
-
-
-# Built once: a statement constructed per call costs more CPU than its round trip.
-_RECORD = text(
-    """
-    UPDATE messages SET status = :status, content = :content, stop_reason = :stop_reason, error = :error,
-        input_tokens = :input_tokens, output_tokens = :output_tokens, cache_read_tokens = :cache_read_tokens,
-        cache_creation_tokens = :cache_creation_tokens, history_key = :history_key, updated_at = :now
-    WHERE id = :message_id AND conversation_id = :conversation_id
-    """
-).bindparams(
-    bindparam("content", type_=JSONType),
-    bindparam("error", type_=NullableJSON),
-    bindparam("now", type_=UTCDateTime()),
-    bindparam("message_id", type_=Uuid()),
-    bindparam("conversation_id", type_=Uuid()),
-)
-# Where a turn continues (each indexed, each owner-scoped): the conversation of an answer, by its id
-# or by the key of the exchange up to it (the most recent, should two conversations share one).
-_OWNED = Conversation.id == Message.conversation_id, Conversation.owner_id == bindparam("owner_id", type_=Uuid())
-_CONVERSATION_OF_ANSWER = select(Message.conversation_id).where(
-    Message.id == bindparam("message_id", type_=Uuid()), Message.role == "assistant", *_OWNED
-)
-_CONVERSATION_WITH_KEY = (
-    select(Message.conversation_id)
-    .where(Message.history_key == bindparam("history_key"), *_OWNED)
-    .order_by(Message.id.desc())
-    .limit(1)
-)
-
-
-class TurnRepository:
-    """The SQL of a turn's phases, on a bare connection (no ORM unit of work on the hot path).
-
-    Postgres: one statement per phase. SQLite (the embedded default, one writer) has no
-    data-modifying CTEs, so it runs the same steps as separate statements in one transaction.
-    """
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
-        self.postgres = conn.dialect.name == "postgresql"
-
-    @staticmethod
-    def _ids(content: list[Block], model: str, attributes: dict[str, Any] | None) -> dict[str, Any]:
-        # UUIDv7, taken in this order: the user's message sorts before the assistant's.
-        user_id, assistant_id = uuid7(), uuid7()
-        return {
-            "user_id": user_id,
-            "assistant_id": assistant_id,
-            "content": json.dumps(clean(content), ensure_ascii=False),
-            "model": model,
-            "attributes": json.dumps(clean(attributes), ensure_ascii=False) if attributes is not None else None,
-            "now": utcnow(),
-        }
-
-    async def conversation_of_answer(self, message_id: uuid.UUID, *, owner_id: uuid.UUID) -> uuid.UUID | None:
-        params = {"message_id": message_id, "owner_id": owner_id}
-        return (await self.conn.execute(_CONVERSATION_OF_ANSWER, params)).scalar_one_or_none()
-
-    async def conversation_with_key(self, history_key: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
-        params = {"history_key": history_key, "owner_id": owner_id}
-        return (await self.conn.execute(_CONVERSATION_WITH_KEY, params)).scalar_one_or_none()
-
+class TurnStore(Protocol):
     async def open_new(
         self,
         *,
@@ -151,26 +48,7 @@ class TurnRepository:
         content: list[Block],
         model: str,
         attributes: dict[str, Any] | None = None,
-    ) -> OpenedTurn:
-        # Requests are validated (422); cleaning here keeps any other caller from a 500 in Postgres.
-        title, system = clean_text(title), clean_text(system) if system is not None else None
-        params = {**self._ids(content, model, attributes), "conversation_id": uuid7(), "owner_id": owner_id}
-        params["title"] = title
-        if self.postgres:
-            await self.conn.execute(_OPEN_NEW_PG, {**params, "system": system})
-        else:
-            await self.conn.execute(
-                insert(Conversation).values(
-                    id=params["conversation_id"],
-                    owner_id=owner_id,
-                    title=title,
-                    system=system,
-                    created_at=params["now"],
-                    updated_at=params["now"],
-                )
-            )
-            await self._insert_messages(params["conversation_id"], params)
-        return OpenedTurn(params["conversation_id"], params["assistant_id"], params["now"], system, [])
+    ) -> OpenedTurn: ...
 
     async def open_existing(
         self,
@@ -187,15 +65,198 @@ class TurnRepository:
 
         The history read is the conversation's, or only up to `until`, or none (`read_history=False`).
         """
-        params = {**self._ids(content, model, attributes), "conversation_id": conversation_id, "owner_id": owner_id}
-        if self.postgres:
-            statement = _OPEN_EXISTING_PG if until is None else _OPEN_EXISTING_UNTIL_PG
-            statement = statement if read_history else _OPEN_EXISTING_BARE_PG
-            rows = (await self.conn.execute(statement, {**params, "until": until})).all()
-            if not rows:
-                return None
-            earlier = [(role, content) for _, role, content in rows if role is not None]
-            return OpenedTurn(conversation_id, params["assistant_id"], params["now"], rows[0][0], earlier)
+
+    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
+        """Phase 3: record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
+
+
+@asynccontextmanager
+async def turn_store(db: Database) -> AsyncIterator[TurnStore]:
+    if db.is_postgres:
+        async with db.driver() as driver:
+            yield PostgresTurns(driver)
+    else:
+        async with db.transaction() as conn:
+            yield SqliteTurns(conn)
+
+
+def _new_ids(content: list[Block], model: str, attributes: dict[str, Any] | None) -> dict[str, Any]:
+    # UUIDv7, taken in this order: the user's message sorts before the assistant's.
+    return {
+        "user_id": uuid7(),
+        "assistant_id": uuid7(),
+        # Requests are validated (422); cleaning here keeps any other caller from a 500 in Postgres.
+        "content": json.dumps(clean(content), ensure_ascii=False),
+        "model": model,
+        "attributes": json.dumps(clean(attributes), ensure_ascii=False) if attributes is not None else None,
+        "now": utcnow(),
+    }
+
+
+def _recorded(values: dict[str, Any]) -> dict[str, Any]:
+    # Model output and tool results may hold NUL or lone surrogates, which Postgres refuses: an
+    # answer that cannot be stored would stay `in_progress` for good.
+    return {"error": None, "history_key": None, **{name: clean(value) for name, value in values.items()}}
+
+
+# Phase 1's messages: VALUES joined to the conversation row, so nothing is inserted unless that row
+# exists (and, continuing, is owned). $1 conversation, $2 owner, $3 now, $4-$8 the messages.
+_MESSAGES_FROM_VALUES = """
+    INSERT INTO messages (id, conversation_id, role, content, status, model, attributes, input_tokens,
+                          output_tokens, cache_read_tokens, cache_creation_tokens, created_at, updated_at)
+    SELECT m.id, conversation.id, m.role, m.content, m.status, m.model, m.attributes, 0, 0, 0, 0, $3, $3
+    FROM conversation CROSS JOIN (VALUES
+        ($4::uuid, 'user', $5::jsonb, 'complete', NULL::varchar, NULL::jsonb),
+        ($6::uuid, 'assistant', '[]'::jsonb, 'in_progress', $7::varchar, $8::jsonb)
+    ) AS m(id, role, content, status, model, attributes)
+"""
+_OPEN_NEW = (
+    """
+    WITH conversation AS (
+        INSERT INTO conversations (id, owner_id, title, system, created_at, updated_at)
+        VALUES ($1, $2, $9, $10, $3, $3)
+        RETURNING id
+    )"""
+    + _MESSAGES_FROM_VALUES
+)
+
+
+def _open_existing(history: str) -> str:
+    # The final SELECT reads the snapshot from before the statement: the history without the new turn.
+    return (
+        """
+    WITH conversation AS (
+        UPDATE conversations SET updated_at = $3::timestamptz
+        WHERE id = $1 AND owner_id = $2
+        RETURNING id, system
+    ), turn AS ("""
+        + _MESSAGES_FROM_VALUES
+        + """)
+    SELECT conversation.system, m.role, m.content
+    FROM conversation LEFT JOIN messages AS m ON m.conversation_id = conversation.id"""
+        + history
+        + """
+    ORDER BY m.id
+    """
+    )
+
+
+# The history read with the new turn: all of it; up to a given message (a caller continuing from
+# an earlier answer); none (a caller that sends its own history).
+_OPEN_EXISTING = _open_existing("")
+_OPEN_EXISTING_UNTIL = _open_existing(" AND m.id <= $9::uuid")
+_OPEN_EXISTING_BARE = _open_existing(" AND false")
+_RECORD = """
+    UPDATE messages SET status = $1, content = $2::jsonb, stop_reason = $3, error = $4::jsonb,
+        input_tokens = $5, output_tokens = $6, cache_read_tokens = $7, cache_creation_tokens = $8,
+        history_key = $9, updated_at = $10
+    WHERE id = $11 AND conversation_id = $12
+"""
+
+
+class PostgresTurns:
+    """The phases on Postgres: one statement each, run by asyncpg on a pooled connection."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    @staticmethod
+    def _messages(conversation_id: uuid.UUID, owner_id: uuid.UUID, ids: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            conversation_id, owner_id, ids["now"], ids["user_id"], ids["content"], ids["assistant_id"], ids["model"],
+            ids["attributes"],
+        )  # fmt: skip
+
+    async def open_new(
+        self,
+        *,
+        owner_id: uuid.UUID,
+        title: str,
+        system: str | None,
+        content: list[Block],
+        model: str,
+        attributes: dict[str, Any] | None = None,
+    ) -> OpenedTurn:
+        title, system = clean_text(title), clean_text(system) if system is not None else None
+        ids, conversation_id = _new_ids(content, model, attributes), uuid7()
+        await self.driver.execute(_OPEN_NEW, *self._messages(conversation_id, owner_id, ids), title, system)
+        return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system, [])
+
+    async def open_existing(
+        self,
+        *,
+        conversation_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        content: list[Block],
+        model: str,
+        attributes: dict[str, Any] | None = None,
+        until: uuid.UUID | None = None,
+        read_history: bool = True,
+    ) -> OpenedTurn | None:
+        ids = _new_ids(content, model, attributes)
+        args = self._messages(conversation_id, owner_id, ids)
+        if not read_history:
+            rows = await self.driver.fetch(_OPEN_EXISTING_BARE, *args)
+        elif until is not None:
+            rows = await self.driver.fetch(_OPEN_EXISTING_UNTIL, *args, until)
+        else:
+            rows = await self.driver.fetch(_OPEN_EXISTING, *args)
+        if not rows:
+            return None
+        earlier = [(row[1], row[2]) for row in rows if row[1] is not None]
+        return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], rows[0][0], earlier)
+
+    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
+        v = _recorded(values)
+        await self.driver.execute(
+            _RECORD,
+            v["status"], json.dumps(v["content"], ensure_ascii=False), v["stop_reason"],
+            json.dumps(v["error"], ensure_ascii=False) if v["error"] is not None else None,
+            v["input_tokens"], v["output_tokens"], v["cache_read_tokens"], v["cache_creation_tokens"],
+            v["history_key"], utcnow(), message_id, conversation_id,
+        )  # fmt: skip
+
+
+class SqliteTurns:
+    """The phases on SQLite (the embedded default, one writer): no data-modifying CTEs, so the same
+    steps as separate statements, in the one transaction `turn_store` opens."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def open_new(
+        self,
+        *,
+        owner_id: uuid.UUID,
+        title: str,
+        system: str | None,
+        content: list[Block],
+        model: str,
+        attributes: dict[str, Any] | None = None,
+    ) -> OpenedTurn:
+        title, system = clean_text(title), clean_text(system) if system is not None else None
+        ids, conversation_id = _new_ids(content, model, attributes), uuid7()
+        await self.conn.execute(
+            insert(Conversation).values(
+                id=conversation_id, owner_id=owner_id, title=title, system=system, created_at=ids["now"],
+                updated_at=ids["now"],
+            )
+        )  # fmt: skip
+        await self._insert_messages(conversation_id, ids)
+        return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system, [])
+
+    async def open_existing(
+        self,
+        *,
+        conversation_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        content: list[Block],
+        model: str,
+        attributes: dict[str, Any] | None = None,
+        until: uuid.UUID | None = None,
+        read_history: bool = True,
+    ) -> OpenedTurn | None:
+        ids = _new_ids(content, model, attributes)
         owned = Conversation.id == conversation_id, Conversation.owner_id == owner_id
         system = (await self.conn.execute(select(Conversation.system).where(*owned))).first()
         if system is None:
@@ -208,32 +269,58 @@ class TurnRepository:
             if read_history
             else []
         )
-        await self.conn.execute(update(Conversation).where(*owned).values(updated_at=params["now"]))
-        await self._insert_messages(conversation_id, params)
-        return OpenedTurn(conversation_id, params["assistant_id"], params["now"], system[0], earlier)
+        await self.conn.execute(update(Conversation).where(*owned).values(updated_at=ids["now"]))
+        await self._insert_messages(conversation_id, ids)
+        return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system[0], earlier)
 
-    async def _insert_messages(self, conversation_id: uuid.UUID, params: dict[str, Any]) -> None:
+    async def _insert_messages(self, conversation_id: uuid.UUID, ids: dict[str, Any]) -> None:
         common = {
             "conversation_id": conversation_id,
-            "created_at": params["now"],
-            "updated_at": params["now"],
+            "created_at": ids["now"],
+            "updated_at": ids["now"],
             "input_tokens": 0,
             "output_tokens": 0,
             "cache_read_tokens": 0,
             "cache_creation_tokens": 0,
         }
-        user = {"id": params["user_id"], "role": "user", "status": "complete", "model": None, "attributes": None}
-        user["content"] = json.loads(params["content"])
-        assistant = {"id": params["assistant_id"], "role": "assistant", "status": "in_progress"}
-        attributes = json.loads(params["attributes"]) if params["attributes"] is not None else None
-        assistant |= {"content": [], "model": params["model"], "attributes": attributes}
+        user = {"id": ids["user_id"], "role": "user", "status": "complete", "model": None, "attributes": None}
+        user["content"] = json.loads(ids["content"])
+        assistant = {"id": ids["assistant_id"], "role": "assistant", "status": "in_progress"}
+        attributes = json.loads(ids["attributes"]) if ids["attributes"] is not None else None
+        assistant |= {"content": [], "model": ids["model"], "attributes": attributes}
         await self.conn.execute(insert(Message), [common | user, common | assistant])
 
     async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
-        """Phase 3: record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
-        # Model output and tool results may hold NUL or lone surrogates, which Postgres refuses: an
-        # answer that cannot be stored would stay `in_progress` for good.
-        values = {name: clean(value) for name, value in values.items()}
-        params = {"error": None, "history_key": None, **values, "message_id": message_id}
-        params["conversation_id"] = conversation_id
-        await self.conn.execute(_RECORD, {**params, "now": utcnow()})
+        owned = Message.id == message_id, Message.conversation_id == conversation_id
+        v = _recorded(values)
+        v["error"] = v["error"] if v["error"] is not None else null()  # SQL NULL, not the JSON value null
+        await self.conn.execute(update(Message).where(*owned).values(**v, updated_at=utcnow()))
+
+
+# Where a turn continues (each indexed, each owner-scoped): the conversation of an answer, by its id
+# or by the key of the exchange up to it (the most recent, should two conversations share one).
+_OWNED = Conversation.id == Message.conversation_id, Conversation.owner_id == bindparam("owner_id", type_=Uuid())
+_CONVERSATION_OF_ANSWER = select(Message.conversation_id).where(
+    Message.id == bindparam("message_id", type_=Uuid()), Message.role == "assistant", *_OWNED
+)
+_CONVERSATION_WITH_KEY = (
+    select(Message.conversation_id)
+    .where(Message.history_key == bindparam("history_key"), *_OWNED)
+    .order_by(Message.id.desc())
+    .limit(1)
+)
+
+
+class TurnRepository:
+    """Where a turn continues when the caller does not name its conversation (both databases)."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def conversation_of_answer(self, message_id: uuid.UUID, *, owner_id: uuid.UUID) -> uuid.UUID | None:
+        params = {"message_id": message_id, "owner_id": owner_id}
+        return (await self.conn.execute(_CONVERSATION_OF_ANSWER, params)).scalar_one_or_none()
+
+    async def conversation_with_key(self, history_key: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
+        params = {"history_key": history_key, "owner_id": owner_id}
+        return (await self.conn.execute(_CONVERSATION_WITH_KEY, params)).scalar_one_or_none()

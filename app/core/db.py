@@ -3,7 +3,10 @@
 The hot path (a turn's phases) uses `Database`: `statement()` for work that is one SQL statement,
 which Postgres runs as its own transaction (no BEGIN/COMMIT round trips, so the connection is
 never idle in transaction), and `transaction()` for several statements that must commit together.
-The conversation API and tools use ORM sessions, where the unit of work earns its keep.
+A turn's two statements on Postgres go one level lower, through `driver()`: the same pool and
+its events, but asyncpg itself runs the SQL, since SQLAlchemy's execution layer costs more CPU per
+statement than the round trip does. The conversation API and tools use ORM sessions, where the
+unit of work earns its keep.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
+from sqlalchemy.engine import AdaptedConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from app.core.config import Settings
+from app.core.errors import is_db_unavailable
 from app.core.metrics import Metrics
 
 PING_AFTER_IDLE_SECONDS = 2.0
@@ -98,6 +104,13 @@ def instrument(engine: AsyncEngine, metrics: Metrics) -> None:
             metrics.pool_checked_out_max.set(peak)
 
 
+def _is_statement_error(exc: BaseException) -> bool:
+    """An error Postgres raised about the statement (a constraint, bad input): the connection is fine."""
+    import asyncpg  # type: ignore[import-untyped]  # only Postgres gets here
+
+    return isinstance(exc, asyncpg.PostgresError) and not is_db_unavailable(exc)
+
+
 def _tune_sqlite(engine: AsyncEngine) -> None:
     # WAL lets readers run beside the single writer; busy_timeout queues writers instead of failing.
     @event.listens_for(engine.sync_engine, "connect")
@@ -114,6 +127,24 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+class Driver:
+    """A pooled Postgres connection as asyncpg sees it: written-out SQL with $n parameters, each
+    statement its own transaction (nothing is begun). jsonb goes in and comes out as text."""
+
+    __slots__ = ("_conn", "_statements")
+
+    def __init__(self, conn: Any, statements: Any) -> None:
+        self._conn, self._statements = conn, statements
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        self._statements.inc()
+        return await self._conn.fetch(sql, *args)  # type: ignore[no-any-return]
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        self._statements.inc()
+        return await self._conn.execute(sql, *args)  # type: ignore[no-any-return]
+
+
 class Database:
     """Connections for the hot path, each checkout timed (agentchat_db_pool_wait_seconds)."""
 
@@ -122,6 +153,26 @@ class Database:
         self.is_postgres = engine.dialect.name == "postgresql"
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._pool_wait = metrics.db_pool_wait
+        self._statements = metrics.db_statements
+
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[Driver]:
+        """Postgres only: a connection from the engine's pool (its checkout events, its limits) for
+        statements run by asyncpg directly. A connection that failed or was cancelled mid-statement
+        is discarded, not returned: its state is unknown."""
+        started = time.perf_counter()
+        fairy = await greenlet_spawn(self.engine.sync_engine.pool.connect)
+        self._pool_wait.observe(time.perf_counter() - started)
+        try:
+            yield Driver(cast(AdaptedConnection, fairy.dbapi_connection).driver_connection, self._statements)
+        except BaseException as exc:
+            if not _is_statement_error(exc):
+                # Terminated (no await outside a greenlet) and its pool slot given back.
+                fairy.invalidate(exc if isinstance(exc, Exception) else None)
+                raise
+            await greenlet_spawn(fairy.close)
+            raise
+        await greenlet_spawn(fairy.close)
 
     @asynccontextmanager
     async def statement(self) -> AsyncIterator[AsyncConnection]:

@@ -182,10 +182,24 @@ def _declare_envelope_for_validation_errors(app: FastAPI) -> None:
 
 
 def is_db_unavailable(exc: BaseException) -> bool:
-    """True for failures that mean "the database cannot be reached right now", not a bug."""
+    """True for failures that mean "the database cannot be reached right now", not a bug: through
+    SQLAlchemy, or from asyncpg itself (the hot path's `Database.driver()`)."""
+    import asyncpg  # type: ignore[import-untyped]
     from sqlalchemy import exc as sa_exc
 
     if isinstance(exc, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    if isinstance(
+        exc,
+        asyncpg.exceptions.InterfaceError  # the connection is closed or broken
+        # A backend terminated while its connection sat in the pool: the FATAL notice arrived,
+        # the hang-up not yet, so the next statement finds the protocol still reading the error.
+        | asyncpg.exceptions.InternalClientError
+        | asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError  # terminated by an administrator, shutting down
+        | asyncpg.exceptions.InsufficientResourcesError  # too many connections, disk full
+        | asyncpg.exceptions.QueryCanceledError,  # statement_timeout: the server is too busy
+    ):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
