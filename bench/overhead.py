@@ -9,8 +9,11 @@ The fake answers at once (`[[reply:ok]]`), so a /chat turn's latency is the serv
 fake call. The naive handler (bench/naive_app.py: the tutorial pattern, on the same database, fake
 and key, one worker with the same uvicorn flags) is the baseline the service should beat.
 Concurrency 1: requests interleaved round-robin so all see the same conditions. Concurrency 8:
-each target alone for a fixed time. Server CPU is each server process's own, from /proc; the
-service's /metrics is scraped around each of its phases. Always exits 0; PASS/MISS against targets.
+each target alone, in slices interleaved with the others'. Server CPU is each server process's own,
+from /proc; the service's /metrics is scraped around its phases. The load generator shares the
+two cores with the servers, so it is the cheapest client here, the same for every target: httpx2
+on the lean HTTP/1.1 transport the service uses for its model (app/llm/transport.py). Always
+exits 0; PASS/MISS against targets.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 
+from app.llm.transport import LeanTransport, ModelHttpClient
 from bench import _metrics
 from bench._harness import (
     REDIS_URL,
@@ -114,12 +118,12 @@ class Targets:
     """The request functions, one persistent keep-alive client per target."""
 
     def __init__(self, stack: Stack, *, continue_conversations: bool) -> None:
-        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-        timeout = httpx.Timeout(30.0)
-        self.fake_json = httpx.AsyncClient(base_url=stack.fake_url, limits=limits, timeout=timeout)
-        self.fake_stream = httpx.AsyncClient(base_url=stack.fake_url, limits=limits, timeout=timeout)
-        self.service = httpx.AsyncClient(base_url=stack.server_url, limits=limits, timeout=timeout)
-        self.naive = httpx.AsyncClient(base_url=stack.naive_url, limits=limits, timeout=timeout)
+        def client(url: str) -> ModelHttpClient:
+            transport = LeanTransport(max_connections=16, max_keepalive=16)
+            return ModelHttpClient(transport, base_url=url, timeout=httpx2.Timeout(30.0))
+
+        self.fake_json, self.fake_stream = client(stack.fake_url), client(stack.fake_url)
+        self.service, self.naive = client(stack.server_url), client(stack.naive_url)
         self.auth = {"Authorization": f"Bearer {stack.api_key}"}
         self.continue_conversations = continue_conversations
         # Every /chat request per server, warm-up included, to divide server-side totals by.
@@ -146,7 +150,7 @@ class Targets:
     async def call_naive(self, conversation: Conversation) -> None:
         await self._chat(NAIVE, self.naive, conversation, continue_=False)  # the naive app only starts new ones
 
-    async def _chat(self, name: str, client: httpx.AsyncClient, conversation: Conversation, *, continue_: bool) -> None:
+    async def _chat(self, name: str, client: ModelHttpClient, conversation: Conversation, *, continue_: bool) -> None:
         payload: dict[str, Any] = {"message": MESSAGE}
         if continue_ and conversation.id is not None:
             payload["conversation_id"] = conversation.id
@@ -165,7 +169,7 @@ class CallFailed(Exception):
     pass
 
 
-def _error_type(response: httpx.Response) -> str:
+def _error_type(response: httpx2.Response) -> str:
     try:
         return str(response.json()["error"]["type"])
     except (ValueError, KeyError, TypeError):
@@ -176,7 +180,7 @@ async def timed(call: Call, conversation: Conversation, series: Series | None) -
     started = time.perf_counter()
     try:
         await call(conversation)
-    except (CallFailed, httpx.HTTPError, ValueError, KeyError) as exc:
+    except (CallFailed, httpx2.HTTPError, ValueError, KeyError) as exc:
         if series is not None:
             series.add_error(str(exc) if isinstance(exc, CallFailed) else type(exc).__name__)
         return
