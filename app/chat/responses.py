@@ -1,7 +1,7 @@
 """The /chat door's wire format: a turn as one JSON body, or as a run of Server-Sent Events.
 
-JSON: the turn executes beside a watch on the client's connection, in one task group owned by
-the response; a disconnect cancels it, and what was produced is recorded however it ended.
+JSON: the turn executes under a watch on the client's connection (owned by the response); a
+disconnect cancels it, and what was produced is recorded however it ended.
 
 SSE: the turn is a run owned by the app's RunManager (see `TurnService.start_run`); the response
 follows its events (as `GET /runs/{id}/events` does, from any replica). Events: `start`, `delta`,
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -63,11 +62,8 @@ class TurnJSONResponse(Response):
         turn = self.turn
         async with turn.holding_lock():
             try:
-                async with anyio.create_task_group() as group:
-                    watch = DisconnectWatch(receive, group)
-                    group.start_soon(watch.run)
+                async with DisconnectWatch(receive) as watch:
                     await turn.execute(ignore)
-                    group.cancel_scope.cancel()
             finally:
                 await turn.record()
         if watch.client_left:

@@ -15,7 +15,6 @@ from app.conversations.errors import ConversationNotFound
 from app.core.errors import DatabaseUnavailable, InvalidRequest, RateLimited, Unauthorized, responses
 from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamTimeout
 from app.runs.responses import RunStreamResponse
-from app.state import SettingsDep
 
 router = APIRouter(tags=["chat"])
 
@@ -50,7 +49,6 @@ async def chat(
     request: Request,
     principal: CurrentPrincipal,
     turns: TurnServiceDep,
-    settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
@@ -76,5 +74,5 @@ async def chat(
         return TurnJSONResponse(started)
     run = await turns.start_run(started, EVENTS)
     return RunStreamResponse(
-        run, ping_seconds=settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"
+        run, ping_seconds=turns.settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"
     )

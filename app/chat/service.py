@@ -89,6 +89,7 @@ async def acquire_conversation(locks: LockManager, owner_id: uuid.UUID, conversa
 class TurnService:
     def __init__(self, app: State) -> None:
         self.app = app
+        self.settings = app["settings"]
 
     async def start(self, request: TurnRequest, respond: Callable[[Turn], dict[str, Any]]) -> Turn | Replay:
         """Phase 1 and everything before it. `respond` renders a finished turn for idempotent replays."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-import anyio
 import structlog
 from redis.exceptions import RedisError
 from starlette.responses import Response
@@ -72,8 +71,7 @@ class RunStreamResponse(_Follower):
             if self.cancel_on_disconnect:
                 run.cancel("client_disconnected")
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(DisconnectWatch(receive, group, left).run)
+        async with DisconnectWatch(receive, left):
             await start_sse(send)
             index = self.after
             while True:
@@ -89,7 +87,6 @@ class RunStreamResponse(_Follower):
                 else:
                     await send_body(send, PING)
             await send_body(send, b"", more=False)
-            group.cancel_scope.cancel()
 
 
 class StoredRunStreamResponse(_Follower):
@@ -103,8 +100,7 @@ class StoredRunStreamResponse(_Follower):
         self.ticket = ticket
 
     async def _follow(self, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(DisconnectWatch(receive, group).run)
+        async with DisconnectWatch(receive):
             await start_sse(send)
             last = self.after
             # Below the socket time-out: a quiet run (a slow tool, a thinking model) is an empty
@@ -144,7 +140,6 @@ class StoredRunStreamResponse(_Follower):
                     idle = 0.0
                     await send_body(send, PING)
             await send_body(send, b"", more=False)
-            group.cancel_scope.cancel()
 
 
 LOST = "The run's event log is gone; the conversation's messages have its answer once it is recorded."
