@@ -298,7 +298,9 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def stream_client(url: str, n: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    # Idle connections expire well before uvicorn's 5 s keep-alive: one the server closes just as
+    # the next phase reuses it is a ReadError that says nothing about the server.
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=2.0)
     return httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(60.0, connect=30.0, pool=60.0))
 
 
