@@ -35,7 +35,9 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
+import httpx2
 
+from app.llm.transport import LeanTransport, ModelHttpClient
 from bench import _metrics
 from bench._harness import (
     PG_ADMIN_DSN,
@@ -130,7 +132,7 @@ class Peaks:
 
 
 async def one_stream(
-    client: httpx.AsyncClient, headers: dict[str, str], message: str, deadline: float, delay: float = 0.0
+    client: httpx2.AsyncClient, headers: dict[str, str], message: str, deadline: float, delay: float = 0.0
 ) -> StreamResult:
     """One streamed turn, sent after `delay` seconds; timings from its own send."""
     result = StreamResult()
@@ -297,11 +299,12 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
     return env  # without --redis, REDIS_URL stays unset: clean_env drops it
 
 
-def stream_client(url: str, n: int) -> httpx.AsyncClient:
-    # Idle connections expire well before uvicorn's 5 s keep-alive: one the server closes just as
-    # the next phase reuses it is a ReadError that says nothing about the server.
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=2.0)
-    return httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(60.0, connect=30.0, pool=60.0))
+def stream_client(url: str, n: int) -> ModelHttpClient:
+    """The streams' client: httpx2 on the lean transport (app/llm/transport.py), the cheapest here,
+    since it shares the two cores with the servers (httpx's own took 70% of a core in ramp600). A
+    kept-alive connection the server closes as the next phase reuses it is retried, not an error."""
+    transport = LeanTransport(max_connections=n, max_keepalive=n)
+    return ModelHttpClient(transport, base_url=url, timeout=httpx2.Timeout(60.0, connect=30.0, pool=60.0))
 
 
 def error_kinds(results: list[StreamResult]) -> dict[str, int]:
@@ -437,7 +440,7 @@ async def run_burst(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def delta_phase(
-    client: httpx.AsyncClient, pid: int, headers: dict[str, str], words: int, n: int
+    client: httpx2.AsyncClient, pid: int, headers: dict[str, str], words: int, n: int
 ) -> dict[str, Any]:
     """n streams of `words` deltas at once; the server's CPU over them, from /proc."""
     message = f"[[words:{words}]] bench"
