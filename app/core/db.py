@@ -20,7 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import AdaptedConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from app.core.config import Settings
 from app.core.errors import is_db_unavailable
@@ -72,7 +72,9 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
         if used_at is None or time.monotonic() - used_at < PING_AFTER_IDLE_SECONDS:
             return  # brand new, or just used
         try:
-            dbapi_connection.ping()
+            # One bare round trip: the adapter's own ping wraps it in BEGIN … ROLLBACK (three
+            # round trips, the connection idle in transaction between them).
+            await_only(dbapi_connection.driver_connection.fetchrow(";"))
         except Exception as exc:
             # The pool discards this connection and checks out (or opens) another.
             raise DisconnectionError() from exc

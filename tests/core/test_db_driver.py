@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from app.core import db as db_module
 from app.core.config import Settings
 from app.core.db import Database, create_engine
 from app.core.errors import is_db_unavailable
@@ -86,3 +87,17 @@ async def test_a_backend_killed_in_the_pool_is_unavailable_not_a_bug_and_is_repl
             tries.append(exc)
     assert all(isinstance(t, int) or is_db_unavailable(t) for t in tries), tries
     assert tries[-1] != first
+
+
+async def test_an_idle_connection_whose_backend_died_is_replaced_at_checkout(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await backend(db)
+    admin = await asyncpg.connect(admin_database_url().replace("+asyncpg", ""))
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", first)
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.2)  # the hang-up has arrived: the pooled connection is closed
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # every checkout pings
+    assert await backend(db) != first  # first try: the ping found it dead, the pool opened another
