@@ -13,7 +13,7 @@ import structlog
 
 from app.agent.history import Msg, build_history, continue_history
 from app.conversations.errors import ConversationNotFound
-from app.conversations.turns import turn_store
+from app.conversations.turns import Opening, turn_store
 from app.core.config import Settings
 from app.core.db import Database
 from app.llm.base import Block, LLMRequest
@@ -80,26 +80,14 @@ async def begin_turn(
     options: TurnOptions = TurnOptions(),  # noqa: B008 - frozen, never mutated
 ) -> TurnStarted:
     content = options.content if options.content is not None else [{"type": "text", "text": message}]
+    opening = Opening(owner_id, content, settings.model_name, options.attributes)
     # One statement on Postgres (see turn_store): the connection is held for one round trip.
     async with turn_store(db) as turns:
         if conversation_id is None:
-            opened = await turns.open_new(
-                owner_id=owner_id,
-                title=make_title(message),
-                system=system,
-                content=content,
-                model=settings.model_name,
-                attributes=options.attributes,
-            )
+            opened = await turns.open_new(opening, title=make_title(message), system=system)
         else:
             found = await turns.open_existing(
-                conversation_id=conversation_id,
-                owner_id=owner_id,
-                content=content,
-                model=settings.model_name,
-                attributes=options.attributes,
-                until=options.after,
-                read_history=options.history is None,
+                opening, conversation_id=conversation_id, until=options.after, read_history=options.history is None
             )
             if found is None:
                 raise ConversationNotFound()

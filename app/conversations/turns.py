@@ -38,28 +38,21 @@ class OpenedTurn:
     earlier: list[tuple[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What phase 1 stores in either case: the owner's user message, and the answer's placeholder."""
+
+    owner_id: uuid.UUID
+    content: list[Block]
+    model: str
+    attributes: dict[str, Any] | None = None
+
+
 class TurnStore(Protocol):
-    async def open_new(
-        self,
-        *,
-        owner_id: uuid.UUID,
-        title: str,
-        system: str | None,
-        content: list[Block],
-        model: str,
-        attributes: dict[str, Any] | None = None,
-    ) -> OpenedTurn: ...
+    async def open_new(self, opening: Opening, *, title: str, system: str | None) -> OpenedTurn: ...
 
     async def open_existing(
-        self,
-        *,
-        conversation_id: uuid.UUID,
-        owner_id: uuid.UUID,
-        content: list[Block],
-        model: str,
-        attributes: dict[str, Any] | None = None,
-        until: uuid.UUID | None = None,
-        read_history: bool = True,
+        self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
     ) -> OpenedTurn | None:
         """None when the conversation does not exist or is not this owner's (nothing is stored then).
 
@@ -80,14 +73,15 @@ async def turn_store(db: Database) -> AsyncIterator[TurnStore]:
             yield SqliteTurns(conn)
 
 
-def _new_ids(content: list[Block], model: str, attributes: dict[str, Any] | None) -> dict[str, Any]:
+def _new_ids(opening: Opening) -> dict[str, Any]:
     # UUIDv7, taken in this order: the user's message sorts before the assistant's.
+    attributes = opening.attributes
     return {
         "user_id": uuid7(),
         "assistant_id": uuid7(),
         # Requests are validated (422); cleaning here keeps any other caller from a 500 in Postgres.
-        "content": json.dumps(clean(content), ensure_ascii=False),
-        "model": model,
+        "content": json.dumps(clean(opening.content), ensure_ascii=False),
+        "model": opening.model,
         "attributes": json.dumps(clean(attributes), ensure_ascii=False) if attributes is not None else None,
         "now": utcnow(),
     }
@@ -167,34 +161,17 @@ class PostgresTurns:
             ids["attributes"],
         )  # fmt: skip
 
-    async def open_new(
-        self,
-        *,
-        owner_id: uuid.UUID,
-        title: str,
-        system: str | None,
-        content: list[Block],
-        model: str,
-        attributes: dict[str, Any] | None = None,
-    ) -> OpenedTurn:
+    async def open_new(self, opening: Opening, *, title: str, system: str | None) -> OpenedTurn:
         title, system = clean_text(title), clean_text(system) if system is not None else None
-        ids, conversation_id = _new_ids(content, model, attributes), uuid7()
-        await self.driver.execute(_OPEN_NEW, *self._messages(conversation_id, owner_id, ids), title, system)
+        ids, conversation_id = _new_ids(opening), uuid7()
+        await self.driver.execute(_OPEN_NEW, *self._messages(conversation_id, opening.owner_id, ids), title, system)
         return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system, [])
 
     async def open_existing(
-        self,
-        *,
-        conversation_id: uuid.UUID,
-        owner_id: uuid.UUID,
-        content: list[Block],
-        model: str,
-        attributes: dict[str, Any] | None = None,
-        until: uuid.UUID | None = None,
-        read_history: bool = True,
+        self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
     ) -> OpenedTurn | None:
-        ids = _new_ids(content, model, attributes)
-        args = self._messages(conversation_id, owner_id, ids)
+        ids = _new_ids(opening)
+        args = self._messages(conversation_id, opening.owner_id, ids)
         if not read_history:
             rows = await self.driver.fetch(_OPEN_EXISTING_BARE, *args)
         elif until is not None:
@@ -224,21 +201,12 @@ class SqliteTurns:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def open_new(
-        self,
-        *,
-        owner_id: uuid.UUID,
-        title: str,
-        system: str | None,
-        content: list[Block],
-        model: str,
-        attributes: dict[str, Any] | None = None,
-    ) -> OpenedTurn:
+    async def open_new(self, opening: Opening, *, title: str, system: str | None) -> OpenedTurn:
         title, system = clean_text(title), clean_text(system) if system is not None else None
-        ids, conversation_id = _new_ids(content, model, attributes), uuid7()
+        ids, conversation_id = _new_ids(opening), uuid7()
         await self.conn.execute(
             insert(Conversation).values(
-                id=conversation_id, owner_id=owner_id, title=title, system=system, created_at=ids["now"],
+                id=conversation_id, owner_id=opening.owner_id, title=title, system=system, created_at=ids["now"],
                 updated_at=ids["now"],
             )
         )  # fmt: skip
@@ -246,18 +214,10 @@ class SqliteTurns:
         return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system, [])
 
     async def open_existing(
-        self,
-        *,
-        conversation_id: uuid.UUID,
-        owner_id: uuid.UUID,
-        content: list[Block],
-        model: str,
-        attributes: dict[str, Any] | None = None,
-        until: uuid.UUID | None = None,
-        read_history: bool = True,
+        self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
     ) -> OpenedTurn | None:
-        ids = _new_ids(content, model, attributes)
-        owned = Conversation.id == conversation_id, Conversation.owner_id == owner_id
+        ids = _new_ids(opening)
+        owned = Conversation.id == conversation_id, Conversation.owner_id == opening.owner_id
         system = (await self.conn.execute(select(Conversation.system).where(*owned))).first()
         if system is None:
             return None
