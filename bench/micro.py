@@ -163,9 +163,7 @@ async def main() -> None:
     real_stderr = sys.stderr
     try:
         await wait_http_ok(f"{url}/_stats", fake)
-        sys.stderr = io.StringIO()  # the log lines of the logging pair go nowhere
         configure_logging("json", "INFO")
-        sys.stderr = real_stderr
         db = Database(engine, Metrics())
         pairs = {
             "model call (SDK, raw response, fake model)": model_call_ops(url),
@@ -174,12 +172,8 @@ async def main() -> None:
             "disconnect watch around a block": watch_ops(),
         }
         print("operation                                    CPU per operation (median of 5 rounds)")
-        sink = io.StringIO()
-        sys.stderr = sink
-        try:
-            await measure(pairs)
-        finally:
-            sys.stderr = real_stderr
+        sys.stderr = io.StringIO()  # the log lines of the logging pair go nowhere
+        await measure(pairs)
     finally:
         sys.stderr = real_stderr
         await engine.dispose()

@@ -65,6 +65,17 @@ def proxied() -> bool:
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; parses one response at a time."""
 
+    # The response being read (set by `_reset_response`, once per request).
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    headers_done: bool
+    body: deque[bytes]
+    buffered: int
+    complete: bool
+    keep_alive: bool
+    _until_close: bool
+
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
@@ -75,16 +86,7 @@ class _Connection(asyncio.Protocol):
         self.requests = 0  # sent on this connection
         self.idle_since = 0.0
         self.got_bytes = False  # of the current response
-        # The response being read (reset per request).
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.headers_done = False
-        self.body: deque[bytes] = deque()
-        self.buffered = 0
-        self.complete = False
-        self.keep_alive = False
-        self._until_close = False
+        self._reset_response()
 
     # ------------------------------------------------------------------ protocol callbacks
 
@@ -171,9 +173,7 @@ class _Connection(asyncio.Protocol):
         self.requests += 1
         self.got_bytes = False
         self._parser = httptools.HttpResponseParser(self)
-        self.transport.write(head + body if len(body) < 64 * 1024 else head)
-        if len(body) >= 64 * 1024:
-            self.transport.write(body)
+        self.transport.writelines((head, body))
 
     async def wait(self, read_timeout: float | None) -> None:
         """Until the parser has more to give, the connection ends, or `read_timeout` passes (ReadTimeout)."""

@@ -18,6 +18,7 @@ from app.core.db import Database, create_engine
 from app.core.errors import is_db_unavailable
 from app.core.metrics import Metrics
 from tests.fixtures.services import admin_database_url
+from tests.resilience.server import kill_pg_connections
 
 
 @pytest.fixture
@@ -70,13 +71,11 @@ async def test_a_statement_cancelled_midway_discards_its_connection(db: Database
     assert await asyncio.wait_for(backend(db), 5) != first
 
 
-async def test_a_backend_killed_in_the_pool_is_unavailable_not_a_bug_and_is_replaced(db: Database) -> None:
+async def test_a_backend_killed_in_the_pool_is_unavailable_not_a_bug_and_is_replaced(
+    db: Database, settings: Settings
+) -> None:
     first = await backend(db)
-    admin = await asyncpg.connect(admin_database_url().replace("+asyncpg", ""))
-    try:
-        await admin.execute("SELECT pg_terminate_backend($1)", first)
-    finally:
-        await admin.close()
+    assert await kill_pg_connections(admin_database_url(), settings.app_name) == 1  # the pool's one
     # The hang-up may not have been seen yet: the first try may fail, as a 503 (never a 500).
     tries: list[int | Exception] = []
     while not tries or not isinstance(tries[-1], int):
@@ -90,14 +89,10 @@ async def test_a_backend_killed_in_the_pool_is_unavailable_not_a_bug_and_is_repl
 
 
 async def test_an_idle_connection_whose_backend_died_is_replaced_at_checkout(
-    db: Database, monkeypatch: pytest.MonkeyPatch
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = await backend(db)
-    admin = await asyncpg.connect(admin_database_url().replace("+asyncpg", ""))
-    try:
-        await admin.execute("SELECT pg_terminate_backend($1)", first)
-    finally:
-        await admin.close()
+    assert await kill_pg_connections(admin_database_url(), settings.app_name) == 1  # the pool's one
     await asyncio.sleep(0.2)  # the hang-up has arrived: the pooled connection is closed
     monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # every checkout pings
     assert await backend(db) != first  # first try: the ping found it dead, the pool opened another
