@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx2
@@ -22,6 +22,10 @@ from app.llm.errors import (
     retry_after,
 )
 from app.llm.transport import LeanTransport, ModelHttpClient, proxied
+
+MESSAGES_PATH = "/v1/messages"
+# What `post(stream=True)` asks for; with `cast_to=httpx2.Response` the SDK hands back the response itself.
+_RawStream = anthropic.AsyncStream[Any]
 
 
 @contextmanager
@@ -128,16 +132,34 @@ class AnthropicModel:
             kwargs["tools"] = request.tools
             if request.tool_choice:
                 kwargs["tool_choice"] = request.tool_choice
-        # The SDK makes the call (auth, headers, retries before the first byte, status errors);
-        # we read the body ourselves: its typed models and accumulating stream helper cost more per
-        # event than the rest of a relayed delta together, and we keep only a few fields.
+        # The SDK makes the call (auth, headers, retries before the first byte, status errors)
+        # through its documented way in for any request (`post`, `cast_to=httpx2.Response`), with
+        # the body encoded here: `messages.create` would walk and copy the whole body (history and
+        # tool schemas) on each call only to send the same JSON. We read the body ourselves: the
+        # SDK's typed models and accumulating stream helper cost more per event than the rest of a
+        # relayed delta together, and we keep only a few fields.
+        if request.incremental:
+            kwargs["stream"] = True
+        body = json.dumps(kwargs, ensure_ascii=False, separators=(",", ":")).encode()
         with map_errors():
             if not request.incremental:
-                raw = await self._client.messages.with_raw_response.create(**kwargs)
-                yield _whole(json.loads(await raw.read()))
+                response = await self._client.post(MESSAGES_PATH, content=body, cast_to=httpx2.Response)
+                yield _whole(json.loads(response.content))
                 return
-            async with self._client.messages.with_streaming_response.create(**kwargs, stream=True) as response:
-                yield _events(response.iter_bytes())
+            # stream=True: the response comes back unread, its body ours to iterate and close.
+            streamed = await self._client.post(
+                MESSAGES_PATH, content=body, cast_to=httpx2.Response, stream=True, stream_cls=_RawStream
+            )
+            response = cast(httpx2.Response, streamed)
+            try:
+                yield _events(response.aiter_raw() if _identity(response) else response.aiter_bytes())
+            finally:
+                await response.aclose()
+
+
+def _identity(response: httpx2.Response) -> bool:
+    """No content-encoding: the raw chunks are the body, without httpx2's decoder and re-chunking per read."""
+    return response.headers.get("content-encoding", "identity").strip().lower() == "identity"
 
 
 async def _whole(message: dict[str, Any]) -> AsyncIterator[LLMEvent]:
