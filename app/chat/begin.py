@@ -1,8 +1,13 @@
 """Phase 1 of a turn: one statement stores the user's message (never lost after this) and an
-`in_progress` assistant placeholder, and reads the history the model will see."""
+`in_progress` assistant placeholder, and reads the history the model will see.
+
+A new conversation's first JSON turn reads no history, so its statement need not finish before the
+model is asked: it is sent, and the turn goes on while Postgres runs it (see `TurnStarted.stored`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +18,7 @@ import structlog
 
 from app.agent.history import Msg, build_history, continue_history
 from app.conversations.errors import ConversationNotFound
-from app.conversations.turns import Opening, turn_store
+from app.conversations.turns import NewConversation, OpenedTurn, Opening, new_conversation, turn_store
 from app.core.config import Settings
 from app.core.db import Database
 from app.llm.base import Block, LLMRequest
@@ -25,6 +30,7 @@ log = structlog.get_logger("app.chat.turn")
 
 
 TITLE_CHARS = 80
+_STORING: set[asyncio.Task[None]] = set()
 
 
 def make_title(message: str) -> str:
@@ -42,6 +48,9 @@ class TurnStarted:
     created_at: datetime
     model: str
     request: LLMRequest
+    # Phase 1's statement still on its way (a new conversation's JSON turn); the Turn owns it and
+    # lets nothing out (an event, a tool's write, the outcome) before it has committed.
+    stored: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +90,29 @@ async def begin_turn(
 ) -> TurnStarted:
     content = options.content if options.content is not None else [{"type": "text", "text": message}]
     opening = Opening(owner_id, content, settings.model_name, options.attributes)
-    # One statement on Postgres (see turn_store): the connection is held for one round trip.
-    async with turn_store(db) as turns:
-        if conversation_id is None:
-            opened = await turns.open_new(opening, title=make_title(message), system=system)
+    stored: asyncio.Task[None] | None = None
+    opened: OpenedTurn
+    if conversation_id is None:
+        new = new_conversation(opening, title=make_title(message), system=system)
+        opened = new.opened
+        # Overlapped with the model call only where nothing reaches the client before the outcome
+        # is recorded (a stream's `start` says the message is stored), and only with a connection
+        # free now: under pressure, a turn that could not store its message must not call the model.
+        if not incremental and db.is_postgres and db.has_free_connection():
+            stored = asyncio.create_task(_store_new(db, new), name="turn.store_new")
+            _STORING.add(stored)  # owned by the Turn; held here too, as the loop keeps only a weak reference
+            stored.add_done_callback(_STORING.discard)
         else:
+            await _store_new(db, new)
+    else:
+        # One statement on Postgres (see turn_store): the connection is held for one round trip.
+        async with turn_store(db) as turns:
             found = await turns.open_existing(
                 opening, conversation_id=conversation_id, until=options.after, read_history=options.history is None
             )
-            if found is None:
-                raise ConversationNotFound()
-            opened = found
+        if found is None:
+            raise ConversationNotFound()
+        opened = found
     budget = settings.history_token_budget
     if options.history is not None:
         history = continue_history(options.history, content, budget=budget)
@@ -112,4 +133,11 @@ async def begin_turn(
         message_id=str(opened.assistant_id),
         history_messages=len(history),
     )
-    return TurnStarted(opened.conversation_id, opened.assistant_id, opened.created_at, settings.model_name, request)
+    return TurnStarted(
+        opened.conversation_id, opened.assistant_id, opened.created_at, settings.model_name, request, stored
+    )
+
+
+async def _store_new(db: Database, new: NewConversation) -> None:
+    async with turn_store(db) as turns:
+        await turns.open_new(new)

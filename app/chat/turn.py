@@ -1,7 +1,9 @@
 """Where a turn is run. Three phases, and no database connection is held across the model call:
 
 1. `begin_turn`: one statement stores the user's message (never lost after this) and an
-   `in_progress` assistant placeholder, and reads the history.
+   `in_progress` assistant placeholder, and reads the history. A new conversation's JSON turn
+   sends it and goes on: the model call overlaps it, and nothing of the turn (an event, a tool,
+   the outcome) goes out before it committed; if it fails, the turn fails as phase 1 would have.
 2. `Turn.execute`: the agent (model calls and tools), with no connection checked out.
 3. `Turn.record`: one statement stores the outcome — `complete`, `incomplete` (client left,
    shutdown: partial text kept) or `error` — whatever way phase 2 ended.
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from app.conversations.turns import turn_store
 from app.core.config import Settings
 from app.core.context import current_request_id
 from app.core.db import Database
-from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, is_db_unavailable
+from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, db_unavailable, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
 from app.core.metrics import Metrics
@@ -93,6 +96,40 @@ class Turn:
             self._held = held
             yield
 
+    def __post_init__(self) -> None:
+        if self.started.stored is not None:
+            self.started.stored.add_done_callback(self._on_stored)
+
+    def _on_stored(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._scope.cancel()  # the message was not stored: the model's answer is moot
+
+    async def _wait_stored(self) -> None:
+        """Phase 1's statement, where it was overlapped: wait until it committed, or raise the turn's
+        error for its failure (a 503 for the database, as when phase 1 runs first)."""
+        task = self.started.stored
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)  # a cancelled turn must not cancel the insert under it
+        except Exception as exc:
+            if is_db_unavailable(exc):
+                raise db_unavailable(exc) from exc
+            log.error("chat.turn.store_failed", error=type(exc).__name__, exc_info=exc)
+            raise AppError() from exc
+
+    def _stored_failed(self) -> bool:
+        task = self.started.stored
+        return task is not None and task.done() and not task.cancelled() and task.exception() is not None
+
+    def _after_stored(self, emit: Emit) -> Emit:
+        async def gated(event: TurnEvent) -> None:
+            if not isinstance(event, TurnFailed):
+                await self._wait_stored()
+            await emit(event)
+
+        return gated
+
     def interrupt_for_shutdown(self) -> None:
         self._shutdown = True
         self._scope.cancel()
@@ -120,7 +157,9 @@ class Turn:
         """Phase 2: the agent, emitting events. Failures become a `TurnFailed` event, never an exception."""
         self.metrics.turns_in_flight.inc()
         try:
-            await self._execute(emit)
+            # The agent emits each text delta and tool call before anything follows from it (a
+            # tool runs after its call is emitted): gating the events gates the turn's effects.
+            await self._execute(emit if self.started.stored is None else self._after_stored(emit))
         finally:
             self.metrics.turns_in_flight.dec()
 
@@ -128,6 +167,7 @@ class Turn:
         try:
             with self.lifecycle.track(self), self._scope, anyio.fail_after(self.settings.turn_timeout):
                 await self.agent.run(self.started.request, self.context, self.transcript, emit)
+            await self._wait_stored()  # before the turn counts as done (also: its failure ended the scope)
             if self._shutdown:
                 # Interrupted by the drain: the partial answer is kept, the client is told why.
                 self.error = ShuttingDown("The server shut down before the answer was complete.")
@@ -179,6 +219,16 @@ class Turn:
             if self._held is not None:
                 await self._held.release()
 
+    async def _after_record(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            for hook in self.after_record:
+                try:
+                    await hook(self)
+                except Exception as exc:  # quotas and idempotency degrade; the outcome stands
+                    log.warning(
+                        "chat.turn.after_record_failed", hook=getattr(hook, "__name__", "?"), error=type(exc).__name__
+                    )
+
     def _history_key(self) -> str | None:
         if self.history_key is None:
             return None
@@ -189,6 +239,13 @@ class Turn:
             return None
 
     async def _record(self) -> bool:
+        if self.started.stored is not None:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([self.started.stored])  # the row to update must exist
+            if self._stored_failed():
+                # Nothing was stored, so there is nothing to record; the claims are given back.
+                await self._after_record()
+                return False
         self.metrics.turns.labels(self.status).inc()
         self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
         self.metrics.tokens.labels("out").inc(self.usage.output_tokens)
@@ -229,14 +286,7 @@ class Turn:
         if not self.saved:
             log.error("chat.turn.record_timed_out", message_id=str(self.started.message_id))
             return False
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            for hook in self.after_record:
-                try:
-                    await hook(self)
-                except Exception as exc:  # quotas and idempotency degrade; the turn is stored
-                    log.warning(
-                        "chat.turn.after_record_failed", hook=getattr(hook, "__name__", "?"), error=type(exc).__name__
-                    )
+        await self._after_record()
         log.info(
             "chat.turn.finished",
             conversation_id=str(self.started.conversation_id),

@@ -48,8 +48,28 @@ class Opening:
     attributes: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewConversation:
+    """Phase 1 of a new conversation, settled before it is stored: every id and timestamp is taken
+    here, so the turn can go on (see `begin_turn`) while the statement is on its way."""
+
+    opening: Opening
+    title: str
+    system: str | None
+    ids: dict[str, Any]
+    opened: OpenedTurn
+
+
+def new_conversation(opening: Opening, *, title: str, system: str | None) -> NewConversation:
+    title, system = clean_text(title), clean_text(system) if system is not None else None
+    ids, conversation_id = _new_ids(opening), uuid7()
+    return NewConversation(
+        opening, title, system, ids, OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system, [])
+    )
+
+
 class TurnStore(Protocol):
-    async def open_new(self, opening: Opening, *, title: str, system: str | None) -> OpenedTurn: ...
+    async def open_new(self, new: NewConversation) -> None: ...
 
     async def open_existing(
         self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
@@ -161,11 +181,9 @@ class PostgresTurns:
             ids["attributes"],
         )  # fmt: skip
 
-    async def open_new(self, opening: Opening, *, title: str, system: str | None) -> OpenedTurn:
-        title, system = clean_text(title), clean_text(system) if system is not None else None
-        ids, conversation_id = _new_ids(opening), uuid7()
-        await self.driver.execute(_OPEN_NEW, *self._messages(conversation_id, opening.owner_id, ids), title, system)
-        return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system, [])
+    async def open_new(self, new: NewConversation) -> None:
+        args = self._messages(new.opened.conversation_id, new.opening.owner_id, new.ids)
+        await self.driver.execute(_OPEN_NEW, *args, new.title, new.system)
 
     async def open_existing(
         self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
@@ -201,17 +219,15 @@ class SqliteTurns:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def open_new(self, opening: Opening, *, title: str, system: str | None) -> OpenedTurn:
-        title, system = clean_text(title), clean_text(system) if system is not None else None
-        ids, conversation_id = _new_ids(opening), uuid7()
+    async def open_new(self, new: NewConversation) -> None:
+        ids, conversation_id = new.ids, new.opened.conversation_id
         await self.conn.execute(
             insert(Conversation).values(
-                id=conversation_id, owner_id=opening.owner_id, title=title, system=system, created_at=ids["now"],
-                updated_at=ids["now"],
+                id=conversation_id, owner_id=new.opening.owner_id, title=new.title, system=new.system,
+                created_at=ids["now"], updated_at=ids["now"],
             )
         )  # fmt: skip
         await self._insert_messages(conversation_id, ids)
-        return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system, [])
 
     async def open_existing(
         self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True

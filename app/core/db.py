@@ -157,6 +157,15 @@ class Database:
         self._pool_wait = metrics.db_pool_wait
         self._statements = metrics.db_statements
 
+    def has_free_connection(self) -> bool:
+        """Whether a checkout now would get a connection without waiting for another to come back:
+        an idle one, or a pool slot not yet opened (overflow aside: it is for bursts)."""
+        pool = self.engine.sync_engine.pool
+        checked_in, checked_out, size = (getattr(pool, name, None) for name in ("checkedin", "checkedout", "size"))
+        if checked_in is None or checked_out is None or size is None:  # not a QueuePool
+            return False
+        return bool(checked_in() > 0 or checked_out() < size())
+
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[Driver]:
         """Postgres only: a connection from the engine's pool (its checkout events, its limits) for

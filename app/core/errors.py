@@ -181,6 +181,15 @@ def _declare_envelope_for_validation_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def db_unavailable(exc: BaseException) -> ServiceUnavailable:
+    """The 503 for an `is_db_unavailable` failure: every connection busy, or the database unreachable."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, PoolTimeout):  # the database is fine; every connection is in use
+        return ServiceBusy("Every database connection is busy; retry shortly.")
+    return DatabaseUnavailable()
+
+
 def is_db_unavailable(exc: BaseException) -> bool:
     """True for failures that mean "the database cannot be reached right now", not a bug: through
     SQLAlchemy, or from asyncpg itself (the hot path's `Database.driver()`)."""

@@ -17,12 +17,11 @@ import structlog
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.core.errors import AppError, Conflict, DatabaseUnavailable, NotFound, ServiceBusy, is_db_unavailable
+from app.core.errors import AppError, Conflict, NotFound, ServiceBusy, db_unavailable, is_db_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -163,9 +162,8 @@ class OpenAIRoute(APIRoute):
             except Exception as exc:
                 if not is_db_unavailable(exc):
                     raise  # a bug: the middleware logs it and answers 500
-                busy = isinstance(exc, PoolTimeout)
-                error = ServiceBusy() if busy else DatabaseUnavailable()
-                log.warning("http.database_unavailable", error=type(exc).__name__, busy=busy)
+                error = db_unavailable(exc)
+                log.warning("http.database_unavailable", error=type(exc).__name__, busy=isinstance(error, ServiceBusy))
                 return error_response(error)
 
         return route

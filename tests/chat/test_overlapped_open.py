@@ -1,0 +1,92 @@
+"""A new conversation's JSON turn sends its phase-1 statement and asks the model while Postgres runs
+it; nothing of the turn goes out before that statement committed, and its failure is phase 1's.
+
+Postgres is made slow at will by holding a lock that phase 1's INSERT must wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+from sqlalchemy import func, select
+
+from app.core.config import Settings
+from app.models import Conversation, Message
+from app.state import State
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key, running_app
+from tests.helpers import eventually
+
+
+@asynccontextmanager
+async def conversations_locked(settings: Settings) -> AsyncIterator[None]:
+    """Hold a lock on `conversations` that every INSERT into it waits for, until the block ends."""
+    conn = await asyncpg.connect(settings.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE conversations IN EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def stored(state: State) -> tuple[int, list[str]]:
+    async with state["sessions"]() as session:
+        conversations = (await session.execute(select(func.count()).select_from(Conversation))).scalar_one()
+        statuses = (await session.execute(select(Message.status).order_by(Message.id))).scalars().all()
+    return conversations, [str(s) for s in statuses]
+
+
+async def test_the_model_is_asked_while_phase_1_is_still_running(
+    settings: Settings, state: State, client: httpx.AsyncClient, auth: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    async with conversations_locked(settings):
+        answer = asyncio.create_task(client.post("/chat", json={"message": "hello"}, headers=auth))
+        # The model has the request although the user's message cannot be stored yet…
+        await eventually(lambda: len(llm_server.state.request_bodies()) == 1, timeout=5)
+        await asyncio.sleep(0.2)
+        # …and nothing comes back before it is.
+        assert not answer.done()
+        assert await stored(state) == (0, [])
+    r = await answer
+    assert r.status_code == 200, r.text
+    assert r.json()["message"]["status"] == "complete"
+    assert await stored(state) == (1, ["complete", "complete"])
+
+
+async def test_a_stream_still_stores_its_message_before_the_model_is_asked(
+    settings: Settings, client: httpx.AsyncClient, auth: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    # A stream's `start` event tells the client its message is stored: no overlap there.
+    async with conversations_locked(settings):
+        answer = asyncio.create_task(client.post("/chat", json={"message": "hello", "stream": True}, headers=auth))
+        await asyncio.sleep(0.5)
+        assert llm_server.state.request_bodies() == []
+    assert (await answer).status_code == 200
+
+
+async def test_a_phase_1_that_fails_ends_the_turn_at_once_with_its_503_and_stores_nothing(
+    settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    # The INSERT gives up after 300 ms (statement_timeout); the model would take 5 s to answer.
+    quick = settings.model_copy(update={"db_statement_timeout_ms": 300, "max_turns_in_flight_per_key": 1})
+    async with running_app(quick) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        async with conversations_locked(settings):
+            started = time.monotonic()
+            r = await client.post("/chat", json={"message": "[[slow:5]] hello"}, headers=auth)
+            elapsed = time.monotonic() - started
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["type"] == "database_unavailable"
+        assert r.headers["retry-after"] == "2"
+        assert elapsed < 4, "the turn waited for a model answer it could not use"
+        assert len(llm_server.state.request_bodies()) == 1  # it had been asked: the call was cut short
+        assert await stored(state) == (0, [])
+        # The key's turn slot was given back: the next turn runs.
+        ok = await client.post("/chat", json={"message": "again"}, headers=auth)
+        assert ok.status_code == 200, ok.text
