@@ -42,5 +42,6 @@ def as_run(turn: Turn, publisher: RunPublisher) -> Callable[[Run], Awaitable[Non
                 await turn.record()
                 if not run.finished:
                     publisher.interrupted(turn, run)
+                turn.report()
 
     return drive

@@ -27,9 +27,13 @@ from app.runs.manager import Run
 
 
 def chat_response(turn: Turn) -> dict[str, Any]:
-    """The JSON body of a finished turn (also what an Idempotency-Key replays)."""
+    """The JSON body of a finished turn, as data (what an Idempotency-Key replays)."""
+    return chat_body(turn).model_dump(mode="json")
+
+
+def chat_body(turn: Turn) -> ChatResponse:
     started = turn.started
-    body = ChatResponse(
+    return ChatResponse(
         conversation_id=started.conversation_id,
         model=started.model,
         stop_reason=turn.stop_reason,
@@ -42,7 +46,6 @@ def chat_response(turn: Turn) -> dict[str, Any]:
         ),
         usage=usage_out(turn.usage),
     )
-    return body.model_dump(mode="json")
 
 
 class TurnJSONResponse(Response):
@@ -60,21 +63,25 @@ class TurnJSONResponse(Response):
             return None
 
         turn = self.turn
-        async with turn.holding_lock():
-            try:
-                async with DisconnectWatch(receive) as watch:
-                    await turn.execute(ignore)
-            finally:
-                await turn.record()
-        if watch.client_left:
-            return  # the client has gone; there is no one to tell
-        error = turn.error if turn.saved else turn.error or not_saved()
-        await self.answer(turn, error)(scope, receive, send)
+        try:
+            async with turn.holding_lock():
+                try:
+                    async with DisconnectWatch(receive) as watch:
+                        await turn.execute(ignore)
+                finally:
+                    await turn.record()
+            if watch.client_left:
+                return  # the client has gone; there is no one to tell
+            error = turn.error if turn.saved else turn.error or not_saved()
+            await self.answer(turn, error)(scope, receive, send)
+        finally:
+            turn.report()
 
     def answer(self, turn: Turn, error: AppError | None) -> Response:
         if error is not None:
             return JSONResponse(envelope(error.type, error.message), error.status_code, error.headers)
-        return JSONResponse(chat_response(turn))
+        # Serialized by pydantic in one pass, not dumped to data and then encoded again.
+        return Response(chat_body(turn).model_dump_json(), media_type="application/json")
 
 
 class ChatEvents:

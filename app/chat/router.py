@@ -64,7 +64,8 @@ async def chat(
             system=body.system,
             incremental=stream,
             idempotency_key=idempotency_key,
-            fingerprint={**body.model_dump(mode="json"), "stream": stream},
+            # What a retry must repeat; only an Idempotency-Key's retries are compared.
+            fingerprint={**body.model_dump(mode="json"), "stream": stream} if idempotency_key is not None else None,
         ),
         respond=chat_response,
     )

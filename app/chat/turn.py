@@ -85,6 +85,7 @@ class Turn:
     _held: Held | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _shutdown: bool = False
+    _reported: bool = False
 
     @asynccontextmanager
     async def holding_lock(self) -> AsyncIterator[None]:
@@ -238,6 +239,26 @@ class Turn:
             log.exception("chat.turn.history_key_failed", message_id=str(self.started.message_id))
             return None
 
+    def report(self) -> None:
+        """Count the turn and log its outcome, once: after the door has answered, since neither is
+        something the client waits for."""
+        if self._reported:
+            return
+        self._reported = True
+        self.metrics.turns.labels(self.status).inc()
+        self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
+        self.metrics.tokens.labels("out").inc(self.usage.output_tokens)
+        if self.saved:
+            log.info(
+                "chat.turn.finished",
+                conversation_id=str(self.started.conversation_id),
+                message_id=str(self.started.message_id),
+                status=self.status,
+                stop_reason=self.stop_reason,
+                input_tokens=self.usage.input_tokens,
+                output_tokens=self.usage.output_tokens,
+            )
+
     async def _record(self) -> bool:
         if self.started.stored is not None:
             with anyio.CancelScope(shield=True):
@@ -246,9 +267,6 @@ class Turn:
                 # Nothing was stored, so there is nothing to record; the claims are given back.
                 await self._after_record()
                 return False
-        self.metrics.turns.labels(self.status).inc()
-        self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
-        self.metrics.tokens.labels("out").inc(self.usage.output_tokens)
         values: dict[str, Any] = {
             "status": self.status.value,
             "content": self.transcript.content(),
@@ -287,13 +305,4 @@ class Turn:
             log.error("chat.turn.record_timed_out", message_id=str(self.started.message_id))
             return False
         await self._after_record()
-        log.info(
-            "chat.turn.finished",
-            conversation_id=str(self.started.conversation_id),
-            message_id=str(self.started.message_id),
-            status=self.status,
-            stop_reason=self.stop_reason,
-            input_tokens=self.usage.input_tokens,
-            output_tokens=self.usage.output_tokens,
-        )
         return True
