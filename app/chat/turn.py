@@ -221,6 +221,8 @@ class Turn:
                 await self._held.release()
 
     async def _after_record(self) -> None:
+        if not self.after_record:
+            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             for hook in self.after_record:
                 try:
