@@ -27,7 +27,13 @@ from app.conversations.turns import turn_store
 from app.core.config import Settings
 from app.core.context import current_request_id
 from app.core.db import Database
-from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, db_unavailable, is_db_unavailable
+from app.core.errors import (
+    AppError,
+    DatabaseUnavailable,
+    ShuttingDown,
+    db_unavailable,
+    is_db_unavailable,
+)
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
 from app.core.metrics import Metrics
@@ -114,10 +120,11 @@ class Turn:
         try:
             await asyncio.shield(task)  # a cancelled turn must not cancel the insert under it
         except Exception as exc:
-            if is_db_unavailable(exc):
-                raise db_unavailable(exc) from exc
-            log.error("chat.turn.store_failed", error=type(exc).__name__, exc_info=exc)
-            raise AppError() from exc
+            raise self._store_error(exc) from exc
+
+    @staticmethod
+    def _store_error(exc: BaseException) -> AppError:
+        return db_unavailable(exc) if is_db_unavailable(exc) else AppError()
 
     def _stored_failed(self) -> bool:
         task = self.started.stored
@@ -266,7 +273,13 @@ class Turn:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([self.started.stored])  # the row to update must exist
             if self._stored_failed():
-                # Nothing was stored, so there is nothing to record; the claims are given back.
+                # Nothing was stored, so there is nothing to record: that is the turn's outcome,
+                # whatever else went wrong meanwhile (the model may have failed too). Claims go back.
+                exc = self.started.stored.exception()
+                assert exc is not None
+                if not is_db_unavailable(exc):  # a bug, not an outage
+                    log.error("chat.turn.store_failed", error=type(exc).__name__, exc_info=exc)
+                self.status, self.error = MessageStatus.ERROR, self._store_error(exc)
                 await self._after_record()
                 return False
         values: dict[str, Any] = {

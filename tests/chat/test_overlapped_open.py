@@ -7,6 +7,7 @@ Postgres is made slow at will by holding a lock that phase 1's INSERT must wait 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from app.models import Conversation, Message
 from app.state import State
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key, running_app
-from tests.helpers import eventually
+from tests.helpers import Live, eventually, pg_activity
 
 
 @asynccontextmanager
@@ -90,3 +91,26 @@ async def test_a_phase_1_that_fails_ends_the_turn_at_once_with_its_503_and_store
         # The key's turn slot was given back: the next turn runs.
         ok = await client.post("/chat", json={"message": "again"}, headers=auth)
         assert ok.status_code == 200, ok.text
+
+
+async def test_a_client_that_leaves_before_phase_1_committed_still_has_its_message_recorded(
+    settings: Settings, live: Live, live_key: str, llm_server: FakeLLMServer, app_name: str
+) -> None:
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        async with conversations_locked(settings):
+            auth = {"Authorization": f"Bearer {live_key}"}
+            asking = asyncio.create_task(http.post("/chat", json={"message": "[[slow:3]] hello"}, headers=auth))
+            await eventually(lambda: len(llm_server.state.request_bodies()) == 1, timeout=5)
+            asking.cancel()  # the client hangs up while its INSERT still waits for the lock
+            with contextlib.suppress(asyncio.CancelledError):
+                await asking
+            await asyncio.sleep(0.3)  # the disconnect reaches the turn first; then the INSERT may go on
+
+    # Stored once the lock went: the user's message, and the answer recorded as interrupted.
+    async def recorded() -> bool:
+        return await stored(live.state) == (1, ["complete", "incomplete"])
+
+    await eventually(recorded, timeout=5)
+    engine = live.state["engine"]
+    await eventually(lambda: engine.pool.checkedout() == 0, timeout=2.0)  # type: ignore[attr-defined]
+    assert "idle in transaction" not in await pg_activity(live.state["sessions"], app_name)
