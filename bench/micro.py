@@ -4,7 +4,8 @@
 
 Each pair is what the service used to do and what it does now, run in the same process, in
 rounds that alternate (this box's speed drifts by seconds): the model call through the SDK
-(httpx2's default client vs ours on the lean transport, against the fake model), one statement on
+(httpx2's default client vs ours on the lean transport, against the fake model), a turn's model
+call with its tool schemas (`messages.create` vs `post` with the body encoded once), one statement on
 Postgres (SQLAlchemy's execution layer vs `Database.driver()`), one INFO log line (through a stdlib
 LogRecord and formatter vs structlog straight to stderr; the same processors, redaction included),
 and the disconnect watch (an anyio task group vs one asyncio task). Prints the median of five
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import secrets
 import statistics
@@ -27,15 +29,17 @@ from pathlib import Path
 
 import anthropic
 import anyio
+import httpx2
 import structlog
 import uvloop
 from sqlalchemy import text
 
+from app.agent.registry import build_registry
 from app.core.config import DEFAULT_MODEL, Settings
 from app.core.db import Database, create_engine
 from app.core.logging import configure_logging, redact_secrets
 from app.core.metrics import Metrics
-from app.llm.anthropic import _http_client
+from app.llm.anthropic import MESSAGES_PATH, _http_client
 from bench._harness import create_database, drop_database, log, spawn_fake, wait_http_ok
 
 Op = Callable[[], Awaitable[None]]
@@ -77,6 +81,34 @@ def model_call_ops(url: str) -> tuple[Op, Op]:
         return op
 
     return call(default), call(ours)
+
+
+def request_building_ops(url: str) -> tuple[Op, Op]:
+    """A turn's model call as the service makes it (history, the built-in tools' schemas) on the
+    lean transport: `messages.create` vs the SDK's `post` with the body encoded once."""
+    client = anthropic.AsyncAnthropic(
+        api_key="bench",
+        base_url=url,
+        max_retries=0,
+        http_client=_http_client(100),
+        open_telemetry={"traces": False, "propagation": False},
+    )
+    body = {
+        "model": DEFAULT_MODEL,
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Say hello"}]}],
+        "tools": build_registry(Settings()).schemas(),
+    }
+
+    async def before() -> None:
+        raw = await client.messages.with_raw_response.create(**body)  # type: ignore[call-overload]
+        json.loads(await raw.read())
+
+    async def after() -> None:
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        json.loads((await client.post(MESSAGES_PATH, content=content, cast_to=httpx2.Response)).content)
+
+    return before, after
 
 
 def statement_ops(db: Database) -> tuple[Op, Op]:
@@ -167,6 +199,7 @@ async def main() -> None:
         db = Database(engine, Metrics())
         pairs = {
             "model call (SDK, raw response, fake model)": model_call_ops(url),
+            "turn's model call: create() → post(bytes)": request_building_ops(url),
             "one statement on Postgres": statement_ops(db),
             "one INFO log line": log_ops(),
             "disconnect watch around a block": watch_ops(),
