@@ -530,11 +530,14 @@ async def bench_stack(
     keep_log: Path | None = None,
     ready_timeout: float = 60.0,
     naive: bool = False,
+    baseline_dir: Path | None = None,
 ) -> AsyncIterator[Stack]:
     """Database + migrations + key + fake LLM + one uvicorn worker; all undone on exit, however it comes.
 
     naive=True also starts bench/naive_app.py (the tutorial baseline) on the same database, fake and key,
-    as `<APP_NAME>-naive` in pg_stat_activity, so the service's own connection counts leave it out."""
+    as `<APP_NAME>-naive` in pg_stat_activity, so the service's own connection counts leave it out.
+    With `baseline_dir`, that baseline is instead the service as checked out there (another commit,
+    for an A/B run), with the service's own settings."""
     tag = secrets.token_hex(4)
     workdir = Path(tempfile.mkdtemp(prefix=f"agentchat-bench-{tag}-"))
     db_name: str | None = None
@@ -585,6 +588,9 @@ async def bench_stack(
             naive_env["APP_NAME"] = f"{app_name}-naive"
             naive_port = free_port()
             naive_cmd = uvicorn_cmd("bench.naive_app:app", naive_port)
+            if baseline_dir is not None:
+                naive_cmd = [*uvicorn_cmd("app.main:app", naive_port), "--app-dir", str(baseline_dir)]
+                naive_env = {**env, "APP_NAME": naive_env["APP_NAME"]}
             stack.naive = spawn("naive app", naive_cmd, clean_env(naive_env), workdir / "naive.log")
             procs.append(stack.naive)
             stack.naive_url = f"http://{HOST}:{naive_port}"

@@ -3,6 +3,7 @@
     python -m bench.overhead                 # a new conversation every turn
     python -m bench.overhead --continue      # one conversation per client task (history grows)
     python -m bench.overhead --profile       # server under py-spy -> bench/profile.svg
+    python -m bench.overhead --against ../prev  # A/B: another checkout in the naive baseline's place
 
 The fake answers at once (`[[reply:ok]]`), so a /chat turn's latency is the service's own work
 (auth, two short transactions, the upstream call and its SSE parsing, logging at INFO) plus one
@@ -255,7 +256,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "env_overrides": args.env,
         "profile": str(profile) if profile else None,
     }
-    async with bench_stack(server_env, profile=profile, keep_log=keep_log(args), naive=True) as stack:
+    result["baseline"] = str(args.against) if args.against else None
+    async with bench_stack(
+        server_env, profile=profile, keep_log=keep_log(args), naive=True, baseline_dir=args.against
+    ) as stack:
         targets = Targets(stack, continue_conversations=args.continue_)
         try:
             result["background_load_cores"] = await wait_for_quiet(args.wait_quiet)
@@ -376,6 +380,10 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
             ("extra server settings", ", ".join(f"{k}={v}" for k, v in r["env_overrides"].items()) or "none"),
             ("background load before run", f"{r['background_load_cores']:.2f} cores (of 2)"),
             ("profile", r["profile"] or "off"),
+            (
+                "baseline (rows named naive)",
+                f"the service as checked out in {r['baseline']} (--against)" if r["baseline"] else "bench/naive_app.py",
+            ),
         ],
     )
     c1_rows = [(name, _lat_row(s)) for name, s in r["c1"].items()]
@@ -431,6 +439,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="continue one conversation per client task instead of starting a new one every turn",
     )
     parser.add_argument("--no-redis", action="store_true", help="leave REDIS_URL unset")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="A/B: serve the checkout in DIR (e.g. a `git worktree` of another commit) in the naive "
+        "baseline's place, with the service's settings; the rows named naive are then that checkout",
+    )
     parser.add_argument("--target-added-ms", type=float, default=4.0, help="c=1 median over the fake (4 ms)")
     parser.add_argument("--target-cpu-ms", type=float, default=4.0, help="service CPU per JSON turn (4 ms)")
     parser.add_argument("--target-ratio", type=float, default=2.0, help="c=8 service/naive turns/s (2)")
@@ -449,6 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--c8-seconds must be in (0, 600]")
     if not 1 <= args.c8_slices <= 100:
         parser.error("--c8-slices must be in [1, 100]")
+    if args.against is not None and not (args.against / "app" / "main.py").is_file():
+        parser.error(f"--against: {args.against} has no app/main.py")
     return args
 
 

@@ -87,7 +87,9 @@ async def begin_turn(
     system: str | None,
     incremental: bool = True,
     options: TurnOptions = TurnOptions(),  # noqa: B008 - frozen, never mutated
+    overlap: bool = False,
 ) -> TurnStarted:
+    """Phase 1. `overlap`: the caller allows a new conversation's INSERT to run beside the model call."""
     content = options.content if options.content is not None else [{"type": "text", "text": message}]
     opening = Opening(owner_id, content, settings.model_name, options.attributes)
     stored: asyncio.Task[None] | None = None
@@ -98,7 +100,7 @@ async def begin_turn(
         # Overlapped with the model call only where nothing reaches the client before the outcome
         # is recorded (a stream's `start` says the message is stored), and only with a connection
         # free now: under pressure, a turn that could not store its message must not call the model.
-        if not incremental and db.is_postgres and db.has_free_connection():
+        if overlap and not incremental and db.is_postgres and db.has_free_connection():
             stored = asyncio.create_task(_store_new(db, new), name="turn.store_new")
             _STORING.add(stored)  # owned by the Turn; held here too, as the loop keeps only a weak reference
             stored.add_done_callback(_STORING.discard)

@@ -147,6 +147,9 @@ class TurnService:
                 system=request.system,
                 incremental=request.incremental,
                 options=request.options,
+                # Only when no other turn is running: the overlap spends idle time on latency, and
+                # when the loop has other turns' work for that wait, its extra task costs throughput.
+                overlap=app["lifecycle"].in_flight == 0,
             )
         except BaseException:
             # Undo the claims, even on cancellation (shielded, bounded); then let the error go on.

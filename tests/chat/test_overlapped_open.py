@@ -71,6 +71,20 @@ async def test_a_stream_still_stores_its_message_before_the_model_is_asked(
     assert (await answer).status_code == 200
 
 
+async def test_with_another_turn_running_phase_1_goes_first(
+    settings: Settings, client: httpx.AsyncClient, auth: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    # A busy loop has other work for the INSERT's wait: there, overlapping only costs throughput.
+    running = asyncio.create_task(client.post("/chat", json={"message": "[[slow:2]] first"}, headers=auth))
+    await eventually(lambda: len(llm_server.state.request_bodies()) == 1, timeout=5)
+    async with conversations_locked(settings):
+        second = asyncio.create_task(client.post("/chat", json={"message": "second"}, headers=auth))
+        await asyncio.sleep(0.5)
+        assert len(llm_server.state.request_bodies()) == 1  # not asked before its message is stored
+    assert (await second).status_code == 200
+    assert (await running).status_code == 200
+
+
 async def test_a_phase_1_that_fails_ends_the_turn_at_once_with_its_503_and_stores_nothing(
     settings: Settings, llm_server: FakeLLMServer
 ) -> None:
