@@ -107,8 +107,8 @@ class Turn:
         if self.started.stored is not None:
             self.started.stored.add_done_callback(self._on_stored)
 
-    def _on_stored(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+    def _on_stored(self, _: asyncio.Task[None]) -> None:
+        if self._store_failure() is not None:
             self._scope.cancel()  # the message was not stored: the model's answer is moot
 
     async def _wait_stored(self) -> None:
@@ -124,11 +124,16 @@ class Turn:
 
     @staticmethod
     def _store_error(exc: BaseException) -> AppError:
+        if isinstance(exc, asyncio.CancelledError):  # only the loop's own teardown cancels it
+            return ShuttingDown()
         return db_unavailable(exc) if is_db_unavailable(exc) else AppError()
 
-    def _stored_failed(self) -> bool:
+    def _store_failure(self) -> BaseException | None:
+        """Why the overlapped phase-1 statement did not commit; None if it did, is still running, or there is none."""
         task = self.started.stored
-        return task is not None and task.done() and not task.cancelled() and task.exception() is not None
+        if task is None or not task.done():
+            return None
+        return asyncio.CancelledError() if task.cancelled() else task.exception()
 
     def _after_stored(self, emit: Emit) -> Emit:
         async def gated(event: TurnEvent) -> None:
@@ -272,12 +277,10 @@ class Turn:
         if self.started.stored is not None:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([self.started.stored])  # the row to update must exist
-            if self._stored_failed():
+            if (exc := self._store_failure()) is not None:
                 # Nothing was stored, so there is nothing to record: that is the turn's outcome,
                 # whatever else went wrong meanwhile (the model may have failed too). Claims go back.
-                exc = self.started.stored.exception()
-                assert exc is not None
-                if not is_db_unavailable(exc):  # a bug, not an outage
+                if not is_db_unavailable(exc) and not isinstance(exc, asyncio.CancelledError):  # a bug
                     log.error("chat.turn.store_failed", error=type(exc).__name__, exc_info=exc)
                 self.status, self.error = MessageStatus.ERROR, self._store_error(exc)
                 await self._after_record()

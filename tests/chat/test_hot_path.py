@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from app.models import Message
 from app.state import State
@@ -85,11 +85,15 @@ async def test_unknown_conversation_stores_nothing(
 ) -> None:
     await turn(client, auth, message="warm up")
     before = counts(state)
+    opened: list[object] = []
+    event.listen(state["engine"].sync_engine, "connect", lambda *_: opened.append(1))
     r = await client.post("/chat", json={"message": "x", "conversation_id": str(uuid.uuid4())}, headers=auth)
     assert r.status_code == 404
     assert spent(before, counts(state))["statements"] == 1
-    async with state["sessions"]() as session:
-        assert (await session.execute(select(func.count()).select_from(Message))).scalar_one() == 2
+    await turn(client, auth, message="after the 404")
+    assert opened == [], "a 404 must give its connection back, not discard it"
+    async with state["sessions"]() as session:  # the two turns' messages, nothing of the 404
+        assert (await session.execute(select(func.count()).select_from(Message))).scalar_one() == 4
 
 
 async def test_a_long_stream_is_mirrored_to_redis_in_a_few_writes(
