@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Lines that mean a leak or a bug, whatever the scenario.
 LEAK_PATTERNS = re.compile(r"non-checked-in|Task was destroyed|Unclosed|ResourceWarning|Task exception was never")
 
+READY_WITHIN = 60.0  # seconds
+
 
 def server_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "ANTHROPIC_", "LLM_"))}
@@ -88,8 +90,11 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
         )
         log.close()
+        # A bound for a broken start, not a timing: two servers importing under `-X dev` on a
+        # loaded 2-core machine took longer than 15 s once.
+        deadline = asyncio.get_running_loop().time() + READY_WITHIN
         async with httpx.AsyncClient() as http:
-            for _ in range(300):
+            while asyncio.get_running_loop().time() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
                 try:
@@ -98,7 +103,8 @@ class ServerProcess:
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.05)
-        raise RuntimeError("server did not become ready")
+        tail = self.log_path.read_text()[-2000:]
+        raise RuntimeError(f"server did not become ready within {READY_WITHIN:g} s: {tail}")
 
     async def terminate(self, timeout: float = 20) -> int:
         assert self.process is not None
