@@ -66,7 +66,7 @@ class TurnJSONResponse(Response):
         try:
             async with turn.holding_lock():
                 try:
-                    async with DisconnectWatch(receive) as watch:
+                    async with DisconnectWatch(receive, on_leave=turn.mark_client_left) as watch:
                         await turn.execute(ignore)
                 finally:
                     await turn.record()

@@ -143,6 +143,10 @@ class Turn:
 
         return gated
 
+    def mark_client_left(self) -> None:
+        """The client hung up mid-turn: recorded as the answer's stop reason, as for a run."""
+        self.interrupted_by = "client_disconnected"
+
     def interrupt_for_shutdown(self) -> None:
         self._shutdown = True
         self._scope.cancel()

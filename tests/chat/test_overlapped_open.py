@@ -125,6 +125,9 @@ async def test_a_client_that_leaves_before_phase_1_committed_still_has_its_messa
         return await stored(live.state) == (1, ["complete", "incomplete"])
 
     await eventually(recorded, timeout=5)
+    async with live.state["sessions"]() as session:
+        answer = (await session.execute(select(Message).where(Message.role == "assistant"))).scalar_one()
+    assert answer.stop_reason == "client_disconnected"
     engine = live.state["engine"]
     await eventually(lambda: engine.pool.checkedout() == 0, timeout=2.0)  # type: ignore[attr-defined]
     assert "idle in transaction" not in await pg_activity(live.state["sessions"], app_name)
