@@ -62,16 +62,21 @@ async def measure(pairs: dict[str, tuple[Op, Op]]) -> None:
         print(f"{name:<44} before {b:8.1f} µs   after {a:8.1f} µs   ({b / a:.1f}×)", flush=True)
 
 
-def model_call_ops(url: str) -> tuple[Op, Op]:
-    question = [{"role": "user", "content": "Say hello"}]
-    default = anthropic.AsyncAnthropic(api_key="bench", base_url=url, max_retries=0)
-    ours = anthropic.AsyncAnthropic(
+def lean_client(url: str) -> anthropic.AsyncAnthropic:
+    """The SDK as the service configures it: the lean transport, no OpenTelemetry spans."""
+    return anthropic.AsyncAnthropic(
         api_key="bench",
         base_url=url,
         max_retries=0,
         http_client=_http_client(100),
         open_telemetry={"traces": False, "propagation": False},
     )
+
+
+def model_call_ops(url: str) -> tuple[Op, Op]:
+    question = [{"role": "user", "content": "Say hello"}]
+    default = anthropic.AsyncAnthropic(api_key="bench", base_url=url, max_retries=0)
+    ours = lean_client(url)
 
     def call(client: anthropic.AsyncAnthropic) -> Op:
         async def op() -> None:
@@ -86,13 +91,7 @@ def model_call_ops(url: str) -> tuple[Op, Op]:
 def request_building_ops(url: str) -> tuple[Op, Op]:
     """A turn's model call as the service makes it (history, the built-in tools' schemas) on the
     lean transport: `messages.create` vs the SDK's `post` with the body encoded once."""
-    client = anthropic.AsyncAnthropic(
-        api_key="bench",
-        base_url=url,
-        max_retries=0,
-        http_client=_http_client(100),
-        open_telemetry={"traces": False, "propagation": False},
-    )
+    client = lean_client(url)
     body = {
         "model": DEFAULT_MODEL,
         "max_tokens": 1024,

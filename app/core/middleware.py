@@ -15,11 +15,10 @@ import os
 import time
 
 import structlog
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.context import request_id_var
-from app.core.errors import envelope, is_db_unavailable
+from app.core.errors import ServiceBusy, db_unavailable, envelope, is_db_unavailable
 from app.core.metrics import Metrics
 
 log = structlog.get_logger("app.http")
@@ -102,20 +101,13 @@ class RequestContextMiddleware:
         except Exception as exc:
             # Cancellation is a BaseException and passes through untouched.
             if is_db_unavailable(exc):
-                busy = isinstance(exc, PoolTimeout)  # the database is fine; every connection is in use
+                error = db_unavailable(exc)
+                busy = isinstance(error, ServiceBusy)
                 log.warning("http.database_unavailable", error=type(exc).__name__, path=scope["path"], busy=busy)
                 if not response_started:
-                    status = 503
-                    await self._send_error(
-                        send,
-                        request_id,
-                        503,
-                        "service_busy" if busy else "database_unavailable",
-                        "Every database connection is busy; retry shortly."
-                        if busy
-                        else "The database is temporarily unavailable.",
-                        retry_after="1" if busy else "2",
-                    )
+                    status = error.status_code
+                    retry_after = error.headers.get("Retry-After")
+                    await self._send_error(send, request_id, status, error.type, error.message, retry_after)
             else:
                 log.exception("http.unhandled_error", path=scope["path"])
                 if not response_started:
