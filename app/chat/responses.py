@@ -57,6 +57,7 @@ class TurnJSONResponse(Response):
     def __init__(self, turn: Turn) -> None:
         super().__init__()
         self.turn = turn
+        self._ready: Response | None = None  # the answer, rendered while phase 3's statement was in flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def ignore(_: TurnEvent) -> None:
@@ -69,13 +70,24 @@ class TurnJSONResponse(Response):
                     async with DisconnectWatch(receive, on_leave=turn.mark_client_left) as watch:
                         await turn.execute(ignore)
                 finally:
-                    await turn.record()
+                    await turn.record(while_storing=self._render_ahead)
             if watch.client_left:
                 return  # the client has gone; there is no one to tell
             error = turn.error if turn.saved else turn.error or not_saved()
-            await self.answer(turn, error)(scope, receive, send)
+            answer = self._ready if error is None and self._ready is not None else self.answer(turn, error)
+            await answer(scope, receive, send)
         finally:
             turn.report()
+
+    def _render_ahead(self) -> None:
+        """The answer, rendered while the database stores it, not after: it is what the client gets
+        if the outcome is stored (the turn's fields are final once phase 2 has ended)."""
+        if self.turn.error is not None:
+            return
+        try:
+            self._ready = self.answer(self.turn, None)
+        except Exception:  # rendered again once stored, where the error reaches the error handler
+            self._ready = None
 
     def answer(self, turn: Turn, error: AppError | None) -> Response:
         if error is not None:

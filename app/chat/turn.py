@@ -183,6 +183,10 @@ class Turn:
     async def _execute(self, emit: Emit) -> None:
         try:
             with self.lifecycle.track(self), self._scope, anyio.fail_after(self.settings.turn_timeout):
+                if self.started.stored is not None and not self.started.stored.done():
+                    # Let the overlapped INSERT go out first: Postgres then commits it (a WAL flush)
+                    # while we build the model request, and it is done before the model answers.
+                    await asyncio.sleep(0)
                 await self.agent.run(self.started.request, self.context, self.transcript, emit)
             await self._wait_stored()  # before the turn counts as done (also: its failure ended the scope)
             if self._shutdown:
@@ -218,18 +222,19 @@ class Turn:
         # stream generators) that the traceback chain would keep alive.
         error.__cause__ = error.__context__ = error.__traceback__ = None
 
-    async def record(self) -> bool:
+    async def record(self, *, while_storing: Callable[[], None] | None = None) -> bool:
         """Phase 3, once; True when the outcome is stored.
 
         Shielded, so it finishes even when the turn was cancelled, and patient: a lost connection
         or an exhausted pool is retried on a fresh connection for up to RECORD_DEADLINE seconds,
-        because a finished answer is worth more than a quick reply.
+        because a finished answer is worth more than a quick reply. `while_storing` runs once the
+        statement is on its way to the database, while this waits for it (a door renders its answer).
         """
         if self.recorded:
             return self.saved
         self.recorded = True
         try:
-            return await self._record()
+            return await self._record(while_storing)
         finally:
             # The turn is over: free the conversation now, before the client hears so and
             # sends its next turn (not when the response finally closes).
@@ -277,10 +282,11 @@ class Turn:
                 output_tokens=self.usage.output_tokens,
             )
 
-    async def _record(self) -> bool:
+    async def _record(self, while_storing: Callable[[], None] | None) -> bool:
         if self.started.stored is not None:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([self.started.stored])  # the row to update must exist
+            if not self.started.stored.done():
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([self.started.stored])  # the row to update must exist
             if (exc := self._store_failure()) is not None:
                 # Nothing was stored, so there is nothing to record: that is the turn's outcome,
                 # whatever else went wrong meanwhile (the model may have failed too). Claims go back.
@@ -311,6 +317,9 @@ class Turn:
                 attempt += 1
                 try:
                     async with turn_store(self.db) as turns:
+                        if while_storing is not None and attempt == 1:
+                            # A callback, not a task: it runs when this waits on the statement below.
+                            asyncio.get_running_loop().call_soon(while_storing)
                         await turns.record(
                             self.started.message_id, conversation_id=self.started.conversation_id, **values
                         )

@@ -11,29 +11,58 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 from sqlalchemy import func, select
 
+from app.auth.repository import ApiKeyRepository
+from app.chat.service import TurnRequest, TurnService
+from app.chat.turn import Turn
 from app.core.config import Settings
+from app.llm.base import ChatModel, LLMRequest
+from app.main import create_app
 from app.models import Conversation, Message
 from app.state import State
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key, running_app
-from tests.helpers import Live, eventually, pg_activity
+from tests.helpers import Live, eventually, live_server, pg_activity
 
 
 @asynccontextmanager
-async def conversations_locked(settings: Settings) -> AsyncIterator[None]:
-    """Hold a lock on `conversations` that every INSERT into it waits for, until the block ends."""
+async def table_locked(settings: Settings, table: str) -> AsyncIterator[None]:
+    """Hold a lock on `table` that every write to it waits for, until the block ends."""
     conn = await asyncpg.connect(settings.database_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         async with conn.transaction():
-            await conn.execute("LOCK TABLE conversations IN EXCLUSIVE MODE")
+            await conn.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
             yield
     finally:
         await conn.close()
+
+
+def statements(state: State) -> float:
+    return state["metrics"].db_statements._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+class WatchedModel:
+    """The app's model, noting how many statements the service had sent when each call began."""
+
+    def __init__(self, state: State) -> None:
+        self.state, self.inner = state, state["llm"]
+        self.statements_at_call: list[float] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def stream(self, request: LLMRequest) -> object:
+        self.statements_at_call.append(statements(self.state))
+        return self.inner.stream(request)
+
+
+def conversations_locked(settings: Settings) -> contextlib.AbstractAsyncContextManager[None]:
+    return table_locked(settings, "conversations")
 
 
 async def stored(state: State) -> tuple[int, list[str]]:
@@ -58,6 +87,46 @@ async def test_the_model_is_asked_while_phase_1_is_still_running(
     assert r.status_code == 200, r.text
     assert r.json()["message"]["status"] == "complete"
     assert await stored(state) == (1, ["complete", "complete"])
+
+
+async def test_the_insert_is_sent_before_the_model_request_is_built(settings: Settings) -> None:
+    # Then Postgres commits it while the SDK builds the request, and it is done when the model answers.
+    # No token quota: its check (a Redis round trip before the model call) would let it go first anyway.
+    async with live_server(create_app(settings.model_copy(update={"tokens_per_day": 0}))) as live:
+        state = live.state
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        async with httpx.AsyncClient(base_url=live.url, headers=auth) as http:
+            assert (await http.post("/chat", json={"message": "warm"})).status_code == 200  # the key is cached
+            watched = WatchedModel(state)
+            state["llm"] = cast(ChatModel, watched)
+            try:
+                before = statements(state)
+                r = await http.post("/chat", json={"message": "hello"})
+            finally:
+                state["llm"] = watched.inner
+    assert r.status_code == 200, r.text
+    assert watched.statements_at_call == [before + 1]  # the INSERT, already on its way
+
+
+async def test_the_answer_is_rendered_while_phase_3_waits_on_postgres(settings: Settings, state: State) -> None:
+    # What a door does with `while_storing`: the client's answer, ready when the UPDATE commits.
+    async with state["sessions"]() as session, session.begin():
+        key, _ = await ApiKeyRepository(session).create("render")
+    started = await TurnService(state).start(TurnRequest(owner_id=key.id, message="hello"), respond=lambda _: {})
+    assert isinstance(started, Turn)
+
+    async def ignore(_: object) -> None:
+        return None
+
+    await started.execute(ignore)
+    calls: list[bool] = []
+    async with table_locked(settings, "messages"):
+        recording = asyncio.create_task(started.record(while_storing=lambda: calls.append(recording.done())))
+        await asyncio.sleep(0.3)
+        assert calls == [False]  # once, while the UPDATE waits for the lock
+        assert not recording.done()
+    assert await recording is True
+    assert calls == [False]
 
 
 async def test_a_stream_still_stores_its_message_before_the_model_is_asked(
