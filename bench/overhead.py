@@ -9,9 +9,11 @@ The fake answers at once (`[[reply:ok]]`), so a /chat turn's latency is the serv
 (auth, two short transactions, the upstream call and its SSE parsing, logging at INFO) plus one
 fake call. The naive handler (bench/naive_app.py: the tutorial pattern, on the same database, fake
 and key, one worker with the same uvicorn flags) is the baseline the service should beat.
-Concurrency 1: requests interleaved round-robin so all see the same conditions. Concurrency 8:
-each target alone, in slices interleaved with the others'. Server CPU is each server process's own,
-from /proc; the service's /metrics is scraped around its phases. The load generator shares the
+Concurrency 1: each target in blocks of back-to-back requests, rotating, so all see the same
+conditions; a block's first request (after the others' blocks) is reported apart, as after idle
+(see `sequential`). Concurrency 8: each target alone, in slices interleaved with the others'.
+Server CPU is each server process's own, from /proc; the service's /metrics is scraped around its
+phases. The load generator shares the
 two cores with the servers, so it is the cheapest client here, the same for every target: httpx2
 on the lean HTTP/1.1 transport the service uses for its model (app/llm/transport.py). Always
 exits 0; PASS/MISS against targets.
@@ -189,19 +191,36 @@ async def timed(call: Call, conversation: Conversation, series: Series | None) -
         series.latencies.append(time.perf_counter() - started)
 
 
-async def sequential(calls: dict[str, Call], warmup: int, requests: int) -> dict[str, Series]:
-    """c=1: round-robin over the targets, rotating who goes first, so drift hits all alike."""
+async def sequential(
+    calls: dict[str, Call], warmup: int, requests: int, block: int
+) -> tuple[dict[str, Series], dict[str, Series]]:
+    """c=1: each target in turn for a block of `block` back-to-back requests, rotating who goes
+    first, so drift hits all alike: (the measured requests, the first request of each block).
+
+    A block's first request comes after the other targets' blocks, an idle gap of tens of
+    milliseconds, and on this VM a process woken after such a gap runs its next request markedly
+    slower (more CPU, not only more wait). Round-robin per request (block=1) gives every request
+    such a gap, sized by the other targets' speed (the faster target waits out the slower ones),
+    so each block's first request is kept apart, reported as "after idle", not in the median."""
     names = list(calls)
     conversations = {name: Conversation() for name in names}
     series = {name: Series() for name in names}
-    for round_no in range(warmup + requests):
-        measuring = round_no >= warmup
+    first = {name: Series() for name in names}
+    for round_no in range(warmup):
         shift = round_no % len(names)
         for name in names[shift:] + names[:shift]:
-            await timed(calls[name], conversations[name], series[name] if measuring else None)
+            await timed(calls[name], conversations[name], None)
+    round_no = 0
+    while any(len(series[name].latencies) + sum(series[name].errors.values()) < requests for name in names):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            for i in range(block):
+                into = first[name] if i == 0 and block > 1 else series[name]
+                await timed(calls[name], conversations[name], into)
+        round_no += 1
     for name in names:
         series[name].longest_conversation = conversations[name].turns
-    return series
+    return series, first
 
 
 async def concurrent(call: Call, workers: int, seconds: float, count: int | None, server_pid: int) -> Series:
@@ -271,10 +290,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 NAIVE: targets.call_naive,
                 SERVICE: targets.call_service,
             }
-            log(f"c=1: {args.warmup} warm-up + {args.requests} requests per target, interleaved")
+            log(f"c=1: {args.warmup} warm-up + {args.requests} requests per target, in blocks of {args.c1_block}")
             cpu_before, calls_before = {n: cpu_seconds(pid) for n, pid in pids.items()}, dict(targets.calls)
-            c1, result["c1_metrics"] = await with_metrics(
-                stack, targets, sequential(c1_calls, args.warmup, args.requests)
+            (c1, c1_first), result["c1_metrics"] = await with_metrics(
+                stack, targets, sequential(c1_calls, args.warmup, args.requests, args.c1_block)
             )
             for name, pid in pids.items():
                 # Only /chat reaches a server, so its CPU over the phase is all /chat turns (warm-up included).
@@ -282,6 +301,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     len(c1[name].latencies) / max(targets.calls[name] - calls_before[name], 1)
                 )
             result["c1"] = {name: s.summary() for name, s in c1.items()}
+            result["c1_after_idle"] = {name: s.summary() for name, s in c1_first.items() if s.latencies}
 
             # Interleaved slices (rotating who goes first), summed per target: this box's speed drifts
             # by ±15% over seconds, and a ratio of two phases run one after the other would carry it.
@@ -317,6 +337,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["added_median_c1_s"] = {
         name: statistics.median(c1[name].latencies) - fake_median if c1[name].latencies else math.nan
         for name in (NAIVE, SERVICE)
+    }
+    fake_first = c1_first[FAKE].latencies
+    result["added_median_c1_after_idle_s"] = {
+        name: statistics.median(c1_first[name].latencies) - statistics.median(fake_first)
+        for name in (NAIVE, SERVICE)
+        if c1_first[name].latencies and fake_first
     }
     service_tps, naive_tps = result["c8"][SERVICE]["per_s"], result["c8"][NAIVE]["per_s"]
     result["service_over_naive_c8"] = service_tps / naive_tps if naive_tps else math.nan
@@ -391,7 +417,15 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         c1_rows.append((f"{name} added at median", fmt_ms(r["added_median_c1_s"][name])))
     c1_rows += _cpu_rows(r["c1"])
     c1_rows += _metrics.rows(r["c1_metrics"])
-    print_table(f"concurrency 1 ({args.requests} requests each after {args.warmup} warm-up, interleaved)", c1_rows)
+    for name, s in r["c1_after_idle"].items():
+        c1_rows.append((f"after idle: {name}", _lat_row(s)))
+    for name, added in r["added_median_c1_after_idle_s"].items():
+        c1_rows.append((f"after idle: {name} added at median", fmt_ms(added)))
+    block = f"in blocks of {args.c1_block} per target" if args.c1_block > 1 else "round-robin per request"
+    title = f"concurrency 1 ({args.requests} requests each after {args.warmup} warm-up, {block})"
+    if args.c1_block > 1:
+        title += "; after idle: each block's first request"
+    print_table(title, c1_rows)
     rows = [(name, f"{s['per_s']:7.1f} /s   {_lat_row(s)}") for name, s in r["c8"].items()]
     rows.append(("service / naive turns/s", f"{r['service_over_naive_c8']:.2f}×"))
     rows += _cpu_rows(r["c8"])
@@ -426,6 +460,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description="What the service adds per turn.")
     parser.add_argument("--warmup", type=int, default=30, help="c=1 warm-up requests per target (default 30)")
     parser.add_argument("--requests", type=int, default=300, help="c=1 measured requests per target (default 300)")
+    parser.add_argument(
+        "--c1-block",
+        type=int,
+        default=10,
+        help="c=1: back-to-back requests per target before the next target's turn (10); each block's first "
+        "is reported apart, as after idle; 1: round-robin per request, every request after idle",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="client tasks in the concurrent phase (default 8)")
     parser.add_argument("--c8-seconds", type=float, default=10.0, help="concurrent phase length per target (10 s)")
     parser.add_argument(
@@ -461,6 +502,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(exc))
     if not (0 <= args.warmup <= 10_000 and 1 <= args.requests <= 100_000 and 1 <= args.concurrency <= 256):
         parser.error("--warmup/--requests/--concurrency out of range")
+    if not 1 <= args.c1_block <= 1000:
+        parser.error("--c1-block must be in [1, 1000]")
     if not 0 < args.c8_seconds <= 600:
         parser.error("--c8-seconds must be in (0, 600]")
     if not 1 <= args.c8_slices <= 100:
