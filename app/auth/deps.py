@@ -39,14 +39,15 @@ async def require_api_key(credentials: BearerDep, app: AppStateDep) -> Principal
     if not token:
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
     key_hash = hash_key(token)
-    found = app["keys"].get(key_hash)
-    if found is None:
+
+    async def read() -> tuple[uuid.UUID, str] | None:
         # One statement of its own: the connection is back in the pool before the handler runs.
         async with app["db"].statement() as conn:
-            found = await find_active(conn, key_hash)
-        if found is None:
-            raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
-        app["keys"].put(key_hash, *found)
+            return await find_active(conn, key_hash)
+
+    found = await app["keys"].get_or_read(key_hash, read)
+    if found is None:
+        raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
     key_id, name = found
     structlog.contextvars.bind_contextvars(key_id=str(key_id))
     await enforce_request_limit(app, key_id)

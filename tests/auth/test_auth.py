@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
+import uuid
 
 import httpx
+import pytest
 from sqlalchemy import func, select, text, update
 
+from app.auth.cache import KeyCache
 from app.auth.keys import hash_key
 from app.core.config import Settings
 from app.main import create_app
@@ -147,3 +151,52 @@ async def test_a_revoked_key_stops_its_running_turns_at_the_next_model_step(
         assert events[-1]["event"] == "error"
         assert events[-1]["data"]["error"]["type"] == "unauthorized"
         assert llm_server.state.request_count < 8  # stopped at a step, not after the whole chain
+
+
+def statements(state: State) -> float:
+    return state["metrics"].db_statements._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_a_burst_with_a_key_not_yet_cached_reads_it_once(
+    client: httpx.AsyncClient, state: State, api_key: str
+) -> None:
+    auth = {"Authorization": f"Bearer {api_key}"}
+    assert (await client.get("/conversations", headers=auth)).status_code == 200  # cached now
+    before = statements(state)
+    assert (await client.get("/conversations", headers=auth)).status_code == 200
+    per_request = statements(state) - before  # the route's own, with the key cached
+
+    state["keys"].clear()  # as on a fresh replica, or when the entry expires under load
+    before = statements(state)
+    answers = await asyncio.gather(*(client.get("/conversations", headers=auth) for _ in range(20)))
+    assert [r.status_code for r in answers] == [200] * 20
+    assert statements(state) - before == 20 * per_request + 1  # one read of the key for all twenty
+
+
+async def test_a_shared_key_read_outlives_a_caller_that_left_and_failures_are_not_kept() -> None:
+    cache = KeyCache(ttl_seconds=5, max_entries=10)
+    release, reads = asyncio.Event(), []
+    key_id = uuid.uuid4()
+
+    async def read() -> tuple[uuid.UUID, str] | None:
+        reads.append(1)
+        await release.wait()
+        return key_id, "k"
+
+    first = asyncio.create_task(cache.get_or_read("h", read))
+    second = asyncio.create_task(cache.get_or_read("h", read))
+    await asyncio.sleep(0.05)
+    first.cancel()  # its client hung up mid-read
+    release.set()
+    assert await second == (key_id, "k")
+    assert first.cancelled()
+    assert reads == [1]
+    assert cache.get("h") == (key_id, "k")
+    assert cache.known_active(key_id)
+
+    async def failing() -> tuple[uuid.UUID, str] | None:
+        raise ConnectionResetError("database went away")
+
+    with pytest.raises(ConnectionResetError):
+        await cache.get_or_read("other", failing)
+    assert await cache.get_or_read("other", read) == (key_id, "k")  # the next request reads again
