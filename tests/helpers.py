@@ -91,3 +91,8 @@ def sse_events(raw: str) -> list[dict[str, Any]]:
             fields["data"] = json.loads(fields.get("data", "null"))
             events.append(fields)
     return events
+
+
+def statements_sent(state: State) -> float:
+    """SQL statements the app has sent so far (its agentchat_db_statements_total)."""
+    return state["metrics"].db_statements._value.get()  # type: ignore[attr-defined,no-any-return]

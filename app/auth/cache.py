@@ -46,7 +46,7 @@ class KeyCache:
             self.put(key_hash, *found)
         return found
 
-    def get(self, key_hash: str) -> tuple[uuid.UUID, str] | None:
+    def get(self, key_hash: str) -> Found | None:
         entry = self._entries.get(key_hash)
         if entry is None:
             return None

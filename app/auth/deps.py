@@ -11,6 +11,7 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.exceptions import RedisError
 
+from app.auth.cache import Found
 from app.auth.keys import hash_key
 from app.auth.repository import find_active
 from app.core.errors import RateLimited, Unauthorized
@@ -40,7 +41,7 @@ async def require_api_key(credentials: BearerDep, app: AppStateDep) -> Principal
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
     key_hash = hash_key(token)
 
-    async def read() -> tuple[uuid.UUID, str] | None:
+    async def read() -> Found | None:
         # One statement of its own: the connection is back in the pool before the handler runs.
         async with app["db"].statement() as conn:
             return await find_active(conn, key_hash)

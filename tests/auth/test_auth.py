@@ -21,7 +21,7 @@ from app.models import ApiKey
 from app.state import State
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key, running_app
-from tests.helpers import eventually, live_server, sse_events
+from tests.helpers import eventually, live_server, sse_events, statements_sent
 
 
 async def test_missing_or_wrong_keys_are_401(client: httpx.AsyncClient, api_key: str) -> None:
@@ -153,24 +153,20 @@ async def test_a_revoked_key_stops_its_running_turns_at_the_next_model_step(
         assert llm_server.state.request_count < 8  # stopped at a step, not after the whole chain
 
 
-def statements(state: State) -> float:
-    return state["metrics"].db_statements._value.get()  # type: ignore[attr-defined,no-any-return]
-
-
 async def test_a_burst_with_a_key_not_yet_cached_reads_it_once(
     client: httpx.AsyncClient, state: State, api_key: str
 ) -> None:
     auth = {"Authorization": f"Bearer {api_key}"}
     assert (await client.get("/conversations", headers=auth)).status_code == 200  # cached now
-    before = statements(state)
+    before = statements_sent(state)
     assert (await client.get("/conversations", headers=auth)).status_code == 200
-    per_request = statements(state) - before  # the route's own, with the key cached
+    per_request = statements_sent(state) - before  # the route's own, with the key cached
 
     state["keys"].clear()  # as on a fresh replica, or when the entry expires under load
-    before = statements(state)
+    before = statements_sent(state)
     answers = await asyncio.gather(*(client.get("/conversations", headers=auth) for _ in range(20)))
     assert [r.status_code for r in answers] == [200] * 20
-    assert statements(state) - before == 20 * per_request + 1  # one read of the key for all twenty
+    assert statements_sent(state) - before == 20 * per_request + 1  # one read of the key for all twenty
 
 
 async def test_a_shared_key_read_outlives_a_caller_that_left_and_failures_are_not_kept() -> None:

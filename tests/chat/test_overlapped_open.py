@@ -27,7 +27,7 @@ from app.models import Conversation, Message
 from app.state import State
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key, running_app
-from tests.helpers import Live, eventually, live_server, pg_activity
+from tests.helpers import Live, eventually, live_server, pg_activity, statements_sent
 
 
 @asynccontextmanager
@@ -42,10 +42,6 @@ async def table_locked(settings: Settings, table: str) -> AsyncIterator[None]:
         await conn.close()
 
 
-def statements(state: State) -> float:
-    return state["metrics"].db_statements._value.get()  # type: ignore[attr-defined,no-any-return]
-
-
 class WatchedModel:
     """The app's model, noting how many statements the service had sent when each call began."""
 
@@ -57,7 +53,7 @@ class WatchedModel:
         return getattr(self.inner, name)
 
     def stream(self, request: LLMRequest) -> object:
-        self.statements_at_call.append(statements(self.state))
+        self.statements_at_call.append(statements_sent(self.state))
         return self.inner.stream(request)
 
 
@@ -100,7 +96,7 @@ async def test_the_insert_is_sent_before_the_model_request_is_built(settings: Se
             watched = WatchedModel(state)
             state["llm"] = cast(ChatModel, watched)
             try:
-                before = statements(state)
+                before = statements_sent(state)
                 r = await http.post("/chat", json={"message": "hello"})
             finally:
                 state["llm"] = watched.inner
