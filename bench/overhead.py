@@ -415,6 +415,10 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
     c1_rows = [(name, _lat_row(s)) for name, s in r["c1"].items()]
     for name in (NAIVE, SERVICE):
         c1_rows.append((f"{name} added at median", fmt_ms(r["added_median_c1_s"][name])))
+    # The ratio moves less between machines than either figure: read it beside the target.
+    added = r["added_median_c1_s"]
+    ratio = added[SERVICE] / added[NAIVE] if added[NAIVE] > 0 else math.nan
+    c1_rows.append((f"{SERVICE} ÷ {NAIVE} added at median", f"{ratio:.2f}"))
     c1_rows += _cpu_rows(r["c1"])
     c1_rows += _metrics.rows(r["c1_metrics"])
     for name, s in r["c1_after_idle"].items():
