@@ -531,11 +531,13 @@ async def bench_stack(
     ready_timeout: float = 60.0,
     naive: bool = False,
     baseline_dir: Path | None = None,
+    baseline_app: str = "bench.naive_app:app",
 ) -> AsyncIterator[Stack]:
     """Database + migrations + key + fake LLM + one uvicorn worker; all undone on exit, however it comes.
 
-    naive=True also starts bench/naive_app.py (the tutorial baseline) on the same database, fake and key,
-    as `<APP_NAME>-naive` in pg_stat_activity, so the service's own connection counts leave it out.
+    naive=True also starts bench/naive_app.py (the tutorial baseline; or `baseline_app`, such as
+    bench/floor_app.py) on the same database, fake and key, as `<APP_NAME>-naive` in pg_stat_activity,
+    so the service's own connection counts leave it out.
     With `baseline_dir`, that baseline is instead the service as checked out there (another commit,
     for an A/B run), with the service's own settings."""
     tag = secrets.token_hex(4)
@@ -587,7 +589,7 @@ async def bench_stack(
             naive_env = {"DATABASE_URL": db_url, "ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": fake_url}
             naive_env["APP_NAME"] = f"{app_name}-naive"
             naive_port = free_port()
-            naive_cmd = uvicorn_cmd("bench.naive_app:app", naive_port)
+            naive_cmd = uvicorn_cmd(baseline_app, naive_port)
             if baseline_dir is not None:
                 naive_cmd = [*uvicorn_cmd("app.main:app", naive_port), "--app-dir", str(baseline_dir)]
                 naive_env = {**env, "APP_NAME": naive_env["APP_NAME"]}

@@ -4,6 +4,7 @@
     python -m bench.overhead --continue      # one conversation per client task (history grows)
     python -m bench.overhead --profile       # server under py-spy -> bench/profile.svg
     python -m bench.overhead --against ../prev  # A/B: another checkout in the naive baseline's place
+    python -m bench.overhead --floor         # bench/floor_app.py (the stack alone) in the naive baseline's place
 
 The fake answers at once (`[[reply:ok]]`), so a /chat turn's latency is the service's own work
 (auth, two short transactions, the upstream call and its SSE parsing, logging at INFO) plus one
@@ -276,8 +277,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "profile": str(profile) if profile else None,
     }
     result["baseline"] = str(args.against) if args.against else None
+    result["baseline_label"] = baseline_label(args)
+    baseline_app = "bench.floor_app:app" if args.floor else "bench.naive_app:app"
     async with bench_stack(
-        server_env, profile=profile, keep_log=keep_log(args), naive=True, baseline_dir=args.against
+        server_env,
+        profile=profile,
+        keep_log=keep_log(args),
+        naive=True,
+        baseline_dir=args.against,
+        baseline_app=baseline_app,
     ) as stack:
         targets = Targets(stack, continue_conversations=args.continue_)
         try:
@@ -363,9 +371,14 @@ def _cpu_rows(phase: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def baseline_label(args: argparse.Namespace) -> str:
+    """What the rows named after the baseline say: naive, or floor (--floor)."""
+    return "floor" if args.floor else "naive"
+
+
 def checks(r: dict[str, Any], args: argparse.Namespace) -> list[Check]:
-    """The issue's three targets."""
-    return [
+    """The issue's three targets (against the floor, the two that do not name the naive handler)."""
+    found = [
         check(
             f"service CPU per JSON turn (c={args.concurrency})",
             r["c8"][SERVICE]["server_cpu_ms_per_request"],
@@ -390,6 +403,7 @@ def checks(r: dict[str, Any], args: argparse.Namespace) -> list[Check]:
             unit=" ms",
         ),
     ]
+    return [c for c in found if not (args.floor and "naive" in c.metric)]
 
 
 def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
@@ -398,7 +412,12 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         c1_len = r["c1"][SERVICE]["longest_conversation_turns"]
         c8_len = r["c8"][SERVICE]["longest_conversation_turns"]
         mode += f" (c=1 conversation reached {c1_len} turns, c={args.concurrency} up to {c8_len} each)"
-    print_table(
+
+    def table(title: str, rows: list[tuple[str, str]]) -> None:
+        # The baseline's rows are keyed "naive" in the results, whichever baseline ran.
+        print_table(title, [(label.replace("naive", r["baseline_label"]), value) for label, value in rows])
+
+    table(
         "bench.overhead — setup",
         [
             ("mode", mode),
@@ -408,7 +427,9 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
             ("profile", r["profile"] or "off"),
             (
                 "baseline (rows named naive)",
-                f"the service as checked out in {r['baseline']} (--against)" if r["baseline"] else "bench/naive_app.py",
+                f"the service as checked out in {r['baseline']} (--against)"
+                if r["baseline"]
+                else f"bench/{r['baseline_label']}_app.py",
             ),
         ],
     )
@@ -429,7 +450,7 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
     title = f"concurrency 1 ({args.requests} requests each after {args.warmup} warm-up, {block})"
     if args.c1_block > 1:
         title += "; after idle: each block's first request"
-    print_table(title, c1_rows)
+    table(title, c1_rows)
     rows = [(name, f"{s['per_s']:7.1f} /s   {_lat_row(s)}") for name, s in r["c8"].items()]
     rows.append(("service / naive turns/s", f"{r['service_over_naive_c8']:.2f}×"))
     rows += _cpu_rows(r["c8"])
@@ -443,14 +464,14 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
                 f"(whole database: service and naive, all {sum(r['turns_total'].values())} turns)",
             )
         )
-    print_table(f"concurrency {args.concurrency}", rows)
+    table(f"concurrency {args.concurrency}", rows)
     log_rows = []
     for label, info in (("service log (LOG_LEVEL=INFO)", r["server_log"]), ("naive app log", r["naive_log"])):
         if info:
             counts = f"{info['lines']} / {info['errors']} / {info['tracebacks']} / {info['warnings']}"
             log_rows.append((f"{label}: lines / errors / tracebacks / warnings", counts))
     log_rows.append(("service log lines per /chat turn", f"{r['server_log'].get('lines_per_turn') or 0:.1f}"))
-    print_table("server logs", log_rows)
+    table("server logs", log_rows)
     for event, count in sorted(r["server_log"].get("events", {}).items()):
         print(f"  log {event}: {count}")
     if r["naive_log_tail"]:
@@ -492,6 +513,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="A/B: serve the checkout in DIR (e.g. a `git worktree` of another commit) in the naive "
         "baseline's place, with the service's settings; the rows named naive are then that checkout",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="serve bench/floor_app.py (FastAPI, the SDK and the two statements, nothing else) in the naive "
+        "baseline's place; its rows read floor",
+    )
     parser.add_argument("--target-added-ms", type=float, default=4.0, help="c=1 median over the fake (4 ms)")
     parser.add_argument("--target-cpu-ms", type=float, default=4.0, help="service CPU per JSON turn (4 ms)")
     parser.add_argument("--target-ratio", type=float, default=2.0, help="c=8 service/naive turns/s (2)")
@@ -512,6 +539,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--c8-seconds must be in (0, 600]")
     if not 1 <= args.c8_slices <= 100:
         parser.error("--c8-slices must be in [1, 100]")
+    if args.floor and args.against is not None:
+        parser.error("--floor and --against each take the baseline's place: give one")
     if args.against is not None and not (args.against / "app" / "main.py").is_file():
         parser.error(f"--against: {args.against} has no app/main.py")
     return args
