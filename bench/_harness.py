@@ -597,7 +597,7 @@ async def bench_stack(
             procs.append(stack.naive)
             stack.naive_url = f"http://{HOST}:{naive_port}"
             await wait_http_ok(f"{stack.naive_url}/healthz", stack.naive, within=ready_timeout)
-            log(f"naive baseline at {stack.naive_url} (pid {stack.naive.pid})")
+            log(f"baseline ({baseline_dir or baseline_app}) at {stack.naive_url} (pid {stack.naive.pid})")
         stack.xacts_start = await db_xacts(db_name)
         yield stack
     finally:
