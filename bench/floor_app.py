@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anthropic
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import httpx2
 from fastapi import Depends, FastAPI, Header, HTTPException
 from pydantic import BaseModel
