@@ -7,8 +7,9 @@ It keeps what a turn cannot do without and drops everything else:
 
 - kept: uvicorn with the service's flags, a FastAPI route with a validated body and a dependency
   for the key (its lookup cached in a dict after the first request), the SDK's `post` on the
-  service's lean transport (app/llm/transport.py) with its spans off, and the same two statements
-  (one CTE for the conversation and both messages, one UPDATE), each its own round trip;
+  client the service builds (app/llm/anthropic.py: the lean transport, spans off), and the same
+  two statements (one CTE for the conversation and both messages, one UPDATE), each its own round
+  trip;
 - dropped: logging, metrics, Redis (limits, quotas, runs), the middleware, the agent loop and its
   tools, history, idempotency, disconnect handling, error envelopes, shutdown draining, retries.
 
@@ -34,7 +35,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from app.auth.keys import hash_key
-from app.llm.transport import LeanTransport, ModelHttpClient
+from app.llm.anthropic import _http_client, _sdk_spans
 
 MODEL = os.environ.get("LLM_MODEL", "claude-sonnet-5-5")
 # The conversation and both messages in one statement, as the service's phase 1 stores them.
@@ -62,11 +63,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     dsn = os.environ["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
     settings = {"application_name": os.environ.get("APP_NAME", "floor")}
     async with asyncpg.create_pool(dsn, min_size=1, max_size=10, server_settings=settings) as pool:
-        transport = LeanTransport(max_connections=100, max_keepalive=100)
-        spans_off: anthropic.OpenTelemetryClientOption = {"traces": False, "propagation": False}
-        # ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL from the environment.
-        http = ModelHttpClient(transport)
-        client = anthropic.AsyncAnthropic(max_retries=0, http_client=http, open_telemetry=spans_off)
+        # The SDK as the service builds it; ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL from the environment.
+        client = anthropic.AsyncAnthropic(max_retries=0, http_client=_http_client(100), open_telemetry=_sdk_spans())
         async with client:
             state.update(pool=pool, client=client, keys={})
             yield

@@ -278,14 +278,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["baseline"] = str(args.against) if args.against else None
     result["baseline_label"] = baseline_label(args)
-    baseline_app = "bench.floor_app:app" if args.floor else "bench.naive_app:app"
     async with bench_stack(
         server_env,
         profile=profile,
         keep_log=keep_log(args),
         naive=True,
         baseline_dir=args.against,
-        baseline_app=baseline_app,
+        baseline_app=f"bench.{result['baseline_label']}_app:app",
     ) as stack:
         targets = Targets(stack, continue_conversations=args.continue_)
         try:
@@ -372,7 +371,7 @@ def _cpu_rows(phase: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def baseline_label(args: argparse.Namespace) -> str:
-    """What the rows named after the baseline say: naive, or floor (--floor)."""
+    """Which app serves as the baseline, bench/<label>_app.py; its rows are named after it."""
     return "floor" if args.floor else "naive"
 
 
@@ -444,8 +443,8 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
     c1_rows += _metrics.rows(r["c1_metrics"])
     for name, s in r["c1_after_idle"].items():
         c1_rows.append((f"after idle: {name}", _lat_row(s)))
-    for name, added in r["added_median_c1_after_idle_s"].items():
-        c1_rows.append((f"after idle: {name} added at median", fmt_ms(added)))
+    for name, after_idle in r["added_median_c1_after_idle_s"].items():
+        c1_rows.append((f"after idle: {name} added at median", fmt_ms(after_idle)))
     block = f"in blocks of {args.c1_block} per target" if args.c1_block > 1 else "round-robin per request"
     title = f"concurrency 1 ({args.requests} requests each after {args.warmup} warm-up, {block})"
     if args.c1_block > 1:

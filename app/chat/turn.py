@@ -27,13 +27,7 @@ from app.conversations.turns import turn_store
 from app.core.config import Settings
 from app.core.context import current_request_id
 from app.core.db import Database
-from app.core.errors import (
-    AppError,
-    DatabaseUnavailable,
-    ShuttingDown,
-    db_unavailable,
-    is_db_unavailable,
-)
+from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, db_unavailable, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
 from app.core.metrics import Metrics
