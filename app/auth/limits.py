@@ -240,7 +240,3 @@ class Limits:
         """After a model call: replace its reservation by what it used."""
         if self.tokens_per_day and used != reserved:
             await self.counters.add(f"tpd:{owner}:{_day(time.time())}", used - reserved, (DAY + 3600) * 1000)
-
-    async def add_tokens(self, owner: uuid.UUID, tokens: int) -> None:
-        if self.tokens_per_day and tokens > 0:
-            await self.counters.add(f"tpd:{owner}:{_day(time.time())}", tokens, (DAY + 3600) * 1000)
