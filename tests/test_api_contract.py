@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 import schemathesis
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
@@ -24,9 +26,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.auth.deps import require_api_key
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
+from app.core.errors import ErrorEnvelope
 from app.main import create_app
+from app.openai.errors import OpenAIErrorEnvelope
 from tests.fixtures.app import make_key
 
 CHECKS = [
@@ -87,3 +92,38 @@ def test_every_route_keeps_its_contract_without_a_key(case: schemathesis.Case, a
     if case.operation.definition.raw.get("security"):
         # Never served without a key (401, or refused earlier: a wrong method, an unknown path).
         assert not 200 <= response.status_code < 300, (case.operation.label, response.status_code)
+
+
+def takes_a_key(dependant: Dependant) -> bool:
+    return any(sub.call is require_api_key or takes_a_key(sub) for sub in dependant.dependencies)
+
+
+def test_every_route_that_takes_a_key_declares_its_errors() -> None:
+    """401 and 429 (the rate limit is in the key's dependency) and 503 (the key is looked up in the
+    database), in the door's own envelope, wherever a route depends on `require_api_key`."""
+    app = create_app(UNSTARTED)
+    paths = app.openapi()["paths"]
+    keyed = [
+        (method.lower(), str(route.path_format))
+        # Each route as included (prefixes and router-level dependencies and responses applied).
+        for route in iter_route_contexts(app.routes)
+        if isinstance(route.original_route, APIRoute) and route.include_in_schema and takes_a_key(route.dependant)
+        for method in route.methods or ()
+    ]
+    # The walk tells keyed routes from the rest (not an empty list that passes everything).
+    some = {("post", "/chat"), ("get", "/conversations"), ("post", "/runs/{run_id}/cancel"), ("get", "/v1/models")}
+    assert some <= set(keyed)
+    assert ("get", "/healthz") not in keyed
+    undeclared = {}
+    for method, path in keyed:
+        declared = paths[path][method]["responses"]
+        envelope = (OpenAIErrorEnvelope if path.startswith("/v1/") else ErrorEnvelope).__name__
+        wrong = [
+            status
+            for status in ("401", "429", "503")
+            if status not in declared
+            or declared[status]["content"]["application/json"]["schema"] != {"$ref": f"#/components/schemas/{envelope}"}
+        ]
+        if wrong:
+            undeclared[f"{method.upper()} {path}"] = wrong
+    assert not undeclared, f"routes that take a key, missing or misdeclaring these statuses: {undeclared}"

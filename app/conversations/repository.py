@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.pagination import Keyset, PageParams, Slice
 from app.models import Conversation, Message
+
+_RECENT = Keyset(Conversation.updated_at, Conversation.id)
 
 
 class ConversationRepository:
@@ -20,18 +22,10 @@ class ConversationRepository:
         stmt = select(Conversation).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
-    async def list_owned(
-        self, *, owner_id: uuid.UUID, limit: int, before: tuple[datetime, uuid.UUID] | None
-    ) -> Sequence[Conversation]:
-        """Newest first; keyset pagination on (updated_at, id) so pages stay stable under writes."""
-        stmt = select(Conversation).where(Conversation.owner_id == owner_id)
-        if before is not None:
-            at, last_id = before
-            stmt = stmt.where(
-                or_(Conversation.updated_at < at, and_(Conversation.updated_at == at, Conversation.id < last_id))
-            )
-        stmt = stmt.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit)
-        return (await self.session.execute(stmt)).scalars().all()
+    async def list_owned(self, *, owner_id: uuid.UUID, page: PageParams) -> Slice[Conversation]:
+        """Most recently active first (ix_conversations_owner_recent)."""
+        stmt = _RECENT.select(select(Conversation).where(Conversation.owner_id == owner_id), page)
+        return _RECENT.cut((await self.session.execute(stmt)).scalars().all(), page)
 
     async def delete_owned(self, conversation_id: uuid.UUID, *, owner_id: uuid.UUID) -> bool:
         owned = select(Conversation.id).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)

@@ -1,56 +1,33 @@
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 from starlette.responses import Response
 
 from app.auth.deps import CurrentPrincipal
+from app.auth.errors import KEY_RESPONSES
 from app.conversations.errors import ConversationNotFound
 from app.conversations.render import render_message
 from app.conversations.repository import ConversationRepository, MessageRepository
 from app.conversations.schemas import ConversationOut, ConversationPage, MessagePage
-from app.core.errors import InvalidRequest, Unauthorized, responses
+from app.core.errors import InvalidRequest, responses
+from app.core.pagination import PageParamsDep
 from app.state import SessionDep
 
-router = APIRouter(prefix="/conversations", tags=["conversations"])
+# Every route takes a key: the key's errors are declared once, here.
+router = APIRouter(prefix="/conversations", tags=["conversations"], responses=KEY_RESPONSES)
 
 
-def encode_cursor(at: datetime, conversation_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{conversation_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, _, raw_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None:  # not one of ours: ours carry their offset (timestamptz)
-            raise ValueError("naive datetime")
-        return when.astimezone(UTC), uuid.UUID(raw_id)
-    except (ValueError, OverflowError, binascii.Error, UnicodeError) as exc:
-        raise InvalidRequest("Invalid cursor.") from exc
-
-
-@router.get("", responses=responses(Unauthorized, InvalidRequest))
-async def list_conversations(
-    session: SessionDep,
-    principal: CurrentPrincipal,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
-) -> ConversationPage:
+@router.get("", responses=responses(InvalidRequest))
+async def list_conversations(session: SessionDep, principal: CurrentPrincipal, page: PageParamsDep) -> ConversationPage:
     """Your conversations, most recently active first."""
-    before = decode_cursor(cursor) if cursor else None
-    rows = await ConversationRepository(session).list_owned(owner_id=principal.owner_id, limit=limit + 1, before=before)
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1].updated_at, page[-1].id) if len(rows) > limit else None
-    return ConversationPage(items=[ConversationOut.model_validate(r) for r in page], next_cursor=next_cursor)
+    found = await ConversationRepository(session).list_owned(owner_id=principal.owner_id, page=page)
+    items = [ConversationOut.model_validate(row) for row in found.rows]
+    return ConversationPage(items=items, next_cursor=found.next_cursor)
 
 
-@router.get("/{conversation_id}", responses=responses(Unauthorized, ConversationNotFound))
+@router.get("/{conversation_id}", responses=responses(ConversationNotFound))
 async def get_conversation(
     conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal
 ) -> ConversationOut:
@@ -61,7 +38,7 @@ async def get_conversation(
     return ConversationOut.model_validate(row)
 
 
-@router.get("/{conversation_id}/messages", responses=responses(Unauthorized, ConversationNotFound))
+@router.get("/{conversation_id}/messages", responses=responses(ConversationNotFound))
 async def list_messages(conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> MessagePage:
     """A conversation's history: one user and one assistant item per turn, in order."""
     if await ConversationRepository(session).get_owned(conversation_id, owner_id=principal.owner_id) is None:
@@ -73,7 +50,7 @@ async def list_messages(conversation_id: uuid.UUID, session: SessionDep, princip
 @router.delete(
     "/{conversation_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=responses(Unauthorized, ConversationNotFound),
+    responses=responses(ConversationNotFound),
 )
 async def delete_conversation(conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """Delete a conversation and its messages for good."""

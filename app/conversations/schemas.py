@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from app.core.pagination import Page
+
 
 class ConversationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -17,9 +19,8 @@ class ConversationOut(BaseModel):
     updated_at: datetime
 
 
-class ConversationPage(BaseModel):
-    items: list[ConversationOut]
-    next_cursor: str | None
+class ConversationPage(Page[ConversationOut]):
+    pass
 
 
 class ToolCallOut(BaseModel):

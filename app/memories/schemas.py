@@ -5,6 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from app.core.pagination import Page
 from app.models import Memory
 
 
@@ -29,6 +30,5 @@ class MemoryOut(BaseModel):
         )
 
 
-class MemoryPage(BaseModel):
-    items: list[MemoryOut]
-    next_cursor: str | None
+class MemoryPage(Page[MemoryOut]):
+    pass

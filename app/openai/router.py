@@ -6,9 +6,11 @@ from fastapi import APIRouter
 
 from app.core.errors import NotFound
 from app.openai import chat, responses
-from app.openai.errors import OpenAIRoute
+from app.openai.errors import OpenAIRoute, declared
 
-router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
+# Every route here takes a key: its 401 and 429 (and the 400 and 503 every /v1 route can answer)
+# are declared once, in OpenAI's shape; routes add their own.
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute, responses=declared(401, 429))
 router.include_router(chat.router)
 router.include_router(responses.router)
 

@@ -10,14 +10,16 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
-from app.core.errors import ServiceBusy, ServiceUnavailable, Unauthorized, responses
+from app.auth.errors import KEY_RESPONSES
+from app.core.errors import ServiceBusy, ServiceUnavailable, responses
 from app.runs.deps import FollowersDep, RunsDep
 from app.runs.errors import RunFinished, RunNotFound, TooManyFollowers
 from app.runs.manager import RunManager
 from app.runs.responses import RunStreamResponse, StoredRunStreamResponse
 from app.state import SettingsDep
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+# Every route takes a key: the key's errors are declared once, here.
+router = APIRouter(prefix="/runs", tags=["runs"], responses=KEY_RESPONSES)
 
 
 async def _locate(runs: RunManager, run_id: uuid.UUID, owner: uuid.UUID) -> tuple[bool, str]:
@@ -55,7 +57,7 @@ LastEventId = Annotated[
 @router.get(
     "/{run_id}/events",
     responses={
-        **responses(Unauthorized, RunNotFound, TooManyFollowers, ServiceUnavailable, ServiceBusy),
+        **responses(RunNotFound, TooManyFollowers, ServiceUnavailable, ServiceBusy),
         200: {"content": {"text/event-stream": {}}},
     },
 )
@@ -89,7 +91,7 @@ async def run_events(
 @router.post(
     "/{run_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=responses(Unauthorized, RunNotFound, RunFinished, ServiceUnavailable),
+    responses=responses(RunNotFound, RunFinished, ServiceUnavailable),
 )
 async def cancel_run(run_id: uuid.UUID, principal: CurrentPrincipal, runs: RunsDep) -> JSONResponse:
     """Stop a run, wherever it is running. Its partial answer is recorded."""
