@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -112,8 +112,8 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
             if follower_redis is not None:
                 stack.push_async_callback(follower_redis.aclose)
             http = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    timeout=httpx.Timeout(30.0, connect=settings.llm_connect_timeout), follow_redirects=False
+                httpx2.AsyncClient(
+                    timeout=httpx2.Timeout(30.0, connect=settings.llm_connect_timeout), follow_redirects=False
                 )
             )
             llm = create_llm(settings, http)

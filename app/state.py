@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, TypedDict, cast
 
-import httpx
+import httpx2
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -41,7 +41,7 @@ class State(TypedDict):
     keys: KeyCache
     loop_lag: LoopLag
     redis: Redis | None
-    http: httpx.AsyncClient
+    http: httpx2.AsyncClient
     llm: ChatModel
     tools: ToolRegistry
     lifecycle: Lifecycle

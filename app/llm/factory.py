@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 
 from app.core.config import Settings
 from app.llm.base import ChatModel
 
 
-def create_llm(settings: Settings, http: httpx.AsyncClient) -> ChatModel:
+def create_llm(settings: Settings, http: httpx2.AsyncClient) -> ChatModel:
     if settings.provider == "anthropic":
         from app.llm.anthropic import AnthropicModel
 

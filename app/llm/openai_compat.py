@@ -1,21 +1,20 @@
-"""Any OpenAI-compatible `/chat/completions` server (Ollama, vLLM, llama.cpp, OpenAI) over raw httpx.
+"""Any OpenAI-compatible `/chat/completions` server (Ollama, vLLM, llama.cpp, OpenAI) through the `openai` SDK.
 
-The rest of the service speaks Anthropic-shaped histories and blocks; this module translates at the
-edge, in both directions.
+The SDK makes the call (auth, retries before the first byte, status errors) and decodes the event
+stream; the rest of the service speaks Anthropic-shaped histories and blocks, so this module
+translates at the edge, in both directions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import structlog
+import httpx2
+import openai
 
 from app.core.config import Settings
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
@@ -28,13 +27,13 @@ from app.llm.errors import (
     retry_after,
 )
 
-log = structlog.get_logger(__name__)
-
-_BACKOFF_BASE = 0.5
-_BACKOFF_CAP = 8.0
-
-# Failures where the request may never have been processed, so sending it again is safe.
-_RETRYABLE_TRANSPORT = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
+CHAT_PATH = "/chat/completions"
+# What `post(stream=True)` asks for: the SDK decodes the SSE and each chunk's JSON, and with
+# `cast_to=object` hands the chunk over as parsed (no typed model built per chunk).
+_ChunkStream = openai.AsyncStream[object]
+# The SDK refuses to start without a key, even for servers that need none (Ollama, llama.cpp): then
+# it gets this placeholder, which every call leaves out (`Authorization` omitted).
+_NO_KEY = "unused"
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -42,26 +41,27 @@ _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool
 # --- errors ---------------------------------------------------------------------------------------
 
 
-class _StatusFailure(Exception):
-    """A non-2xx answer, carried out of the `async with` so the response is closed before a retry."""
+@contextmanager
+def map_errors(*, streaming: bool = False) -> Iterator[None]:
+    """Translate SDK failures into the service's upstream errors (and their HTTP statuses).
 
-    def __init__(self, status: int, headers: Mapping[str, str]) -> None:
-        super().__init__(f"upstream answered {status}")
-        self.status = status
-        self.retry_after = _retry_delay(headers)
-        # OpenAI's servers say explicitly whether a retry can help; follow them like their SDKs do.
-        hint = headers.get("x-should-retry", "").lower()
-        self.retryable = hint == "true" if hint in ("true", "false") else status == 429 or status >= 500
-        self.error = _status_error(status, headers)
-
-
-def _retry_delay(headers: Mapping[str, str]) -> float | None:
-    """The wait the server asked for, in seconds. Only delta forms: HTTP-dates are rare here."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value and value.replace(".", "", 1).isdigit():
-            return float(value) * scale
-    return None
+    `streaming`: the answer had begun (status 200), so a lost connection dropped mid-answer.
+    """
+    try:
+        yield
+    except openai.APITimeoutError as exc:
+        raise UpstreamTimeout() from exc
+    except openai.APIConnectionError as exc:
+        if streaming:
+            raise UpstreamError("The connection to the model provider dropped mid-answer.") from exc
+        raise UpstreamError("Could not reach the model provider.") from exc
+    except openai.APIStatusError as exc:
+        raise _status_error(exc.status_code, exc.response.headers) from exc
+    except openai.APIError as exc:
+        # An error chunk inside a stream that had begun with 200.
+        raise UpstreamError("The model provider failed mid-stream.") from exc
+    except json.JSONDecodeError as exc:
+        raise UpstreamError("The model provider sent an unreadable stream.") from exc
 
 
 def _status_error(status: int, headers: Mapping[str, str]) -> UpstreamError:
@@ -74,27 +74,7 @@ def _status_error(status: int, headers: Mapping[str, str]) -> UpstreamError:
         return UpstreamTimeout()
     if status >= 500:
         return UpstreamError()
-    if status >= 400:
-        return UpstreamRejected(f"The model provider rejected the request ({status}).")
-    return UpstreamError(f"The model provider answered with an unexpected status ({status}).")
-
-
-def _transport_error(exc: httpx.HTTPError) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout()
-    if isinstance(exc, httpx.TransportError):
-        return UpstreamError("Could not reach the model provider.")
-    return UpstreamError()
-
-
-def _backoff(attempt: int, retry_after: float | None) -> float | None:
-    """Seconds to wait before retry number `attempt + 1`, or None when not worth waiting for."""
-    delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**attempt) * random.uniform(0.5, 1.0)
-    if retry_after is not None:
-        if retry_after > _BACKOFF_CAP:
-            return None  # longer than we hold a turn open: let our client come back later
-        delay = max(delay, retry_after)
-    return delay
+    return UpstreamRejected(f"The model provider rejected the request ({status}).")
 
 
 # --- request translation (Anthropic shape -> OpenAI shape) ----------------------------------------
@@ -210,8 +190,6 @@ class _Accumulator:
     usage: Usage = field(default_factory=Usage)
 
     def feed(self, chunk: Mapping[str, Any]) -> list[LLMEvent]:
-        if chunk.get("error") is not None:
-            raise UpstreamError("The model provider failed mid-stream.")
         if isinstance(chunk.get("usage"), dict):
             self.usage = _usage(chunk["usage"])
         choices = chunk.get("choices")
@@ -273,21 +251,19 @@ def _usage(raw: Mapping[str, Any]) -> Usage:
     )
 
 
-class _Primed:
-    """The call's events, starting with the one `stream()` already waited for."""
-
-    def __init__(self, first: LLMEvent, rest: AsyncIterator[LLMEvent]) -> None:
-        self._first: LLMEvent | None = first
-        self._rest = rest
-
-    def __aiter__(self) -> _Primed:
-        return self
-
-    async def __anext__(self) -> LLMEvent:
-        if self._first is not None:
-            event, self._first = self._first, None
-            return event
-        return await anext(self._rest)
+async def _events(chunks: AsyncIterator[object]) -> AsyncGenerator[LLMEvent, None]:
+    acc = _Accumulator()
+    with map_errors(streaming=True):
+        async for chunk in chunks:
+            if isinstance(chunk, dict):
+                for event in acc.feed(chunk):
+                    yield event
+    if acc.finish_reason is None:
+        # The body ended cleanly but the answer did not: treat it as a dropped connection.
+        raise UpstreamError("The model provider ended the stream early.")
+    for call in acc.flush_calls():  # calls never closed by a finish_reason
+        yield call
+    yield acc.completed()
 
 
 # --- the provider ---------------------------------------------------------------------------------
@@ -296,88 +272,38 @@ class _Primed:
 class OpenAICompatModel:
     provider = "openai"
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
-        self._http = http  # the app's shared client: its lifespan owns it, not us
-        self._url = settings.openai_base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Accept": "text/event-stream"}
-        if settings.openai_api_key is not None:
-            self._headers["Authorization"] = f"Bearer {settings.openai_api_key.get_secret_value()}"
-        self._timeout = httpx.Timeout(settings.llm_read_timeout, connect=settings.llm_connect_timeout)
-        self._max_retries = settings.llm_max_retries
+    def __init__(self, settings: Settings, http: httpx2.AsyncClient) -> None:
+        key = settings.openai_api_key
+        self._client = openai.AsyncOpenAI(
+            api_key=key.get_secret_value() if key is not None else _NO_KEY,
+            base_url=settings.openai_base_url,
+            max_retries=settings.llm_max_retries,
+            timeout=openai.Timeout(settings.llm_read_timeout, connect=settings.llm_connect_timeout),
+            http_client=http,  # the app's shared client: its lifespan owns it, not us
+        )
+        self._headers: dict[str, str | openai.Omit] = {} if key is not None else {"Authorization": openai.omit}
 
     async def aclose(self) -> None:
-        return None
+        return None  # closing the SDK client would close the shared HTTP client
 
     @asynccontextmanager
     async def stream(self, request: LLMRequest) -> AsyncIterator[AsyncIterator[LLMEvent]]:
-        events = self._call(build_payload(request))
-        try:
-            # Wait for the first event here so failures, and the retries allowed before any output,
-            # surface on entering the block, as with the Anthropic SDK.
-            first = await anext(events)
-            yield _Primed(first, events)
-        finally:
-            await events.aclose()  # closes the upstream response wherever the generator stopped
-
-    async def _call(self, payload: dict[str, Any]) -> AsyncGenerator[LLMEvent, None]:
-        attempt = 0
-        while True:
-            produced = False
-            error: UpstreamError
-            cause: Exception
-            retry_after: float | None = None
-            try:
-                async with self._http.stream(
-                    "POST", self._url, json=payload, headers=self._headers, timeout=self._timeout
-                ) as response:
-                    if not response.is_success:
-                        await response.aread()  # small; lets the connection be reused
-                        raise _StatusFailure(response.status_code, response.headers)
-                    async with aclosing(self._events(response)) as events:
-                        async for event in events:
-                            produced = True
-                            yield event
-                return
-            except _StatusFailure as failure:
-                error, cause, retryable, retry_after = failure.error, failure, failure.retryable, failure.retry_after
-            except httpx.HTTPError as exc:
-                error, cause, retryable = _transport_error(exc), exc, isinstance(exc, _RETRYABLE_TRANSPORT)
-            # Never retry once output reached the caller: it would be produced twice.
-            delay = _backoff(attempt, retry_after) if retryable and not produced else None
-            if delay is None or attempt >= self._max_retries:
-                raise error from cause
-            attempt += 1
-            log.warning(
-                "llm.retry",
-                provider=self.provider,
-                attempt=attempt,
-                delay=round(delay, 2),
-                cause=str(cause) if isinstance(cause, _StatusFailure) else type(cause).__name__,
+        # The SDK's documented way in for any request (`post`), with the body as built here:
+        # `chat.completions.create` would walk and copy the whole body (history and tool schemas)
+        # on each call only to send the same JSON, and build a typed model per chunk we read a few
+        # fields of. Retries (429, 5xx, connection failures; Retry-After, x-should-retry) are the
+        # SDK's, and only ever before the first byte of the answer, so nothing reaches us twice.
+        with map_errors():
+            chunks = await self._client.post(
+                CHAT_PATH,
+                body=build_payload(request),
+                cast_to=object,
+                options={"headers": self._headers},
+                stream=True,
+                stream_cls=_ChunkStream,
             )
-            await asyncio.sleep(delay)
-
-    @staticmethod
-    async def _events(response: httpx.Response) -> AsyncGenerator[LLMEvent, None]:
-        acc = _Accumulator()
-        done = False
-        async for line in response.aiter_lines():
-            line = line.strip()
-            if not line.startswith("data:"):
-                continue  # blank separators, ": keep-alive" comments, event:/id: fields
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                break
-            try:
-                chunk = json.loads(data)
-            except json.JSONDecodeError as exc:
-                raise UpstreamError("The model provider sent an unreadable stream.") from exc
-            if isinstance(chunk, dict):
-                for event in acc.feed(chunk):
-                    yield event
-        if not done and acc.finish_reason is None:
-            # The body ended cleanly but the answer did not: treat it as a dropped connection.
-            raise UpstreamError("The model provider ended the stream early.")
-        for call in acc.flush_calls():  # calls never closed by a finish_reason
-            yield call
-        yield acc.completed()
+        try:
+            async with aclosing(_events(chunks)) as events:
+                yield events
+        finally:
+            await chunks.close()  # closes the upstream response wherever the reading stopped

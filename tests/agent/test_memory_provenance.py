@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import httpx
+import httpx2
 import pytest
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -41,7 +42,7 @@ async def _service_answer(_: Nothing, __: ToolContext) -> str:
     return HOSTILE
 
 
-async def _slow_page(request: httpx.Request) -> httpx.Response:
+async def _slow_page(request: httpx2.Request) -> httpx2.Response:
     # Slow enough that a `remember` asked for in the same step as the fetch runs before it returns.
     await anyio.sleep(0.3)
     return page(HOSTILE)
@@ -53,7 +54,7 @@ def tool(name: str, args: dict[str, object]) -> str:
 
 @pytest.fixture
 async def live(settings: Settings) -> AsyncIterator[Live]:
-    fetch = make_fetch_url(fake_resolver, transport=lambda: httpx.MockTransport(_slow_page))
+    fetch = make_fetch_url(fake_resolver, transport=lambda: httpx2.MockTransport(_slow_page))
     # An extra tool added in code, marked nothing: untrusted by default.
     service = Tool("service_lookup", "Asks another service.", Nothing, _service_answer)
     async with live_server(create_app(settings, extra_tools=[fetch, service])) as server:

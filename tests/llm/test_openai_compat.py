@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
+import openai
 import pytest
 
 from app.core.config import Settings
@@ -15,6 +17,7 @@ from app.llm.base import Completed, LLMEvent, LLMRequest, TextDelta, ToolCall
 from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
 from app.llm.openai_compat import OpenAICompatModel, build_payload
 from testkit.fake_llm import FakeLLMServer
+from tests.agent.test_fetch_url import local_server, response
 
 LOOKUP_TOOL = {
     "name": "lookup",
@@ -35,7 +38,7 @@ def fake(server: FakeLLMServer) -> FakeLLMServer:
     return server
 
 
-def make_model(fake: FakeLLMServer, http: httpx.AsyncClient, **overrides: Any) -> OpenAICompatModel:
+def make_model(fake: FakeLLMServer, http: httpx2.AsyncClient, **overrides: Any) -> OpenAICompatModel:
     values: dict[str, Any] = {"llm_max_retries": 0, "llm_read_timeout": 5.0, "llm_connect_timeout": 2.0}
     values.update(overrides)
     settings = Settings(openai_base_url=f"{fake.url}/v1", llm_provider="openai", **values)
@@ -55,18 +58,18 @@ async def collect(model: OpenAICompatModel, request: LLMRequest, into: list[LLME
     return received
 
 
-async def recorded(http: httpx.AsyncClient, fake: FakeLLMServer) -> list[dict[str, Any]]:
+async def recorded(http: httpx2.AsyncClient, fake: FakeLLMServer) -> list[dict[str, Any]]:
     response = await http.get(f"{fake.url}/_requests")
     body: list[dict[str, Any]] = response.json()
     return body
 
 
-async def open_streams(http: httpx.AsyncClient, fake: FakeLLMServer) -> int:
+async def open_streams(http: httpx2.AsyncClient, fake: FakeLLMServer) -> int:
     response = await http.get(f"{fake.url}/_stats")
     return int(response.json()["open_streams"])
 
 
-async def wait_streams_closed(http: httpx.AsyncClient, fake: FakeLLMServer, within: float = 1.0) -> None:
+async def wait_streams_closed(http: httpx2.AsyncClient, fake: FakeLLMServer, within: float = 1.0) -> None:
     # The fake notices the disconnect on its own thread; poll its gauge briefly.
     for _ in range(int(within / 0.02) + 1):
         if (count := await open_streams(http, fake)) == 0:
@@ -84,7 +87,7 @@ def text_of(events: list[LLMEvent]) -> str:
 
 @pytest.mark.asyncio
 async def test_streams_echo_with_usage_and_completed(fake: FakeLLMServer) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         events = await collect(make_model(fake, http), ask("hello there friend"))
 
     deltas = [e for e in events if isinstance(e, TextDelta)]
@@ -111,7 +114,7 @@ async def test_sends_a_streaming_request_with_system_and_history(fake: FakeLLMSe
             {"role": "user", "content": [{"type": "text", "text": "second question"}]},
         ],
     )
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         events = await collect(make_model(fake, http), request)
         [sent] = await recorded(http, fake)
 
@@ -131,7 +134,7 @@ async def test_sends_a_streaming_request_with_system_and_history(fake: FakeLLMSe
 
 @pytest.mark.asyncio
 async def test_base_url_with_trailing_slash(fake: FakeLLMServer) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         settings = Settings(openai_base_url=f"{fake.url}/v1/", llm_provider="openai")
         events = await collect(OpenAICompatModel(settings, http), ask("slash"))
     assert text_of(events) == "echo: slash"
@@ -139,7 +142,7 @@ async def test_base_url_with_trailing_slash(fake: FakeLLMServer) -> None:
 
 @pytest.mark.asyncio
 async def test_api_key_is_sent_as_bearer_only_when_configured() -> None:
-    async with FakeLLMServer(require_openai_key=True) as fake, httpx.AsyncClient() as http:
+    async with FakeLLMServer(require_openai_key=True) as fake, httpx2.AsyncClient() as http:
         with pytest.raises(UpstreamRejected):
             await collect(make_model(fake, http), ask("no key"))
         events = await collect(make_model(fake, http, openai_api_key="sk-test"), ask("with key"))
@@ -152,7 +155,7 @@ async def test_api_key_is_sent_as_bearer_only_when_configured() -> None:
 @pytest.mark.asyncio
 async def test_tool_call_round_trip(fake: FakeLLMServer) -> None:
     first = ask('find it [[tool:lookup {"q": "weather in Paris", "n": 2}]]', tools=[LOOKUP_TOOL])
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         model = make_model(fake, http)
         events = await collect(model, first)
 
@@ -266,7 +269,7 @@ def test_tool_results_come_first_and_errors_are_marked() -> None:
 async def test_error_statuses_map_to_upstream_errors(
     fake: FakeLLMServer, status: int, error: type[UpstreamError]
 ) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         with pytest.raises(UpstreamError) as caught:
             await collect(make_model(fake, http), ask(f"fail [[status:{status}]]"))
     assert type(caught.value) is error
@@ -276,7 +279,7 @@ async def test_error_statuses_map_to_upstream_errors(
 
 @pytest.mark.asyncio
 async def test_transient_failures_are_retried_then_succeed(fake: FakeLLMServer) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         events = await collect(make_model(fake, http, llm_max_retries=2), ask("again [[fail_first:2:503]]"))
         sent = await recorded(http, fake)
     assert text_of(events) == "echo: again"
@@ -285,14 +288,35 @@ async def test_transient_failures_are_retried_then_succeed(fake: FakeLLMServer) 
 
 @pytest.mark.asyncio
 async def test_rate_limits_are_retried_too(fake: FakeLLMServer) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         events = await collect(make_model(fake, http, llm_max_retries=1), ask("limit [[fail_first:1:429]]"))
+        sent = await recorded(http, fake)
     assert text_of(events) == "echo: limit"
+    assert len(sent) == 2
+    assert sent[0] == sent[1]  # the same request again
+
+
+@pytest.mark.asyncio
+async def test_overloaded_529_is_retried(fake: FakeLLMServer) -> None:
+    async with httpx2.AsyncClient() as http:
+        events = await collect(make_model(fake, http, llm_max_retries=2), ask("busy [[fail_first:2:529]]"))
+        assert len(await recorded(http, fake)) == 3
+    assert text_of(events) == "echo: busy"
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_before_the_answer_begins_is_retried_then_reported(fake: FakeLLMServer) -> None:
+    # Nothing reached the caller yet, so the SDK sends the request again (bounded by LLM_MAX_RETRIES).
+    async with httpx2.AsyncClient() as http:
+        model = make_model(fake, http, llm_read_timeout=0.2, llm_max_retries=1)
+        with pytest.raises(UpstreamTimeout):
+            await collect(model, ask("slow start [[delay_first:30]]"))
+        assert len(await recorded(http, fake)) == 2
 
 
 @pytest.mark.asyncio
 async def test_no_retry_when_max_retries_is_zero(fake: FakeLLMServer) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         with pytest.raises(UpstreamOverloaded):
             await collect(make_model(fake, http, llm_max_retries=0), ask("once [[fail_first:1:503]]"))
         assert len(await recorded(http, fake)) == 1
@@ -301,7 +325,7 @@ async def test_no_retry_when_max_retries_is_zero(fake: FakeLLMServer) -> None:
 @pytest.mark.asyncio
 async def test_no_retry_when_the_provider_says_it_would_not_help(fake: FakeLLMServer) -> None:
     # [[status]] answers carry "x-should-retry: false" (and 429s a 7 s Retry-After).
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         model = make_model(fake, http, llm_max_retries=2)
         started = time.monotonic()
         with pytest.raises(UpstreamRateLimited):
@@ -312,7 +336,7 @@ async def test_no_retry_when_the_provider_says_it_would_not_help(fake: FakeLLMSe
 
 @pytest.mark.asyncio
 async def test_retries_are_bounded(fake: FakeLLMServer) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         with pytest.raises(UpstreamError):
             await collect(make_model(fake, http, llm_max_retries=1), ask("always [[fail_first:5:500]]"))
         assert len(await recorded(http, fake)) == 2
@@ -321,7 +345,7 @@ async def test_retries_are_bounded(fake: FakeLLMServer) -> None:
 @pytest.mark.asyncio
 async def test_error_inside_the_stream_after_text(fake: FakeLLMServer) -> None:
     events: list[LLMEvent] = []
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         model = make_model(fake, http, llm_max_retries=2)
         with pytest.raises(UpstreamError):
             await collect(model, ask("one two three four [[midstream_error]]"), into=events)
@@ -334,26 +358,72 @@ async def test_error_inside_the_stream_after_text(fake: FakeLLMServer) -> None:
 @pytest.mark.asyncio
 async def test_connection_dropped_mid_stream(fake: FakeLLMServer) -> None:
     events: list[LLMEvent] = []
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         model = make_model(fake, http, llm_max_retries=2)
         with pytest.raises(UpstreamError) as caught:
             await collect(model, ask("one two three four [[drop]]"), into=events)
         assert len(await recorded(http, fake)) == 1
     assert type(caught.value) is UpstreamError
-    assert isinstance(caught.value.__cause__, httpx.TransportError)
+    assert "dropped mid-answer" in caught.value.message
+    assert isinstance(caught.value.__cause__, openai.APIConnectionError)
+    assert isinstance(caught.value.__cause__.__cause__, httpx2.TransportError)
     assert text_of(events) == "echo: one"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"data: {not json\n\n", "unreadable stream"),
+        (b'data: {"choices": [{"index": 0, "delta": {"content": "cut"}}]}\n\n', "ended the stream early"),
+    ],
+)
+async def test_a_broken_stream_is_an_upstream_error(body: bytes, message: str) -> None:
+    answer = response(body, Content_Type="text/event-stream")
+    async with local_server({"/v1/chat/completions": answer}) as server, httpx2.AsyncClient() as http:
+        settings = Settings(openai_base_url=f"http://127.0.0.1:{server.port}/v1", llm_provider="openai")
+        with pytest.raises(UpstreamError) as caught:
+            await collect(OpenAICompatModel(settings, http), ask("anything"))
+    assert type(caught.value) is UpstreamError
+    assert message in caught.value.message
+    assert "authorization" not in server.requests[0]  # no key configured: none sent, not even the SDK's placeholder
 
 
 @pytest.mark.asyncio
 async def test_unreachable_provider_is_an_upstream_error() -> None:
     with FakeLLMServer() as gone:
         url = gone.url
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         settings = Settings(openai_base_url=f"{url}/v1", llm_provider="openai", llm_max_retries=1)
         with pytest.raises(UpstreamError) as caught:
             await collect(OpenAICompatModel(settings, http), ask("anyone?"))
     assert type(caught.value) is UpstreamError
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert isinstance(caught.value.__cause__, openai.APIConnectionError)
+    assert isinstance(caught.value.__cause__.__cause__, httpx2.ConnectError)
+
+
+@pytest.mark.asyncio
+async def test_calls_go_through_the_shared_client(fake: FakeLLMServer) -> None:
+    # One HTTP stack in the service: the SDK sends through the app's client, not a pool of its own.
+    seen: list[str] = []
+
+    async def note(request: httpx2.Request) -> None:
+        seen.append(f"{request.method} {request.url.path}")
+
+    async with httpx2.AsyncClient(event_hooks={"request": [note]}) as http:
+        events = await collect(make_model(fake, http), ask("shared"))
+    assert text_of(events) == "echo: shared"
+    assert seen == ["POST /v1/chat/completions"]
+
+
+@pytest.mark.asyncio
+async def test_the_api_key_never_reaches_the_logs(fake: FakeLLMServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # the SDK's and httpx2's debug logs included
+    async with httpx2.AsyncClient() as http:
+        model = make_model(fake, http, openai_api_key="sk-very-secret-1234", llm_max_retries=1)
+        await collect(model, ask("log me [[fail_first:1:500]]"))
+    assert "Retrying request" in caplog.text  # the SDK's logs were captured
+    assert "sk-very-secret-1234" not in caplog.text
 
 
 # --- timeouts and cancellation --------------------------------------------------------------------
@@ -361,7 +431,7 @@ async def test_unreachable_provider_is_an_upstream_error() -> None:
 
 @pytest.mark.asyncio
 async def test_hang_times_out_and_closes_the_stream(fake: FakeLLMServer) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         model = make_model(fake, http, llm_read_timeout=0.3, llm_max_retries=2)
         started = time.monotonic()
         with pytest.raises(UpstreamTimeout):
@@ -375,7 +445,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_stream(fake: FakeLLMS
     got_first = asyncio.Event()
     received: list[LLMEvent] = []
 
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         model = make_model(fake, http)
 
         async def consume() -> None:
@@ -399,7 +469,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_stream(fake: FakeLLMS
 
 @pytest.mark.asyncio
 async def test_leaving_the_block_early_closes_the_upstream_stream(fake: FakeLLMServer) -> None:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         model = make_model(fake, http)
         async with model.stream(ask("go [[words:500]] [[slow:0.02]]")) as events:
             async for _ in events:

@@ -1,7 +1,7 @@
 """What a tool is: a name, a description, a pydantic input model and an async function.
 
 The input model's JSON schema is what the model sees. A tool that needs resources takes them from
-its ToolContext with `async with`: a database session per call, the shared httpx client.
+its ToolContext with `async with`: a database session per call, the shared httpx2 client.
 
 A tool runs on the event loop that serves every other request of the replica, so it must never
 do unbounded synchronous work: bound the cost of its input before computing (the calculator
@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import httpx
+import httpx2
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,7 +48,7 @@ class ToolContext:
     conversation_id: uuid.UUID
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
-    http: httpx.AsyncClient
+    http: httpx2.AsyncClient
     # The assistant message of the turn the tools run in (recorded as a memory's provenance).
     message_id: uuid.UUID | None = None
     turn_state: TurnState = field(default_factory=TurnState)

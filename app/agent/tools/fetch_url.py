@@ -4,7 +4,7 @@ The check runs after DNS resolution and again on every redirect, and the request
 the very address that was checked (Host header and TLS name kept), so a DNS answer that changes
 between check and connect (rebinding) cannot reach an internal address.
 
-Each call has an httpx client of its own that stores no cookies and reads nothing from the
+Each call has an httpx2 client of its own that stores no cookies and reads nothing from the
 environment (no proxy, no .netrc): nothing one owner's fetch receives can ride along on another's.
 Only ports 80 and 443 (others only for hosts on FETCH_URL_ALLOWED_HOSTS), only text and JSON, and
 a compressed body is inflated incrementally up to FETCH_URL_MAX_BYTES, never beyond. What comes
@@ -27,7 +27,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
-import httpx
+import httpx2
 from pydantic import BaseModel, Field
 
 from app.agent.tools.base import Tool, ToolContext, ToolError
@@ -36,7 +36,7 @@ MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 DEFAULT_PORTS = frozenset({80, 443})
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-TransportFactory = Callable[[], httpx.AsyncBaseTransport]
+TransportFactory = Callable[[], httpx2.AsyncBaseTransport]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # IPv6 ranges that carry an IPv4 address: the embedded address is what gets reached.
@@ -202,12 +202,12 @@ class FetchURLInput(BaseModel):
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     # Loading the CA bundle takes milliseconds of CPU: once per process, not once per fetch.
-    return httpx.create_ssl_context()
+    return httpx2.create_ssl_context()
 
 
-def _new_client(transport: TransportFactory | None, timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=transport() if transport else httpx.AsyncHTTPTransport(verify=_tls_context(), trust_env=False),
+def _new_client(transport: TransportFactory | None, timeout: float) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(
+        transport=transport() if transport else httpx2.AsyncHTTPTransport(verify=_tls_context(), trust_env=False),
         trust_env=False,
         follow_redirects=False,
         timeout=timeout,
@@ -254,7 +254,7 @@ class Page:
     body: bytes = b""
 
 
-async def _get(http: httpx.AsyncClient, target: Target, max_bytes: int) -> Page:
+async def _get(http: httpx2.AsyncClient, target: Target, max_bytes: int) -> Page:
     headers = {
         "Host": target.host,
         "Accept": "text/html, text/plain;q=0.9, application/json;q=0.8, text/*;q=0.5",
@@ -276,7 +276,7 @@ async def _get(http: httpx.AsyncClient, target: Target, max_bytes: int) -> Page:
             if not is_text(media_type):
                 raise ToolError(f"Not a text page: the server sent {media_type or 'no content type'}.")
             body = await read_capped(response, max_bytes)
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise ToolError(f"Could not fetch the page: {type(exc).__name__}.") from exc
     return Page(location=None, content_type=content_type, body=body)
 
@@ -300,7 +300,7 @@ class _Inflater:
             return self.decoder.decompress(data, limit)
 
 
-async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+async def read_capped(response: httpx2.Response, max_bytes: int) -> bytes:
     """At most max_bytes of the decoded body: a compressed body never inflates beyond the cap."""
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in {"identity", "", "gzip", "x-gzip", "deflate"}:
@@ -309,7 +309,7 @@ async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     size = raw_size = 0
     try:
-        # Raw bytes, decoded here: httpx's own decoding inflates a whole chunk at once, and one
+        # Raw bytes, decoded here: httpx2's own decoding inflates a whole chunk at once, and one
         # 64 KiB chunk of a gzip bomb is 64 MiB.
         async for raw in response.aiter_raw():
             raw_size += len(raw)
