@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,7 @@ from app.agent.registry import ToolRegistry, build_registry
 from app.agent.tools.base import Tool
 from app.auth.cache import KeyCache
 from app.auth.limits import Counters, Limits, LocalCounters, RedisCounters
-from app.chat.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
 from app.chat.router import router as chat_router
-from app.chat.turn import RECORD_DEADLINE
 from app.conversations.router import router as conversations_router
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.db import Database, create_engine, create_sessionmaker, instrument
@@ -44,7 +42,9 @@ from app.runs.leases import Leases
 from app.runs.manager import RunManager
 from app.runs.router import router as runs_router
 from app.runs.store import RunStore
-from app.state import State
+from app.state import Resources
+from app.turns.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
+from app.turns.turn import RECORD_DEADLINE
 
 log = structlog.get_logger("app.lifespan")
 
@@ -90,9 +90,11 @@ def build_coordination(settings: Settings, redis: Redis | None, follower_redis: 
     )
 
 
-def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  # type: ignore[no-untyped-def]
+def build_lifespan(
+    settings: Settings, tools: ToolRegistry, metrics: Metrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # AsyncExitStack releases in reverse order, also when start-up fails halfway.
         async with AsyncExitStack() as stack:
             lifecycle = Lifecycle(settings.shutdown_grace_seconds)
@@ -151,25 +153,29 @@ def build_lifespan(settings: Settings, tools: ToolRegistry, metrics: Metrics):  
             gc.freeze()
             if llm.provider == "offline":
                 log.warning("app.offline_model", hint="set ANTHROPIC_API_KEY to use Claude")
-            yield {
-                "settings": settings,
-                "engine": engine,
-                "sessions": sessions,
-                "db": db,
-                "keys": KeyCache(settings.auth_cache_seconds, settings.auth_cache_size),
-                "loop_lag": loop_lag,
-                "redis": redis,
-                "llm": llm,
-                "http": http,
-                "tools": tools,
-                "lifecycle": lifecycle,
-                "locks": coordination.locks,
-                "idempotency": coordination.idempotency,
-                "limits": coordination.limits,
-                "runs": runs,
-                "followers": Followers(settings.run_max_followers_per_key, settings.redis_follower_connections),
-                "metrics": metrics,
-            }
+            # Typed, on app.state, read only through app/state.py's dependencies; taken off first
+            # at shutdown, so nothing reaches a resource being released.
+            app.state.resources = Resources(
+                settings=settings,
+                engine=engine,
+                sessions=sessions,
+                db=db,
+                keys=KeyCache(settings.auth_cache_seconds, settings.auth_cache_size),
+                loop_lag=loop_lag,
+                redis=redis,
+                llm=llm,
+                http=http,
+                tools=tools,
+                lifecycle=lifecycle,
+                locks=coordination.locks,
+                idempotency=coordination.idempotency,
+                limits=coordination.limits,
+                runs=runs,
+                followers=Followers(settings.run_max_followers_per_key, settings.redis_follower_connections),
+                metrics=metrics,
+            )
+            stack.callback(delattr, app.state, "resources")
+            yield
             log.info("app.stopping")
 
     return lifespan

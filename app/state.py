@@ -1,23 +1,25 @@
 """What the app holds for its lifetime, and the one way routes reach it: typed dependencies.
 
-The lifespan yields this `State`; Starlette copies it into every request's scope. Routes and
-dependencies declare what they use (`SettingsDep`, `SessionDep`, `AppStateDep`, …) instead of
-reading untyped `request.state.X` or `app.state.X` attributes: the types are checked, the uses
-are visible in signatures, and tests can build an app around any state they like.
+The lifespan (app/main.py) builds one `Resources` and puts it on `app.state.resources`. Routes and
+dependencies never read `app.state` themselves: they declare what they use (`SettingsDep`,
+`SessionDep`, `ResourcesDep`, …), so the types are checked, the uses are visible in signatures,
+and a test can build an app around any resources it likes (`app.state.resources = …`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, TypedDict, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, cast
 
 import httpx2
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
 
 from app.core.config import Settings
-from app.core.db import Database
+from app.core.db import Database, Transactions
 from app.core.lifecycle import Lifecycle
 from app.core.locks import LockManager
 from app.core.loop import LoopLag
@@ -27,13 +29,16 @@ if TYPE_CHECKING:  # domain types, for type checking only: the domains import th
     from app.agent.registry import ToolRegistry
     from app.auth.cache import KeyCache
     from app.auth.limits import Limits
-    from app.chat.idempotency import IdempotencyStore
     from app.llm.base import ChatModel
     from app.runs.followers import Followers
     from app.runs.manager import RunManager
+    from app.turns.idempotency import IdempotencyStore
 
 
-class State(TypedDict):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resources:
+    """Everything the lifespan built, released by it in reverse order."""
+
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
@@ -53,33 +58,38 @@ class State(TypedDict):
     metrics: Metrics
 
 
-async def get_app_state(request: Request) -> State:
+def resources_of(app: Starlette) -> Resources:
+    """The one typed read of `app.state`: what the lifespan put there."""
+    return cast(Resources, app.state.resources)
+
+
+async def get_resources(request: Request) -> Resources:
     """Everything the lifespan built, as one dependency: the hot path resolves one, not a dozen."""
-    return cast(State, request.scope["state"])
+    return resources_of(request.app)
 
 
-AppStateDep = Annotated[State, Depends(get_app_state)]
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 # All `async def`, even the trivial ones: FastAPI runs a plain `def` dependency in the threadpool.
-async def get_settings(app: AppStateDep) -> Settings:
-    return app["settings"]
+async def get_settings(resources: ResourcesDep) -> Settings:
+    return resources.settings
 
 
-async def get_sessions(app: AppStateDep) -> async_sessionmaker[AsyncSession]:
-    return app["sessions"]
+async def get_sessions(resources: ResourcesDep) -> async_sessionmaker[AsyncSession]:
+    return resources.sessions
 
 
-async def get_redis(app: AppStateDep) -> Redis | None:
-    return app["redis"]
+async def get_redis(resources: ResourcesDep) -> Redis | None:
+    return resources.redis
 
 
-async def get_lifecycle(app: AppStateDep) -> Lifecycle:
-    return app["lifecycle"]
+async def get_lifecycle(resources: ResourcesDep) -> Lifecycle:
+    return resources.lifecycle
 
 
-async def get_metrics(app: AppStateDep) -> Metrics:
-    return app["metrics"]
+async def get_metrics(resources: ResourcesDep) -> Metrics:
+    return resources.metrics
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -96,3 +106,15 @@ async def get_session(sessions: SessionsDep) -> AsyncIterator[AsyncSession]:
 
 # scope="function": commit before the response is sent, so a 2xx means the data is stored.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def get_transactions(resources: ResourcesDep) -> AsyncIterator[Transactions]:
+    """A transaction opener for the request: each `async with transactions() as tx` is one short
+    transaction. Open until the response has been sent, streaming included; a turn that outlives
+    its request (a run) opens its own."""
+    async with resources.db.transactions() as transactions:
+        yield transactions
+
+
+# scope="request": exited after the response is sent, so a JSON turn's phase 3 still has it.
+TransactionsDep = Annotated[Transactions, Depends(get_transactions, scope="request")]

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from app.core.config import Settings
 from app.main import create_app
-from app.state import State
+from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key, running_app
 from tests.fixtures.database import session_database, truncate
@@ -77,23 +77,23 @@ async def settings(pg_database: tuple[str, str], llm_server: FakeLLMServer, app_
 
 
 @pytest.fixture
-async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, State, httpx.AsyncClient]]:
+async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, Resources, httpx.AsyncClient]]:
     async with running_app(settings) as served:
         yield served
 
 
 @pytest.fixture
-def state(served: tuple[FastAPI, State, httpx.AsyncClient]) -> State:
+def state(served: tuple[FastAPI, Resources, httpx.AsyncClient]) -> Resources:
     return served[1]
 
 
 @pytest.fixture
-def client(served: tuple[FastAPI, State, httpx.AsyncClient]) -> httpx.AsyncClient:
+def client(served: tuple[FastAPI, Resources, httpx.AsyncClient]) -> httpx.AsyncClient:
     return served[2]
 
 
 @pytest.fixture
-async def api_key(state: State) -> str:
+async def api_key(state: Resources) -> str:
     return await make_key(state)
 
 

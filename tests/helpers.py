@@ -6,14 +6,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.state import State
+from app.state import Resources, resources_of
 from testkit.net import free_port
 
 
@@ -23,8 +23,13 @@ class Live:
     server: uvicorn.Server
 
     @property
-    def state(self) -> State:
-        return self.server.lifespan.state  # type: ignore[return-value]
+    def state(self) -> Resources:
+        return resources_of(self.server.config.app)  # type: ignore[arg-type]
+
+    def swap(self, **changes: Any) -> Resources:
+        """Serve the next requests with some resources replaced (an app around other resources)."""
+        self.server.config.app.state.resources = replace(self.state, **changes)
+        return self.state
 
 
 @asynccontextmanager
@@ -93,6 +98,6 @@ def sse_events(raw: str) -> list[dict[str, Any]]:
     return events
 
 
-def statements_sent(state: State) -> float:
+def statements_sent(state: Resources) -> float:
     """SQL statements the app has sent so far (its agentchat_db_statements_total)."""
-    return state["metrics"].db_statements._value.get()  # type: ignore[attr-defined,no-any-return]
+    return state.metrics.db_statements._value.get()  # type: ignore[attr-defined,no-any-return]

@@ -32,7 +32,7 @@ from app.core.db import create_engine, create_sessionmaker
 from app.core.errors import ErrorEnvelope
 from app.main import create_app
 from app.openai.errors import OpenAIErrorEnvelope
-from tests.fixtures.app import make_key
+from tests.fixtures.app import make_key_with
 
 CHECKS = [
     not_a_server_error,
@@ -55,7 +55,7 @@ BOUNDED = settings(
 async def key_for(settings: Settings) -> str:
     engine = create_engine(settings.model_copy(update={"app_name": "agentchat-test-setup"}))
     try:
-        return await make_key({"sessions": create_sessionmaker(engine)})  # type: ignore[arg-type]
+        return await make_key_with(create_sessionmaker(engine))
     finally:
         await engine.dispose()
 

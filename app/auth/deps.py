@@ -15,7 +15,7 @@ from app.auth.cache import Found
 from app.auth.keys import hash_key
 from app.auth.repository import find_active
 from app.core.errors import RateLimited, Unauthorized
-from app.state import AppStateDep, State
+from app.state import Resources, ResourcesDep
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def require_api_key(credentials: BearerDep, app: AppStateDep) -> Principal:
+async def require_api_key(credentials: BearerDep, resources: ResourcesDep) -> Principal:
     token = credentials.credentials if credentials is not None else ""
     if not token:
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
@@ -43,28 +43,28 @@ async def require_api_key(credentials: BearerDep, app: AppStateDep) -> Principal
 
     async def read() -> Found | None:
         # One statement of its own: the connection is back in the pool before the handler runs.
-        async with app["db"].statement() as conn:
+        async with resources.db.statement() as conn:
             return await find_active(conn, key_hash)
 
-    found = await app["keys"].get_or_read(key_hash, read)
+    found = await resources.keys.get_or_read(key_hash, read)
     if found is None:
         raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
     key_id, name = found
     structlog.contextvars.bind_contextvars(key_id=str(key_id))
-    await enforce_request_limit(app, key_id)
+    await enforce_request_limit(resources, key_id)
     return Principal(owner_id=key_id, name=name)
 
 
-async def enforce_request_limit(app: State, owner: uuid.UUID) -> None:
+async def enforce_request_limit(resources: Resources, owner: uuid.UUID) -> None:
     try:
-        decision = await app["limits"].hit_request(owner)
+        decision = await resources.limits.hit_request(owner)
     except (RedisError, OSError) as exc:
         # Fail open: a Redis outage must not take chat down with it (documented).
         log.warning("limits.unavailable", error=type(exc).__name__)
         return
     if decision is not None and not decision.allowed:
         log.info("limits.refused", limit="requests_per_minute")
-        app["metrics"].limit_refusals.labels("requests_per_minute").inc()
+        resources.metrics.limit_refusals.labels("requests_per_minute").inc()
         raise RateLimited(f"More than {decision.limit} requests this minute.", headers=decision.headers())
 
 

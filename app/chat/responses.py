@@ -17,13 +17,14 @@ from starlette.types import Receive, Scope, Send
 
 from app.agent.loop import ToolResultEvent
 from app.chat.schemas import AssistantMessageOut, ChatResponse
-from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed, not_saved
 from app.conversations.render import tool_calls, usage_out
-from app.core.asgi import DisconnectWatch, send_body, start_sse
+from app.core.asgi import send_body, start_sse
 from app.core.errors import AppError, envelope
 from app.llm.base import TextDelta, ToolCall
 from app.runs.events import RunEvent
 from app.runs.manager import Run
+from app.turns.answer import TurnJSONResponse
+from app.turns.turn import Turn, TurnEnded, TurnEvent, TurnFailed
 
 
 def chat_response(turn: Turn) -> dict[str, Any]:
@@ -48,46 +49,8 @@ def chat_body(turn: Turn) -> ChatResponse:
     )
 
 
-class TurnJSONResponse(Response):
-    """Answers once the turn is over: 200 with the message, or the mapped error status.
-
-    Another door renders the finished turn its own way by overriding `answer`.
-    """
-
-    def __init__(self, turn: Turn) -> None:
-        super().__init__()
-        self.turn = turn
-        self._ready: Response | None = None  # the answer, rendered while phase 3's statement was in flight
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def ignore(_: TurnEvent) -> None:
-            return None
-
-        turn = self.turn
-        try:
-            async with turn.holding_lock():
-                try:
-                    async with DisconnectWatch(receive, on_leave=turn.mark_client_left) as watch:
-                        await turn.execute(ignore)
-                finally:
-                    await turn.record(while_storing=self._render_ahead)
-            if watch.client_left:
-                return  # the client has gone; there is no one to tell
-            error = turn.error if turn.saved else turn.error or not_saved()
-            answer = self._ready if error is None and self._ready is not None else self.answer(turn, error)
-            await answer(scope, receive, send)
-        finally:
-            turn.report()
-
-    def _render_ahead(self) -> None:
-        """The answer, rendered while the database stores it, not after: it is what the client gets
-        if the outcome is stored (the turn's fields are final once phase 2 has ended)."""
-        if self.turn.error is not None:
-            return
-        try:
-            self._ready = self.answer(self.turn, None)
-        except Exception:  # rendered again once stored, where the error reaches the error handler
-            self._ready = None
+class ChatJSONResponse(TurnJSONResponse):
+    """/chat's JSON answer: the assistant message, or the error envelope."""
 
     def answer(self, turn: Turn, error: AppError | None) -> Response:
         if error is not None:

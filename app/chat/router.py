@@ -8,13 +8,14 @@ from fastapi import APIRouter, Header, Request
 from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
-from app.chat.responses import ChatEvents, ReplayResponse, TurnJSONResponse, chat_response
+from app.chat.responses import ChatEvents, ChatJSONResponse, ReplayResponse, chat_response
 from app.chat.schemas import ChatRequest, ChatResponse
-from app.chat.service import START_ERRORS, Replay, TurnRequest, TurnServiceDep
 from app.conversations.errors import ConversationNotFound
 from app.core.errors import DatabaseUnavailable, InvalidRequest, RateLimited, Unauthorized, responses
 from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamTimeout
 from app.runs.responses import RunStreamResponse
+from app.state import TransactionsDep
+from app.turns.start import START_ERRORS, Replay, TurnRequest, TurnServiceDep
 
 router = APIRouter(tags=["chat"])
 
@@ -49,6 +50,7 @@ async def chat(
     request: Request,
     principal: CurrentPrincipal,
     turns: TurnServiceDep,
+    transactions: TransactionsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Send a user turn; get the assistant's answer as JSON or as Server-Sent Events."""
@@ -67,12 +69,13 @@ async def chat(
             # What a retry must repeat; only an Idempotency-Key's retries are compared.
             fingerprint={**body.model_dump(mode="json"), "stream": stream} if idempotency_key is not None else None,
         ),
+        transactions,
         respond=chat_response,
     )
     if isinstance(started, Replay):
         return ReplayResponse(started.response) if stream else JSONResponse(started.response)
     if not stream:
-        return TurnJSONResponse(started)
+        return ChatJSONResponse(started)
     run = await turns.start_run(started, EVENTS)
     return RunStreamResponse(
         run, ping_seconds=turns.settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"

@@ -1,26 +1,26 @@
-"""The async engine, its two ways in, and sessions. Built by the lifespan, never at import time.
+"""The async engine, its ways in, and sessions. Built by the lifespan, never at import time.
 
-The hot path (a turn's phases) uses `Database`: `statement()` for work that is one SQL statement,
-which Postgres runs as its own transaction (no BEGIN/COMMIT round trips, so the connection is
-never idle in transaction), and `transaction()` for several statements that must commit together.
-A turn's two statements on Postgres go one level lower, through `driver()`: the same pool and
-its events, but asyncpg itself runs the SQL, since SQLAlchemy's execution layer costs more CPU per
-statement than the round trip does. The conversation API and tools use ORM sessions, where the
-unit of work earns its keep.
+A turn's phases use `Transactions`, an opener a route gets from `Depends` (app/state.py): each
+`async with transactions() as tx:` is one short transaction. On Postgres it is one statement that
+commits by itself (no BEGIN/COMMIT round trips, never idle in transaction), which asyncpg runs
+through the connection SQLAlchemy checked out (`AsyncConnection.get_raw_connection()`): the same
+pool and events, without SQLAlchemy's execution layer, which costs more CPU per statement than the
+round trip does. `statement()` and `transaction()` serve other one-off work; the conversation API
+and tools use ORM sessions, where the unit of work earns its keep.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import AdaptedConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy.util import await_only
 
 from app.core.config import Settings
 from app.core.errors import is_db_unavailable
@@ -147,6 +147,42 @@ class Driver:
         return await self._conn.execute(sql, *args)  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True, slots=True)
+class Tx:
+    """One short transaction. On Postgres, an autocommitting connection whose every statement is
+    its own transaction (no BEGIN/COMMIT round trips), with `driver` for SQL that asyncpg runs
+    itself; on SQLite (`driver` None), a connection inside BEGIN … COMMIT."""
+
+    conn: AsyncConnection
+    driver: Driver | None
+
+
+class Transactions:
+    """Opens short transactions: `async with transactions() as tx:`, one per phase of a turn.
+
+    Its owner enters it for as long as it may open them: the `TransactionsDep` dependency for a
+    request (the whole response, streaming included), a run for a turn that outlives its request.
+    Opening one outside that lifetime is a bug, and raises.
+    """
+
+    __slots__ = ("_open", "db")
+
+    def __init__(self, db: Database) -> None:
+        self.db, self._open = db, False
+
+    async def __aenter__(self) -> Transactions:
+        self._open = True
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._open = False
+
+    def __call__(self) -> AbstractAsyncContextManager[Tx]:
+        if not self._open:
+            raise RuntimeError("a transaction was opened outside its owner's lifetime")
+        return self.db.tx()
+
+
 class Database:
     """Connections for the hot path, each checkout timed (agentchat_db_pool_wait_seconds)."""
 
@@ -166,24 +202,33 @@ class Database:
             return False
         return bool(checked_in() > 0 or checked_out() < size())
 
+    def transactions(self) -> Transactions:
+        """The provider of transaction openers: one per request (app/state.py) or per run."""
+        return Transactions(self)
+
     @asynccontextmanager
-    async def driver(self) -> AsyncIterator[Driver]:
-        """Postgres only: a connection from the engine's pool (its checkout events, its limits) for
-        statements run by asyncpg directly. A connection that failed or was cancelled mid-statement
-        is discarded, not returned: its state is unknown."""
+    async def tx(self) -> AsyncIterator[Tx]:
+        if not self.is_postgres:
+            async with self.transaction() as conn:
+                yield Tx(conn, None)
+            return
         started = time.perf_counter()
-        fairy = await greenlet_spawn(self.engine.sync_engine.pool.connect)
+        # Started and closed by hand, not `async with`: AsyncConnection's exit runs close() in a
+        # task of its own (a loop trip per phase); close() here finishes without yielding.
+        conn = self._autocommit.connect()
+        await conn.start()
         self._pool_wait.observe(time.perf_counter() - started)
         try:
-            yield Driver(cast(AdaptedConnection, fairy.dbapi_connection).driver_connection, self._statements)
+            raw = await conn.get_raw_connection()
+            yield Tx(conn, Driver(raw.driver_connection, self._statements))
         except BaseException as exc:
             if not _is_statement_error(exc):
-                # Terminated (no await outside a greenlet) and its pool slot given back.
-                fairy.invalidate(exc if isinstance(exc, Exception) else None)
-                raise
-            await greenlet_spawn(fairy.close)
+                # Failed or cancelled mid-statement, its state unknown: terminated (no await, so
+                # even under cancellation) and its pool slot given back, never reused.
+                conn.sync_connection.invalidate(exc if isinstance(exc, Exception) else None)  # type: ignore[union-attr]
             raise
-        await greenlet_spawn(fairy.close)
+        finally:
+            await conn.close()
 
     @asynccontextmanager
     async def statement(self) -> AsyncIterator[AsyncConnection]:

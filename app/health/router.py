@@ -9,7 +9,7 @@ from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
 from app.core.errors import envelope
-from app.state import AppStateDep, LifecycleDep, MetricsDep, RedisDep, SessionsDep
+from app.state import LifecycleDep, MetricsDep, RedisDep, ResourcesDep, SessionsDep
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +29,9 @@ async def metrics(metrics: MetricsDep) -> Response:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is down; the body names it."}})
-async def readyz(sessions: SessionsDep, redis: RedisDep, lifecycle: LifecycleDep, app: AppStateDep) -> JSONResponse:
+async def readyz(
+    sessions: SessionsDep, redis: RedisDep, lifecycle: LifecycleDep, resources: ResourcesDep
+) -> JSONResponse:
     """Ready to serve: not draining, and the database (and Redis, when configured) answer quickly."""
     checks: dict[str, str] = {}
     if lifecycle.draining:
@@ -52,7 +54,7 @@ async def readyz(sessions: SessionsDep, redis: RedisDep, lifecycle: LifecycleDep
             checks["redis"] = f"failed: {type(exc).__name__}"
     failed = sorted(name for name, result in checks.items() if result != "ok")
     # Shown, never failing readiness: an MCP server that is down only takes its own tools away.
-    checks.update(app["tools"].statuses())
+    checks.update(resources.tools.statuses())
     if failed:
         body = envelope("not_ready", f"Not ready: {', '.join(failed)} unavailable.")
         body["checks"] = checks

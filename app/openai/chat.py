@@ -13,9 +13,6 @@ from fastapi import APIRouter, Header
 from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
-from app.chat.begin import TurnOptions
-from app.chat.service import Replay, TurnRequest, TurnServiceDep
-from app.chat.turn import Turn
 from app.core.config import Settings
 from app.openai.chat_wire import ChatChunks, CompletionJSONResponse, chunk_frames, completion, replay_chunks
 from app.openai.errors import InvalidParam, ModelNotFound, OpenAIRoute, declared
@@ -23,7 +20,10 @@ from app.openai.history import chat_turn
 from app.openai.schemas import ChatCompletionOut, ChatCompletionRequest, ModelList, ModelOut
 from app.openai.tools import client_tools, tool_choice
 from app.runs.responses import RunStreamResponse
-from app.state import AppStateDep, SettingsDep
+from app.state import ResourcesDep, SettingsDep, TransactionsDep
+from app.turns.begin import TurnOptions
+from app.turns.start import Replay, TurnRequest, TurnServiceDep
+from app.turns.turn import Turn
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -70,11 +70,12 @@ async def chat_completions(
     body: ChatCompletionRequest,
     principal: CurrentPrincipal,
     turns: TurnServiceDep,
-    app: AppStateDep,
+    transactions: TransactionsDep,
+    resources: ResourcesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """A chat completion: one turn of the conversation this history extends (as JSON or chunks)."""
-    settings, ours = app["settings"], app["tools"].names
+    settings, ours = resources.settings, resources.tools.names
     model = check_model(body.model, settings)
     if body.n != 1:
         raise InvalidParam("n", "Only one choice (n=1) is supported.")
@@ -85,7 +86,6 @@ async def chat_completions(
         content=call.content,
         history=call.history,
         extends_key=call.extends_key,
-        history_key=call.answer_key,
         system_per_turn=True,
         tools=tools,
         tool_choice=tool_choice(body.tool_choice, [*ours, *(t["name"] for t in tools)]),
@@ -105,7 +105,9 @@ async def chat_completions(
             idempotency_key=idempotency_key,
             fingerprint={"api": "chat.completions", **body.model_dump(mode="json")},
             options=options,
+            history_key=call.answer_key,
         ),
+        transactions,
         respond=respond,
     )
     if isinstance(started, Replay):

@@ -13,14 +13,14 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from app.agent.loop import ToolResultEvent
-from app.chat.responses import TurnJSONResponse
-from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed
 from app.core.errors import AppError
 from app.llm.base import Block, TextDelta, ToolCall, Usage
 from app.openai.errors import error_body, error_response, openai_error
 from app.openai.history import client_calls
 from app.runs.events import RunEvent
 from app.runs.manager import Run
+from app.turns.answer import TurnJSONResponse
+from app.turns.turn import Turn, TurnEnded, TurnEvent, TurnFailed
 
 DONE = b"data: [DONE]\n\n"
 _FINISH = {"max_tokens": "length", "max_steps": "length", "refusal": "content_filter"}

@@ -21,10 +21,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.chat.turn import Turn
 from app.llm.base import Block
 from app.openai.errors import InvalidParam
 from app.openai.schemas import ChatMessage
+from app.turns.turn import Turn
 
 Msg = dict[str, Any]
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})

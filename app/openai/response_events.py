@@ -18,8 +18,6 @@ from starlette.responses import JSONResponse, Response
 
 from app.agent.history import INTERRUPTED
 from app.agent.loop import ToolResultEvent
-from app.chat.responses import TurnJSONResponse
-from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed
 from app.core.errors import AppError
 from app.llm.base import Block, TextDelta, ToolCall, Usage
 from app.openai.errors import error_response
@@ -32,6 +30,8 @@ from app.openai.response_objects import (
     response_object,
 )
 from app.runs.events import RunEvent
+from app.turns.answer import TurnJSONResponse
+from app.turns.turn import Turn, TurnEnded, TurnEvent, TurnFailed
 
 IN_PROGRESS = {"status": "in_progress", "incomplete_details": None, "error": None}
 _TERMINAL = {"completed": "response.completed", "failed": "response.failed"}

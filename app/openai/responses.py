@@ -19,9 +19,6 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
-from app.chat.begin import TurnOptions
-from app.chat.service import Replay, TurnRequest, TurnServiceDep
-from app.chat.turn import Turn
 from app.conversations.errors import ConversationNotFound
 from app.core.errors import ServiceUnavailable
 from app.openai.chat import STREAM, IdempotencyKey, check_model
@@ -42,7 +39,10 @@ from app.openai.schemas import InputItemList, ResponseCreateRequest, ResponseDel
 from app.openai.tools import client_tools, tool_choice
 from app.runs.manager import Run
 from app.runs.responses import RunStreamResponse, StoredRunStreamResponse
-from app.state import AppStateDep, State
+from app.state import Resources, ResourcesDep, TransactionsDep
+from app.turns.begin import TurnOptions
+from app.turns.start import Replay, TurnRequest, TurnServiceDep
+from app.turns.turn import Turn
 
 router = APIRouter(prefix="/responses", tags=["openai"], route_class=OpenAIRoute)
 
@@ -65,8 +65,8 @@ def stored_response(answer: StoredAnswer) -> dict[str, Any]:
     )
 
 
-async def _answer(app: State, message_id: uuid.UUID, owner: uuid.UUID) -> StoredAnswer:
-    async with app["db"].statement() as conn:
+async def _answer(resources: Resources, message_id: uuid.UUID, owner: uuid.UUID) -> StoredAnswer:
+    async with resources.db.statement() as conn:
         answer = await get_answer(conn, message_id, owner_id=owner)
     if answer is None:
         raise ResponseNotFound()
@@ -82,11 +82,12 @@ async def create_response(
     body: ResponseCreateRequest,
     principal: CurrentPrincipal,
     turns: TurnServiceDep,
-    app: AppStateDep,
+    transactions: TransactionsDep,
+    resources: ResourcesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """A response: one turn, continuing `previous_response_id`'s conversation or starting one."""
-    settings, ours = app["settings"], app["tools"].names
+    settings, ours = resources.settings, resources.tools.names
     model = check_model(body.model, settings)
     previous = body.previous_response_id
     after = _id(previous, "previous_response_id") if previous is not None else None
@@ -126,6 +127,7 @@ async def create_response(
                 fingerprint={"api": "responses", **body.model_dump(mode="json")},
                 options=options,
             ),
+            transactions,
             respond=respond,
         )
     except ConversationNotFound:
@@ -155,7 +157,7 @@ StartingAfter = Annotated[
 async def get_response(
     response_id: str,
     principal: CurrentPrincipal,
-    app: AppStateDep,
+    resources: ResourcesDep,
     stream: bool = False,
     starting_after: StartingAfter = None,
 ) -> Response:
@@ -163,14 +165,14 @@ async def get_response(
     message_id, owner = _id(response_id), principal.owner_id
     after = starting_after + 1 if starting_after is not None else 0  # run event ids are sequence numbers + 1
     if stream:
-        run, ping = await run_of(app["runs"], message_id, owner), app["settings"].sse_ping_seconds
+        run, ping = await run_of(resources.runs, message_id, owner), resources.settings.sse_ping_seconds
         if run is not None:
             # A resumed stream is a follower like GET /runs/{id}/events: the same per-key cap.
-            ticket = app["followers"].admit(owner, remote=not isinstance(run, Run))  # released when it ends
+            ticket = resources.followers.admit(owner, remote=not isinstance(run, Run))  # released when it ends
             if isinstance(run, Run):
                 return RunStreamResponse(run, ping_seconds=ping, after=after, cancel_on_disconnect=False, ticket=ticket)
             return StoredRunStreamResponse(run, message_id, ping_seconds=ping, after=after, ticket=ticket)
-    answer = await _answer(app, message_id, owner)
+    answer = await _answer(resources, message_id, owner)
     if not stream:
         return JSONResponse(stored_response(answer))
     if answer.running:
@@ -179,10 +181,10 @@ async def get_response(
 
 
 @router.post("/{response_id}/cancel", response_model=ResponseOut, responses=declared(401, 404, 409, 429, 503))
-async def cancel_response(response_id: str, principal: CurrentPrincipal, app: AppStateDep) -> JSONResponse:
+async def cancel_response(response_id: str, principal: CurrentPrincipal, resources: ResourcesDep) -> JSONResponse:
     """Stop a background or streamed response, wherever it runs; its partial answer is kept."""
-    message_id, owner, runs = _id(response_id), principal.owner_id, app["runs"]
-    answer = await _answer(app, message_id, owner)
+    message_id, owner, runs = _id(response_id), principal.owner_id, resources.runs
+    answer = await _answer(resources, message_id, owner)
     if answer.running:
         if await run_of(runs, message_id, owner) is None:
             raise NotCancellable()
@@ -191,15 +193,15 @@ async def cancel_response(response_id: str, principal: CurrentPrincipal, app: Ap
             await settled(runs, message_id)
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable("Could not reach the replica running this response.") from exc
-        answer = await _answer(app, message_id, owner)
+        answer = await _answer(resources, message_id, owner)
     return JSONResponse(stored_response(answer))
 
 
 @router.delete("/{response_id}", response_model=ResponseDeleted, responses=declared(401, 404, 409, 429))
-async def delete_response(response_id: str, principal: CurrentPrincipal, app: AppStateDep) -> ResponseDeleted:
+async def delete_response(response_id: str, principal: CurrentPrincipal, resources: ResourcesDep) -> ResponseDeleted:
     """Delete a response: its turn (input and answer) leaves the conversation."""
     message_id = _id(response_id)
-    async with app["db"].transaction() as conn:
+    async with resources.db.transaction() as conn:
         answer = await get_answer(conn, message_id, owner_id=principal.owner_id)
         if answer is None:
             raise ResponseNotFound()
@@ -213,12 +215,12 @@ async def delete_response(response_id: str, principal: CurrentPrincipal, app: Ap
 async def list_input_items(
     response_id: str,
     principal: CurrentPrincipal,
-    app: AppStateDep,
+    resources: ResourcesDep,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> InputItemList:
     """The input of a response: its user message and function_call_output items."""
     message_id = _id(response_id)
-    async with app["db"].statement() as conn:
+    async with resources.db.statement() as conn:
         answer = await get_answer(conn, message_id, owner_id=principal.owner_id)
         question = await get_question(conn, answer) if answer is not None else None
     if answer is None:

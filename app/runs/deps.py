@@ -8,18 +8,18 @@ from fastapi import Depends
 
 from app.runs.followers import Followers
 from app.runs.manager import RunManager
-from app.state import AppStateDep
+from app.state import ResourcesDep
 
 
-async def get_runs(app: AppStateDep) -> RunManager:
-    return app["runs"]
+async def get_runs(resources: ResourcesDep) -> RunManager:
+    return resources.runs
 
 
 RunsDep = Annotated[RunManager, Depends(get_runs)]
 
 
-async def get_followers(app: AppStateDep) -> Followers:
-    return app["followers"]
+async def get_followers(resources: ResourcesDep) -> Followers:
+    return resources.followers
 
 
 FollowersDep = Annotated[Followers, Depends(get_followers)]

@@ -27,7 +27,7 @@ from app.core.metrics import Metrics
 from app.runs.events import RunEvent
 from app.runs.repository import settle_interrupted, sweep_abandoned
 
-log = structlog.get_logger("app.runs.manager")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,15 +77,15 @@ def _install() -> None:
     from uvicorn.protocols.http import httptools_impl as uvicorn_http
 
     import app.auth.deps
-    import app.chat.begin
-    import app.chat.service
     import app.llm.anthropic
+    import app.turns.begin
+    import app.turns.start
     from app.agent.loop import Agent
-    from app.chat.responses import TurnJSONResponse
-    from app.chat.turn import Turn
-    from app.conversations.turns import PostgresTurns
+    from app.turns.answer import TurnJSONResponse
     from app.core.middleware import RequestContextMiddleware
     from app.llm import transport
+    from app.turns.store import PostgresTurns
+    from app.turns.turn import Turn
 
     received = uvicorn_http.HttpToolsProtocol.data_received
 
@@ -107,10 +107,10 @@ def _install() -> None:
     _around(starlette.requests.Request, "body", None, "body_read")
     _around(fastapi.routing, "solve_dependencies", "dependencies", "dependencies_solved")
     _on_entry(app.auth.deps, "hash_key", "auth")
-    _on_entry(app.chat.service.TurnService, "start", "service_start")
-    _around(app.chat.service, "begin_turn", None, "phase_1_begun")
+    _on_entry(app.turns.start.TurnService, "start", "service_start")
+    _around(app.turns.start, "begin_turn", None, "phase_1_begun")
     _on_entry(TurnJSONResponse, "__call__", "response_object")
-    _on_entry(app.chat.begin, "_store_new", "insert_runs")
+    _on_entry(app.turns.begin, "_store_new", "insert_runs")
     _on_entry(Agent, "run", "agent")
     _on_entry(sdk.AsyncAPIClient, "post", "sdk_post")
     _on_entry(transport.LeanTransport, "handle_async_request", "transport")

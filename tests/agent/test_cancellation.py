@@ -59,7 +59,7 @@ async def test_leaving_mid_loop_then_next_turn(
         assert nxt.status_code == 200, nxt.text
         assert nxt.json()["message"]["status"] == "complete"
     assert llm_server.state.rejections == []
-    engine = agent_live.state["engine"]
+    engine = agent_live.state.engine
     await eventually(lambda: engine.pool.checkedout() == 0, timeout=2.0)  # type: ignore[attr-defined]
     sent = llm_server.state.request_bodies()[-1]["messages"]
     assert sent[-1]["role"] == "user"

@@ -160,7 +160,7 @@ async def test_history_replays_tool_calls_and_shows_them(
 
 
 async def test_tool_calls_per_step_are_capped(agent_live: Live, agent_key: str, llm_server: FakeLLMServer) -> None:
-    cap = agent_live.state["settings"].agent_max_tool_calls_per_step
+    cap = agent_live.state.settings.agent_max_tool_calls_per_step
     message = "".join(tool("calculator", {"expression": f"{n}+1"}) for n in range(cap + 3))
     r = await chat(agent_live, agent_key, message)
     assert r.status_code == 200, r.text

@@ -265,7 +265,7 @@ async def test_the_tool_list_follows_the_server_at_run_time(
     tracker, extra = era_tracker, f"extra_{uuid.uuid4().hex[:6]}"
     # No periodic re-listing within the test: only the server's change event can bring the tool.
     async with serving(mcp_settings(entry(tracker), mcp_ping_seconds=600)) as (live, auth):
-        registry = live.state["tools"]
+        registry = live.state.tools
         assert f"tracker__{extra}" not in registry.names
         try:
             await tracker.add_tool(extra)
@@ -299,7 +299,7 @@ async def test_a_server_down_at_start_up_joins_when_it_comes_up(mcp_settings: An
             assert ready.json()["checks"]["mcp:late"] == "down (ConnectError)"
 
             await late.astart()
-            await eventually(lambda: "late__add" in live.state["tools"].names, timeout=5)
+            await eventually(lambda: "late__add" in live.state.tools.names, timeout=5)
             assert calls_of(await chat(live, auth, tool("late__add", {"a": 1, "b": 1}))) == [("late__add", False, "2")]
             async with httpx.AsyncClient(base_url=live.url) as http:
                 assert (await http.get("/readyz")).json()["checks"]["mcp:late"] == "ok"
@@ -325,10 +325,10 @@ async def test_a_server_killed_mid_call_is_an_error_result_then_reconnects(mcp_s
             ((name, is_error, result),) = calls_of(answer[0])
             assert (name, is_error) == ("flaky__hang", True)
             assert result == "The MCP server 'flaky' dropped the connection during the call."
-            await eventually(lambda: "flaky__add" not in live.state["tools"].names, timeout=3)
+            await eventually(lambda: "flaky__add" not in live.state.tools.names, timeout=3)
 
             await flaky.astart()  # the same port: the loop reconnects by itself
-            await eventually(lambda: "flaky__add" in live.state["tools"].names, timeout=5)
+            await eventually(lambda: "flaky__add" in live.state.tools.names, timeout=5)
             assert calls_of(await chat(live, auth, tool("flaky__add", {"a": 2, "b": 2}))) == [
                 ("flaky__add", False, "4")
             ]
@@ -363,7 +363,7 @@ async def test_headers_from_the_environment_are_sent_and_never_shown(
         assert calls_of(await chat(live, auth, tool("tracker__echo", {"text": "x"}))) == [
             ("tracker__echo", False, "echo: x")
         ]
-        names = live.state["tools"].names
+        names = live.state.tools.names
         assert "tracker__echo" in names
         assert not any(n.startswith(("impostor__", "ghost__")) for n in names)
         assert (await tracker.state())["refused"] > refused_before

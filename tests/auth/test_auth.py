@@ -18,7 +18,7 @@ from app.auth.keys import hash_key
 from app.core.config import Settings
 from app.main import create_app
 from app.models import ApiKey
-from app.state import State
+from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key, running_app
 from tests.helpers import eventually, live_server, sse_events, statements_sent
@@ -45,15 +45,15 @@ async def test_health_needs_no_key(client: httpx.AsyncClient) -> None:
     assert (await client.get("/readyz")).status_code == 200
 
 
-async def test_keys_are_stored_hashed(state: State, api_key: str) -> None:
-    async with state["sessions"]() as session:
+async def test_keys_are_stored_hashed(state: Resources, api_key: str) -> None:
+    async with state.sessions() as session:
         rows = (await session.execute(select(ApiKey))).scalars().all()
     assert len(rows) == 1
     assert rows[0].key_hash == hash_key(api_key)
     assert api_key.startswith(rows[0].prefix + "_")
     # The secret part is stored nowhere: not in any column of the key's row (the whole row as text).
     secret = api_key.removeprefix(rows[0].prefix + "_")
-    async with state["sessions"]() as session:
+    async with state.sessions() as session:
         row_text = (await session.execute(text("SELECT api_keys::text FROM api_keys"))).scalar_one()
     assert rows[0].prefix in row_text  # what is shown is there…
     assert secret not in row_text  # …and the secret is not
@@ -99,17 +99,17 @@ async def _create_list_revoke(settings: Settings, client: httpx.AsyncClient) -> 
     assert "revoked" in cli(settings, "list-keys").stdout
 
 
-async def test_cli_refuses_to_revoke_an_ambiguous_prefix(settings: Settings, state: State) -> None:
+async def test_cli_refuses_to_revoke_an_ambiguous_prefix(settings: Settings, state: Resources) -> None:
     """Prefixes are 8 hex characters: two keys may share one, and revoking by it must not take both."""
     prefix = "ak_0badcafe"
-    async with state["sessions"]() as session, session.begin():
+    async with state.sessions() as session, session.begin():
         rows = [ApiKey(name=f"twin {n}", prefix=prefix, key_hash=hash_key(f"{prefix}_secret{n}")) for n in range(2)]
         session.add_all(rows)
         await session.flush()
         first, second = (str(row.id) for row in rows)
 
     async def active() -> set[str]:
-        async with state["sessions"]() as session:
+        async with state.sessions() as session:
             stmt = select(ApiKey.id).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
             return {str(key_id) for key_id in (await session.execute(stmt)).scalars()}
 
@@ -144,7 +144,7 @@ async def test_a_revoked_key_stops_its_running_turns_at_the_next_model_step(
             async for chunk in r.aiter_text():
                 seen += chunk
                 if "event: tool_result" in seen and "revoked" not in seen:
-                    async with state["sessions"]() as session, session.begin():
+                    async with state.sessions() as session, session.begin():
                         await session.execute(update(ApiKey).values(revoked_at=func.now()))
                     seen += "revoked"
         events = sse_events(seen.replace("revoked", ""))
@@ -154,7 +154,7 @@ async def test_a_revoked_key_stops_its_running_turns_at_the_next_model_step(
 
 
 async def test_a_burst_with_a_key_not_yet_cached_reads_it_once(
-    client: httpx.AsyncClient, state: State, api_key: str
+    client: httpx.AsyncClient, state: Resources, api_key: str
 ) -> None:
     auth = {"Authorization": f"Bearer {api_key}"}
     assert (await client.get("/conversations", headers=auth)).status_code == 200  # cached now
@@ -162,7 +162,7 @@ async def test_a_burst_with_a_key_not_yet_cached_reads_it_once(
     assert (await client.get("/conversations", headers=auth)).status_code == 200
     per_request = statements_sent(state) - before  # the route's own, with the key cached
 
-    state["keys"].clear()  # as on a fresh replica, or when the entry expires under load
+    state.keys.clear()  # as on a fresh replica, or when the entry expires under load
     before = statements_sent(state)
     answers = await asyncio.gather(*(client.get("/conversations", headers=auth) for _ in range(20)))
     assert [r.status_code for r in answers] == [200] * 20

@@ -17,8 +17,8 @@ from app.agent.tools.base import Tool, ToolContext
 from app.core.config import Settings
 from app.main import create_app
 from app.models import Conversation, Message
-from app.state import State
-from tests.fixtures.app import WithState, lifespan_in_task, make_key
+from app.state import Resources
+from tests.fixtures.app import lifespan_in_task, make_key
 from tests.helpers import sse_events
 
 # (body, field, words of the message): a lone surrogate is refused by pydantic itself, a NUL by us.
@@ -31,14 +31,14 @@ NUL_AND_SURROGATE = [
 ]
 
 
-async def conversations(state: State) -> int:
-    async with state["sessions"]() as session:
+async def conversations(state: Resources) -> int:
+    async with state.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Conversation)) or 0)
 
 
 @pytest.mark.parametrize(("body", "field", "what"), NUL_AND_SURROGATE)
 async def test_nul_or_a_lone_surrogate_is_a_clear_422(
-    client: httpx.AsyncClient, auth: dict[str, str], state: State, body: str, field: str, what: str
+    client: httpx.AsyncClient, auth: dict[str, str], state: Resources, body: str, field: str, what: str
 ) -> None:
     headers = {**auth, "Content-Type": "application/json"}
     r = await client.post("/chat", content=body.encode(), headers=headers)
@@ -130,17 +130,17 @@ PAGE = Tool("page", "Fetches a page.", Url, _page)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-async def page_client(settings: Settings) -> AsyncIterator[tuple[State, httpx.AsyncClient]]:
+async def page_client(settings: Settings) -> AsyncIterator[tuple[Resources, httpx.AsyncClient]]:
     app = create_app(settings, extra_tools=[PAGE])
     async with lifespan_in_task(app) as state:
-        transport = httpx.ASGITransport(app=WithState(app, state))  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
             yield state, client
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_tool_and_model_text_postgres_refuses_are_cleaned_and_the_answer_is_stored(
-    page_client: tuple[State, httpx.AsyncClient], stream: bool
+    page_client: tuple[Resources, httpx.AsyncClient], stream: bool
 ) -> None:
     state, client = page_client
     auth = {"Authorization": f"Bearer {await make_key(state)}"}
@@ -157,7 +157,7 @@ async def test_tool_and_model_text_postgres_refuses_are_cleaned_and_the_answer_i
     else:
         assert r.json()["message"]["status"] == "complete"
         conversation_id = r.json()["conversation_id"]
-    async with state["sessions"]() as session:
+    async with state.sessions() as session:
         rows = (
             await session.execute(
                 select(Message).where(Message.conversation_id == uuid.UUID(conversation_id)).order_by(Message.id)

@@ -9,14 +9,14 @@ from sqlalchemy import select
 
 from app.core.config import Settings
 from app.models import Message
-from app.state import State
+from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
 from testkit.net import free_port
 from tests.fixtures.app import make_key, running_app
 
 
-async def stored(state: State, conversation_id: str) -> list[Message]:
-    async with state["sessions"]() as session:
+async def stored(state: Resources, conversation_id: str) -> list[Message]:
+    async with state.sessions() as session:
         rows = await session.execute(
             select(Message).where(Message.conversation_id == uuid.UUID(conversation_id)).order_by(Message.id)
         )
@@ -24,7 +24,7 @@ async def stored(state: State, conversation_id: str) -> list[Message]:
 
 
 async def test_new_conversation_answer_is_returned_and_stored(
-    client: httpx.AsyncClient, auth: dict[str, str], state: State
+    client: httpx.AsyncClient, auth: dict[str, str], state: Resources
 ) -> None:
     r = await client.post("/chat", json={"message": "hello there"}, headers=auth)
     assert r.status_code == 200, r.text
@@ -70,7 +70,7 @@ async def test_history_is_sent_on_the_next_turn(
 
 
 async def test_upstream_errors_map_to_statuses_and_keep_the_user_message(
-    client: httpx.AsyncClient, auth: dict[str, str], state: State, llm_server: FakeLLMServer
+    client: httpx.AsyncClient, auth: dict[str, str], state: Resources, llm_server: FakeLLMServer
 ) -> None:
     cases = [
         ("[[status:429]]", 429, "upstream_rate_limited", "7"),

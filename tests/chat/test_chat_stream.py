@@ -17,7 +17,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 async def assistant_row(live: Live, message_id: str) -> Message:
-    async with live.state["sessions"]() as session:
+    async with live.state.sessions() as session:
         row = (await session.execute(select(Message).where(Message.id == uuid.UUID(message_id)))).scalar_one()
     return row
 
@@ -94,9 +94,9 @@ async def test_client_disconnect_closes_upstream_and_records_partial(
     await eventually(recorded, timeout=2.0)
     row = await assistant_row(live, message_id)
     assert row.content[0]["text"].startswith("word1 word2")
-    engine = live.state["engine"]
+    engine = live.state.engine
     await eventually(lambda: engine.pool.checkedout() == 0, timeout=2.0)  # type: ignore[attr-defined]
-    activity = await pg_activity(live.state["sessions"], app_name)
+    activity = await pg_activity(live.state.sessions, app_name)
     assert "idle in transaction" not in activity
 
 

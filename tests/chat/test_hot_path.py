@@ -12,12 +12,12 @@ from redis.asyncio import Redis
 from sqlalchemy import event, func, select
 
 from app.models import Message
-from app.state import State
+from app.state import Resources
 from tests.helpers import eventually, sse_events
 
 
-def counts(state: State) -> dict[str, float]:
-    m = state["metrics"]
+def counts(state: Resources) -> dict[str, float]:
+    m = state.metrics
     return {
         "statements": m.db_statements._value.get(),
         "commits": m.db_commits._value.get(),
@@ -43,7 +43,7 @@ async def turn(client: httpx.AsyncClient, auth: dict[str, str], **body: Any) -> 
 
 
 async def test_json_and_streamed_turns_cost_two_statements_and_no_commit(
-    state: State, client: httpx.AsyncClient, auth: dict[str, str]
+    state: Resources, client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
     # The first request reads the key (one statement, one checkout); then it is cached.
     before = counts(state)
@@ -70,7 +70,7 @@ async def test_json_and_streamed_turns_cost_two_statements_and_no_commit(
 
 
 async def test_a_continued_turn_replays_the_history_it_read_in_its_one_statement(
-    state: State, client: httpx.AsyncClient, auth: dict[str, str], llm_server: Any
+    state: Resources, client: httpx.AsyncClient, auth: dict[str, str], llm_server: Any
 ) -> None:
     first = await turn(client, auth, message="one", system="Be brief.")
     await turn(client, auth, message="two", conversation_id=first["conversation_id"])
@@ -81,23 +81,23 @@ async def test_a_continued_turn_replays_the_history_it_read_in_its_one_statement
 
 
 async def test_unknown_conversation_stores_nothing(
-    state: State, client: httpx.AsyncClient, auth: dict[str, str]
+    state: Resources, client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
     await turn(client, auth, message="warm up")
     before = counts(state)
     opened: list[object] = []
-    event.listen(state["engine"].sync_engine, "connect", lambda *_: opened.append(1))
+    event.listen(state.engine.sync_engine, "connect", lambda *_: opened.append(1))
     r = await client.post("/chat", json={"message": "x", "conversation_id": str(uuid.uuid4())}, headers=auth)
     assert r.status_code == 404
     assert spent(before, counts(state))["statements"] == 1
     await turn(client, auth, message="after the 404")
     assert opened == [], "a 404 must give its connection back, not discard it"
-    async with state["sessions"]() as session:  # the two turns' messages, nothing of the 404
+    async with state.sessions() as session:  # the two turns' messages, nothing of the 404
         assert (await session.execute(select(func.count()).select_from(Message))).scalar_one() == 4
 
 
 async def test_a_long_stream_is_mirrored_to_redis_in_a_few_writes(
-    state: State, client: httpx.AsyncClient, auth: dict[str, str], redis_client: Redis
+    state: Resources, client: httpx.AsyncClient, auth: dict[str, str], redis_client: Redis
 ) -> None:
     before = counts(state)
     result = await turn(client, auth, message="[[words:300]] go", stream=True)
@@ -105,7 +105,7 @@ async def test_a_long_stream_is_mirrored_to_redis_in_a_few_writes(
     assert len(events) == 302  # start, 300 deltas, end
     # Every event is there for a follower on another replica, in order.
     run_id = events[0]["data"]["run_id"]
-    prefix = state["settings"].redis_key_prefix
+    prefix = state.settings.redis_key_prefix
 
     async def all_mirrored() -> bool:
         return int(await redis_client.xlen(f"{prefix}run:{run_id}:events")) == len(events)
@@ -130,18 +130,18 @@ async def test_saturation_metrics_are_exported(client: httpx.AsyncClient, auth: 
 
 
 async def test_a_saturated_loop_refuses_new_turns_before_touching_the_pool(
-    state: State, client: httpx.AsyncClient, auth: dict[str, str]
+    state: Resources, client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
     await turn(client, auth, message="warm up")  # the key is cached now
     time.sleep(0.4)  # noqa: ASYNC251 -- block the loop, as a CPU-bound burst would
     # The overdue watchdog tick reports how late it was (waited for, not assumed to have run by now).
-    await eventually(lambda: state["loop_lag"].latest >= 0.25, timeout=1.0, interval=0.005)
-    state["loop_lag"].latest = 1.0  # held there for the assertion below (the next tick resets it)
+    await eventually(lambda: state.loop_lag.latest >= 0.25, timeout=1.0, interval=0.005)
+    state.loop_lag.latest = 1.0  # held there for the assertion below (the next tick resets it)
     before = counts(state)
     r = await client.post("/chat", json={"message": "too busy"}, headers=auth)
     assert r.status_code == 503
     assert r.json()["error"]["type"] == "service_busy"
     assert r.headers["retry-after"] == "1"
     assert spent(before, counts(state))["checkouts"] == 0
-    await eventually(lambda: state["loop_lag"].latest < 0.5, timeout=2.0)
+    await eventually(lambda: state.loop_lag.latest < 0.5, timeout=2.0)
     await turn(client, auth, message="fine again")

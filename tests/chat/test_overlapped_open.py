@@ -18,13 +18,13 @@ import httpx
 from sqlalchemy import func, select
 
 from app.auth.repository import ApiKeyRepository
-from app.chat.service import TurnRequest, TurnService
-from app.chat.turn import Turn
 from app.core.config import Settings
 from app.llm.base import ChatModel, LLMRequest
 from app.main import create_app
 from app.models import Conversation, Message
-from app.state import State
+from app.state import Resources
+from app.turns.start import TurnRequest, TurnService
+from app.turns.turn import Turn
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key, running_app
 from tests.helpers import Live, eventually, live_server, pg_activity, statements_sent
@@ -45,8 +45,8 @@ async def table_locked(settings: Settings, table: str) -> AsyncIterator[None]:
 class WatchedModel:
     """The app's model, noting how many statements the service had sent when each call began."""
 
-    def __init__(self, state: State) -> None:
-        self.state, self.inner = state, state["llm"]
+    def __init__(self, state: Resources) -> None:
+        self.state, self.inner = state, state.llm
         self.statements_at_call: list[float] = []
 
     def __getattr__(self, name: str) -> object:
@@ -61,15 +61,15 @@ def conversations_locked(settings: Settings) -> contextlib.AbstractAsyncContextM
     return table_locked(settings, "conversations")
 
 
-async def stored(state: State) -> tuple[int, list[str]]:
-    async with state["sessions"]() as session:
+async def stored(state: Resources) -> tuple[int, list[str]]:
+    async with state.sessions() as session:
         conversations = (await session.execute(select(func.count()).select_from(Conversation))).scalar_one()
         statuses = (await session.execute(select(Message.status).order_by(Message.id))).scalars().all()
     return conversations, [str(s) for s in statuses]
 
 
 async def test_the_model_is_asked_while_phase_1_is_still_running(
-    settings: Settings, state: State, client: httpx.AsyncClient, auth: dict[str, str], llm_server: FakeLLMServer
+    settings: Settings, state: Resources, client: httpx.AsyncClient, auth: dict[str, str], llm_server: FakeLLMServer
 ) -> None:
     async with conversations_locked(settings):
         answer = asyncio.create_task(client.post("/chat", json={"message": "hello"}, headers=auth))
@@ -94,35 +94,37 @@ async def test_the_insert_is_sent_before_the_model_request_is_built(settings: Se
         async with httpx.AsyncClient(base_url=live.url, headers=auth) as http:
             assert (await http.post("/chat", json={"message": "warm"})).status_code == 200  # the key is cached
             watched = WatchedModel(state)
-            state["llm"] = cast(ChatModel, watched)
+            state = live.swap(llm=cast(ChatModel, watched))
             try:
                 before = statements_sent(state)
                 r = await http.post("/chat", json={"message": "hello"})
             finally:
-                state["llm"] = watched.inner
+                live.swap(llm=watched.inner)
     assert r.status_code == 200, r.text
     assert watched.statements_at_call == [before + 1]  # the INSERT, already on its way
 
 
-async def test_the_answer_is_rendered_while_phase_3_waits_on_postgres(settings: Settings, state: State) -> None:
+async def test_the_answer_is_rendered_while_phase_3_waits_on_postgres(settings: Settings, state: Resources) -> None:
     # What a door does with `while_storing`: the client's answer, ready when the UPDATE commits.
-    async with state["sessions"]() as session, session.begin():
+    async with state.sessions() as session, session.begin():
         key, _ = await ApiKeyRepository(session).create("render")
-    started = await TurnService(state).start(TurnRequest(owner_id=key.id, message="hello"), respond=lambda _: {})
-    assert isinstance(started, Turn)
+    async with state.db.transactions() as transactions:
+        request = TurnRequest(owner_id=key.id, message="hello")
+        started = await TurnService(state).start(request, transactions, respond=lambda _: {})
+        assert isinstance(started, Turn)
 
-    async def ignore(_: object) -> None:
-        return None
+        async def ignore(_: object) -> None:
+            return None
 
-    await started.execute(ignore)
-    calls: list[bool] = []
-    async with table_locked(settings, "messages"):
-        recording = asyncio.create_task(started.record(while_storing=lambda: calls.append(recording.done())))
-        await asyncio.sleep(0.3)
-        assert calls == [False]  # once, while the UPDATE waits for the lock
-        assert not recording.done()
-    assert await recording is True
-    assert calls == [False]
+        await started.execute(ignore)
+        calls: list[bool] = []
+        async with table_locked(settings, "messages"):
+            recording = asyncio.create_task(started.record(while_storing=lambda: calls.append(recording.done())))
+            await asyncio.sleep(0.3)
+            assert calls == [False]  # once, while the UPDATE waits for the lock
+            assert not recording.done()
+        assert await recording is True
+        assert calls == [False]
 
 
 async def test_a_stream_still_stores_its_message_before_the_model_is_asked(
@@ -190,9 +192,9 @@ async def test_a_client_that_leaves_before_phase_1_committed_still_has_its_messa
         return await stored(live.state) == (1, ["complete", "incomplete"])
 
     await eventually(recorded, timeout=5)
-    async with live.state["sessions"]() as session:
+    async with live.state.sessions() as session:
         answer = (await session.execute(select(Message).where(Message.role == "assistant"))).scalar_one()
     assert answer.stop_reason == "client_disconnected"
-    engine = live.state["engine"]
+    engine = live.state.engine
     await eventually(lambda: engine.pool.checkedout() == 0, timeout=2.0)  # type: ignore[attr-defined]
-    assert "idle in transaction" not in await pg_activity(live.state["sessions"], app_name)
+    assert "idle in transaction" not in await pg_activity(live.state.sessions, app_name)

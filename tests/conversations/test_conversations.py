@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.state import State
+from app.state import Resources
 from tests.fixtures.app import make_key
 
 
@@ -41,7 +41,7 @@ async def test_delete_is_for_good(client: httpx.AsyncClient, auth: dict[str, str
     assert r.status_code == 404
 
 
-async def test_other_owners_see_nothing(client: httpx.AsyncClient, auth: dict[str, str], state: State) -> None:
+async def test_other_owners_see_nothing(client: httpx.AsyncClient, auth: dict[str, str], state: Resources) -> None:
     cid = (await client.post("/chat", json={"message": "mine"}, headers=auth)).json()["conversation_id"]
     other = {"Authorization": f"Bearer {await make_key(state, 'other')}"}
     assert (await client.get("/conversations", headers=other)).json() == {"items": [], "next_cursor": None}

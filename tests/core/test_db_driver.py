@@ -1,4 +1,5 @@
-"""`Database.driver()`: the hot path's asyncpg connections, taken from (and given back to) the engine's pool.
+"""`Database.tx()` on Postgres: the hot path's asyncpg connections, taken from (and given back to) the
+engine's pool through SQLAlchemy's public raw-connection API; and the opener that hands them out.
 
 A connection goes back to the pool only when its state is known: after success, or after an error
 Postgres raised about the statement. Cancelled or broken mid-statement, it is discarded.
@@ -8,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from app.core import db as db_module
 from app.core.config import Settings
-from app.core.db import Database, create_engine
+from app.core.db import Database, Driver, create_engine
 from app.core.errors import is_db_unavailable
 from app.core.metrics import Metrics
 from tests.fixtures.services import admin_database_url
@@ -30,8 +32,15 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
         await engine.dispose()
 
 
+@asynccontextmanager
+async def driver_of(db: Database) -> AsyncIterator[Driver]:
+    async with db.tx() as tx:
+        assert tx.driver is not None
+        yield tx.driver
+
+
 async def backend(db: Database) -> int:
-    async with db.driver() as driver:
+    async with driver_of(db) as driver:
         (row,) = await driver.fetch("SELECT pg_backend_pid()")
         return int(row[0])
 
@@ -39,7 +48,7 @@ async def backend(db: Database) -> int:
 async def test_a_connection_goes_back_to_the_pool_after_success_and_after_a_statement_error(db: Database) -> None:
     first = await backend(db)
     with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
-        async with db.driver() as driver:
+        async with driver_of(db) as driver:
             await driver.fetch("SELECT 1 / 0")
     assert await backend(db) == first  # the one pooled connection, reused both times
 
@@ -47,7 +56,7 @@ async def test_a_connection_goes_back_to_the_pool_after_success_and_after_a_stat
 async def test_statements_are_counted_and_commit_by_themselves(db: Database) -> None:
     statements = db._statements
     before = statements._value.get()
-    async with db.driver() as driver:
+    async with driver_of(db) as driver:
         await driver.execute("CREATE TEMP TABLE IF NOT EXISTS t (x int)")
         await driver.execute("INSERT INTO t VALUES (1)")
         (row,) = await driver.fetch("SELECT count(*), pg_current_xact_id_if_assigned() IS NULL FROM t")
@@ -59,7 +68,7 @@ async def test_a_statement_cancelled_midway_discards_its_connection(db: Database
     first = await backend(db)
 
     async def slow() -> None:
-        async with db.driver() as driver:
+        async with driver_of(db) as driver:
             await driver.fetch("SELECT pg_sleep(5)")
 
     task = asyncio.create_task(slow())
@@ -96,3 +105,16 @@ async def test_an_idle_connection_whose_backend_died_is_replaced_at_checkout(
     await asyncio.sleep(0.2)  # the hang-up has arrived: the pooled connection is closed
     monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # every checkout pings
     assert await backend(db) != first  # first try: the ping found it dead, the pool opened another
+
+
+async def test_an_opener_opens_transactions_only_while_its_owner_holds_it(db: Database) -> None:
+    transactions = db.transactions()
+    with pytest.raises(RuntimeError, match="outside its owner's lifetime"):
+        transactions()
+    async with transactions:
+        async with transactions() as tx:
+            assert tx.driver is not None
+            assert (await tx.driver.fetch("SELECT 1"))[0][0] == 1
+    with pytest.raises(RuntimeError, match="outside its owner's lifetime"):
+        transactions()  # a turn that outlived its request must use its run's own
+    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

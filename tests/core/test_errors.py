@@ -56,10 +56,8 @@ async def test_unexpected_exception_is_500_envelope_and_logged(
     async def explode() -> None:
         raise RuntimeError("secret internals sk-ant-abcdefghijklmnop")
 
-    async with app.router.lifespan_context(app) as state:
-        from tests.fixtures.app import WithState
-
-        transport = httpx.ASGITransport(app=WithState(app, state))  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             r = await client.get("/explode", headers={"X-Request-ID": "boom-1"})
     assert_envelope(r, 500, "internal_error")

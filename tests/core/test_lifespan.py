@@ -8,19 +8,21 @@ import pytest
 from app import main
 from app.core.config import Settings
 from app.main import create_app
+from app.state import resources_of
 
 
 async def test_resources_are_built_and_released(settings: Settings) -> None:
     app = create_app(settings)
-    async with app.router.lifespan_context(app) as state:
-        assert state is not None
-        engine, redis, http = state["engine"], state["redis"], state["http"]
+    async with app.router.lifespan_context(app):
+        state = resources_of(app)
+        engine, redis, http = state.engine, state.redis, state.http
         assert redis is not None
         assert await redis.ping()
         assert not http.is_closed
-        async with state["sessions"]() as session:
+        async with state.sessions() as session:
             assert session.sync_session.expire_on_commit is False
     assert http.is_closed
+    assert not hasattr(app.state, "resources")  # taken off before anything was released
     assert engine.pool.checkedout() == 0
 
 

@@ -9,11 +9,11 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from app.chat import idempotency
-from app.chat.idempotency import RedisIdempotency
 from app.core import locks
 from app.core.config import Settings
 from app.core.locks import RedisLocks
+from app.turns import idempotency
+from app.turns.idempotency import RedisIdempotency
 
 
 async def test_a_retried_lock_acquire_finds_its_own_token(

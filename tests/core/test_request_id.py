@@ -53,7 +53,7 @@ async def test_every_log_line_of_a_request_carries_its_id(
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert lines, err
     loggers = {line["logger"] for line in lines}
-    assert {"app.chat.turn", "sqlalchemy.engine.Engine"} <= loggers
+    assert {"app.turns.turn", "sqlalchemy.engine.Engine"} <= loggers
     assert all(line.get("request_id") == "trace-me-42" for line in lines)
     # The key never reaches a log line, not even through SQL parameters.
     assert api_key not in err

@@ -16,7 +16,7 @@ from app.core.config import Settings
 from app.llm.base import Completed, LLMEvent, LLMRequest, TextDelta, ToolCall
 from app.llm.offline import MARK, OFFLINE_NOTICE, OfflineModel
 from app.models import Memory
-from app.state import State
+from app.state import Resources
 from tests.fixtures.app import make_key, running_app
 from tests.helpers import sse_events
 
@@ -215,7 +215,7 @@ def offline_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def offline_app(offline_settings: Settings) -> AsyncIterator[tuple[State, httpx.AsyncClient]]:
+async def offline_app(offline_settings: Settings) -> AsyncIterator[tuple[Resources, httpx.AsyncClient]]:
     async with running_app(offline_settings) as (_, state, client):
         yield state, client
 
@@ -226,7 +226,9 @@ async def chat(client: httpx.AsyncClient, key: str, message: str, **extra: Any) 
     return r
 
 
-async def test_a_streamed_turn_calls_the_calculator_and_answers(offline_app: tuple[State, httpx.AsyncClient]) -> None:
+async def test_a_streamed_turn_calls_the_calculator_and_answers(
+    offline_app: tuple[Resources, httpx.AsyncClient],
+) -> None:
     state, client = offline_app
     r = await chat(client, await make_key(state), "what is 6*7?", stream=True)
     events = sse_events(r.text)
@@ -244,7 +246,7 @@ async def test_a_streamed_turn_calls_the_calculator_and_answers(offline_app: tup
     assert events[-1]["data"]["stop_reason"] == "end_turn"
 
 
-async def test_a_json_turn_lists_the_tool_call(offline_app: tuple[State, httpx.AsyncClient]) -> None:
+async def test_a_json_turn_lists_the_tool_call(offline_app: tuple[Resources, httpx.AsyncClient]) -> None:
     state, client = offline_app
     body = (await chat(client, await make_key(state), "what is 6*7?")).json()
     assert body["stop_reason"] == "end_turn"
@@ -260,13 +262,13 @@ async def test_a_json_turn_lists_the_tool_call(offline_app: tuple[State, httpx.A
     assert body["message"]["content"] == f"{MARK} Let me use the calculator.\n\nThe calculator says 42."
 
 
-async def test_memories_carry_across_conversations_of_one_key(offline_app: tuple[State, httpx.AsyncClient]) -> None:
+async def test_memories_carry_across_conversations_of_one_key(offline_app: tuple[Resources, httpx.AsyncClient]) -> None:
     state, client = offline_app
     key, other_key = await make_key(state, "me"), await make_key(state, "someone else")
     first = (await chat(client, key, "remember that my cat is called Miso")).json()
     assert [(c["name"], c["result"]) for c in first["message"]["tool_calls"]] == [("remember", "Remembered.")]
     assert first["message"]["content"].endswith("I'll remember that.")
-    async with state["sessions"]() as session:
+    async with state.sessions() as session:
         stored = (await session.execute(select(Memory.content))).scalars().all()
     assert stored == ["The user said: my cat is called Miso"]
 

@@ -11,7 +11,7 @@ from openai import AsyncOpenAI
 from sqlalchemy import select
 
 from app.models import Conversation, Message
-from app.state import State
+from app.state import Resources
 from tests.helpers import Live
 
 
@@ -26,13 +26,13 @@ async def oai(live: Live, live_key: str) -> AsyncIterator[AsyncOpenAI]:
         yield client
 
 
-async def conversations(state: State) -> list[Conversation]:
-    async with state["sessions"]() as session:
+async def conversations(state: Resources) -> list[Conversation]:
+    async with state.sessions() as session:
         return list((await session.execute(select(Conversation).order_by(Conversation.created_at))).scalars())
 
 
-async def messages(state: State, conversation_id: uuid.UUID) -> list[Message]:
-    async with state["sessions"]() as session:
+async def messages(state: Resources, conversation_id: uuid.UUID) -> list[Message]:
+    async with state.sessions() as session:
         query = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
         return list((await session.execute(query)).scalars())
 

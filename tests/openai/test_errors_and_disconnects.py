@@ -109,7 +109,7 @@ async def test_per_key_limits(limited: Live) -> None:
 
 
 async def _row(live: Live, openai_id: str) -> Message:
-    async with live.state["sessions"]() as session:
+    async with live.state.sessions() as session:
         row = await session.get(Message, message_id(openai_id))
     assert row is not None
     return row
@@ -176,7 +176,7 @@ async def test_a_background_stream_outlives_its_client(oai: AsyncOpenAI, llm_ser
 
 
 async def test_no_connection_is_held_across_the_model_call(oai: AsyncOpenAI, live: Live) -> None:
-    engine: Any = live.state["engine"]
+    engine: Any = live.state.engine
     stream = await oai.chat.completions.create(
         model="agentchat", messages=[{"role": "user", "content": "[[words:20]] [[slow:0.05]]"}], stream=True
     )

@@ -182,7 +182,7 @@ class SlowRelease:
 async def test_the_next_turn_can_follow_at_once(replicas: tuple[Live, Live], owner_key: str) -> None:
     """The conversation is freed before the client hears `end` (or gets its answer), not after."""
     a, b = replicas
-    a.state["locks"] = SlowRelease(a.state["locks"])
+    a.swap(locks=SlowRelease(a.state.locks))
     cid = (await post(a, owner_key, {"message": "first"})).json()["conversation_id"]
     for n in range(3):
         streamed = await post(a, owner_key, {"message": f"s{n}", "conversation_id": cid, "stream": True})

@@ -52,7 +52,7 @@ async def test_a_killed_replicas_run_is_settled_by_another(
             events_key = f"{settings.redis_key_prefix}run:{run_id}:events"
 
             async def mirrored() -> bool:  # the deltas so far have reached the run log
-                return int(await survivor.state["redis"].xlen(events_key)) >= 6  # type: ignore[union-attr]
+                return int(await survivor.state.redis.xlen(events_key)) >= 6  # type: ignore[union-attr]
 
             await eventually(mirrored, timeout=2)
 
@@ -69,12 +69,12 @@ async def test_a_killed_replicas_run_is_settled_by_another(
             assert ids == list(range(4, 4 + len(ids)))  # nothing missed after Last-Event-ID, in order
 
             async def settled() -> bool:
-                async with survivor.state["sessions"]() as session:
+                async with survivor.state.sessions() as session:
                     row = await session.get(Message, uuid.UUID(run_id))
                     return row is not None and row.status != "in_progress"
 
             await eventually(settled, timeout=LEASE * 2)
-            async with survivor.state["sessions"]() as session:
+            async with survivor.state.sessions() as session:
                 row = (await session.execute(select(Message).where(Message.id == uuid.UUID(run_id)))).scalar_one()
             assert row.status == "incomplete"
             assert row.error is not None
@@ -88,7 +88,7 @@ async def test_a_killed_replicas_run_is_settled_by_another(
                 headers=auth(key),
             )
             assert after.status_code == 200, after.text
-            assert survivor.state["metrics"].runs_settled._value.get() == 1
+            assert survivor.state.metrics.runs_settled._value.get() == 1
     finally:
         doomed.kill()
 
@@ -102,7 +102,7 @@ async def test_answers_a_dead_process_left_in_progress_are_swept(settings: Setti
     # As if two turns died with their process: one an hour ago, one a moment ago (maybe still running).
     stale, fresh = uuid.uuid4(), uuid.uuid4()
     async with live_server(create_app(settings)) as probe:
-        async with probe.state["sessions"]() as session, session.begin():
+        async with probe.state.sessions() as session, session.begin():
             for message_id, age in ((stale, "1 hour"), (fresh, "1 second")):
                 await session.execute(
                     text(
@@ -116,12 +116,12 @@ async def test_answers_a_dead_process_left_in_progress_are_swept(settings: Setti
     async with live_server(create_app(settings)) as restarted:  # its sweep runs at start-up
 
         async def swept() -> bool:
-            async with restarted.state["sessions"]() as session:
+            async with restarted.state.sessions() as session:
                 row = await session.get(Message, stale)
                 return row is not None and row.status == "incomplete"
 
         await eventually(swept, timeout=5)
-        async with restarted.state["sessions"]() as session:
+        async with restarted.state.sessions() as session:
             stale_row, fresh_row = await session.get(Message, stale), await session.get(Message, fresh)
         assert stale_row is not None
         assert stale_row.error is not None

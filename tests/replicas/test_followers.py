@@ -114,7 +114,7 @@ async def test_idle_followers_do_not_starve_the_main_pool(
         own, run_id = await start_run(http, a, key, '[[tool:nap {"seconds": 30}]] a long quiet run')
         followers = [Stream(http, "GET", f"{b.url}/runs/{run_id}/events", headers=auth(key)) for _ in range(30)]
         await asyncio.wait_for(asyncio.gather(*(f.started.wait() for f in followers)), 10)
-        await eventually(lambda: b.state["followers"].remote == 30)
+        await eventually(lambda: b.state.followers.remote == 30)
         capsys.readouterr()
 
         # On the followers' replica, a turn still takes its conversation's lock, at once.
@@ -137,7 +137,7 @@ async def test_idle_followers_do_not_starve_the_main_pool(
             assert events[-1]["event"] == "error"
             assert events[-1]["data"]["error"]["type"] == "cancelled"
         await own.done(within=5)
-        await eventually(lambda: b.state["followers"].remote == 0)
+        await eventually(lambda: b.state.followers.remote == 0)
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ async def test_a_key_may_follow_only_so_many_runs_at_once(two_per_key: Settings,
         await asyncio.wait_for(local.started.wait(), 5)
 
         first.task.cancel()  # one follower leaves: its place is free again
-        await eventually(lambda: sum(b.state["followers"].by_key.values()) < 2)
+        await eventually(lambda: sum(b.state.followers.by_key.values()) < 2)
         third = Stream(http, "GET", url, headers=auth(key))
         await asyncio.wait_for(third.started.wait(), 5)
         assert third.status == 200

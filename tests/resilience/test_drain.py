@@ -19,7 +19,7 @@ async def test_drain_lets_short_turns_finish_and_interrupts_long_ones(
     async with live_server(create_app(settings.model_copy(update={"shutdown_grace_seconds": 1.0}))) as live:
         key = await make_key(live.state)
         headers = {"Authorization": f"Bearer {key}"}
-        lifecycle = live.state["lifecycle"]
+        lifecycle = live.state.lifecycle
         async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
 
             async def turn(message: str, stream: bool) -> httpx.Response:

@@ -26,7 +26,7 @@ from app.core.db import create_engine, create_sessionmaker
 from app.models import Message
 from testkit.fake_llm import FakeLLMServer
 from testkit.faults import MIX
-from tests.fixtures.app import make_key
+from tests.fixtures.app import make_key_with
 from tests.fixtures.services import admin_database_url
 from tests.helpers import eventually, sse_events
 from tests.resilience.server import (
@@ -167,7 +167,7 @@ async def server(settings: Settings, tmp_path: Path) -> AsyncIterator[ServerProc
 async def key_for(settings: Settings) -> str:
     engine = create_engine(settings.model_copy(update={"app_name": "agentchat-test-setup"}))
     try:
-        return await make_key({"sessions": create_sessionmaker(engine)})  # type: ignore[arg-type]
+        return await make_key_with(create_sessionmaker(engine))
     finally:
         await engine.dispose()
 

@@ -27,7 +27,7 @@ async def test_pool_exhaustion_is_503_with_retry_after(settings: Settings, llm_s
             if r.status_code == 503:
                 assert r.json()["error"]["type"] == "service_busy"
                 assert r.headers["retry-after"]
-        assert state["engine"].pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert state.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         # The pool's own high-water mark: full, never past its one connection.
         peak = next(
             line

@@ -56,7 +56,7 @@ async def test_the_first_probe_and_turn_after_a_restart_find_redis(
     async with running_app(settings.model_copy(update={"redis_url": private_redis.url})) as (_, state, client):
         auth = bearer(await make_key(state))
         cid = (await client.post("/chat", json={"message": "first"}, headers=auth)).json()["conversation_id"]
-        redis = state["redis"]
+        redis = state.redis
         assert redis is not None
         # Warm the pool: several connections at once, all back in it and idle afterwards.
         await asyncio.gather(*(redis.blpop(["warm-up"], timeout=0.2) for _ in range(8)))
@@ -224,8 +224,8 @@ async def test_a_follower_on_another_replica_is_told_when_the_run_log_is_lost(
         stream_a = asyncio.create_task(on_a())
         await asyncio.wait_for(started.wait(), 5)
         run_id = own[0]["data"]["run_id"] if own else None
-        await eventually(lambda: a.state["runs"].runs, timeout=2)
-        run_id = run_id or str(next(iter(a.state["runs"].runs)))
+        await eventually(lambda: a.state.runs.runs, timeout=2)
+        run_id = run_id or str(next(iter(a.state.runs.runs)))
         followed: list[dict[str, Any]] = []
         caught_up = asyncio.Event()
 

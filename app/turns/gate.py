@@ -9,10 +9,10 @@ import structlog
 from app.agent.history import estimate_tokens
 from app.auth.errors import TokenQuotaExceeded
 from app.auth.repository import is_active
-from app.chat.degraded import degraded
+from app.core.degraded import degraded
 from app.core.errors import Unauthorized
 from app.llm.base import LLMRequest, Usage
-from app.state import State
+from app.state import Resources
 
 log = structlog.get_logger(__name__)
 
@@ -24,8 +24,8 @@ class KeyGate:
     next model step on every replica: each checks the database at most once per AUTH_CACHE_SECONDS.
     """
 
-    def __init__(self, app: State, owner_id: uuid.UUID) -> None:
-        self.limits, self.keys, self.db, self.owner_id = app["limits"], app["keys"], app["db"], owner_id
+    def __init__(self, resources: Resources, owner_id: uuid.UUID) -> None:
+        self.limits, self.keys, self.db, self.owner_id = resources.limits, resources.keys, resources.db, owner_id
 
     async def reserve(self, request: LLMRequest) -> int:
         if not self.keys.known_active(self.owner_id):

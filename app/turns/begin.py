@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from app.agent.history import Msg, build_history, continue_history
 from app.conversations.errors import ConversationNotFound
-from app.conversations.turns import NewConversation, OpenedTurn, Opening, new_conversation, turn_store
 from app.core.config import Settings
-from app.core.db import Database
+from app.core.db import Transactions
 from app.llm.base import Block, LLMRequest
+from app.turns.store import NewConversation, OpenedTurn, Opening, new_conversation, turn_store
 
-if TYPE_CHECKING:  # a type only: the turn module imports this one
-    from app.chat.turn import Turn
-
-log = structlog.get_logger("app.chat.turn")
+log = structlog.get_logger(__name__)
 
 
 TITLE_CHARS = 80
@@ -65,8 +61,6 @@ class TurnOptions:
     after: uuid.UUID | None = None
     # Continue the conversation whose answer has this history key, if this owner has one (else a new one).
     extends_key: str | None = None
-    # The key stored with this turn's answer: how the caller's next call will find the conversation.
-    history_key: Callable[[Turn], str | None] | None = None
     # True: the request's `system` applies to this turn only, instead of the conversation's.
     system_per_turn: bool = False
     # The caller's own tools (Anthropic shape), offered beside ours; a call of one ends the turn.
@@ -78,7 +72,7 @@ class TurnOptions:
 
 
 async def begin_turn(
-    db: Database,
+    transactions: Transactions,
     settings: Settings,
     owner_id: uuid.UUID,
     *,
@@ -100,16 +94,17 @@ async def begin_turn(
         # Overlapped with the model call only where nothing reaches the client before the outcome
         # is recorded (a stream's `start` says the message is stored), and only with a connection
         # free now: under pressure, a turn that could not store its message must not call the model.
+        db = transactions.db
         if overlap and not incremental and db.is_postgres and db.has_free_connection():
-            stored = asyncio.create_task(_store_new(db, new), name="turn.store_new")
+            stored = asyncio.create_task(_store_new(transactions, new), name="turn.store_new")
             _STORING.add(stored)  # owned by the Turn; held here too, as the loop keeps only a weak reference
             stored.add_done_callback(_STORING.discard)
         else:
-            await _store_new(db, new)
+            await _store_new(transactions, new)
     else:
         # One statement on Postgres (see turn_store): the connection is held for one round trip.
-        async with turn_store(db) as turns:
-            found = await turns.open_existing(
+        async with transactions() as tx:
+            found = await turn_store(tx).open_existing(
                 opening, conversation_id=conversation_id, until=options.after, read_history=options.history is None
             )
         if found is None:
@@ -140,6 +135,6 @@ async def begin_turn(
     )
 
 
-async def _store_new(db: Database, new: NewConversation) -> None:
-    async with turn_store(db) as turns:
-        await turns.open_new(new)
+async def _store_new(transactions: Transactions, new: NewConversation) -> None:
+    async with transactions() as tx:
+        await turn_store(tx).open_new(new)

@@ -1,9 +1,10 @@
-"""Starting a turn, for every door (`POST /chat` today, the OpenAI-compatible routes next).
+"""Starting a turn, for every door (`POST /chat`, the OpenAI-compatible routes).
 
 The service knows nothing of wire formats. It applies what every turn goes through — drain,
 admission, the token quota, the Idempotency-Key, the conversation lock — stores the user's
-message (phase 1), and hands back a `Turn` ready to execute, or the stored response a retry
-replays. A door validates its input, calls `start`, and renders the turn's events its own way.
+message (phase 1, in a transaction from the door's opener), and hands back a `Turn` ready to
+execute, or the stored response a retry replays. A door validates its input, calls `start`, and
+renders the turn's events its own way.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import anyio
 import structlog
@@ -21,23 +22,23 @@ from redis.exceptions import RedisError
 from app.agent.loop import Agent
 from app.agent.tools.base import ToolContext
 from app.auth.errors import TokenQuotaExceeded, TooManyTurns
-from app.chat.as_run import RunPublisher, as_run
-from app.chat.begin import TurnOptions, begin_turn
-from app.chat.degraded import degraded
-from app.chat.errors import IdempotencyInProgress, IdempotencyKeyReused
-from app.chat.gate import KeyGate
-from app.chat.idempotency import Claim, fingerprint
-from app.chat.turn import Turn
 from app.conversations.errors import ConversationBusy, ConversationNotFound
-from app.conversations.turns import TurnRepository
+from app.core.db import Transactions
+from app.core.degraded import degraded
 from app.core.errors import PayloadTooLarge, ServiceBusy, ShuttingDown
 from app.core.locks import Lock, LockManager
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
-from app.state import AppStateDep, State
+from app.state import Resources, ResourcesDep
+from app.turns.begin import TurnOptions, begin_turn
+from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused
+from app.turns.gate import KeyGate
+from app.turns.idempotency import Claim, fingerprint
+from app.turns.run import RunPublisher, as_run
+from app.turns.store import TurnRepository
+from app.turns.turn import Turn
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 # Every error `start` can raise, for the doors' OpenAPI declarations.
 START_ERRORS = (
@@ -64,6 +65,8 @@ class TurnRequest:
     # What a retry with the same Idempotency-Key must repeat exactly (the door's own view of its body).
     fingerprint: dict[str, Any] | None = None
     options: TurnOptions = TurnOptions()  # blocks, the caller's history and tools, where to continue…
+    # The key stored with this turn's answer: how the caller's next call will find the conversation.
+    history_key: Callable[[Turn], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,26 +90,29 @@ async def acquire_conversation(locks: LockManager, owner_id: uuid.UUID, conversa
 
 
 class TurnService:
-    def __init__(self, app: State) -> None:
-        self.app = app
-        self.settings = app["settings"]
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.settings = resources.settings
 
-    async def start(self, request: TurnRequest, respond: Callable[[Turn], dict[str, Any]]) -> Turn | Replay:
-        """Phase 1 and everything before it. `respond` renders a finished turn for idempotent replays."""
-        app, owner = self.app, request.owner_id
-        settings, metrics = app["settings"], app["metrics"]
-        if app["lifecycle"].draining:
+    async def start(
+        self, request: TurnRequest, transactions: Transactions, respond: Callable[[Turn], dict[str, Any]]
+    ) -> Turn | Replay:
+        """Phase 1 and everything before it, in transactions from the door's opener (the turn keeps
+        it for phase 3). `respond` renders a finished turn for idempotent replays."""
+        resources, owner = self.resources, request.owner_id
+        settings, metrics = resources.settings, resources.metrics
+        if resources.lifecycle.draining:
             raise ShuttingDown()
-        if settings.admission_max_loop_lag and app["loop_lag"].latest > settings.admission_max_loop_lag:
+        if settings.admission_max_loop_lag and resources.loop_lag.latest > settings.admission_max_loop_lag:
             # The loop cannot keep up: refuse now, cheaply, before this turn takes a connection it
             # would hold through a slow loop (and time out at the pool seconds later).
             metrics.admission_refusals.inc()
-            log.warning("chat.admission_refused", loop_lag_s=round(app["loop_lag"].latest, 3))
+            log.warning("chat.admission_refused", loop_lag_s=round(resources.loop_lag.latest, 3))
             raise ServiceBusy()
         if len(request.message) > settings.max_message_chars:
             raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
 
-        quota = await degraded(app["limits"].check_tokens(owner), None, "token_quota")
+        quota = await degraded(resources.limits.check_tokens(owner), None, "token_quota")
         if quota is not None and not quota.allowed:
             log.info("limits.refused", limit="tokens_per_day")
             metrics.limit_refusals.labels("tokens_per_day").inc()
@@ -116,7 +122,7 @@ class TurnService:
         fp = fingerprint(request.fingerprint or {}) if key is not None else ""
         if key is not None:
             ttl = settings.turn_timeout + 60
-            claim = await degraded(app["idempotency"].claim(owner, key, fp, ttl), Claim("new"), "idempotency")
+            claim = await degraded(resources.idempotency.claim(owner, key, fp, ttl), Claim("new"), "idempotency")
             if claim.outcome == "mismatch":
                 raise IdempotencyKeyReused()
             if claim.outcome == "running":
@@ -130,16 +136,16 @@ class TurnService:
         slot: uuid.UUID | None = None
         try:
             slot = await self._take_slot(owner)
-            conversation_id = request.conversation_id or await self._continues(owner, request.options)
+            conversation_id = request.conversation_id or await self._continues(owner, request.options, transactions)
             if conversation_id is not None:
-                lock = await acquire_conversation(app["locks"], owner, conversation_id)
+                lock = await acquire_conversation(resources.locks, owner, conversation_id)
                 if lock is BUSY:
                     lock = None  # not ours to release
                     log.info("chat.conversation_busy", conversation_id=str(conversation_id))
                     metrics.lock_conflicts.inc()
                     raise ConversationBusy()
             started = await begin_turn(
-                app["db"],
+                transactions,
                 settings,
                 owner,
                 message=request.message,
@@ -149,39 +155,39 @@ class TurnService:
                 options=request.options,
                 # Only when no other turn is running: the overlap spends idle time on latency, and
                 # when the loop has other turns' work for that wait, its extra task costs throughput.
-                overlap=app["lifecycle"].in_flight == 0,
+                overlap=resources.lifecycle.in_flight == 0,
             )
         except BaseException:
             # Undo the claims, even on cancellation (shielded, bounded); then let the error go on.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 if slot is not None:
-                    await degraded(app["limits"].release_turn(owner, slot), None, "turns_in_flight")
+                    await degraded(resources.limits.release_turn(owner, slot), None, "turns_in_flight")
                 if lock is not None:
-                    await degraded(app["locks"].release(lock), None, "conversation_lock")
+                    await degraded(resources.locks.release(lock), None, "conversation_lock")
                 if key is not None:
-                    await degraded(app["idempotency"].abandon(owner, key), None, "idempotency")
+                    await degraded(resources.idempotency.abandon(owner, key), None, "idempotency")
             raise
 
         context = ToolContext(
             owner_id=owner,
             conversation_id=started.conversation_id,
             settings=settings,
-            sessions=app["sessions"],
-            http=app["http"],
+            sessions=resources.sessions,
+            http=resources.http,
             message_id=started.message_id,  # what a memory written in this turn records as its source
         )
         turn = Turn(
             started,
-            Agent(app["llm"], app["tools"], settings, metrics, KeyGate(app, owner)),
+            Agent(resources.llm, resources.tools, settings, metrics, KeyGate(resources, owner)),
             context,
-            app["db"],
+            transactions,
             settings,
-            app["lifecycle"],
+            resources.lifecycle,
             metrics,
-            lock=(app["locks"], lock) if lock is not None else None,
-            history_key=request.options.history_key,
+            lock=(resources.locks, lock) if lock is not None else None,
+            history_key=request.history_key,
         )
-        limits = app["limits"]
+        limits = resources.limits
         if slot is not None:
             taken = slot
 
@@ -190,7 +196,7 @@ class TurnService:
 
             turn.after_record.append(free_slot)
         if key is not None:
-            idempotency = app["idempotency"]
+            idempotency = resources.idempotency
 
             async def settle_idempotency(done: Turn) -> None:
                 if done.status == MessageStatus.COMPLETE:
@@ -201,7 +207,7 @@ class TurnService:
             turn.after_record.append(settle_idempotency)
         return turn
 
-    async def _continues(self, owner: uuid.UUID, options: TurnOptions) -> uuid.UUID | None:
+    async def _continues(self, owner: uuid.UUID, options: TurnOptions, transactions: Transactions) -> uuid.UUID | None:
         """The conversation a turn continues without naming it: one indexed, owner-scoped statement.
 
         After an answer (`options.after`) that is not this owner's: ConversationNotFound. By history
@@ -209,8 +215,8 @@ class TurnService:
         """
         if options.after is None and options.extends_key is None:
             return None
-        async with self.app["db"].statement() as conn:
-            turns = TurnRepository(conn)
+        async with transactions() as tx:
+            turns = TurnRepository(tx.conn)
             if options.after is not None:
                 found = await turns.conversation_of_answer(options.after, owner_id=owner)
                 if found is None:
@@ -222,18 +228,18 @@ class TurnService:
     async def _take_slot(self, owner: uuid.UUID) -> uuid.UUID | None:
         """One of the key's MAX_TURNS_IN_FLIGHT_PER_KEY slots, or TooManyTurns (None: off or Redis down)."""
         slot = uuid.uuid4()
-        decision = await degraded(self.app["limits"].acquire_turn(owner, slot), None, "turns_in_flight")
+        decision = await degraded(self.resources.limits.acquire_turn(owner, slot), None, "turns_in_flight")
         if decision is None:
             return None
         if not decision.allowed:
             log.info("limits.refused", limit="turns_in_flight")
-            self.app["metrics"].limit_refusals.labels("turns_in_flight").inc()
+            self.resources.metrics.limit_refusals.labels("turns_in_flight").inc()
             raise TooManyTurns(headers=decision.headers())
         return slot
 
     async def start_run(self, turn: Turn, publisher: RunPublisher) -> Run:
         """Execute the turn as a run owned by the app (not by the request), its events published."""
-        return await self.app["runs"].start(
+        return await self.resources.runs.start(
             turn.started.message_id,
             turn.context.owner_id,
             as_run(turn, publisher),
@@ -242,8 +248,8 @@ class TurnService:
         )
 
 
-async def get_turn_service(app: AppStateDep) -> TurnService:
-    return TurnService(app)
+async def get_turn_service(resources: ResourcesDep) -> TurnService:
+    return TurnService(resources)
 
 
 TurnServiceDep = Annotated[TurnService, Depends(get_turn_service)]

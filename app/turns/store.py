@@ -1,25 +1,25 @@
 """The SQL of a turn's phases: one statement per phase on Postgres (asyncpg), a short transaction
 on SQLite; and the owner-scoped lookups of the conversation a turn continues.
 
-`turn_store(db)` gives the phases' store for the database at hand. On Postgres the statements are
-written out for asyncpg (`Database.driver()`): phase 1 is one data-modifying CTE, phase 3 one
-UPDATE, each its own transaction, each holding its connection for one round trip.
+`turn_store(tx)` gives the phases' store inside a transaction a phase opened (`async with
+transactions() as tx`, see app/core/db.py). On Postgres the statements are written out for asyncpg:
+phase 1 is one data-modifying CTE, phase 3 one UPDATE, each its own transaction, each holding its
+connection for one round trip. Their parameters are typed records (`NewMessages`, `Outcome`) whose
+field names are the columns they write; tests/turns pins those names to the models.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Uuid, bindparam, insert, null, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.db import Database, Driver
+from app.core.db import Driver, Tx
 from app.core.ids import uuid7
 from app.core.text import clean, clean_text
 from app.llm.base import Block
@@ -49,6 +49,33 @@ class Opening:
 
 
 @dataclass(frozen=True, slots=True)
+class NewMessages:
+    """Phase 1's parameters: the user's message and the answer's placeholder, every id and the time
+    taken before the statement is sent. jsonb goes to asyncpg as text."""
+
+    user_id: uuid.UUID
+    assistant_id: uuid.UUID
+    content: str  # the user's blocks, as JSON
+    model: str
+    attributes: str | None  # as JSON
+    now: datetime
+
+    @classmethod
+    def of(cls, opening: Opening) -> NewMessages:
+        # UUIDv7, taken in this order: the user's message sorts before the assistant's. Requests are
+        # validated (422); cleaning here keeps any other caller from a 500 in Postgres.
+        attributes = opening.attributes
+        return cls(
+            user_id=uuid7(),
+            assistant_id=uuid7(),
+            content=json.dumps(clean(opening.content), ensure_ascii=False),
+            model=opening.model,
+            attributes=json.dumps(clean(attributes), ensure_ascii=False) if attributes is not None else None,
+            now=utcnow(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class NewConversation:
     """Phase 1 of a new conversation, settled before it is stored: every id and timestamp is taken
     here, so the turn can go on (see `begin_turn`) while the statement is on its way."""
@@ -56,16 +83,35 @@ class NewConversation:
     opening: Opening
     title: str
     system: str | None
-    ids: dict[str, Any]
+    messages: NewMessages
     opened: OpenedTurn
 
 
 def new_conversation(opening: Opening, *, title: str, system: str | None) -> NewConversation:
     title, system = clean_text(title), clean_text(system) if system is not None else None
-    ids, conversation_id = _new_ids(opening), uuid7()
-    return NewConversation(
-        opening, title, system, ids, OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system, [])
-    )
+    messages, conversation_id = NewMessages.of(opening), uuid7()
+    opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, system, [])
+    return NewConversation(opening, title, system, messages, opened)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Phase 3's parameters: what an answer's row records. Each field is the `messages` column it sets."""
+
+    status: str
+    content: list[Block]
+    stop_reason: str | None
+    error: dict[str, Any] | None
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+    history_key: str | None
+
+    def cleaned(self) -> Outcome:
+        # Model output and tool results may hold NUL or lone surrogates, which Postgres refuses: an
+        # answer that cannot be stored would stay `in_progress` for good.
+        return Outcome(*(clean(getattr(self, name)) for name in OUTCOME_COLUMNS))
 
 
 class TurnStore(Protocol):
@@ -79,45 +125,27 @@ class TurnStore(Protocol):
         The history read is the conversation's, or only up to `until`, or none (`read_history=False`).
         """
 
-    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
+    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
         """Phase 3: record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
 
 
-@asynccontextmanager
-async def turn_store(db: Database) -> AsyncIterator[TurnStore]:
-    if db.is_postgres:
-        async with db.driver() as driver:
-            yield PostgresTurns(driver)
-    else:
-        async with db.transaction() as conn:
-            yield SqliteTurns(conn)
+def turn_store(tx: Tx) -> TurnStore:
+    """The phases' SQL inside a transaction a phase opened."""
+    return PostgresTurns(tx.driver) if tx.driver is not None else SqliteTurns(tx.conn)
 
 
-def _new_ids(opening: Opening) -> dict[str, Any]:
-    # UUIDv7, taken in this order: the user's message sorts before the assistant's.
-    attributes = opening.attributes
-    return {
-        "user_id": uuid7(),
-        "assistant_id": uuid7(),
-        # Requests are validated (422); cleaning here keeps any other caller from a 500 in Postgres.
-        "content": json.dumps(clean(opening.content), ensure_ascii=False),
-        "model": opening.model,
-        "attributes": json.dumps(clean(attributes), ensure_ascii=False) if attributes is not None else None,
-        "now": utcnow(),
-    }
-
-
-def _recorded(values: dict[str, Any]) -> dict[str, Any]:
-    # Model output and tool results may hold NUL or lone surrogates, which Postgres refuses: an
-    # answer that cannot be stored would stay `in_progress` for good.
-    return {"error": None, "history_key": None, **{name: clean(value) for name, value in values.items()}}
-
+# The columns the written-out statements name (tests/turns pins them to the models).
+MESSAGE_COLUMNS = (
+    "id", "conversation_id", "role", "content", "status", "model", "attributes", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_creation_tokens", "created_at", "updated_at",
+)  # fmt: skip
+CONVERSATION_COLUMNS = ("id", "owner_id", "title", "system", "created_at", "updated_at")
+_JSONB = {"content", "error"}
 
 # Phase 1's messages: VALUES joined to the conversation row, so nothing is inserted unless that row
 # exists (and, continuing, is owned). $1 conversation, $2 owner, $3 now, $4-$8 the messages.
-_MESSAGES_FROM_VALUES = """
-    INSERT INTO messages (id, conversation_id, role, content, status, model, attributes, input_tokens,
-                          output_tokens, cache_read_tokens, cache_creation_tokens, created_at, updated_at)
+_MESSAGES_FROM_VALUES = f"""
+    INSERT INTO messages ({", ".join(MESSAGE_COLUMNS)})
     SELECT m.id, conversation.id, m.role, m.content, m.status, m.model, m.attributes, 0, 0, 0, 0, $3, $3
     FROM conversation CROSS JOIN (VALUES
         ($4::uuid, 'user', $5::jsonb, 'complete', NULL::varchar, NULL::jsonb),
@@ -125,9 +153,9 @@ _MESSAGES_FROM_VALUES = """
     ) AS m(id, role, content, status, model, attributes)
 """
 _OPEN_NEW = (
-    """
+    f"""
     WITH conversation AS (
-        INSERT INTO conversations (id, owner_id, title, system, created_at, updated_at)
+        INSERT INTO conversations ({", ".join(CONVERSATION_COLUMNS)})
         VALUES ($1, $2, $9, $10, $3, $3)
         RETURNING id
     )"""
@@ -160,12 +188,19 @@ def _open_existing(history: str) -> str:
 _OPEN_EXISTING = _open_existing("")
 _OPEN_EXISTING_UNTIL = _open_existing(" AND m.id <= $9::uuid")
 _OPEN_EXISTING_BARE = _open_existing(" AND false")
-_RECORD = """
-    UPDATE messages SET status = $1, content = $2::jsonb, stop_reason = $3, error = $4::jsonb,
-        input_tokens = $5, output_tokens = $6, cache_read_tokens = $7, cache_creation_tokens = $8,
-        history_key = $9, updated_at = $10
-    WHERE id = $11 AND conversation_id = $12
+OUTCOME_COLUMNS = tuple(f.name for f in fields(Outcome))
+_SET_OUTCOME = ", ".join(
+    f"{name} = ${n}{'::jsonb' if name in _JSONB else ''}" for n, name in enumerate(OUTCOME_COLUMNS, start=1)
+)
+_N = len(OUTCOME_COLUMNS)
+_RECORD = f"""
+    UPDATE messages SET {_SET_OUTCOME}, updated_at = ${_N + 1}
+    WHERE id = ${_N + 2} AND conversation_id = ${_N + 3}
 """
+
+
+def _as_json(value: object) -> str | None:
+    return json.dumps(value, ensure_ascii=False) if value is not None else None
 
 
 class PostgresTurns:
@@ -175,21 +210,18 @@ class PostgresTurns:
         self.driver = driver
 
     @staticmethod
-    def _messages(conversation_id: uuid.UUID, owner_id: uuid.UUID, ids: dict[str, Any]) -> tuple[Any, ...]:
-        return (
-            conversation_id, owner_id, ids["now"], ids["user_id"], ids["content"], ids["assistant_id"], ids["model"],
-            ids["attributes"],
-        )  # fmt: skip
+    def _messages(conversation_id: uuid.UUID, owner_id: uuid.UUID, m: NewMessages) -> tuple[Any, ...]:
+        return (conversation_id, owner_id, m.now, m.user_id, m.content, m.assistant_id, m.model, m.attributes)
 
     async def open_new(self, new: NewConversation) -> None:
-        args = self._messages(new.opened.conversation_id, new.opening.owner_id, new.ids)
+        args = self._messages(new.opened.conversation_id, new.opening.owner_id, new.messages)
         await self.driver.execute(_OPEN_NEW, *args, new.title, new.system)
 
     async def open_existing(
         self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
     ) -> OpenedTurn | None:
-        ids = _new_ids(opening)
-        args = self._messages(conversation_id, opening.owner_id, ids)
+        messages = NewMessages.of(opening)
+        args = self._messages(conversation_id, opening.owner_id, messages)
         if not read_history:
             rows = await self.driver.fetch(_OPEN_EXISTING_BARE, *args)
         elif until is not None:
@@ -199,40 +231,35 @@ class PostgresTurns:
         if not rows:
             return None
         earlier = [(row[1], row[2]) for row in rows if row[1] is not None]
-        return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], rows[0][0], earlier)
+        return OpenedTurn(conversation_id, messages.assistant_id, messages.now, rows[0][0], earlier)
 
-    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
-        v = _recorded(values)
-        await self.driver.execute(
-            _RECORD,
-            v["status"], json.dumps(v["content"], ensure_ascii=False), v["stop_reason"],
-            json.dumps(v["error"], ensure_ascii=False) if v["error"] is not None else None,
-            v["input_tokens"], v["output_tokens"], v["cache_read_tokens"], v["cache_creation_tokens"],
-            v["history_key"], utcnow(), message_id, conversation_id,
-        )  # fmt: skip
+    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
+        o = outcome.cleaned()
+        values = [_as_json(getattr(o, name)) if name in _JSONB else getattr(o, name) for name in OUTCOME_COLUMNS]
+        await self.driver.execute(_RECORD, *values, utcnow(), message_id, conversation_id)
 
 
 class SqliteTurns:
     """The phases on SQLite (the embedded default, one writer): no data-modifying CTEs, so the same
-    steps as separate statements, in the one transaction `turn_store` opens."""
+    steps as separate statements, in the one transaction the phase opened."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
     async def open_new(self, new: NewConversation) -> None:
-        ids, conversation_id = new.ids, new.opened.conversation_id
+        m, conversation_id = new.messages, new.opened.conversation_id
         await self.conn.execute(
             insert(Conversation).values(
                 id=conversation_id, owner_id=new.opening.owner_id, title=new.title, system=new.system,
-                created_at=ids["now"], updated_at=ids["now"],
+                created_at=m.now, updated_at=m.now,
             )
         )  # fmt: skip
-        await self._insert_messages(conversation_id, ids)
+        await self._insert_messages(conversation_id, m)
 
     async def open_existing(
         self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
     ) -> OpenedTurn | None:
-        ids = _new_ids(opening)
+        messages = NewMessages.of(opening)
         owned = Conversation.id == conversation_id, Conversation.owner_id == opening.owner_id
         system = (await self.conn.execute(select(Conversation.system).where(*owned))).first()
         if system is None:
@@ -245,32 +272,33 @@ class SqliteTurns:
             if read_history
             else []
         )
-        await self.conn.execute(update(Conversation).where(*owned).values(updated_at=ids["now"]))
-        await self._insert_messages(conversation_id, ids)
-        return OpenedTurn(conversation_id, ids["assistant_id"], ids["now"], system[0], earlier)
+        await self.conn.execute(update(Conversation).where(*owned).values(updated_at=messages.now))
+        await self._insert_messages(conversation_id, messages)
+        return OpenedTurn(conversation_id, messages.assistant_id, messages.now, system[0], earlier)
 
-    async def _insert_messages(self, conversation_id: uuid.UUID, ids: dict[str, Any]) -> None:
+    async def _insert_messages(self, conversation_id: uuid.UUID, m: NewMessages) -> None:
         common = {
             "conversation_id": conversation_id,
-            "created_at": ids["now"],
-            "updated_at": ids["now"],
+            "created_at": m.now,
+            "updated_at": m.now,
             "input_tokens": 0,
             "output_tokens": 0,
             "cache_read_tokens": 0,
             "cache_creation_tokens": 0,
         }
-        user = {"id": ids["user_id"], "role": "user", "status": "complete", "model": None, "attributes": None}
-        user["content"] = json.loads(ids["content"])
-        assistant = {"id": ids["assistant_id"], "role": "assistant", "status": "in_progress"}
-        attributes = json.loads(ids["attributes"]) if ids["attributes"] is not None else None
-        assistant |= {"content": [], "model": ids["model"], "attributes": attributes}
+        user = {"id": m.user_id, "role": "user", "status": "complete", "model": None, "attributes": None}
+        user["content"] = json.loads(m.content)
+        assistant = {"id": m.assistant_id, "role": "assistant", "status": "in_progress"}
+        attributes = json.loads(m.attributes) if m.attributes is not None else None
+        assistant |= {"content": [], "model": m.model, "attributes": attributes}
         await self.conn.execute(insert(Message), [common | user, common | assistant])
 
-    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, **values: Any) -> None:
+    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
         owned = Message.id == message_id, Message.conversation_id == conversation_id
-        v = _recorded(values)
-        v["error"] = v["error"] if v["error"] is not None else null()  # SQL NULL, not the JSON value null
-        await self.conn.execute(update(Message).where(*owned).values(**v, updated_at=utcnow()))
+        cleaned = outcome.cleaned()
+        values: dict[str, Any] = {name: getattr(cleaned, name) for name in OUTCOME_COLUMNS}
+        values["error"] = values["error"] if values["error"] is not None else null()  # SQL NULL, not JSON null
+        await self.conn.execute(update(Message).where(*owned).values(**values, updated_at=utcnow()))
 
 
 # Where a turn continues (each indexed, each owner-scoped): the conversation of an answer, by its id

@@ -8,7 +8,7 @@ from typing import TypeVar
 import structlog
 from redis.exceptions import RedisError
 
-log = structlog.get_logger("app.chat.service")
+log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 

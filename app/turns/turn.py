@@ -1,12 +1,16 @@
-"""Where a turn is run. Three phases, and no database connection is held across the model call:
+"""Where a turn is run. Three phases, each transaction its own `async with transactions() as tx`,
+and no database connection is held across the model call:
 
-1. `begin_turn`: one statement stores the user's message (never lost after this) and an
+1. `begin_turn` (begin.py): one statement stores the user's message (never lost after this) and an
    `in_progress` assistant placeholder, and reads the history. A new conversation's JSON turn
    sends it and goes on: the model call overlaps it, and nothing of the turn (an event, a tool,
    the outcome) goes out before it committed; if it fails, the turn fails as phase 1 would have.
 2. `Turn.execute`: the agent (model calls and tools), with no connection checked out.
 3. `Turn.record`: one statement stores the outcome — `complete`, `incomplete` (client left,
    shutdown: partial text kept) or `error` — whatever way phase 2 ended.
+
+`transactions` is the request's opener (a `Depends` of the door), or the run's own once the turn
+runs as a run (run.py), which may outlive the request.
 """
 
 from __future__ import annotations
@@ -15,18 +19,15 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import structlog
 
 from app.agent.loop import Agent, ToolResultEvent, Transcript
 from app.agent.tools.base import ToolContext
-from app.chat.begin import TurnStarted
-from app.conversations.turns import turn_store
 from app.core.config import Settings
 from app.core.context import current_request_id
-from app.core.db import Database
+from app.core.db import Transactions
 from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, db_unavailable, is_db_unavailable
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
@@ -34,6 +35,8 @@ from app.core.metrics import Metrics
 from app.llm.base import TextDelta, ToolCall, Usage
 from app.llm.errors import UpstreamTimeout
 from app.models.conversations import MessageStatus
+from app.turns.begin import TurnStarted
+from app.turns.store import Outcome, turn_store
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +70,7 @@ class Turn:
     started: TurnStarted
     agent: Agent
     context: ToolContext
-    db: Database
+    transactions: Transactions
     settings: Settings
     lifecycle: Lifecycle
     metrics: Metrics
@@ -78,7 +81,7 @@ class Turn:
     saved: bool = False
     after_record: list[Callable[[Turn], Awaitable[None]]] = field(default_factory=list)
     lock: tuple[LockManager, Lock] | None = None
-    # The door's key of the exchange up to this answer, stored with it (see TurnOptions.history_key).
+    # The door's key of the exchange up to this answer, stored with it (see TurnRequest.history_key).
     history_key: Callable[[Turn], str | None] | None = None
     # Why an interrupted turn stopped ("cancelled", "client_disconnected"), recorded as its stop reason.
     interrupted_by: str | None = None
@@ -289,33 +292,31 @@ class Turn:
                 self.status, self.error = MessageStatus.ERROR, self._store_error(exc)
                 await self._after_record()
                 return False
-        values: dict[str, Any] = {
-            "status": self.status.value,
-            "content": self.transcript.content(),
-            "stop_reason": self.stop_reason,
-            "input_tokens": self.usage.input_tokens,
-            "output_tokens": self.usage.output_tokens,
-            "cache_read_tokens": self.usage.cache_read_input_tokens,
-            "cache_creation_tokens": self.usage.cache_creation_input_tokens,
-            "history_key": self._history_key(),
-        }
+        error = None
         if self.error is not None:
-            values["error"] = {
-                "type": self.error.type,
-                "message": self.error.message,
-                "request_id": current_request_id(),
-            }
+            error = {"type": self.error.type, "message": self.error.message, "request_id": current_request_id()}
+        outcome = Outcome(
+            status=self.status.value,
+            content=self.transcript.content(),
+            stop_reason=self.stop_reason,
+            error=error,
+            input_tokens=self.usage.input_tokens,
+            output_tokens=self.usage.output_tokens,
+            cache_read_tokens=self.usage.cache_read_input_tokens,
+            cache_creation_tokens=self.usage.cache_creation_input_tokens,
+            history_key=self._history_key(),
+        )
         with anyio.CancelScope(shield=True), anyio.move_on_after(RECORD_DEADLINE):
             attempt = 0
             while not self.saved:
                 attempt += 1
                 try:
-                    async with turn_store(self.db) as turns:
+                    async with self.transactions() as tx:
                         if while_storing is not None and attempt == 1:
                             # A callback, not a task: it runs when this waits on the statement below.
                             asyncio.get_running_loop().call_soon(while_storing)
-                        await turns.record(
-                            self.started.message_id, conversation_id=self.started.conversation_id, **values
+                        await turn_store(tx).record(
+                            self.started.message_id, conversation_id=self.started.conversation_id, outcome=outcome
                         )
                     self.saved = True
                 except Exception as exc:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from app.chat.turn import Turn, TurnEnded, TurnEvent, TurnFailed, not_saved
 from app.runs.manager import Run
+from app.turns.turn import Turn, TurnEnded, TurnEvent, TurnFailed, not_saved
 
 
 class RunPublisher(Protocol):
@@ -24,6 +24,13 @@ def as_run(turn: Turn, publisher: RunPublisher) -> Callable[[Run], Awaitable[Non
     """What a run does: execute the turn, publish its events, record its outcome before the last event."""
 
     async def drive(run: Run) -> None:
+        # A run may outlive the request that started it: from here the turn opens its transactions
+        # from the run's own opener (the same provider), entered and closed in the run's task.
+        async with turn.transactions.db.transactions() as transactions:
+            turn.transactions = transactions
+            await _drive(run)
+
+    async def _drive(run: Run) -> None:
         publisher.start(turn, run)
 
         async def emit(event: TurnEvent) -> None:
