@@ -75,15 +75,18 @@ def cap(text: str, limit: int) -> str:
 
 
 class CallGuard(Protocol):
-    """Gates and meters each model call of a turn: `reserve` before it, `settle` after.
+    """Gates and meters each model call of a turn: `reserve` before it, `settle` after, and `check`
+    during it whenever `due` says so.
 
     `reserve` raises an AppError to stop the turn at this step — the key was revoked meanwhile, or
     its token quota is spent (each call reserves its worst case, so a turn overshoots the quota by
-    at most the one call that crossed it).
+    at most the one call that crossed it). `check` raises one to stop it mid-call (a revoked key).
     """
 
     async def reserve(self, request: LLMRequest) -> int: ...
     async def settle(self, reserved: int, usage: Usage) -> None: ...
+    def due(self) -> bool: ...
+    async def check(self) -> None: ...
 
 
 class Agent:
@@ -131,12 +134,15 @@ class Agent:
         log.info("agent.step_limit", steps=transcript.steps)
 
     async def _call_model(self, request: LLMRequest, transcript: Transcript, emit: Emit) -> Completed:
-        reserved = await self.budget.reserve(request) if self.budget is not None else 0
+        guard = self.budget
+        reserved = await guard.reserve(request) if guard is not None else 0
         completed: Completed | None = None
         started, first_token = time.perf_counter(), True
         try:
             async with self.llm.stream(request) as events:
                 async for event in events:
+                    if guard is not None and guard.due():
+                        await guard.check()  # raising here closes the call: the key was revoked
                     if isinstance(event, TextDelta):
                         if first_token:
                             self.metrics.ttft.observe(time.perf_counter() - started)

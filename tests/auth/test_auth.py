@@ -17,7 +17,7 @@ from app.auth.cache import KeyCache
 from app.auth.keys import hash_key
 from app.core.config import Settings
 from app.main import create_app
-from app.models import ApiKey
+from app.models import ApiKey, Message
 from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key, running_app
@@ -151,6 +151,37 @@ async def test_a_revoked_key_stops_its_running_turns_at_the_next_model_step(
         assert events[-1]["event"] == "error"
         assert events[-1]["data"]["error"]["type"] == "unauthorized"
         assert llm_server.state.request_count < 8  # stopped at a step, not after the whole chain
+
+
+async def test_a_revoked_key_stops_a_stream_mid_call_and_the_partial_answer_is_recorded(
+    settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    # One model call of 80 deltas, 50 ms apart (4 s): revoked after the 5th, it must not run on to the end.
+    settings = settings.model_copy(update={"auth_cache_seconds": 0.2})
+    async with live_server(create_app(settings)) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        state = live.state
+        headers = {"Authorization": f"Bearer {await make_key(state)}"}
+        body = {"message": "[[words:80]] [[slow:0.05]]", "stream": True}
+        async with client.stream("POST", "/chat", json=body, headers=headers) as r:
+            seen = ""
+            async for chunk in r.aiter_text():
+                seen += chunk
+                if seen.count("event: delta") >= 5 and "revoked" not in seen:
+                    async with state.sessions() as session, session.begin():
+                        await session.execute(update(ApiKey).values(revoked_at=func.now()))
+                    seen += "revoked"
+        events = sse_events(seen.replace("revoked", ""))
+        assert events[-1]["event"] == "error"
+        assert events[-1]["data"]["error"]["type"] == "unauthorized"
+        deltas = [e for e in events if e["event"] == "delta"]
+        assert 5 <= len(deltas) < 40, len(deltas)  # within AUTH_CACHE_SECONDS (+ a delta), not all 80
+        assert llm_server.state.request_count == 1  # one call, cut short
+        async with state.sessions() as session:
+            answer = (await session.execute(select(Message).where(Message.role == "assistant"))).scalar_one()
+        assert answer.status == "error"
+        assert answer.error is not None and answer.error["type"] == "unauthorized"
+        recorded = "".join(block["text"] for block in answer.content if block["type"] == "text")
+        assert recorded and recorded == "".join(d["data"]["text"] for d in deltas)  # the partial answer, kept
 
 
 async def test_a_burst_with_a_key_not_yet_cached_reads_it_once(
