@@ -33,4 +33,5 @@ def test_phase_1_inserts_every_required_message_column() -> None:
     }
     assert required <= set(MESSAGE_COLUMNS)
     for column in MESSAGE_COLUMNS:
-        assert column in store._OPEN_NEW and column in store._OPEN_EXISTING
+        assert column in store._OPEN_NEW
+        assert column in store._OPEN_EXISTING
