@@ -1,4 +1,10 @@
-"""POST /chat: validate, start the turn through the service, answer as JSON or as a stream."""
+"""POST /chat: validate, start the turn through the service, answer as JSON or as a stream.
+
+The route declares what it uses: the caller's key, the turn service (app/turns) and a transaction
+opener (`TransactionsDep`, open until the response has been sent). Phase 1 runs in a transaction
+from it before this returns; a JSON turn's phases 2 and 3 run inside the response, still within
+it; a stream is a run, which opens its own (it may outlive this request).
+"""
 
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ async def chat(
         # Silently ignoring it would leave the caller believing the prompt changed.
         raise InvalidRequest("`system` can only be set when a conversation starts (omit `conversation_id`).")
     stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    # Phase 1 (the user's message stored) in a short transaction from `transactions`.
     started = await turns.start(
         TurnRequest(
             owner_id=principal.owner_id,
