@@ -1,6 +1,6 @@
 """`make bench`: the issue's benchmarks one after another, each printing its report, then one summary.
 
-    python -m bench.all                       # overhead, streams deltas, ramp600, burst50
+    python -m bench.all                       # overhead, streams deltas, ramp600, burst50, transport
     python -m bench.all --only overhead --only burst50
 
 They run in sequence (never two at once: they share the machine's two cores with everything else).
@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import sys
 
-from bench import overhead, streams
+from bench import overhead, streams, transport
 from bench._harness import Check, print_checks, raise_nofile, run_or_exit
 
 RUNS = {
@@ -22,6 +22,7 @@ RUNS = {
     "deltas": (streams, ["--scenario", "deltas"]),
     "ramp600": (streams, ["--scenario", "ramp600"]),
     "burst50": (streams, ["--scenario", "burst50"]),
+    "transport": (transport, []),
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any, cast
 import anthropic
 import httpx2
 
-from app.core.config import Settings
+from app.core.config import ModelHttpClientName, Settings
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
 from app.llm.errors import (
     UpstreamError,
@@ -83,11 +83,14 @@ def mark_cache_prefix(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [*messages[:-2], prefix, messages[-1]]
 
 
-def _http_client(max_connections: int) -> httpx2.AsyncClient:
-    """One pool for every stream in flight (the SDK's default caps it at 1,000), on the lean transport:
-    half the CPU per call of httpx2's own. Behind a proxy, httpx2's client, which follows it."""
-    if proxied():
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=100)
+def _http_client(max_connections: int, kind: ModelHttpClientName = "lean") -> httpx2.AsyncClient:
+    """One pool for every stream in flight (the SDK's default caps it at 1,000), carried by
+    LLM_HTTP_CLIENT's choice: the lean transport (the default; behind a proxy, httpx2's client,
+    which follows it), the SDK's aiohttp client, or the SDK's httpx2 default."""
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=100)
+    if kind == "aiohttp":
+        return anthropic.DefaultAioHttpClient(limits=limits)
+    if kind == "httpx" or proxied():
         return anthropic.DefaultAsyncHttpxClient(limits=limits)
     return ModelHttpClient(LeanTransport(max_connections=max_connections, max_keepalive=100))
 
@@ -111,7 +114,7 @@ class AnthropicModel:
             base_url=settings.anthropic_base_url,
             max_retries=settings.llm_max_retries,
             timeout=anthropic.Timeout(settings.llm_read_timeout, connect=settings.llm_connect_timeout),
-            http_client=_http_client(settings.llm_max_connections),
+            http_client=_http_client(settings.llm_max_connections, settings.llm_http_client),
             open_telemetry=_sdk_spans(),
         )
 
