@@ -4,9 +4,9 @@
 
 Each pair is what the service used to do and what it does now, run in the same process, in
 rounds that alternate (this box's speed drifts by seconds): the model call through the SDK
-(httpx2's default client vs ours on the lean transport, against the fake model), a turn's model
+(httpx2's default client vs the service's, the SDK's aiohttp client, against the fake model), a turn's model
 call with its tool schemas (`messages.create` vs `post` with the body encoded once), one statement on
-Postgres (SQLAlchemy's execution layer vs `Database.driver()`), one INFO log line (through a stdlib
+Postgres (SQLAlchemy's execution layer vs asyncpg through `Database.tx()`), one INFO log line (through a stdlib
 LogRecord and formatter vs structlog straight to stderr; the same processors, redaction included),
 and the disconnect watch (an anyio task group vs one asyncio task). Prints the median of five
 rounds, in µs of this process's CPU per operation.
@@ -62,8 +62,8 @@ async def measure(pairs: dict[str, tuple[Op, Op]]) -> None:
         print(f"{name:<44} before {b:8.1f} µs   after {a:8.1f} µs   ({b / a:.1f}×)", flush=True)
 
 
-def lean_client(url: str) -> anthropic.AsyncAnthropic:
-    """The SDK as the service configures it: the lean transport, no OpenTelemetry spans."""
+def service_client(url: str) -> anthropic.AsyncAnthropic:
+    """The SDK as the service configures it: its aiohttp client, no OpenTelemetry spans."""
     return anthropic.AsyncAnthropic(
         api_key="bench",
         base_url=url,
@@ -76,7 +76,7 @@ def lean_client(url: str) -> anthropic.AsyncAnthropic:
 def model_call_ops(url: str) -> tuple[Op, Op]:
     question = [{"role": "user", "content": "Say hello"}]
     default = anthropic.AsyncAnthropic(api_key="bench", base_url=url, max_retries=0)
-    ours = lean_client(url)
+    ours = service_client(url)
 
     def call(client: anthropic.AsyncAnthropic) -> Op:
         async def op() -> None:
@@ -90,8 +90,8 @@ def model_call_ops(url: str) -> tuple[Op, Op]:
 
 def request_building_ops(url: str) -> tuple[Op, Op]:
     """A turn's model call as the service makes it (history, the built-in tools' schemas) on the
-    lean transport: `messages.create` vs the SDK's `post` with the body encoded once."""
-    client = lean_client(url)
+    service's client: `messages.create` vs the SDK's `post` with the body encoded once."""
+    client = service_client(url)
     body = {
         "model": DEFAULT_MODEL,
         "max_tokens": 1024,
@@ -119,8 +119,9 @@ def statement_ops(db: Database) -> tuple[Op, Op]:
             (await conn.execute(through_sqlalchemy, {"id": uuid.uuid4(), "doc": '{"a": 1}'})).all()
 
     async def after() -> None:
-        async with db.driver() as driver:
-            await driver.fetch("SELECT $1::uuid, $2::jsonb, now()", uuid.uuid4(), '{"a": 1}')
+        async with db.tx() as tx:
+            assert tx.driver is not None  # Postgres: the phase's statements go through asyncpg
+            await tx.driver.fetch("SELECT $1::uuid, $2::jsonb, now()", uuid.uuid4(), '{"a": 1}')
 
     return before, after
 

@@ -15,9 +15,9 @@ conditions; a block's first request (after the others' blocks) is reported apart
 (see `sequential`). Concurrency 8: each target alone, in slices interleaved with the others'.
 Server CPU is each server process's own, from /proc; the service's /metrics is scraped around its
 phases. The load generator shares the
-two cores with the servers, so it is the cheapest client here, the same for every target: httpx2
-on the lean HTTP/1.1 transport the service uses for its model (app/llm/transport.py). Always
-exits 0; PASS/MISS against targets.
+two cores with the servers, so it is a cheap client, the same for every target: the one the
+service uses for its model (the SDK's DefaultAioHttpClient: httpx2 on aiohttp). Always exits 0;
+PASS/MISS against targets.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anthropic
 import httpx2
 
-from app.llm.transport import LeanTransport, ModelHttpClient
 from bench import _metrics
 from bench._harness import (
     REDIS_URL,
@@ -122,9 +122,10 @@ class Targets:
     """The request functions, one persistent keep-alive client per target."""
 
     def __init__(self, stack: Stack, *, continue_conversations: bool) -> None:
-        def client(url: str) -> ModelHttpClient:
-            transport = LeanTransport(max_connections=16, max_keepalive=16)
-            return ModelHttpClient(transport, base_url=url, timeout=httpx2.Timeout(30.0))
+        def client(url: str) -> httpx2.AsyncClient:
+            # Idle connections go after 1 s, before a server's 5 s keep-alive could close one under a request.
+            limits = httpx2.Limits(max_connections=16, max_keepalive_connections=16, keepalive_expiry=1.0)
+            return anthropic.DefaultAioHttpClient(base_url=url, limits=limits, timeout=httpx2.Timeout(30.0))
 
         self.fake_json, self.fake_stream = client(stack.fake_url), client(stack.fake_url)
         self.service, self.naive = client(stack.server_url), client(stack.naive_url)
@@ -154,7 +155,9 @@ class Targets:
     async def call_naive(self, conversation: Conversation) -> None:
         await self._chat(NAIVE, self.naive, conversation, continue_=False)  # the naive app only starts new ones
 
-    async def _chat(self, name: str, client: ModelHttpClient, conversation: Conversation, *, continue_: bool) -> None:
+    async def _chat(
+        self, name: str, client: httpx2.AsyncClient, conversation: Conversation, *, continue_: bool
+    ) -> None:
         payload: dict[str, Any] = {"message": MESSAGE}
         if continue_ and conversation.id is not None:
             payload["conversation_id"] = conversation.id

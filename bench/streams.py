@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 import httpx2
 
-from app.llm.transport import LeanTransport, ModelHttpClient
 from bench import _metrics
 from bench._harness import (
     PG_ADMIN_DSN,
@@ -299,12 +299,14 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
     return env  # without --redis, REDIS_URL stays unset: clean_env drops it
 
 
-def stream_client(url: str, n: int) -> ModelHttpClient:
-    """The streams' client: httpx2 on the lean transport (app/llm/transport.py), the cheapest here,
-    since it shares the two cores with the servers (httpx's own took 70% of a core in ramp600). A
-    kept-alive connection the server closes as the next phase reuses it is retried, not an error."""
-    transport = LeanTransport(max_connections=n, max_keepalive=n)
-    return ModelHttpClient(transport, base_url=url, timeout=httpx2.Timeout(60.0, connect=30.0, pool=60.0))
+def stream_client(url: str, n: int) -> httpx2.AsyncClient:
+    """The streams' client: the SDK's DefaultAioHttpClient (httpx2 on aiohttp), as the service's model
+    client, a cheap one since it shares the two cores with the servers (httpx's own took 70% of a
+    core in ramp600). Idle connections go after 1 s, before the server's 5 s keep-alive could close
+    one as the next phase reuses it."""
+    limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=1.0)
+    timeout = httpx2.Timeout(60.0, connect=30.0, pool=60.0)
+    return anthropic.DefaultAioHttpClient(base_url=url, limits=limits, timeout=timeout)
 
 
 def error_kinds(results: list[StreamResult]) -> dict[str, int]:

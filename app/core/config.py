@@ -13,7 +13,7 @@ from app.core.mcp_config import McpServerConfig, parse_mcp_servers
 DEFAULT_MODEL = "claude-sonnet-5-5"
 
 Provider = Literal["anthropic", "openai", "offline"]
-ModelHttpClientName = Literal["lean", "aiohttp", "httpx"]
+ModelHttpClientName = Literal["aiohttp", "httpx"]
 
 
 class Settings(BaseSettings):
@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     llm_read_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
     llm_max_connections: int = Field(default=2000, ge=1)
-    # What carries the SDK's requests: our transport, the SDK's aiohttp client, or its httpx2 default.
-    llm_http_client: ModelHttpClientName = "lean"
+    # The SDK's client for the model's requests: its aiohttp one, or its httpx2 default (bench.transport).
+    llm_http_client: ModelHttpClientName = "aiohttp"
     turn_timeout: float = Field(default=300.0, gt=0)
     history_token_budget: int = Field(default=100_000, ge=100)
 

@@ -74,6 +74,9 @@ def _install() -> None:
     import fastapi.routing
     import httpx2
     import starlette.requests
+    from aiohttp.client_proto import ResponseHandler
+    from aiohttp.client_reqrep import ClientRequest
+    from anthropic._vendor.httpx_aiohttp import AiohttpTransport
     from uvicorn.protocols.http import httptools_impl as uvicorn_http
 
     import app.auth.deps
@@ -81,9 +84,8 @@ def _install() -> None:
     import app.turns.begin
     import app.turns.start
     from app.agent.loop import Agent
-    from app.turns.answer import TurnJSONResponse
     from app.core.middleware import RequestContextMiddleware
-    from app.llm import transport
+    from app.turns.answer import TurnJSONResponse
     from app.turns.store import PostgresTurns
     from app.turns.turn import Turn
 
@@ -113,21 +115,10 @@ def _install() -> None:
     _on_entry(app.turns.begin, "_store_new", "insert_runs")
     _on_entry(Agent, "run", "agent")
     _on_entry(sdk.AsyncAPIClient, "post", "sdk_post")
-    _on_entry(transport.LeanTransport, "handle_async_request", "transport")
-    written = transport._Connection.send
-
-    def wire(self: Any, head: bytes, body: bytes) -> None:
-        written(self, head, body)
-        mark("request_on_wire")
-
-    transport._Connection.send = wire  # type: ignore[method-assign]
-    arrived = transport._Connection.data_received
-
-    def model_bytes(self: Any, data: bytes) -> None:
-        mark("model_answer_arrives")
-        arrived(self, data)
-
-    transport._Connection.data_received = model_bytes  # type: ignore[method-assign]
+    # The model's client: the SDK's aiohttp one (the service's default LLM_HTTP_CLIENT).
+    _on_entry(AiohttpTransport, "handle_async_request", "transport")
+    _around(ClientRequest, "send", None, "request_on_wire")
+    _on_entry(ResponseHandler, "data_received", "model_answer_arrives")
     _around(httpx2.Response, "aread", None, "model_answer_read")
     _on_entry(app.llm.anthropic, "_whole", "model_answer_parsed")
     _on_entry(Turn, "_record", "phase_3")

@@ -48,6 +48,7 @@ def test_provider_follows_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"REDIS_URL": "http://nope"}, "REDIS_URL"),
         ({"LLM_PROVIDER": "anthropic"}, "ANTHROPIC_API_KEY"),
+        ({"LLM_HTTP_CLIENT": "curl"}, "LLM_HTTP_CLIENT"),
     ],
 )
 def test_misconfiguration_is_one_clear_line(env: dict[str, str], name: str) -> None:
