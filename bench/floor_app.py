@@ -7,7 +7,7 @@ It keeps what a turn cannot do without and drops everything else:
 
 - kept: uvicorn with the service's flags, a FastAPI route with a validated body and a dependency
   for the key (its lookup cached in a dict after the first request), the SDK's `post` on the
-  client the service builds (app/llm/anthropic.py: the lean transport, spans off), and the same
+  client the service builds (app/llm/anthropic.py: the SDK's aiohttp client, spans off), and the same
   two statements (one CTE for the conversation and both messages, one UPDATE), each its own round
   trip;
 - dropped: logging, metrics, Redis (limits, quotas, runs), the middleware, the agent loop and its
