@@ -24,11 +24,36 @@ class MessageStatus(StrEnum):
 
 class Conversation(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_owner_recent", "owner_id", "updated_at", "id"),)
+    __table_args__ = (
+        Index("ix_conversations_owner_recent", "owner_id", "updated_at", "id"),
+        # A client's own id for the conversation (Open WebUI's chat id): one conversation per owner and id.
+        Index(
+            "ix_conversations_owner_external_id",
+            "owner_id",
+            "external_id",
+            unique=True,
+            postgresql_where=text("external_id IS NOT NULL"),
+            sqlite_where=text("external_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_conversations_owner_end_user",
+            "owner_id",
+            "end_user",
+            "updated_at",
+            "id",
+            postgresql_where=text("end_user IS NOT NULL"),
+            sqlite_where=text("end_user IS NOT NULL"),
+        ),
+    )
 
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
     title: Mapped[str] = mapped_column(String(200))
     system: Mapped[str | None] = mapped_column(Text)
+    # The agent the conversation is bound to; NULL: the default agent (conversations from before agents).
+    agent: Mapped[str | None] = mapped_column(String(64))
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    end_user: Mapped[str | None] = mapped_column(String(200))  # the client's user (Open WebUI, `user`)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # e.g. OpenAI conversation metadata
 
 
 class Message(UUIDPrimaryKey, Timestamps, Base):

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, UUIDPrimaryKey, utcnow
+from app.models.base import Base, JSONType, UUIDPrimaryKey, utcnow
 
 
 class ApiKey(UUIDPrimaryKey, Base):
@@ -18,3 +18,5 @@ class ApiKey(UUIDPrimaryKey, Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    # The agents this key may use; NULL: all of them.
+    agents: Mapped[list[str] | None] = mapped_column(JSONType)
