@@ -695,7 +695,8 @@ LEAK_MARKERS = re.compile(r"non-checked-in|Task was destroyed|Unclosed|ResourceW
 
 def leak_lines(path: Path, limit: int = 10) -> tuple[int, list[str]]:
     """(how many lines of the log carry a leak marker, the first `limit` of them, shortened)."""
-    count, found = 0, []
+    count = 0
+    found: list[str] = []
     try:
         with open(path, encoding="utf-8", errors="replace") as text:
             for line in text:

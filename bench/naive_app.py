@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -76,10 +77,10 @@ async def save_answer(session: AsyncSession, conversation: Conversation, text: s
     return message
 
 
-async def relay(session: AsyncSession, conversation: Conversation, request: dict[str, Any]) -> AsyncIterator[str]:
+async def relay(session: AsyncSession, conversation: Conversation, question: list[MessageParam]) -> AsyncIterator[str]:
     parts: list[str] = []
     stop: str | None = None
-    async for event in await client.messages.create(**request, stream=True):
+    async for event in await client.messages.create(model=MODEL, max_tokens=1024, messages=question, stream=True):
         if event.type == "content_block_delta" and event.delta.type == "text_delta":
             parts.append(event.delta.text)
             yield f"event: delta\ndata: {json.dumps({'text': event.delta.text})}\n\n"
@@ -98,10 +99,10 @@ async def chat(body: ChatIn, session: SessionDep, key: Annotated[ApiKey, Depends
     session.add(Message(conversation_id=conversation.id, role="user", content=content, status="complete"))
     await session.commit()
     await session.refresh(conversation)
-    request = {"model": MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": body.message}]}
+    question: list[MessageParam] = [{"role": "user", "content": body.message}]
     if body.stream:
-        return StreamingResponse(relay(session, conversation, request), media_type="text/event-stream")
-    answer = await client.messages.create(**request)
+        return StreamingResponse(relay(session, conversation, question), media_type="text/event-stream")
+    answer = await client.messages.create(model=MODEL, max_tokens=1024, messages=question)
     text = "".join(block.text for block in answer.content if block.type == "text")
     message = await save_answer(session, conversation, text, answer.stop_reason)
     reply = {"id": str(message.id), "content": text, "status": message.status}

@@ -44,7 +44,6 @@ from bench._harness import (
     children_pids,
     cpu_seconds,
     fmt_ms,
-    free_port,
     log,
     machine_cpu,
     percentile,
@@ -52,6 +51,7 @@ from bench._harness import (
     run_or_exit,
     wait_for_quiet,
 )
+from testkit.net import free_port
 from testkit.nginx import Prefix, start_nginx
 
 POOL = 5

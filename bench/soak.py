@@ -245,7 +245,7 @@ class Probe:
             await conn.close()
         killed_redis = 0
         for client in await redis_clients_named(self.redis, self.app_name):
-            killed_redis += int(await self.redis.execute_command("CLIENT", "KILL", "ID", client["id"]) or 0)
+            killed_redis += await self.redis.client_kill_filter(_id=client["id"])
         self.kills += 1
         self.pg_killed += len(rows)
         self.redis_killed += killed_redis
@@ -418,8 +418,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 crashed = [
                     r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
                 ]
-                for exc in crashed:
-                    log(f"a load worker crashed: {exc!r}")
+                for crash in crashed:
+                    log(f"a load worker crashed: {crash!r}")
                 wall = time.monotonic() - start
             await settle(probe)
             after = await probe.sample(time.monotonic() - start, tally, None)

@@ -58,7 +58,7 @@ async def settings(pg_database: tuple[str, str], llm_server: FakeLLMServer, app_
         database_url=url,
         redis_url=redis_url(),
         redis_key_prefix=f"test:{uuid.uuid4().hex[:8]}:",
-        anthropic_api_key="test-anthropic-key",  # type: ignore[arg-type]
+        anthropic_api_key="test-anthropic-key",
         anthropic_base_url=llm_server.url,
         llm_provider="anthropic",
         llm_model="claude-test",

@@ -21,14 +21,15 @@ from testkit.net import free_port
 class Live:
     url: str
     server: uvicorn.Server
+    app: FastAPI
 
     @property
     def state(self) -> Resources:
-        return resources_of(self.server.config.app)  # type: ignore[arg-type]
+        return resources_of(self.app)
 
     def swap(self, **changes: Any) -> Resources:
         """Serve the next requests with some resources replaced (an app around other resources)."""
-        self.server.config.app.state.resources = replace(self.state, **changes)
+        self.app.state.resources = replace(self.state, **changes)
         return self.state
 
 
@@ -48,7 +49,7 @@ async def live_server(app: FastAPI) -> AsyncIterator[Live]:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        yield Live(f"http://127.0.0.1:{port}", server)
+        yield Live(f"http://127.0.0.1:{port}", server, app)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
@@ -100,4 +101,4 @@ def sse_events(raw: str) -> list[dict[str, Any]]:
 
 def statements_sent(state: Resources) -> float:
     """SQL statements the app has sent so far (its agentchat_db_statements_total)."""
-    return state.metrics.db_statements._value.get()  # type: ignore[attr-defined,no-any-return]
+    return float(state.metrics.db_statements._value.get())

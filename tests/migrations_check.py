@@ -9,7 +9,7 @@ import sys
 import tempfile
 import uuid
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no stubs or py.typed
 
 from tests.fixtures.services import admin_database_url, asyncpg_dsn
 

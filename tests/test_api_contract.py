@@ -10,6 +10,7 @@ Two passes: with a valid API key (to get past auth), and without one.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 import schemathesis
@@ -33,6 +34,9 @@ from app.core.errors import ErrorEnvelope
 from app.main import create_app
 from app.openai.errors import OpenAIErrorEnvelope
 from tests.fixtures.app import make_key_with
+
+if TYPE_CHECKING:  # schemathesis defines the alias for type checkers only
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 CHECKS = [
     not_a_server_error,
@@ -79,15 +83,13 @@ async def bearer(settings: Settings) -> dict[str, str]:
 
 @schema.parametrize()
 @BOUNDED
-def test_every_route_keeps_its_contract_with_a_key(
-    case: schemathesis.Case, app: FastAPI, bearer: dict[str, str]
-) -> None:
+def test_every_route_keeps_its_contract_with_a_key(case: OpenApiCase, app: FastAPI, bearer: dict[str, str]) -> None:
     case.call_and_validate(app=app, headers=bearer, checks=CHECKS, timeout=10)
 
 
 @schema.parametrize()
 @BOUNDED
-def test_every_route_keeps_its_contract_without_a_key(case: schemathesis.Case, app: FastAPI) -> None:
+def test_every_route_keeps_its_contract_without_a_key(case: OpenApiCase, app: FastAPI) -> None:
     response = case.call_and_validate(app=app, checks=CHECKS, timeout=10)
     if case.operation.definition.raw.get("security"):
         # Never served without a key (401, or refused earlier: a wrong method, an unknown path).

@@ -445,7 +445,7 @@ def public_paths() -> list[str]:
     """Every request path the app serves to clients (OpenAPI paths, with ids filled in) and the playground's."""
     from app.main import create_app
 
-    schema = create_app(Settings(_env_file=None)).openapi()  # type: ignore[call-arg]
+    schema = create_app(Settings(_env_file=None)).openapi()
     paths = [re.sub(r"\{[^}]+\}", "0190a8f2-0000-7000-8000-000000000000", p) for p in schema["paths"]]
     return [p for p in paths if p not in NOT_PUBLIC] + ["/", "/static/playground/app.js"]
 
@@ -465,7 +465,7 @@ def test_ingress_routes_the_api_but_not_metrics_docs_or_probes(manifests: Manife
 def test_docs_are_off_in_the_cluster(manifests: Manifests) -> None:
     data = get(manifests, "ConfigMap", "agentchat-config")["data"]
     assert data["DOCS_ENABLED"] == "false"
-    assert Settings(_env_file=None, docs_enabled=data["DOCS_ENABLED"]).docs_enabled is False  # type: ignore[call-arg]
+    assert Settings(_env_file=None, docs_enabled=data["DOCS_ENABLED"]).docs_enabled is False
 
 
 def test_redis_needs_a_password_from_the_secret(manifests: Manifests) -> None:

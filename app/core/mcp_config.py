@@ -77,12 +77,28 @@ def _expand(raw: str, header: str) -> str:
     return ENV_REFERENCE.sub(lookup, raw)
 
 
-def _problem(exc: ValidationError) -> str:
+def problem(exc: ValidationError) -> str:
+    """A validation error as one line naming the field; it never quotes the input (a secret, maybe)."""
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"])
     # The message never quotes the input: it may be a header value.
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
+
+
+def load_value(value: str) -> Any:
+    """Inline JSON, or the path of a JSON or YAML file, as data; a ValueError says what is wrong
+    without quoting the file."""
+    try:
+        return _load(value)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the file: {type(exc).__name__}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # a YAML syntax error, whose text may quote the file
+        raise ValueError(f"is not valid YAML ({type(exc).__name__})") from None
 
 
 def _load(value: str) -> Any:
@@ -105,16 +121,7 @@ def parse_mcp_servers(value: object) -> tuple[McpServerConfig, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, str):
-        try:
-            value = _load(value)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read the file: {type(exc).__name__}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
-        except ValueError:
-            raise
-        except Exception as exc:  # a YAML syntax error, whose text may quote the file
-            raise ValueError(f"is not valid YAML ({type(exc).__name__})") from None
+        value = load_value(value)
     if isinstance(value, Mapping) and set(value) == {"servers"}:
         value = value["servers"]
     if isinstance(value, McpServerConfig):
@@ -131,7 +138,7 @@ def parse_mcp_servers(value: object) -> tuple[McpServerConfig, ...]:
         try:
             server = entry if isinstance(entry, McpServerConfig) else McpServerConfig.model_validate(entry)
         except ValidationError as exc:
-            raise ValueError(f"{label}: {_problem(exc)}") from None
+            raise ValueError(f"{label}: {problem(exc)}") from None
         if any(s.name == server.name for s in servers):
             raise ValueError(f"{label}: the name {server.name!r} is used twice")
         servers.append(server)

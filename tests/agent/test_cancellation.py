@@ -46,7 +46,8 @@ async def test_leaving_mid_loop_then_next_turn(
 
         async def settled() -> bool:
             items = (await http.get(f"/conversations/{cid}/messages", headers=headers)).json()["items"]
-            return items[-1]["status"] == "incomplete"
+            status: str = items[-1]["status"]
+            return status == "incomplete"
 
         await eventually(settled, timeout=3.0)
         items = (await http.get(f"/conversations/{cid}/messages", headers=headers)).json()["items"]

@@ -106,7 +106,8 @@ async def test_a_last_event_id_that_is_not_ours_is_a_422(
     streamed = await client.post("/chat", json={"message": "hi", "stream": True}, headers=auth)
     run_id = sse_events(streamed.text)[0]["data"]["run_id"]
     url = f"/runs/{run_id}/events"
-    r = await client.get(url, headers={**auth, "Last-Event-ID": last_event_id.encode()})  # as UTF-8 bytes
+    raw = {name.encode(): value.encode() for name, value in auth.items()}
+    r = await client.get(url, headers={**raw, b"Last-Event-ID": last_event_id.encode()})  # as UTF-8 bytes
     assert r.status_code == 422, r.text
     assert r.json()["error"]["type"] == "validation_error"
     assert "Last-Event-ID" in r.json()["error"]["message"]
@@ -126,7 +127,7 @@ async def _page(data: Url, _: ToolContext) -> str:
     return f"page of {data.url}: a\x00b \udce9 end"
 
 
-PAGE = Tool("page", "Fetches a page.", Url, _page)  # type: ignore[arg-type]
+PAGE = Tool("page", "Fetches a page.", Url, _page)
 
 
 @pytest.fixture

@@ -114,10 +114,7 @@ async def test_a_failed_turn_leaves_a_usable_conversation(
     assert llm_server.state.rejections == []
 
 
-async def test_hung_upstream_times_out_with_504(
-    settings,
-    llm_server: FakeLLMServer,  # type: ignore[no-untyped-def]
-) -> None:
+async def test_hung_upstream_times_out_with_504(settings: Settings, llm_server: FakeLLMServer) -> None:
     from tests.fixtures.app import running_app
 
     quick = settings.model_copy(update={"llm_read_timeout": 0.5})

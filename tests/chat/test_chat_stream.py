@@ -121,7 +121,8 @@ async def test_next_turn_after_a_disconnect_is_valid(live: Live, live_key: str, 
             async def recorded() -> bool:
                 # The conversation stays busy (409) until the left turn is recorded: wait for that.
                 r = await http.get(f"/conversations/{cid}/messages", headers=bearer(live_key))
-                return r.json()["items"][-1]["status"] != "in_progress"
+                status: str = r.json()["items"][-1]["status"]
+                return status != "in_progress"
 
             await eventually(recorded, timeout=3.0)
         await eventually(lambda: llm_server.state.open_streams == 0, timeout=2.0)

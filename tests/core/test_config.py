@@ -22,7 +22,7 @@ def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_defaults_are_the_embedded_mode() -> None:
-    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    s = Settings(_env_file=None)
     assert s.database_url == "sqlite+aiosqlite:///./agentchat.db"
     assert s.redis_url is None
     assert s.provider == "offline"

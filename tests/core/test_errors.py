@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -38,7 +39,7 @@ async def test_oversized_bodies_are_413(settings: Settings) -> None:
         r = await client.post("/chat", content=b"x" * 5000, headers={"content-type": "application/json"})
         assert_envelope(r, 413, "payload_too_large")
 
-        async def chunks():  # type: ignore[no-untyped-def]
+        async def chunks() -> AsyncIterator[bytes]:
             for _ in range(10):
                 yield b"x" * 1000
 

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no stubs or py.typed
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 

@@ -8,6 +8,11 @@ from typing import Any
 
 import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+)
 
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key
@@ -110,7 +115,7 @@ async def test_our_tools_run_inside_the_turn(oai: AsyncOpenAI) -> None:
     assert done.choices[0].message.content == "Let me use calculator.\n\ntool results: 42"
 
 
-WEATHER = {
+WEATHER: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -133,19 +138,20 @@ async def test_a_client_tool_round_trip(oai: AsyncOpenAI, live: Live, llm_server
         ]
         calls = [call for c in chunks for call in c.choices[0].delta.tool_calls or []]
         finish = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
-        content = "".join(c.choices[0].delta.content or "" for c in chunks)
-        call_id, name, arguments = calls[0].id, calls[0].function.name, calls[0].function.arguments
+        content: str | None = "".join(c.choices[0].delta.content or "" for c in chunks)
+        function = calls[0].function
+        assert function is not None
+        call_id, name, arguments = calls[0].id, function.name, function.arguments
     else:
         done = await oai.chat.completions.create(model="agentchat", messages=history, tools=[WEATHER])
         message = done.choices[0].message
         assert message.tool_calls is not None
         finish, content = [done.choices[0].finish_reason], message.content
-        call_id, name, arguments = (
-            message.tool_calls[0].id,
-            message.tool_calls[0].function.name,
-            message.tool_calls[0].function.arguments,
-        )
+        call = message.tool_calls[0]
+        assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+        call_id, name, arguments = call.id, call.function.name, call.function.arguments
     assert finish == ["tool_calls"]
+    assert arguments is not None
     assert (name, json.loads(arguments)) == ("get_weather", {"city": "Paris"})
     # The client's tool was offered beside ours.
     offered = [t["name"] for t in llm_server.state.request_bodies()[-1]["tools"]]
@@ -231,8 +237,8 @@ async def test_an_idempotent_retry_of_a_stream_replays_it(oai: AsyncOpenAI, llm_
 
 
 async def test_tool_choice_applies_to_the_first_model_call(oai: AsyncOpenAI, llm_server: FakeLLMServer) -> None:
-    ask = [{"role": "user", "content": '[[tool:calculator {"expression": "1+1"}]]'}]
-    await oai.chat.completions.create(model="agentchat", messages=ask, tool_choice="required")  # type: ignore[arg-type]
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": '[[tool:calculator {"expression": "1+1"}]]'}]
+    await oai.chat.completions.create(model="agentchat", messages=ask, tool_choice="required")
     first, second = llm_server.state.request_bodies()[-2:]
     assert first["tool_choice"] == {"type": "any"}
     assert "tool_choice" not in second  # then the model may answer

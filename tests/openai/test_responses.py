@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from openai import AsyncOpenAI, BadRequestError, ConflictError, NotFoundError
+from openai.types.responses import FunctionToolParam, Response, ResponseInputMessageItem, ResponseInputText
 
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key
@@ -35,7 +36,10 @@ async def test_create_and_retrieve(oai: AsyncOpenAI, live: Live) -> None:
     assert rows[-1].id == message_id(made.id)
     assert conversation.system == "Be brief."
     items = await oai.responses.input_items.list(made.id)
-    assert [(i.type, i.role, i.content[0].text) for i in items.data] == [("message", "user", "hello there")]  # type: ignore[union-attr]
+    [item] = items.data
+    assert isinstance(item, ResponseInputMessageItem)
+    assert isinstance(item.content[0], ResponseInputText)
+    assert (item.type, item.role, item.content[0].text) == ("message", "user", "hello there")
 
 
 async def test_a_chain_of_responses_is_one_conversation(
@@ -94,12 +98,16 @@ async def test_our_tools_show_as_mcp_calls(oai: AsyncOpenAI) -> None:
     assert shown(final) == shown(await oai.responses.retrieve(final.id))
 
 
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
+# The SDK's FunctionToolParam requires "strict"; the API (and this service) take it as optional.
+WEATHER = cast(
+    FunctionToolParam,
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -107,18 +115,19 @@ async def test_a_client_function_round_trip(
     oai: AsyncOpenAI, live: Live, llm_server: FakeLLMServer, stream: bool
 ) -> None:
     ask = 'weather? [[tool:get_weather {"city": "Paris"}]]'
+    made: Response
     if stream:
-        async with oai.responses.stream(model="agentchat", input=ask, tools=[WEATHER]) as events:  # type: ignore[list-item]
+        async with oai.responses.stream(model="agentchat", input=ask, tools=[WEATHER]) as events:
             made = await events.get_final_response()
     else:
-        made = await oai.responses.create(model="agentchat", input=ask, tools=[WEATHER])  # type: ignore[list-item]
+        made = await oai.responses.create(model="agentchat", input=ask, tools=[WEATHER])
     calls: list[Any] = [item for item in made.output if item.type == "function_call"]
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
     answered = await oai.responses.create(
         model="agentchat",
         previous_response_id=made.id,
         input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"}],
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
     )
     assert answered.output_text == "tool results: sunny"
     assert llm_server.state.rejections == []

@@ -35,7 +35,7 @@ async def _nap(data: Nap, _: ToolContext) -> str:
     return "rested"
 
 
-NAP = Tool("nap", "Takes its time, as a slow tool does.", Nap, _nap)  # type: ignore[arg-type]
+NAP = Tool("nap", "Takes its time, as a slow tool does.", Nap, _nap)
 
 
 def auth(key: str) -> dict[str, str]:

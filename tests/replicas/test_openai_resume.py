@@ -33,7 +33,7 @@ async def test_background_resume_after_n_on_the_other_replica(
         rest = [e async for e in await on_b.responses.retrieve(response_id, stream=True, starting_after=last)]
         assert [e.sequence_number for e in rest] == list(range(last + 1, last + 1 + len(rest)))
         assert rest[-1].type == "response.completed"
-        text = "".join(e.delta for e in [*first, *rest] if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+        text = "".join(e.delta for e in [*first, *rest] if e.type == "response.output_text.delta")
         assert text == " ".join(f"word{n}" for n in range(1, 31))
         # The SDK's own helper replays from the start (it filters by starting_after itself).
         async with on_b.responses.stream(response_id=response_id, starting_after=last) as again:
@@ -68,7 +68,7 @@ async def test_cancel_a_background_response_from_the_other_replica(
         # The stream of a cancelled response ends with response.incomplete, on either replica.
         events = [e async for e in await on_b.responses.retrieve(started.id, stream=True)]
         assert events[-1].type == "response.incomplete"
-        assert events[-1].response.status == "cancelled"  # type: ignore[union-attr]
+        assert events[-1].response.status == "cancelled"
         # And the chain goes on.
         nxt = await on_b.responses.create(model="agentchat", input="next", previous_response_id=started.id)
         assert nxt.output_text == "echo: next"

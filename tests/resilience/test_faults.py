@@ -202,7 +202,7 @@ async def test_postgres_and_redis_faults_fail_cleanly_and_recover(
             killed += await kill_pg_connections(admin_database_url(), settings.app_name)
             for client in await redis_client.client_list():
                 if client.get("name") == settings.app_name:
-                    await redis_client.execute_command("CLIENT", "KILL", "ID", client["id"])
+                    await redis_client.client_kill_filter(_id=client["id"])
         return killed
 
     async with PoolWatch(admin_database_url(), settings.app_name) as watch:
