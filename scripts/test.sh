@@ -8,6 +8,7 @@ export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 
 echo "== lock"; "$UV" lock --check   # uv.lock is what pyproject.toml resolves to
 echo "== ruff"; ruff check app tests migrations bench testkit
+echo "== ruff format"; ruff format --check app tests migrations bench testkit
 echo "== mypy"; mypy
 [ "${1:-}" = "--lint-only" ] && exit 0
 
