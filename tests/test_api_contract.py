@@ -33,6 +33,7 @@ from app.core.db import create_engine, create_sessionmaker
 from app.core.errors import ErrorEnvelope
 from app.main import create_app
 from app.openai.errors import OpenAIErrorEnvelope
+from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key_with
 
 if TYPE_CHECKING:  # schemathesis defines the alias for type checkers only
@@ -94,6 +95,25 @@ def test_every_route_keeps_its_contract_without_a_key(case: OpenApiCase, app: Fa
     if case.operation.definition.raw.get("security"):
         # Never served without a key (401, or refused earlier: a wrong method, an unknown path).
         assert not 200 <= response.status_code < 300, (case.operation.label, response.status_code)
+
+
+# The /v1 door on its own, with more examples: the histories clients send (messages, input items,
+# tool calls and results, references) go to the model only when they are valid. The fake model
+# validates each request as the real APIs do and records what it refused, so "nothing invalid sent
+# upstream" is that it refused nothing. Derandomized, as above: the same examples every run.
+V1 = schema.include(path_regex="^/v1/")
+TURNS = {"/v1/chat/completions", "/v1/responses"}
+
+
+@V1.parametrize()
+@settings(BOUNDED, max_examples=80)
+def test_the_v1_door_sends_the_model_only_valid_requests(
+    case: OpenApiCase, app: FastAPI, bearer: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    if case.method == "POST" and case.path in TURNS and isinstance(case.body, dict):
+        case.body["model"] = "agentchat"  # past the model check, to the history and the model
+    case.call_and_validate(app=app, headers=bearer, checks=CHECKS, timeout=10)
+    assert llm_server.state.rejections == [], (case.operation.label, case.body, llm_server.state.rejections)
 
 
 def takes_a_key(dependant: Dependant) -> bool:

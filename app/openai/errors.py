@@ -74,6 +74,14 @@ class ResponseNotFound(NotFound):
         self.param = param
 
 
+class ItemNotFound(NotFound):
+    """An `item_reference` to an id this owner was never given."""
+
+    def __init__(self, item_id: str, param: str) -> None:
+        super().__init__(f"Item with id '{item_id}' not found.")
+        self.param = param
+
+
 class ResponseRunning(Conflict):
     type, default_message = "response_in_progress", "The response is still in progress; cancel it first."
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Uuid, bindparam, delete, func, select
+from sqlalchemy import Row, Text, Uuid, bindparam, cast, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.llm.base import Block, Usage
@@ -29,17 +30,20 @@ _ANSWER = select(
     Message.cache_read_tokens,
     Message.cache_creation_tokens,
 ).where(Message.id == bindparam("message_id", type_=Uuid()), Message.role == "assistant", *_OWNED)
-# The user's side of the turn: the user message just before the answer.
-_QUESTION = (
-    select(Message.id, Message.content)
+# A turn's input: the rows its phase 1 stored ahead of the answer, in the one statement that gave
+# them all one timestamp (the user's message, and the history a client sent to open the conversation).
+_INPUT = (
+    select(Message.id, Message.role, Message.content)
     .where(
         Message.conversation_id == bindparam("conversation_id", type_=Uuid()),
-        Message.role == "user",
         Message.id < bindparam("message_id", type_=Uuid()),
+        Message.created_at == bindparam("created_at"),
     )
-    .order_by(Message.id.desc())
-    .limit(1)
+    .order_by(Message.id)
 )
+# Where the items an `item_reference` names may be: rows by id, or rows whose blocks name a call id
+# (a text search, checked block by block after; owner-scoped, the newest first).
+_REFERENCED_LIMIT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +83,37 @@ async def get_answer(conn: AsyncConnection, message_id: uuid.UUID, *, owner_id: 
     return StoredAnswer.of(row) if row is not None else None
 
 
-async def get_question(conn: AsyncConnection, answer: StoredAnswer) -> tuple[uuid.UUID, list[Block]] | None:
-    params = {"conversation_id": answer.conversation_id, "message_id": answer.id}
-    row = (await conn.execute(_QUESTION, params)).first()
-    return (row.id, row.content or []) if row is not None else None
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    id: uuid.UUID
+    role: str
+    content: list[Block]
+
+
+async def get_input(conn: AsyncConnection, answer: StoredAnswer) -> list[StoredRow]:
+    """The turn's input, oldest first: its user message, after the client's history if it sent one."""
+    params = {"conversation_id": answer.conversation_id, "message_id": answer.id, "created_at": answer.created_at}
+    return [StoredRow(row.id, row.role, row.content or []) for row in await conn.execute(_INPUT, params)]
+
+
+async def referenced_rows(
+    conn: AsyncConnection, *, message_ids: Iterable[uuid.UUID], call_ids: Iterable[str], owner_id: uuid.UUID
+) -> list[StoredRow]:
+    """The owner's rows with these ids or naming these call ids (ids of 1-256 letters, digits, '_', '-')."""
+    named = [cast(Message.content, Text).contains(f'"{call_id}"', autoescape=True) for call_id in call_ids]
+    query = (
+        select(Message.id, Message.role, Message.content)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Conversation.owner_id == owner_id, or_(Message.id.in_(list(message_ids)), *named))
+        .order_by(Message.id.desc())
+        .limit(_REFERENCED_LIMIT)
+    )
+    return [StoredRow(row.id, row.role, row.content or []) for row in await conn.execute(query)]
 
 
 async def delete_turn(conn: AsyncConnection, answer: StoredAnswer) -> None:
-    """The answer and its question go; so does the conversation if nothing else is left in it."""
-    question = await get_question(conn, answer)
-    ids = [answer.id] if question is None else [answer.id, question[0]]
+    """The answer and its input go; so does the conversation if nothing else is left in it."""
+    ids = [answer.id, *(row.id for row in await get_input(conn, answer))]
     await conn.execute(delete(Message).where(Message.id.in_(ids), Message.conversation_id == answer.conversation_id))
     left = select(func.count()).select_from(Message).where(Message.conversation_id == answer.conversation_id)
     if not (await conn.execute(left)).scalar_one():

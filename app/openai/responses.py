@@ -30,10 +30,11 @@ from app.openai.errors import (
     ResponseRunning,
     declared,
 )
-from app.openai.history import responses_turn
-from app.openai.repository import StoredAnswer, delete_turn, get_answer, get_question
+from app.openai.history import check_characters, responses_turn
+from app.openai.items import rendered, resolve_references
+from app.openai.repository import StoredAnswer, delete_turn, get_answer, get_input
 from app.openai.response_events import IN_PROGRESS, ResponseEvents, ResponseJSONResponse, replayed, response_of
-from app.openai.response_objects import input_items, outcome, output_items, parse_response_id, response_object
+from app.openai.response_objects import outcome, output_items, parse_response_id, response_object
 from app.openai.runs import run_of, settled
 from app.openai.schemas import InputItemList, ResponseCreateRequest, ResponseDeleted, ResponseOut
 from app.openai.tools import client_tools, tool_choice
@@ -41,6 +42,7 @@ from app.runs.manager import Run
 from app.runs.responses import RunStreamResponse, StoredRunStreamResponse
 from app.state import Resources, ResourcesDep, TransactionsDep
 from app.turns.begin import TurnOptions
+from app.turns.errors import ToolResultUnmatched
 from app.turns.start import Replay, TurnRequest, TurnServiceDep
 from app.turns.turn import Turn
 
@@ -93,7 +95,9 @@ async def create_response(
     after = _id(previous, "previous_response_id") if previous is not None else None
     if body.background and not body.store:
         raise InvalidParam("store", "A background response is stored: it cannot have store=false.")
-    call = responses_turn(body.input, continuing=after is not None)
+    check_characters(body.instructions, "instructions")
+    input_ = await resolve_references(resources.db, body.input, principal.owner_id)
+    call = responses_turn(input_, continuing=after is not None)
     tools = client_tools(body.tools, ours, nested=False)
     attributes = {
         "api": "responses",
@@ -121,7 +125,7 @@ async def create_response(
             TurnRequest(
                 owner_id=principal.owner_id,
                 message=call.text,
-                system="\n\n".join(filter(None, [body.instructions, call.system])) or None,
+                system="\n\n".join(s for s in (body.instructions, call.system) if s and s.strip()) or None,
                 incremental=follow,
                 idempotency_key=idempotency_key,
                 fingerprint={"api": "responses", **body.model_dump(mode="json")},
@@ -132,6 +136,8 @@ async def create_response(
         )
     except ConversationNotFound:
         raise ResponseNotFound("previous_response_id") from None
+    except ToolResultUnmatched as exc:
+        raise InvalidParam(call.results_at.get(exc.call_id, "input"), exc.message) from None
     if isinstance(started, Replay):
         return replayed(started.response) if body.stream else JSONResponse(started.response)
     if not follow:
@@ -218,14 +224,15 @@ async def list_input_items(
     resources: ResourcesDep,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> InputItemList:
-    """The input of a response: its user message and function_call_output items."""
+    """The input of a response: its user message and function_call_output items, after the history
+    the client sent with it, if it sent one."""
     message_id = _id(response_id)
     async with resources.db.statement() as conn:
         answer = await get_answer(conn, message_id, owner_id=principal.owner_id)
-        question = await get_question(conn, answer) if answer is not None else None
+        rows = await get_input(conn, answer) if answer is not None else []
     if answer is None:
         raise ResponseNotFound()
-    items = input_items(*question) if question is not None else []
+    items = [item for row in rows for item in rendered(row)]
     if order == "desc":
         items.reverse()
     first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)

@@ -7,9 +7,9 @@ tools) is a 400 naming the field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 Metadata = dict[str, str]
 
@@ -71,9 +71,61 @@ class ChatCompletionRequest(Loose):
 # --- Responses ----------------------------------------------------------------------------------
 
 
+def _item(kind: str, required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "title": kind, "properties": properties, "required": required}
+
+
+_TEXT = {"type": "string"}
+_PARTS = {
+    "anyOf": [
+        _TEXT,
+        {
+            "type": "array",
+            "items": _item("text part", ["type", "text"], type={"enum": ["input_text", "output_text"]}, text=_TEXT),
+        },
+    ]
+}
+# What `input` takes, published (its items are read as dicts: app/openai/history.py names a bad one).
+INPUT_SCHEMA = {
+    "anyOf": [
+        _TEXT,
+        {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    _item(
+                        "message",
+                        ["role", "content"],
+                        type={"enum": ["message"]},
+                        role={"enum": ["user", "assistant", "system", "developer"]},
+                        content=_PARTS,
+                    ),
+                    _item(
+                        "function_call",
+                        ["type", "call_id", "name", "arguments"],
+                        type={"enum": ["function_call"]},
+                        call_id=_TEXT,
+                        name=_TEXT,
+                        arguments=_TEXT,
+                    ),
+                    _item(
+                        "function_call_output",
+                        ["type", "call_id", "output"],
+                        type={"enum": ["function_call_output"]},
+                        call_id=_TEXT,
+                        output=_TEXT,
+                    ),
+                    _item("item_reference", ["type", "id"], type={"enum": ["item_reference"]}, id=_TEXT),
+                ]
+            },
+        },
+    ]
+}
+
+
 class ResponseCreateRequest(Loose):
     model: str | None = None
-    input: str | list[dict[str, Any]]
+    input: Annotated[str | list[dict[str, Any]], WithJsonSchema(INPUT_SCHEMA)]
     instructions: str | None = Field(default=None, max_length=20_000)
     previous_response_id: str | None = None
     stream: bool = False

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.openai.errors import InvalidParam
+from app.openai.history import check_characters
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -34,6 +35,7 @@ def client_tools(
         if tool.get("type", "function") != "function":
             kind = tool.get("type")
             raise InvalidParam(f"{param}.type", f"Tools of type '{kind}' are not supported: functions only.")
+        check_characters(tool, param)
         spec = tool.get("function") if nested else tool
         if not isinstance(spec, dict):
             raise InvalidParam(f"{param}.function", "A function tool needs its function.")

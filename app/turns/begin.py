@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from app.agent.history import Msg, build_history, continue_history
+from app.agent.history import build_history
 from app.conversations.errors import ConversationNotFound
 from app.core.config import Settings
 from app.core.db import Transactions
@@ -55,8 +55,9 @@ class TurnOptions:
 
     # The user's turn as blocks (a client's tool results first, then text); None: the message as text.
     content: list[Block] | None = None
-    # The caller's own history before this turn (it owns the context); None: the conversation's.
-    history: list[Msg] | None = None
+    # The caller's own history before this turn (it owns the context), as conversation rows (role,
+    # blocks); None: the conversation's. A turn that opens a conversation stores it ahead of its message.
+    history: list[tuple[str, list[Block]]] | None = None
     # Continue the conversation of this answer, reading its history only up to it (OpenAI's previous_response_id).
     after: uuid.UUID | None = None
     # Continue the conversation whose answer has this history key, if this owner has one (else a new one).
@@ -85,7 +86,9 @@ async def begin_turn(
 ) -> TurnStarted:
     """Phase 1. `overlap`: the caller allows a new conversation's INSERT to run beside the model call."""
     content = options.content if options.content is not None else [{"type": "text", "text": message}]
-    opening = Opening(owner_id, content, settings.model_name, options.attributes)
+    # A client's own history is stored when it opens the conversation (one it continues already holds it).
+    earlier = (options.history or ()) if conversation_id is None else ()
+    opening = Opening(owner_id, content, settings.model_name, options.attributes, earlier)
     stored: asyncio.Task[None] | None = None
     opened: OpenedTurn
     if conversation_id is None:
@@ -111,10 +114,8 @@ async def begin_turn(
             raise ConversationNotFound()
         opened = found
     budget = settings.history_token_budget
-    if options.history is not None:
-        history = continue_history(options.history, content, budget=budget)
-    else:
-        history = build_history(opened.earlier, content, budget=budget)
+    rows = options.history if options.history is not None else opened.earlier
+    history = build_history(rows, content, budget=budget)
     request = LLMRequest(
         model=settings.model_name,
         messages=history,

@@ -1,4 +1,4 @@
-"""Errors of the chat door: Idempotency-Key misuse."""
+"""Errors of starting a turn: Idempotency-Key misuse, a tool result that answers no call."""
 
 from __future__ import annotations
 
@@ -12,3 +12,13 @@ class IdempotencyInProgress(Conflict):
 class IdempotencyKeyReused(AppError):
     status_code, type = 422, "idempotency_key_reused"
     default_message = "This Idempotency-Key was used with a different request body."
+
+
+class ToolResultUnmatched(AppError):
+    """A turn's tool result answers no call that the answer it continues left open."""
+
+    status_code, type = 400, "invalid_value"
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"No call with the id {call_id!r} is waiting for its result in the response this continues.")
+        self.call_id = call_id

@@ -31,7 +31,7 @@ from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
 from app.turns.begin import TurnOptions, begin_turn
-from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused
+from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
 from app.turns.gate import KeyGate
 from app.turns.idempotency import Claim, fingerprint
 from app.turns.run import RunPublisher, as_run
@@ -218,7 +218,14 @@ class TurnService:
         async with transactions() as tx:
             turns = TurnRepository(tx.conn)
             if options.after is not None:
-                found = await turns.conversation_of_answer(options.after, owner_id=owner)
+                results = [b["tool_use_id"] for b in options.content or () if b.get("type") == "tool_result"]
+                if not results:
+                    found = await turns.conversation_of_answer(options.after, owner_id=owner)
+                else:  # the same lookup, with the calls the answer left open, which the results must answer
+                    found, open_calls = await turns.open_calls_of_answer(options.after, owner_id=owner)
+                    unmatched = next((r for r in results if r not in open_calls), None) if found else None
+                    if unmatched is not None:
+                        raise ToolResultUnmatched(unmatched)
                 if found is None:
                     raise ConversationNotFound()
                 return found

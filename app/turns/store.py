@@ -11,7 +11,9 @@ field names are the columns they write; tests/turns pins those names to the mode
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
@@ -46,6 +48,8 @@ class Opening:
     content: list[Block]
     model: str
     attributes: dict[str, Any] | None = None
+    # A client's own history (role, blocks) stored ahead of the user's message; by `open_new` only.
+    earlier: Sequence[tuple[str, list[Block]]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +63,14 @@ class NewMessages:
     model: str
     attributes: str | None  # as JSON
     now: datetime
+    earlier: str | None = None  # the client's history as rows, [{"id", "role", "content"}], as JSON
 
     @classmethod
     def of(cls, opening: Opening) -> NewMessages:
         # UUIDv7, taken in this order: the user's message sorts before the assistant's. Requests are
         # validated (422); cleaning here keeps any other caller from a 500 in Postgres.
         attributes = opening.attributes
+        earlier = [{"id": str(uuid7()), "role": role, "content": blocks} for role, blocks in opening.earlier]
         return cls(
             user_id=uuid7(),
             assistant_id=uuid7(),
@@ -72,6 +78,7 @@ class NewMessages:
             model=opening.model,
             attributes=json.dumps(clean(attributes), ensure_ascii=False) if attributes is not None else None,
             now=utcnow(),
+            earlier=json.dumps(clean(earlier), ensure_ascii=False) if earlier else None,
         )
 
 
@@ -163,6 +170,24 @@ _OPEN_NEW = (
 )
 
 
+def _with_earlier(statement: str) -> str:
+    """Phase 1's INSERT with a client's history ahead of the turn's rows: one more parameter, a JSON
+    array of rows, still one statement."""
+    extra = max(int(n) for n in re.findall(r"\$(\d+)", statement)) + 1
+    head = "FROM conversation CROSS JOIN (VALUES"
+    assert head in statement
+    return statement.replace(
+        head,
+        "FROM conversation CROSS JOIN (\n"
+        "        SELECT e.id, e.role, e.content, 'complete', NULL::varchar, NULL::jsonb\n"
+        f"        FROM jsonb_to_recordset(${extra}::jsonb) AS e(id uuid, role varchar, content jsonb)\n"
+        "        UNION ALL VALUES",
+    )
+
+
+_OPEN_NEW_EARLIER = _with_earlier(_OPEN_NEW)
+
+
 def _open_existing(history: str) -> str:
     # The final SELECT reads the snapshot from before the statement: the history without the new turn.
     return (
@@ -215,7 +240,9 @@ class PostgresTurns:
 
     async def open_new(self, new: NewConversation) -> None:
         args = self._messages(new.opened.conversation_id, new.opening.owner_id, new.messages)
-        await self.driver.execute(_OPEN_NEW, *args, new.title, new.system)
+        earlier = new.messages.earlier
+        statement, more = (_OPEN_NEW, ()) if earlier is None else (_OPEN_NEW_EARLIER, (earlier,))
+        await self.driver.execute(statement, *args, new.title, new.system, *more)
 
     async def open_existing(
         self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
@@ -291,7 +318,11 @@ class SqliteTurns:
         assistant = {"id": m.assistant_id, "role": "assistant", "status": "in_progress"}
         attributes = json.loads(m.attributes) if m.attributes is not None else None
         assistant |= {"content": [], "model": m.model, "attributes": attributes}
-        await self.conn.execute(insert(Message), [common | user, common | assistant])
+        earlier = [
+            common | row | {"id": uuid.UUID(row["id"]), "status": "complete", "model": None, "attributes": None}
+            for row in (json.loads(m.earlier) if m.earlier is not None else [])
+        ]
+        await self.conn.execute(insert(Message), [*earlier, common | user, common | assistant])
 
     async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
         owned = Message.id == message_id, Message.conversation_id == conversation_id
@@ -305,6 +336,9 @@ class SqliteTurns:
 # or by the key of the exchange up to it (the most recent, should two conversations share one).
 _OWNED = Conversation.id == Message.conversation_id, Conversation.owner_id == bindparam("owner_id", type_=Uuid())
 _CONVERSATION_OF_ANSWER = select(Message.conversation_id).where(
+    Message.id == bindparam("message_id", type_=Uuid()), Message.role == "assistant", *_OWNED
+)
+_ANSWER_CONTENT = select(Message.conversation_id, Message.content).where(
     Message.id == bindparam("message_id", type_=Uuid()), Message.role == "assistant", *_OWNED
 )
 _CONVERSATION_WITH_KEY = (
@@ -324,6 +358,19 @@ class TurnRepository:
     async def conversation_of_answer(self, message_id: uuid.UUID, *, owner_id: uuid.UUID) -> uuid.UUID | None:
         params = {"message_id": message_id, "owner_id": owner_id}
         return (await self.conn.execute(_CONVERSATION_OF_ANSWER, params)).scalar_one_or_none()
+
+    async def open_calls_of_answer(
+        self, message_id: uuid.UUID, *, owner_id: uuid.UUID
+    ) -> tuple[uuid.UUID | None, set[str]]:
+        """The answer's conversation (None: not this owner's) and its calls still without a result."""
+        params = {"message_id": message_id, "owner_id": owner_id}
+        row = (await self.conn.execute(_ANSWER_CONTENT, params)).first()
+        if row is None:
+            return None, set()
+        blocks = [b for b in row.content or [] if isinstance(b, dict)]
+        answered = {b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"}
+        calls = {b["id"] for b in blocks if b.get("type") == "tool_use" and b.get("id") not in answered}
+        return row.conversation_id, calls
 
     async def conversation_with_key(self, history_key: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
         params = {"history_key": history_key, "owner_id": owner_id}
