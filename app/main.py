@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 from app.agent.mcp import McpTools
 from app.agent.registry import ToolRegistry, build_registry
 from app.agent.tools.base import Tool
+from app.agents.catalog import build_catalog
+from app.agents.router import router as agents_router
 from app.auth.cache import KeyCache
 from app.auth.limits import Counters, Limits, LocalCounters, RedisCounters
 from app.chat.router import router as chat_router
@@ -118,8 +120,8 @@ def build_lifespan(
                     timeout=httpx2.Timeout(30.0, connect=settings.llm_connect_timeout), follow_redirects=False
                 )
             )
-            llm = create_llm(settings, http)
-            stack.push_async_callback(llm.aclose)
+            # One client per distinct provider, base URL and key, shared by the agents that use it.
+            agents = build_catalog(settings, tools, stack, lambda own: create_llm(own, http))
             # MCP servers' sessions live in the loops of this task group; a server that is down does
             # not hold start-up: its tools join when it connects. Closed after the runs (below).
             await stack.enter_async_context(McpTools(settings, tools, metrics).running())
@@ -141,8 +143,8 @@ def build_lifespan(
             metrics.watch_pool(lambda: int(getattr(engine.pool, "checkedout", lambda: 0)()))
             log.info(
                 "app.started",
-                provider=llm.provider,
-                model=settings.model_name,
+                agents=[f"{agent.name} ({agent.provider} {agent.model})" for agent in agents.usable(None)],
+                default_agent=agents.default.name,
                 database="sqlite" if settings.is_sqlite else "postgresql",
                 redis=redis is not None,
                 mcp_servers=[server.name for server in settings.mcp_servers],
@@ -151,7 +153,7 @@ def build_lifespan(
             # it out of the collector's full passes, which would walk it all again and again and
             # stall the loop for tens of milliseconds each time under load.
             gc.freeze()
-            if llm.provider == "offline":
+            if agents.default.provider == "offline":
                 log.warning("app.offline_model", hint="set ANTHROPIC_API_KEY to use Claude")
             # Typed, on app.state, read only through app/state.py's dependencies; taken off first
             # at shutdown, so nothing reaches a resource being released.
@@ -163,7 +165,7 @@ def build_lifespan(
                 keys=KeyCache(settings.auth_cache_seconds, settings.auth_cache_size),
                 loop_lag=loop_lag,
                 redis=redis,
-                llm=llm,
+                agents=agents,
                 http=http,
                 tools=tools,
                 lifecycle=lifecycle,
@@ -204,6 +206,7 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(chat_router)
+    app.include_router(agents_router)
     app.include_router(conversations_router)
     app.include_router(memories_router)
     app.include_router(runs_router)

@@ -27,9 +27,9 @@ from app.core.metrics import Metrics
 
 if TYPE_CHECKING:  # domain types, for type checking only: the domains import this module, not the reverse
     from app.agent.registry import ToolRegistry
+    from app.agents.catalog import AgentCatalog
     from app.auth.cache import KeyCache
     from app.auth.limits import Limits
-    from app.llm.base import ChatModel
     from app.runs.followers import Followers
     from app.runs.manager import RunManager
     from app.turns.idempotency import IdempotencyStore
@@ -47,7 +47,7 @@ class Resources:
     loop_lag: LoopLag
     redis: Redis | None
     http: httpx2.AsyncClient
-    llm: ChatModel
+    agents: AgentCatalog
     tools: ToolRegistry
     lifecycle: Lifecycle
     locks: LockManager

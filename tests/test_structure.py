@@ -20,7 +20,7 @@ LAYERS = [
     {"agent"},
     {"state"},
     {"auth"},
-    {"conversations", "runs", "memories"},
+    {"conversations", "runs", "memories", "agents"},
     {"turns"},
     {"chat"},
     {"health", "playground", "cli", "openai"},

@@ -17,8 +17,7 @@ import structlog
 from pydantic import ValidationError
 
 from app.agent.history import INTERRUPTED
-from app.agent.registry import ToolRegistry
-from app.agent.tools.base import ToolContext, ToolError
+from app.agent.tools.base import Tool, ToolContext, ToolError
 from app.core.config import Settings
 from app.core.errors import AppError
 from app.core.metrics import Metrics
@@ -89,16 +88,28 @@ class CallGuard(Protocol):
     async def check(self) -> None: ...
 
 
+class Tools(Protocol):
+    """The tools an agent offers (the registry, or one agent's view of it)."""
+
+    @property
+    def names(self) -> list[str]: ...
+    def schemas(self) -> list[dict[str, Any]]: ...
+    def get(self, name: str) -> Tool[Any] | None: ...
+
+
 class Agent:
     def __init__(
         self,
         llm: ChatModel,
-        tools: ToolRegistry,
+        tools: Tools,
         settings: Settings,
         metrics: Metrics,
         budget: CallGuard | None = None,
+        *,
+        max_steps: int | None = None,
     ) -> None:
         self.llm, self.tools, self.settings, self.metrics, self.budget = llm, tools, settings, metrics, budget
+        self.max_steps = max_steps or settings.agent_max_steps
 
     async def run(self, request: LLMRequest, ctx: ToolContext, transcript: Transcript, emit: Emit) -> None:
         messages = list(request.messages)
@@ -107,7 +118,7 @@ class Agent:
         theirs = {tool["name"] for tool in request.tools}
         schemas = [*self.tools.schemas(), *request.tools] if theirs else self.tools.schemas()
         choice = request.tool_choice if schemas else None  # the first step only: then the model may answer
-        for _ in range(self.settings.agent_max_steps):
+        for _ in range(self.max_steps):
             transcript.steps += 1
             step = dataclasses.replace(request, messages=messages, tools=schemas, tool_choice=choice)
             choice = None

@@ -1,4 +1,4 @@
-"""The tools on offer: the built-ins switched on by AGENT_TOOLS, plus any registered in code."""
+"""The tools on offer: the built-ins switched on by AGENT_TOOLS or named by an agent, plus any registered in code."""
 
 from __future__ import annotations
 
@@ -92,4 +92,9 @@ def build_registry(settings: Settings, extra: Sequence[Tool[Any]] = ()) -> ToolR
     unknown = [name for name in settings.enabled_tools if name not in available]
     if unknown:
         raise ValueError(f"AGENT_TOOLS names unknown tools: {', '.join(unknown)} (known: {', '.join(available)})")
-    return ToolRegistry([*(available[name] for name in settings.enabled_tools), *extra])
+    wanted = list(settings.enabled_tools)
+    # A built-in an agent names exactly is switched on for it (patterns select among tools that are on:
+    # `*` must not switch on fetch_url, which is opt-in).
+    for agent in settings.agents.agents if settings.agents is not None else ():
+        wanted += [name for name in agent.tools or () if name in available and name not in wanted]
+    return ToolRegistry([*(available[name] for name in wanted), *extra])

@@ -17,13 +17,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-Found = tuple[uuid.UUID, str]  # the key's id and name
+# The key's id, name, and the agents it may use (None: all of them).
+Found = tuple[uuid.UUID, str, tuple[str, ...] | None]
 
 
 class KeyCache:
     def __init__(self, ttl_seconds: float, max_entries: int) -> None:
         self.ttl, self.max_entries = ttl_seconds, max_entries
-        self._entries: dict[str, tuple[float, uuid.UUID, str]] = {}  # insertion order = age
+        self._entries: dict[str, tuple[float, Found]] = {}  # insertion order = age
         self._active: dict[uuid.UUID, float] = {}  # key id -> until when it is known to be active
         self._reading: dict[str, asyncio.Task[Found | None]] = {}  # key hash -> the read in flight
 
@@ -43,27 +44,27 @@ class KeyCache:
     async def _read(self, key_hash: str, read: Callable[[], Awaitable[Found | None]]) -> Found | None:
         found = await read()
         if found is not None:
-            self.put(key_hash, *found)
+            self.put(key_hash, found)
         return found
 
     def get(self, key_hash: str) -> Found | None:
         entry = self._entries.get(key_hash)
         if entry is None:
             return None
-        expires, key_id, name = entry
+        expires, found = entry
         if expires <= time.monotonic():
             del self._entries[key_hash]
             return None
-        return key_id, name
+        return found
 
-    def put(self, key_hash: str, key_id: uuid.UUID, name: str) -> None:
+    def put(self, key_hash: str, found: Found) -> None:
         if self.ttl <= 0:
             return
         self._entries.pop(key_hash, None)
         while len(self._entries) >= self.max_entries:
             del self._entries[next(iter(self._entries))]  # the oldest
-        self._entries[key_hash] = (time.monotonic() + self.ttl, key_id, name)
-        self.vouch(key_id)
+        self._entries[key_hash] = (time.monotonic() + self.ttl, found)
+        self.vouch(found[0])
 
     def vouch(self, key_id: uuid.UUID) -> None:
         """The key was just seen active (read from the database)."""

@@ -27,6 +27,7 @@ class Principal:
 
     owner_id: uuid.UUID
     name: str
+    agents: tuple[str, ...] | None = None  # the agents this key may use; None: all of them
 
 
 # Declares the scheme in the OpenAPI schema (client generators and API testers read it); with
@@ -49,10 +50,10 @@ async def require_api_key(credentials: BearerDep, resources: ResourcesDep) -> Pr
     found = await resources.keys.get_or_read(key_hash, read)
     if found is None:
         raise Unauthorized("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
-    key_id, name = found
+    key_id, name, agents = found
     structlog.contextvars.bind_contextvars(key_id=str(key_id))
     await enforce_request_limit(resources, key_id)
-    return Principal(owner_id=key_id, name=name)
+    return Principal(owner_id=key_id, name=name, agents=agents)
 
 
 async def enforce_request_limit(resources: Resources, owner: uuid.UUID) -> None:

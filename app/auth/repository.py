@@ -11,11 +11,13 @@ from app.models import ApiKey
 from app.models.base import utcnow
 
 
-async def find_active(conn: AsyncConnection, key_hash: str) -> tuple[uuid.UUID, str] | None:
-    """(id, name) of the active key with this hash, or None. Columns on a bare connection: the hot path."""
-    stmt = select(ApiKey.id, ApiKey.name).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    row = (await conn.execute(stmt)).first()
-    return (row.id, row.name) if row is not None else None
+async def find_active(conn: AsyncConnection, key_hash: str) -> tuple[uuid.UUID, str, tuple[str, ...] | None] | None:
+    """(id, name, agents) of the active key with this hash, or None. Columns on a bare connection: the hot path."""
+    columns = ApiKey.id, ApiKey.name, ApiKey.agents
+    row = (await conn.execute(select(*columns).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))).first()
+    if row is None:
+        return None
+    return row.id, row.name, tuple(row.agents) if row.agents is not None else None
 
 
 class AmbiguousPrefix(Exception):
@@ -36,9 +38,12 @@ class ApiKeyRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def create(self, name: str) -> tuple[ApiKey, str]:
+    async def create(self, name: str, agents: Sequence[str] | None = None) -> tuple[ApiKey, str]:
+        """A new key (`agents`: the agents it may use; None: all). The key itself is returned once."""
         key, prefix = generate_key()
-        row = ApiKey(name=name, prefix=prefix, key_hash=hash_key(key))
+        row = ApiKey(
+            name=name, prefix=prefix, key_hash=hash_key(key), agents=list(agents) if agents is not None else None
+        )
         self.session.add(row)
         await self.session.flush()
         return row, key

@@ -36,6 +36,7 @@ def chat_body(turn: Turn) -> ChatResponse:
     started = turn.started
     return ChatResponse(
         conversation_id=started.conversation_id,
+        agent=started.agent.name,
         model=started.model,
         stop_reason=turn.stop_reason,
         message=AssistantMessageOut(
@@ -68,6 +69,7 @@ class ChatEvents:
             "conversation_id": str(started.conversation_id),
             "message_id": str(started.message_id),
             "run_id": str(run.id),
+            "agent": started.agent.name,
             "model": started.model,
         }
         run.publish("start", data)
@@ -104,6 +106,7 @@ class ReplayResponse(Response):
         start = {
             "conversation_id": stored["conversation_id"],
             "message_id": message["id"],
+            "agent": stored.get("agent"),
             "model": stored["model"],
             "replayed": True,
         }

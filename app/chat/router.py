@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from starlette.responses import JSONResponse, Response
 
+from app.agents.errors import AgentMismatch, AgentNotFound, AgentUnavailable
 from app.auth.deps import CurrentPrincipal
 from app.chat.responses import ChatEvents, ChatJSONResponse, ReplayResponse, chat_response
 from app.chat.schemas import ChatRequest, ChatResponse
@@ -47,6 +48,9 @@ EVENTS = ChatEvents()
             DatabaseUnavailable,
             UpstreamTimeout,
             *START_ERRORS,
+            AgentNotFound,
+            AgentMismatch,
+            AgentUnavailable,
         ),
         200: {"content": {"text/event-stream": {"description": "start, delta…, end | error events"}}},
     },
@@ -71,6 +75,8 @@ async def chat(
             message=body.message,
             conversation_id=body.conversation_id,
             system=body.system,
+            agent=body.agent,
+            allowed_agents=principal.agents,
             incremental=stream,
             idempotency_key=idempotency_key,
             # What a retry must repeat; only an Idempotency-Key's retries are compared.

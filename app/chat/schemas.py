@@ -21,6 +21,11 @@ class ChatRequest(BaseModel):
     system: str | None = Field(
         default=None, max_length=20_000, description="System prompt; only when starting a new conversation."
     )
+    agent: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The agent (GET /agents). Omit for the conversation's own, or the default for a new one.",
+    )
 
     @field_validator("message")
     @classmethod
@@ -50,6 +55,7 @@ class AssistantMessageOut(BaseModel):
 
 class ChatResponse(BaseModel):
     conversation_id: uuid.UUID
+    agent: str
     model: str
     stop_reason: str | None
     message: AssistantMessageOut

@@ -27,9 +27,10 @@ async def _with_repo(action: Callable[[ApiKeyRepository], Awaitable[int]]) -> in
         await engine.dispose()
 
 
-async def create_key(repo: ApiKeyRepository, name: str) -> int:
-    row, key = await repo.create(name)
-    print(f"Created key {row.prefix} ({row.id}) named {row.name!r}. It is shown only once:")  # noqa: T201
+async def create_key(repo: ApiKeyRepository, name: str, agents: list[str] | None = None) -> int:
+    row, key = await repo.create(name, agents)
+    limited = f", limited to the agents {', '.join(agents)}" if agents is not None else ""
+    print(f"Created key {row.prefix} ({row.id}) named {row.name!r}{limited}. It is shown only once:")  # noqa: T201
     print(key)  # noqa: T201
     return 0
 
@@ -37,7 +38,8 @@ async def create_key(repo: ApiKeyRepository, name: str) -> int:
 async def list_keys(repo: ApiKeyRepository) -> int:
     for row in await repo.list():
         state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
-        print(f"{row.id}  {row.prefix}  {state:<18}  {row.name}")  # noqa: T201
+        agents = ",".join(row.agents) if row.agents is not None else "all agents"
+        print(f"{row.id}  {row.prefix}  {state:<18}  {row.name}  ({agents})")  # noqa: T201
     return 0
 
 
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create-key", help="create a key and print it (last line of stdout)")
     create.add_argument("--name", required=True)
+    create.add_argument("--agents", help="comma-separated: the agents the key may use (default: all)")
     commands.add_parser("list-keys", help="list keys (never the secrets)")
     revoke = commands.add_parser("revoke-key", help="revoke a key by id, or by prefix if only one active key has it")
     revoke.add_argument("key", metavar="ID_OR_PREFIX")
@@ -102,7 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "first-run":
         return asyncio.run(first_run(args.url))
     if args.command == "create-key":
-        return asyncio.run(_with_repo(lambda repo: create_key(repo, args.name)))
+        agents = None if args.agents is None else [a.strip() for a in args.agents.split(",") if a.strip()]
+        if agents is not None:
+            configured = load_settings().agent_set
+            unknown = [a for a in agents if all(c.name != a for c in configured.agents)]
+            if unknown or not agents:
+                known = ", ".join(c.name for c in configured.agents)
+                problem = f"--agents: unknown agent(s) {', '.join(unknown) or '(none given)'} (known: {known})"
+                print(problem, file=sys.stderr)  # noqa: T201
+                return 2
+        return asyncio.run(_with_repo(lambda repo: create_key(repo, args.name, agents)))
     if args.command == "list-keys":
         return asyncio.run(_with_repo(list_keys))
     return asyncio.run(_with_repo(lambda repo: revoke_key(repo, args.key)))

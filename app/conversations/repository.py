@@ -22,9 +22,14 @@ class ConversationRepository:
         stmt = select(Conversation).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
-    async def list_owned(self, *, owner_id: uuid.UUID, page: PageParams) -> Slice[Conversation]:
-        """Most recently active first (ix_conversations_owner_recent)."""
-        stmt = _RECENT.select(select(Conversation).where(Conversation.owner_id == owner_id), page)
+    async def list_owned(
+        self, *, owner_id: uuid.UUID, page: PageParams, end_user: str | None = None
+    ) -> Slice[Conversation]:
+        """Most recently active first (ix_conversations_owner_recent; one end user's: ..._owner_end_user)."""
+        owned = select(Conversation).where(Conversation.owner_id == owner_id)
+        if end_user is not None:
+            owned = owned.where(Conversation.end_user == end_user)
+        stmt = _RECENT.select(owned, page)
         return _RECENT.cut((await self.session.execute(stmt)).scalars().all(), page)
 
     async def delete_owned(self, conversation_id: uuid.UUID, *, owner_id: uuid.UUID) -> bool:

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from starlette.responses import Response
 
 from app.auth.deps import CurrentPrincipal
@@ -11,31 +12,50 @@ from app.conversations.errors import ConversationNotFound
 from app.conversations.render import render_message
 from app.conversations.repository import ConversationRepository, MessageRepository
 from app.conversations.schemas import ConversationOut, ConversationPage, MessagePage
+from app.core.config import Settings
 from app.core.errors import InvalidRequest, responses
 from app.core.pagination import PageParamsDep
-from app.state import SessionDep
+from app.models import Conversation
+from app.state import SessionDep, SettingsDep
+
+EndUser = Annotated[
+    str | None,
+    Query(max_length=200, description="Only those of this end user (a client's `user`, Open WebUI's user id)."),
+]
 
 # Every route takes a key: the key's errors are declared once, here.
 router = APIRouter(prefix="/conversations", tags=["conversations"], responses=KEY_RESPONSES)
 
 
+def conversation_out(row: Conversation, settings: Settings) -> ConversationOut:
+    out = ConversationOut.model_validate(row)
+    # Bound to no agent: a conversation from before agents, served by the default one.
+    return out if out.agent is not None else out.model_copy(update={"agent": settings.agent_set.default_name})
+
+
 @router.get("", responses=responses(InvalidRequest))
-async def list_conversations(session: SessionDep, principal: CurrentPrincipal, page: PageParamsDep) -> ConversationPage:
+async def list_conversations(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    page: PageParamsDep,
+    settings: SettingsDep,
+    end_user: EndUser = None,
+) -> ConversationPage:
     """Your conversations, most recently active first."""
-    found = await ConversationRepository(session).list_owned(owner_id=principal.owner_id, page=page)
-    items = [ConversationOut.model_validate(row) for row in found.rows]
+    found = await ConversationRepository(session).list_owned(owner_id=principal.owner_id, page=page, end_user=end_user)
+    items = [conversation_out(row, settings) for row in found.rows]
     return ConversationPage(items=items, next_cursor=found.next_cursor)
 
 
 @router.get("/{conversation_id}", responses=responses(ConversationNotFound))
 async def get_conversation(
-    conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal
+    conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal, settings: SettingsDep
 ) -> ConversationOut:
     """One conversation."""
     row = await ConversationRepository(session).get_owned(conversation_id, owner_id=principal.owner_id)
     if row is None:
         raise ConversationNotFound()
-    return ConversationOut.model_validate(row)
+    return conversation_out(row, settings)
 
 
 @router.get("/{conversation_id}/messages", responses=responses(ConversationNotFound))

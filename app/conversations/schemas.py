@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.pagination import Page
 
@@ -15,6 +15,9 @@ class ConversationOut(BaseModel):
     id: uuid.UUID
     title: str
     system: str | None
+    agent: str | None = Field(default=None, description="The agent it is bound to (GET /agents).")
+    end_user: str | None = Field(default=None, description="The client's user (`user`, Open WebUI's user id).")
+    external_id: str | None = Field(default=None, description="The client's id for it (Open WebUI's chat id).")
     created_at: datetime
     updated_at: datetime
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.agents_config import DEFAULT_AGENT, AgentConfig, AgentsConfig, parse_agents
 from app.core.mcp_config import McpServerConfig, parse_mcp_servers
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     mcp_reconnect_min_seconds: float = Field(default=1.0, gt=0)  # backoff after a failed or dropped connection
     mcp_reconnect_max_seconds: float = Field(default=60.0, gt=0)
     mcp_ping_seconds: float = Field(default=30.0, gt=0)  # re-list tools this often: liveness + missed changes
+    # The named agents (app/core/agents_config.py): JSON or a JSON/YAML file. Unset: one agent,
+    # `agentchat`, from LLM_* and AGENT_*.
+    agents: Annotated[AgentsConfig | None, NoDecode] = None
 
     # Per-key limits, on by default (0 turns one off). Requests: any 60 s; tokens: in + out per UTC day.
     rate_limit_per_minute: int = Field(default=600, ge=0)
@@ -115,11 +119,30 @@ class Settings(BaseSettings):
     def _mcp_servers(cls, value: object) -> tuple[McpServerConfig, ...]:
         return parse_mcp_servers(value)
 
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _agents(cls, value: object) -> AgentsConfig | None:
+        return parse_agents(value)
+
     @model_validator(mode="after")
     def _provider_has_credentials(self) -> Settings:
         if self.llm_provider == "anthropic" and self.anthropic_api_key is None:
             raise ValueError("LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
         return self
+
+    @property
+    def agent_set(self) -> AgentsConfig:
+        """AGENTS, or the one agent today's variables describe (so a deployment without AGENTS works as before)."""
+        if self.agents is not None:
+            return self.agents
+        agent = AgentConfig(
+            name=DEFAULT_AGENT,
+            description="The agent configured by LLM_* and AGENT_TOOLS.",
+            provider=self.provider,
+            model=self.llm_model,
+            tools=None,
+        )
+        return AgentsConfig(default=DEFAULT_AGENT, agents=(agent,))
 
     @property
     def provider(self) -> Provider:

@@ -13,7 +13,7 @@ import anthropic
 import httpx2
 
 from app.core.config import ModelHttpClientName, Settings
-from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.base import Block, Completed, LLMEvent, LLMRequest, Sampling, TextDelta, ToolCall, Usage
 from app.llm.errors import (
     UpstreamError,
     UpstreamOverloaded,
@@ -84,6 +84,20 @@ def mark_cache_prefix(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [*messages[:-2], prefix, messages[-1]]
 
 
+def sampling_params(sampling: Sampling) -> dict[str, Any]:
+    """What the Messages API takes of a client's sampling: temperature (its range is 0-1, OpenAI's
+    0-2: clamped), else top_p (recent models refuse both at once), and stop sequences (not blank).
+    Penalties and seed have no counterpart and are left out."""
+    params: dict[str, Any] = {}
+    if sampling.temperature is not None:
+        params["temperature"] = min(max(sampling.temperature, 0.0), 1.0)
+    elif sampling.top_p is not None:
+        params["top_p"] = min(max(sampling.top_p, 0.0), 1.0)
+    if stops := [s for s in sampling.stop if s.strip()]:
+        params["stop_sequences"] = stops
+    return params
+
+
 def _http_client(max_connections: int, kind: ModelHttpClientName = "aiohttp") -> httpx2.AsyncClient:
     """One pool for every stream in flight (the SDK's default caps it at 1,000). The SDK's aiohttp
     client by default: its httpx2 default costs a fifth more CPU per turn and a third more per
@@ -134,6 +148,7 @@ class AnthropicModel:
             kwargs["tools"] = request.tools
             if request.tool_choice:
                 kwargs["tool_choice"] = request.tool_choice
+        kwargs.update(sampling_params(request.sampling))
         # The SDK makes the call (auth, headers, retries before the first byte, status errors)
         # through its documented way in for any request (`post`, `cast_to=httpx2.Response`), with
         # the body encoded here: `messages.create` would walk and copy the whole body (history and

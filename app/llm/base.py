@@ -15,6 +15,19 @@ Block = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
+class Sampling:
+    """A client's sampling parameters (None: the provider's default). Each provider sends those it
+    supports, within its own ranges, and leaves the rest out."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LLMRequest:
     model: str
     messages: list[dict[str, Any]]
@@ -26,6 +39,7 @@ class LLMRequest:
     # False when nobody watches the answer grow (a JSON turn): a provider may then make one
     # plain call, which costs far less to parse than a stream of events.
     incremental: bool = True
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 def text_of(blocks: list[Block], partial: str = "") -> str:

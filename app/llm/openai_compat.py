@@ -17,7 +17,7 @@ import httpx2
 import openai
 
 from app.core.config import Settings
-from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
+from app.llm.base import Block, Completed, LLMEvent, LLMRequest, Sampling, TextDelta, ToolCall, Usage
 from app.llm.errors import (
     UpstreamError,
     UpstreamOverloaded,
@@ -148,7 +148,26 @@ def build_payload(request: LLMRequest) -> dict[str, Any]:
         ]
         if request.tool_choice:
             payload["tool_choice"] = _tool_choice(request.tool_choice)
+    payload.update(sampling_params(request.sampling))
     return payload
+
+
+def _within(value: float | None, low: float, high: float) -> float | None:
+    return None if value is None else min(max(value, low), high)
+
+
+def sampling_params(sampling: Sampling) -> dict[str, Any]:
+    """A client's sampling as Chat Completions takes it, each value within OpenAI's range (a server
+    that does not know one ignores it, as OpenAI-compatible servers do)."""
+    params: dict[str, Any] = {
+        "temperature": _within(sampling.temperature, 0.0, 2.0),
+        "top_p": _within(sampling.top_p, 0.0, 1.0),
+        "frequency_penalty": _within(sampling.frequency_penalty, -2.0, 2.0),
+        "presence_penalty": _within(sampling.presence_penalty, -2.0, 2.0),
+        "seed": sampling.seed,
+        "stop": list(sampling.stop[:4]) or None,  # OpenAI takes up to 4
+    }
+    return {name: value for name, value in params.items() if value is not None}
 
 
 def _tool_choice(choice: dict[str, Any]) -> Any:

@@ -12,15 +12,16 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from starlette.responses import JSONResponse, Response
 
+from app.agents.catalog import AgentCatalog, ServedAgent
 from app.auth.deps import CurrentPrincipal
-from app.core.config import Settings
 from app.openai.chat_wire import ChatChunks, CompletionJSONResponse, chunk_frames, completion, replay_chunks
+from app.openai.clients import ClientHeadersDep, answer_task, is_task_call, sampling_of
 from app.openai.errors import InvalidParam, ModelNotFound, OpenAIRoute, declared
 from app.openai.history import chat_turn
 from app.openai.schemas import ChatCompletionOut, ChatCompletionRequest, ModelList, ModelOut
 from app.openai.tools import client_tools, tool_choice
 from app.runs.responses import RunStreamResponse
-from app.state import ResourcesDep, SettingsDep, TransactionsDep
+from app.state import ResourcesDep, TransactionsDep
 from app.turns.begin import TurnOptions
 from app.turns.start import Replay, TurnRequest, TurnServiceDep
 from app.turns.turn import Turn
@@ -36,29 +37,38 @@ IdempotencyKey = Annotated[
 STREAM = {"text/event-stream": {"description": "Server-Sent Events, then `data: [DONE]`"}}
 
 
-def served(settings: Settings) -> list[str]:
-    """The agent under its stable id, and under the name of the model that answers."""
-    return list(dict.fromkeys([AGENT_MODEL, settings.model_name]))
+def served(agents: AgentCatalog, allowed: tuple[str, ...] | None) -> dict[str, ServedAgent]:
+    """Model ids and the agents they select: every agent this key may use, by name; and the default
+    agent also as `agentchat` (the id from before agents) and as the name of its model."""
+    usable = agents.usable(allowed)
+    ids = {agent.name: agent for agent in usable}
+    if agents.default in usable:
+        ids.setdefault(AGENT_MODEL, agents.default)
+        ids.setdefault(agents.default.model, agents.default)
+    return ids
 
 
-def check_model(model: str | None, settings: Settings) -> str:
-    if model is None:
-        return AGENT_MODEL
-    if model not in served(settings):
+def pick_agent(model: str | None, agents: AgentCatalog, allowed: tuple[str, ...] | None) -> tuple[str, str]:
+    """(the model id the answer shows, the agent it selects); ModelNotFound for any other id."""
+    ids = served(agents, allowed)
+    model = model if model is not None else AGENT_MODEL
+    if model not in ids:
         raise ModelNotFound(model)
-    return model
+    return model, ids[model].name
 
 
 @router.get("/models", responses=declared(401, 429))
-async def list_models(_: CurrentPrincipal, settings: SettingsDep) -> ModelList:
-    """The models this deployment serves: the agent, under its own id and its model's name."""
-    return ModelList(data=[ModelOut(id=m, created=CREATED, owned_by="agentchat") for m in served(settings)])
+async def list_models(principal: CurrentPrincipal, resources: ResourcesDep) -> ModelList:
+    """The models this key may use: each agent under its name (the default also as `agentchat`)."""
+    ids = served(resources.agents, principal.agents)
+    return ModelList(data=[ModelOut(id=m, created=CREATED, owned_by="agentchat") for m in ids])
 
 
 @router.get("/models/{model}", responses=declared(401, 404, 429))
-async def get_model(model: str, _: CurrentPrincipal, settings: SettingsDep) -> ModelOut:
+async def get_model(model: str, principal: CurrentPrincipal, resources: ResourcesDep) -> ModelOut:
     """One model."""
-    return ModelOut(id=check_model(model, settings), created=CREATED, owned_by="agentchat")
+    found, _ = pick_agent(model, resources.agents, principal.agents)
+    return ModelOut(id=found, created=CREATED, owned_by="agentchat")
 
 
 @router.post(
@@ -72,25 +82,43 @@ async def chat_completions(
     turns: TurnServiceDep,
     transactions: TransactionsDep,
     resources: ResourcesDep,
+    client: ClientHeadersDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """A chat completion: one turn of the conversation this history extends (as JSON or chunks)."""
     settings, ours = resources.settings, resources.tools.names
-    model = check_model(body.model, settings)
+    model, agent = pick_agent(body.model, resources.agents, principal.agents)
     if body.n != 1:
         raise InvalidParam("n", "Only one choice (n=1) is supported.")
-    call = chat_turn(principal.owner_id, body.messages)
-    tools = client_tools([t.model_dump() for t in body.tools or []], ours, nested=True)
+    sampling = sampling_of(body.model_extra)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    call = chat_turn(principal.owner_id, body.messages)  # every history is checked, a task's too
+    if is_task_call(client, body.messages):  # a front-end's title, tags…: no conversation, no tools
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        answer = await answer_task(
+            resources,
+            principal.owner_id,
+            body.messages,
+            agent=agent,
+            model=model,
+            max_tokens=max_tokens,
+            sampling=sampling,
+        )
+        return replay_chunks(answer, include_usage) if body.stream else JSONResponse(answer)
+    tools = client_tools([t.model_dump() for t in body.tools or []], ours, nested=True)
     options = TurnOptions(
         content=call.content,
-        history=call.history,
-        extends_key=call.extends_key,
+        # A chat id decides the conversation; the context is still the client's history, even none.
+        history=call.history if call.history is not None or client.chat_id is None else [],
+        extends_key=call.extends_key if client.chat_id is None else None,
         system_per_turn=True,
         tools=tools,
         tool_choice=tool_choice(body.tool_choice, [*ours, *(t["name"] for t in tools)]),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         attributes={"api": "chat.completions", "model": model, "metadata": body.metadata, "user": body.user},
+        external_id=client.chat_id,
+        end_user=client.user_id or body.user,
+        sampling=sampling,
     )
 
     def respond(turn: Turn) -> dict[str, object]:
@@ -106,6 +134,8 @@ async def chat_completions(
             fingerprint={"api": "chat.completions", **body.model_dump(mode="json")},
             options=options,
             history_key=call.answer_key,
+            agent=agent,
+            allowed_agents=principal.agents,
         ),
         transactions,
         respond=respond,

@@ -143,6 +143,7 @@ def response_object(
         "parallel_tool_calls": True,
         "previous_response_id": attributes.get("previous_response_id"),
         "background": bool(attributes.get("background")),
+        "conversation": attributes.get("conversation"),
         "store": attributes.get("store", True),
         "temperature": None,
         "text": {"format": {"type": "text"}},

@@ -21,7 +21,10 @@ from starlette.responses import JSONResponse, Response
 from app.auth.deps import CurrentPrincipal
 from app.conversations.errors import ConversationNotFound
 from app.core.errors import ServiceUnavailable
-from app.openai.chat import STREAM, IdempotencyKey, check_model
+from app.openai.chat import STREAM, IdempotencyKey, pick_agent
+from app.openai.clients import sampling_of
+from app.openai.conversation_items import conversation_id
+from app.openai.conversations import ConversationNotFoundHere, conversation_param
 from app.openai.errors import (
     InvalidParam,
     NotCancellable,
@@ -90,30 +93,36 @@ async def create_response(
 ) -> Response:
     """A response: one turn, continuing `previous_response_id`'s conversation or starting one."""
     settings, ours = resources.settings, resources.tools.names
-    model = check_model(body.model, settings)
+    model, agent = pick_agent(body.model, resources.agents, principal.agents)
     previous = body.previous_response_id
     after = _id(previous, "previous_response_id") if previous is not None else None
+    conversation = conversation_param(body.conversation, previous)  # a turn of that conversation
     if body.background and not body.store:
         raise InvalidParam("store", "A background response is stored: it cannot have store=false.")
     check_characters(body.instructions, "instructions")
     input_ = await resolve_references(resources.db, body.input, principal.owner_id)
-    call = responses_turn(input_, continuing=after is not None)
+    call = responses_turn(input_, continuing=after is not None or conversation is not None)
     tools = client_tools(body.tools, ours, nested=False)
     attributes = {
         "api": "responses",
         "model": model,
         **body.model_dump(include={"instructions", "previous_response_id", "metadata", "tools", "tool_choice"}),
         **body.model_dump(include={"max_output_tokens", "background", "store", "user"}),
+        **({"conversation": {"id": conversation_id(conversation)}} if conversation is not None else {}),
     }
     options = TurnOptions(
         content=call.content,
         history=call.history,
         after=after,
-        system_per_turn=True,  # as OpenAI does: instructions are not carried over from the previous response
+        # As OpenAI does: instructions are not carried over from the previous response. A conversation's
+        # own (its system and developer items) apply when the response brings none.
+        system_per_turn=conversation is None or bool(body.instructions or call.system),
         tools=tools,
         tool_choice=tool_choice(body.tool_choice, [*ours, *(t["name"] for t in tools)]),
         max_tokens=body.max_output_tokens,
         attributes=attributes,
+        end_user=body.user,
+        sampling=sampling_of(body.model_extra),
     )
     follow = body.stream or body.background
 
@@ -125,16 +134,21 @@ async def create_response(
             TurnRequest(
                 owner_id=principal.owner_id,
                 message=call.text,
+                conversation_id=conversation,
                 system="\n\n".join(s for s in (body.instructions, call.system) if s and s.strip()) or None,
                 incremental=follow,
                 idempotency_key=idempotency_key,
                 fingerprint={"api": "responses", **body.model_dump(mode="json")},
                 options=options,
+                agent=agent,
+                allowed_agents=principal.agents,
             ),
             transactions,
             respond=respond,
         )
     except ConversationNotFound:
+        if conversation is not None:
+            raise ConversationNotFoundHere("conversation") from None
         raise ResponseNotFound("previous_response_id") from None
     except ToolResultUnmatched as exc:
         raise InvalidParam(call.results_at.get(exc.call_id, "input"), exc.message) from None

@@ -1,8 +1,9 @@
 """Request bodies of the OpenAI-compatible routes: the fields this service acts on.
 
-Fields it does not act on (temperature, top_p, seed, reasoning…) are accepted and ignored, as the
-clients that send them expect; what it cannot honour (n > 1, non-text content, built-in OpenAI
-tools) is a 400 naming the field.
+Sampling fields (temperature, top_p, stop, penalties, seed) are read from the extra fields and
+passed to the provider where it has them (app/openai/clients.py); fields it does not act on
+(logit_bias, reasoning…) are accepted and ignored, as the clients that send them expect; what it
+cannot honour (n > 1, non-text content, built-in OpenAI tools) is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class ResponseCreateRequest(Loose):
     input: Annotated[str | list[dict[str, Any]], WithJsonSchema(INPUT_SCHEMA)]
     instructions: str | None = Field(default=None, max_length=20_000)
     previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None  # its id, or {"id": …}
     stream: bool = False
     background: bool = False
     store: bool = True

@@ -16,11 +16,22 @@ from typing import Any
 import structlog
 
 from app.agent.history import build_history
+from app.agents.catalog import AgentCatalog, ServedAgent
+from app.agents.errors import AgentMismatch, AgentNotFound, AgentUnavailable
 from app.conversations.errors import ConversationNotFound
 from app.core.config import Settings
 from app.core.db import Transactions
-from app.llm.base import Block, LLMRequest
-from app.turns.store import NewConversation, OpenedTurn, Opening, new_conversation, turn_store
+from app.core.errors import AppError
+from app.llm.base import Block, LLMRequest, Sampling
+from app.turns.store import (
+    AgentFilter,
+    NewConversation,
+    NotOpened,
+    OpenedTurn,
+    Opening,
+    new_conversation,
+    turn_store,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -38,15 +49,36 @@ def make_title(message: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentChoice:
+    """Which agent a turn may run as: the one it names (None: the conversation's, or the default
+    for a new one), among those its key may use (`allowed`; None: all)."""
+
+    catalog: AgentCatalog
+    named: ServedAgent | None
+    allowed: tuple[str, ...] | None
+
+    def new_conversation(self) -> ServedAgent:
+        return self.catalog.resolve(None, self.allowed)
+
+    def filter(self) -> AgentFilter:
+        names = [self.named.name] if self.named is not None else [a.name for a in self.catalog.usable(self.allowed)]
+        return AgentFilter(names, self.catalog.default.name)
+
+
+@dataclass(frozen=True, slots=True)
 class TurnStarted:
     conversation_id: uuid.UUID
     message_id: uuid.UUID
     created_at: datetime
-    model: str
+    agent: ServedAgent
     request: LLMRequest
     # Phase 1's statement still on its way (a new conversation's JSON turn); the Turn owns it and
     # lets nothing out (an event, a tool's write, the outcome) before it has committed.
     stored: asyncio.Task[None] | None = None
+
+    @property
+    def model(self) -> str:
+        return self.agent.model
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +102,11 @@ class TurnOptions:
     max_tokens: int | None = None  # at most LLM_MAX_TOKENS
     # Stored with the answer, for the door to show again (request fields such as OpenAI's metadata).
     attributes: dict[str, Any] | None = None
+    # A client's own id for its conversation (Open WebUI's chat id): the turn continues the owner's
+    # conversation with this id, or opens one under it. The client's end user, recorded on a new one.
+    external_id: str | None = None
+    end_user: str | None = None
+    sampling: Sampling = Sampling()  # the client's temperature, top_p, stop…
 
 
 async def begin_turn(
@@ -77,6 +114,7 @@ async def begin_turn(
     settings: Settings,
     owner_id: uuid.UUID,
     *,
+    agents: AgentChoice,
     message: str,
     conversation_id: uuid.UUID | None,
     system: str | None,
@@ -86,19 +124,30 @@ async def begin_turn(
 ) -> TurnStarted:
     """Phase 1. `overlap`: the caller allows a new conversation's INSERT to run beside the model call."""
     content = options.content if options.content is not None else [{"type": "text", "text": message}]
+    # A continued conversation's agent is known once phase 1 has read it: its model is recorded then.
+    named = agents.named if conversation_id is not None else agents.named or agents.new_conversation()
     # A client's own history is stored when it opens the conversation (one it continues already holds it).
     earlier = (options.history or ()) if conversation_id is None else ()
-    opening = Opening(owner_id, content, settings.model_name, options.attributes, earlier)
+    opening = Opening(owner_id, content, named.model if named is not None else None, options.attributes, earlier)
     stored: asyncio.Task[None] | None = None
     opened: OpenedTurn
     if conversation_id is None:
-        new = new_conversation(opening, title=make_title(message), system=system)
+        assert named is not None
+        new = new_conversation(
+            opening,
+            title=make_title(message),
+            system=system,
+            agent=named.name,
+            external_id=options.external_id,
+            end_user=options.end_user,
+        )
         opened = new.opened
         # Overlapped with the model call only where nothing reaches the client before the outcome
         # is recorded (a stream's `start` says the message is stored), and only with a connection
         # free now: under pressure, a turn that could not store its message must not call the model.
         db = transactions.db
-        if overlap and not incremental and db.is_postgres and db.has_free_connection():
+        # Nor under a client's id, whose unique index may refuse the row (another turn opened it first).
+        if overlap and not incremental and options.external_id is None and db.is_postgres and db.has_free_connection():
             stored = asyncio.create_task(_store_new(transactions, new), name="turn.store_new")
             _STORING.add(stored)  # owned by the Turn; held here too, as the loop keeps only a weak reference
             stored.add_done_callback(_STORING.discard)
@@ -108,22 +157,28 @@ async def begin_turn(
         # One statement on Postgres (see turn_store): the connection is held for one round trip.
         async with transactions() as tx:
             found = await turn_store(tx).open_existing(
-                opening, conversation_id=conversation_id, until=options.after, read_history=options.history is None
+                opening,
+                conversation_id=conversation_id,
+                agents=agents.filter(),
+                until=options.after,
+                read_history=options.history is None,
             )
-        if found is None:
-            raise ConversationNotFound()
+        if isinstance(found, NotOpened):
+            raise _why_not_opened(agents, found)
         opened = found
+    agent = agents.catalog.resolve(opened.agent, None)
     budget = settings.history_token_budget
     rows = options.history if options.history is not None else opened.earlier
     history = build_history(rows, content, budget=budget)
     request = LLMRequest(
-        model=settings.model_name,
+        model=agent.model,
         messages=history,
-        max_tokens=min(options.max_tokens or settings.llm_max_tokens, settings.llm_max_tokens),
-        system=system if options.system_per_turn else opened.system,
+        max_tokens=min(options.max_tokens or agent.max_tokens, agent.max_tokens),
+        system=agent.system_prompt(system if options.system_per_turn else opened.system),
         tools=list(options.tools),
         tool_choice=options.tool_choice,
         incremental=incremental,
+        sampling=options.sampling,
     )
     log.debug(
         "chat.turn.started",
@@ -131,9 +186,21 @@ async def begin_turn(
         message_id=str(opened.assistant_id),
         history_messages=len(history),
     )
-    return TurnStarted(
-        opened.conversation_id, opened.assistant_id, opened.created_at, settings.model_name, request, stored
-    )
+    return TurnStarted(opened.conversation_id, opened.assistant_id, opened.created_at, agent, request, stored)
+
+
+def _why_not_opened(agents: AgentChoice, refused: NotOpened) -> AppError:
+    """Phase 1 stored nothing: the conversation is not this owner's, or its agent is not this turn's."""
+    bound = refused.bound
+    if bound is None:
+        return ConversationNotFound()
+    if bound not in agents.catalog:
+        return AgentUnavailable(bound)
+    if agents.allowed is not None and bound not in agents.allowed:
+        return AgentNotFound(bound)
+    if agents.named is not None and agents.named.name != bound:
+        return AgentMismatch(bound)
+    return ConversationNotFound()  # its agent was this turn's a moment before: deleted meanwhile
 
 
 async def _store_new(transactions: Transactions, new: NewConversation) -> None:

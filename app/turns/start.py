@@ -30,7 +30,7 @@ from app.core.locks import Lock, LockManager
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
-from app.turns.begin import TurnOptions, begin_turn
+from app.turns.begin import AgentChoice, TurnOptions, begin_turn
 from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
 from app.turns.gate import KeyGate
 from app.turns.idempotency import Claim, fingerprint
@@ -67,6 +67,10 @@ class TurnRequest:
     options: TurnOptions = TurnOptions()  # blocks, the caller's history and tools, where to continue…
     # The key stored with this turn's answer: how the caller's next call will find the conversation.
     history_key: Callable[[Turn], str | None] | None = None
+    # The agent the turn names (None: the conversation's, or the default for a new one), and the
+    # agents the caller's key may use (None: all).
+    agent: str | None = None
+    allowed_agents: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,9 @@ class TurnService:
             raise ServiceBusy()
         if len(request.message) > settings.max_message_chars:
             raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
+        catalog, allowed = resources.agents, request.allowed_agents
+        named = catalog.resolve(request.agent, allowed) if request.agent is not None else None
+        agents = AgentChoice(catalog, named, allowed)
 
         quota = await degraded(resources.limits.check_tokens(owner), None, "token_quota")
         if quota is not None and not quota.allowed:
@@ -136,7 +143,9 @@ class TurnService:
         slot: uuid.UUID | None = None
         try:
             slot = await self._take_slot(owner)
-            conversation_id = request.conversation_id or await self._continues(owner, request.options, transactions)
+            conversation_id = request.conversation_id or await self._continues(
+                owner, request.options, transactions, agents
+            )
             if conversation_id is not None:
                 lock = await acquire_conversation(resources.locks, owner, conversation_id)
                 if lock is BUSY:
@@ -148,6 +157,7 @@ class TurnService:
                 transactions,
                 settings,
                 owner,
+                agents=agents,
                 message=request.message,
                 conversation_id=conversation_id,
                 system=request.system,
@@ -178,7 +188,14 @@ class TurnService:
         )
         turn = Turn(
             started,
-            Agent(resources.llm, resources.tools, settings, metrics, KeyGate(resources, owner)),
+            Agent(
+                started.agent.llm,
+                started.agent.tools,
+                settings,
+                metrics,
+                KeyGate(resources, owner),
+                max_steps=started.agent.max_steps,
+            ),
             context,
             transactions,
             settings,
@@ -207,13 +224,18 @@ class TurnService:
             turn.after_record.append(settle_idempotency)
         return turn
 
-    async def _continues(self, owner: uuid.UUID, options: TurnOptions, transactions: Transactions) -> uuid.UUID | None:
+    async def _continues(
+        self, owner: uuid.UUID, options: TurnOptions, transactions: Transactions, agents: AgentChoice
+    ) -> uuid.UUID | None:
         """The conversation a turn continues without naming it: one indexed, owner-scoped statement.
 
         After an answer (`options.after`) that is not this owner's: ConversationNotFound. By history
-        key: the conversation whose answer has that key, or None (the turn opens a new one).
+        key: the conversation of this turn's agent whose answer has that key, or None (the turn opens a
+        new one: a client that switched models mid-chat starts a conversation with the other agent).
+        By the client's own id for it (`options.external_id`): that conversation, or None (a new one
+        under that id).
         """
-        if options.after is None and options.extends_key is None:
+        if options.after is None and options.extends_key is None and options.external_id is None:
             return None
         async with transactions() as tx:
             turns = TurnRepository(tx.conn)
@@ -229,8 +251,10 @@ class TurnService:
                 if found is None:
                     raise ConversationNotFound()
                 return found
+            if options.external_id is not None:
+                return await turns.conversation_with_external_id(options.external_id, owner_id=owner)
             assert options.extends_key is not None
-            return await turns.conversation_with_key(options.extends_key, owner_id=owner)
+            return await turns.conversation_with_key(options.extends_key, owner_id=owner, agents=agents.filter())
 
     async def _take_slot(self, owner: uuid.UUID) -> uuid.UUID | None:
         """One of the key's MAX_TURNS_IN_FLIGHT_PER_KEY slots, or TooManyTurns (None: off or Redis down)."""

@@ -18,9 +18,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Uuid, bindparam, insert, null, select, update
+from sqlalchemy import Uuid, bindparam, func, insert, null, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.conversations.errors import ConversationBusy
 from app.core.db import Driver, Tx
 from app.core.ids import uuid7
 from app.core.text import clean, clean_text
@@ -38,6 +40,7 @@ class OpenedTurn:
     created_at: datetime
     system: str | None
     earlier: list[tuple[str, Any]]
+    agent: str  # the agent the conversation is bound to
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ class Opening:
 
     owner_id: uuid.UUID
     content: list[Block]
-    model: str
+    model: str | None  # None: not known before the statement (recorded with the outcome)
     attributes: dict[str, Any] | None = None
     # A client's own history (role, blocks) stored ahead of the user's message; by `open_new` only.
     earlier: Sequence[tuple[str, list[Block]]] = ()
@@ -60,7 +63,7 @@ class NewMessages:
     user_id: uuid.UUID
     assistant_id: uuid.UUID
     content: str  # the user's blocks, as JSON
-    model: str
+    model: str | None
     attributes: str | None  # as JSON
     now: datetime
     earlier: str | None = None  # the client's history as rows, [{"id", "role", "content"}], as JSON
@@ -90,15 +93,44 @@ class NewConversation:
     opening: Opening
     title: str
     system: str | None
+    agent: str
     messages: NewMessages
     opened: OpenedTurn
+    external_id: str | None = None  # a client's id for it (unique per owner): ConversationBusy if taken
+    end_user: str | None = None
 
 
-def new_conversation(opening: Opening, *, title: str, system: str | None) -> NewConversation:
+def new_conversation(
+    opening: Opening,
+    *,
+    title: str,
+    system: str | None,
+    agent: str,
+    external_id: str | None = None,
+    end_user: str | None = None,
+) -> NewConversation:
     title, system = clean_text(title), clean_text(system) if system is not None else None
     messages, conversation_id = NewMessages.of(opening), uuid7()
-    opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, system, [])
-    return NewConversation(opening, title, system, messages, opened)
+    opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, system, [], agent)
+    client = clean_text(external_id) if external_id else None, clean_text(end_user) if end_user else None
+    return NewConversation(opening, title, system, agent, messages, opened, *client)
+
+
+@dataclass(frozen=True, slots=True)
+class NotOpened:
+    """Phase 1 stored nothing: no such conversation of this owner (`bound` None), or one bound to
+    the agent `bound`, outside the turn's `AgentFilter`."""
+
+    bound: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFilter:
+    """Which conversations a turn may continue, by their agent: bound to one of `names` (a
+    conversation from before agents, bound to none, counts as the `default` agent's)."""
+
+    names: list[str]
+    default: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +138,7 @@ class Outcome:
     """Phase 3's parameters: what an answer's row records. Each field is the `messages` column it sets."""
 
     status: str
+    model: str
     content: list[Block]
     stop_reason: str | None
     error: dict[str, Any] | None
@@ -125,9 +158,16 @@ class TurnStore(Protocol):
     async def open_new(self, new: NewConversation) -> None: ...
 
     async def open_existing(
-        self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
-    ) -> OpenedTurn | None:
-        """None when the conversation does not exist or is not this owner's (nothing is stored then).
+        self,
+        opening: Opening,
+        *,
+        conversation_id: uuid.UUID,
+        agents: AgentFilter,
+        until: uuid.UUID | None = None,
+        read_history: bool = True,
+    ) -> OpenedTurn | NotOpened:
+        """NotOpened when the conversation does not exist, is not this owner's or is bound to an agent
+        outside `agents`: nothing is stored then, and it says which.
 
         The history read is the conversation's, or only up to `until`, or none (`read_history=False`).
         """
@@ -146,7 +186,9 @@ MESSAGE_COLUMNS = (
     "id", "conversation_id", "role", "content", "status", "model", "attributes", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_creation_tokens", "created_at", "updated_at",
 )  # fmt: skip
-CONVERSATION_COLUMNS = ("id", "owner_id", "title", "system", "created_at", "updated_at")
+CONVERSATION_COLUMNS = (
+    "id", "owner_id", "title", "system", "agent", "created_at", "updated_at", "external_id", "end_user",
+)  # fmt: skip
 _JSONB = {"content", "error"}
 
 # Phase 1's messages: VALUES joined to the conversation row, so nothing is inserted unless that row
@@ -163,7 +205,7 @@ _OPEN_NEW = (
     f"""
     WITH conversation AS (
         INSERT INTO conversations ({", ".join(CONVERSATION_COLUMNS)})
-        VALUES ($1, $2, $9, $10, $3, $3)
+        VALUES ($1, $2, $9, $10, $11, $3, $3, $12, $13)
         RETURNING id
     )"""
     + _MESSAGES_FROM_VALUES
@@ -190,17 +232,21 @@ _OPEN_NEW_EARLIER = _with_earlier(_OPEN_NEW)
 
 def _open_existing(history: str) -> str:
     # The final SELECT reads the snapshot from before the statement: the history without the new turn.
+    # $9 the agents the turn may continue with, $10 the default agent (a conversation bound to none).
     return (
         """
     WITH conversation AS (
         UPDATE conversations SET updated_at = $3::timestamptz
-        WHERE id = $1 AND owner_id = $2
-        RETURNING id, system
+        WHERE id = $1 AND owner_id = $2 AND COALESCE(agent, $10::varchar) = ANY($9::varchar[])
+        RETURNING id, system, COALESCE(agent, $10::varchar) AS agent
     ), turn AS ("""
         + _MESSAGES_FROM_VALUES
         + """)
-    SELECT conversation.system, m.role, m.content
-    FROM conversation LEFT JOIN messages AS m ON m.conversation_id = conversation.id"""
+    SELECT conversation.system, conversation.agent, m.role, m.content,
+        (SELECT COALESCE(c.agent, $10::varchar) FROM conversations AS c WHERE c.id = $1 AND c.owner_id = $2)
+    FROM (SELECT 1) AS one
+        LEFT JOIN conversation ON true
+        LEFT JOIN messages AS m ON m.conversation_id = conversation.id"""
         + history
         + """
     ORDER BY m.id
@@ -211,7 +257,7 @@ def _open_existing(history: str) -> str:
 # The history read with the new turn: all of it; up to a given message (a caller continuing from
 # an earlier answer); none (a caller that sends its own history).
 _OPEN_EXISTING = _open_existing("")
-_OPEN_EXISTING_UNTIL = _open_existing(" AND m.id <= $9::uuid")
+_OPEN_EXISTING_UNTIL = _open_existing(" AND m.id <= $11::uuid")
 _OPEN_EXISTING_BARE = _open_existing(" AND false")
 OUTCOME_COLUMNS = tuple(f.name for f in fields(Outcome))
 _SET_OUTCOME = ", ".join(
@@ -222,6 +268,12 @@ _RECORD = f"""
     UPDATE messages SET {_SET_OUTCOME}, updated_at = ${_N + 1}
     WHERE id = ${_N + 2} AND conversation_id = ${_N + 3}
 """
+
+
+def _unique_violation() -> type[Exception]:
+    import asyncpg  # type: ignore[import-untyped]  # only Postgres gets here
+
+    return asyncpg.UniqueViolationError  # type: ignore[no-any-return]
 
 
 def _as_json(value: object) -> str | None:
@@ -240,25 +292,37 @@ class PostgresTurns:
 
     async def open_new(self, new: NewConversation) -> None:
         args = self._messages(new.opened.conversation_id, new.opening.owner_id, new.messages)
-        earlier = new.messages.earlier
-        statement, more = (_OPEN_NEW, ()) if earlier is None else (_OPEN_NEW_EARLIER, (earlier,))
-        await self.driver.execute(statement, *args, new.title, new.system, *more)
+        try:
+            earlier = new.messages.earlier
+            statement, more = (_OPEN_NEW, ()) if earlier is None else (_OPEN_NEW_EARLIER, (earlier,))
+            await self.driver.execute(
+                statement, *args, new.title, new.system, new.agent, new.external_id, new.end_user, *more
+            )
+        except _unique_violation() as exc:  # only a client's id can collide: another turn just opened it
+            raise ConversationBusy() from exc
 
     async def open_existing(
-        self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
-    ) -> OpenedTurn | None:
+        self,
+        opening: Opening,
+        *,
+        conversation_id: uuid.UUID,
+        agents: AgentFilter,
+        until: uuid.UUID | None = None,
+        read_history: bool = True,
+    ) -> OpenedTurn | NotOpened:
         messages = NewMessages.of(opening)
-        args = self._messages(conversation_id, opening.owner_id, messages)
+        args = (*self._messages(conversation_id, opening.owner_id, messages), agents.names, agents.default)
         if not read_history:
             rows = await self.driver.fetch(_OPEN_EXISTING_BARE, *args)
         elif until is not None:
             rows = await self.driver.fetch(_OPEN_EXISTING_UNTIL, *args, until)
         else:
             rows = await self.driver.fetch(_OPEN_EXISTING, *args)
-        if not rows:
-            return None
-        earlier = [(row[1], row[2]) for row in rows if row[1] is not None]
-        return OpenedTurn(conversation_id, messages.assistant_id, messages.now, rows[0][0], earlier)
+        first = rows[0]  # always one row at least: the conversation's, or the reason there is none
+        if first[1] is None:
+            return NotOpened(first[4])
+        earlier = [(row[2], row[3]) for row in rows if row[2] is not None]
+        return OpenedTurn(conversation_id, messages.assistant_id, messages.now, first[0], earlier, first[1])
 
     async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
         o = outcome.cleaned()
@@ -275,22 +339,34 @@ class SqliteTurns:
 
     async def open_new(self, new: NewConversation) -> None:
         m, conversation_id = new.messages, new.opened.conversation_id
-        await self.conn.execute(
-            insert(Conversation).values(
-                id=conversation_id, owner_id=new.opening.owner_id, title=new.title, system=new.system,
-                created_at=m.now, updated_at=m.now,
-            )
-        )  # fmt: skip
+        try:
+            await self.conn.execute(
+                insert(Conversation).values(
+                    id=conversation_id, owner_id=new.opening.owner_id, title=new.title, system=new.system,
+                    agent=new.agent, created_at=m.now, updated_at=m.now, external_id=new.external_id,
+                    end_user=new.end_user,
+                )
+            )  # fmt: skip
+        except IntegrityError as exc:  # only a client's id can collide: another turn just opened it
+            raise ConversationBusy() from exc
         await self._insert_messages(conversation_id, m)
 
     async def open_existing(
-        self, opening: Opening, *, conversation_id: uuid.UUID, until: uuid.UUID | None = None, read_history: bool = True
-    ) -> OpenedTurn | None:
+        self,
+        opening: Opening,
+        *,
+        conversation_id: uuid.UUID,
+        agents: AgentFilter,
+        until: uuid.UUID | None = None,
+        read_history: bool = True,
+    ) -> OpenedTurn | NotOpened:
         messages = NewMessages.of(opening)
         owned = Conversation.id == conversation_id, Conversation.owner_id == opening.owner_id
-        system = (await self.conn.execute(select(Conversation.system).where(*owned))).first()
-        if system is None:
-            return None
+        found = (await self.conn.execute(select(Conversation.system, Conversation.agent).where(*owned))).first()
+        if found is None:
+            return NotOpened(None)
+        if (found.agent or agents.default) not in agents.names:
+            return NotOpened(found.agent or agents.default)
         history = select(Message.role, Message.content).where(Message.conversation_id == conversation_id)
         if until is not None:
             history = history.where(Message.id <= until)
@@ -301,7 +377,8 @@ class SqliteTurns:
         )
         await self.conn.execute(update(Conversation).where(*owned).values(updated_at=messages.now))
         await self._insert_messages(conversation_id, messages)
-        return OpenedTurn(conversation_id, messages.assistant_id, messages.now, system[0], earlier)
+        agent = found.agent or agents.default
+        return OpenedTurn(conversation_id, messages.assistant_id, messages.now, found.system, earlier, agent)
 
     async def _insert_messages(self, conversation_id: uuid.UUID, m: NewMessages) -> None:
         common = {
@@ -343,9 +420,18 @@ _ANSWER_CONTENT = select(Message.conversation_id, Message.content).where(
 )
 _CONVERSATION_WITH_KEY = (
     select(Message.conversation_id)
-    .where(Message.history_key == bindparam("history_key"), *_OWNED)
+    .where(
+        Message.history_key == bindparam("history_key"),
+        *_OWNED,
+        func.coalesce(Conversation.agent, bindparam("default_agent")).in_(bindparam("agents", expanding=True)),
+    )
     .order_by(Message.id.desc())
     .limit(1)
+)
+
+
+_CONVERSATION_WITH_EXTERNAL_ID = select(Conversation.id).where(
+    Conversation.owner_id == bindparam("owner_id", type_=Uuid()), Conversation.external_id == bindparam("external_id")
 )
 
 
@@ -372,6 +458,17 @@ class TurnRepository:
         calls = {b["id"] for b in blocks if b.get("type") == "tool_use" and b.get("id") not in answered}
         return row.conversation_id, calls
 
-    async def conversation_with_key(self, history_key: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
-        params = {"history_key": history_key, "owner_id": owner_id}
+    async def conversation_with_key(
+        self, history_key: str, *, owner_id: uuid.UUID, agents: AgentFilter
+    ) -> uuid.UUID | None:
+        params = {
+            "history_key": history_key,
+            "owner_id": owner_id,
+            "agents": agents.names,
+            "default_agent": agents.default,
+        }
         return (await self.conn.execute(_CONVERSATION_WITH_KEY, params)).scalar_one_or_none()
+
+    async def conversation_with_external_id(self, external_id: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
+        params = {"external_id": clean_text(external_id), "owner_id": owner_id}
+        return (await self.conn.execute(_CONVERSATION_WITH_EXTERNAL_ID, params)).scalar_one_or_none()

@@ -297,6 +297,7 @@ class Turn:
             error = {"type": self.error.type, "message": self.error.message, "request_id": current_request_id()}
         outcome = Outcome(
             status=self.status.value,
+            model=self.started.model,
             content=self.transcript.content(),
             stop_reason=self.stop_reason,
             error=error,

@@ -207,25 +207,25 @@ async def test_a_shared_key_read_outlives_a_caller_that_left_and_failures_are_no
     release, reads = asyncio.Event(), []
     key_id = uuid.uuid4()
 
-    async def read() -> tuple[uuid.UUID, str] | None:
+    async def read() -> tuple[uuid.UUID, str, tuple[str, ...] | None] | None:
         reads.append(1)
         await release.wait()
-        return key_id, "k"
+        return key_id, "k", None
 
     first = asyncio.create_task(cache.get_or_read("h", read))
     second = asyncio.create_task(cache.get_or_read("h", read))
     await asyncio.sleep(0.05)
     first.cancel()  # its client hung up mid-read
     release.set()
-    assert await second == (key_id, "k")
+    assert await second == (key_id, "k", None)
     assert first.cancelled()
     assert reads == [1]
-    assert cache.get("h") == (key_id, "k")
+    assert cache.get("h") == (key_id, "k", None)
     assert cache.known_active(key_id)
 
-    async def failing() -> tuple[uuid.UUID, str] | None:
+    async def failing() -> tuple[uuid.UUID, str, tuple[str, ...] | None] | None:
         raise ConnectionResetError("database went away")
 
     with pytest.raises(ConnectionResetError):
         await cache.get_or_read("other", failing)
-    assert await cache.get_or_read("other", read) == (key_id, "k")  # the next request reads again
+    assert await cache.get_or_read("other", read) == (key_id, "k", None)  # the next request reads again

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 from sqlalchemy import func, select
 
+from app.agents.catalog import AgentCatalog
 from app.auth.repository import ApiKeyRepository
 from app.core.config import Settings
 from app.llm.base import ChatModel, LLMRequest
@@ -46,7 +48,7 @@ class WatchedModel:
     """The app's model, noting how many statements the service had sent when each call began."""
 
     def __init__(self, state: Resources) -> None:
-        self.state, self.inner = state, state.llm
+        self.state, self.inner = state, state.agents.default.llm
         self.statements_at_call: list[float] = []
 
     def __getattr__(self, name: str) -> object:
@@ -94,12 +96,14 @@ async def test_the_insert_is_sent_before_the_model_request_is_built(settings: Se
         async with httpx.AsyncClient(base_url=live.url, headers=auth) as http:
             assert (await http.post("/chat", json={"message": "warm"})).status_code == 200  # the key is cached
             watched = WatchedModel(state)
-            state = live.swap(llm=cast(ChatModel, watched))
+            catalog = state.agents
+            served = dataclasses.replace(catalog.default, llm=cast(ChatModel, watched))
+            state = live.swap(agents=AgentCatalog([served], served.name))
             try:
                 before = statements_sent(state)
                 r = await http.post("/chat", json={"message": "hello"})
             finally:
-                live.swap(llm=watched.inner)
+                live.swap(agents=catalog)
     assert r.status_code == 200, r.text
     assert watched.statements_at_call == [before + 1]  # the INSERT, already on its way
 

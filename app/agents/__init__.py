@@ -1,0 +1,1 @@
+"""The agents a deployment serves (AGENTS): each a model, a prompt, a tool list and limits."""
