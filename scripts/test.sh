@@ -17,6 +17,12 @@ echo "== migrations (upgrade head, check) on Postgres and SQLite"; python -m tes
 echo "== browser, load balancer"
 "$(dirname "$0")/ensure-apt.sh" chromium chromium   # tests/playground drive Debian's chromium
 "$(dirname "$0")/ensure-apt.sh" nginx nginx         # tests run nginx in front of replicas
+echo "== node clients"   # the Vercel AI SDK (tests/openai/test_client_vercel_ai.py): npm ci when its lock moved
+lock=tests/clients/node/package-lock.json stamp=tests/clients/node/node_modules/.installed-lock.json
+if cmp -s "$lock" "$stamp"; then echo "tests/clients/node: up to date"; else
+  (cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$lock" "$stamp"; echo "tests/clients/node: installed $(node --version)"
+fi
 echo "== pytest"
 set +e
 python -m pytest "$@"
