@@ -6,20 +6,35 @@ browser here. A missing browser is a failure, not a skip: these tests are the pl
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Dialog, Locator, Page, Route, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Dialog,
+    Locator,
+    Page,
+    Request,
+    Route,
+    async_playwright,
+    expect,
+)
 
+from app.core.config import Settings
+from app.main import create_app
 from testkit.fake_llm import FakeLLMServer
-from tests.helpers import Live, eventually
+from tests.fixtures.app import make_key
+from tests.helpers import Live, eventually, live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -501,3 +516,133 @@ async def test_memories_are_listed_and_can_be_forgotten(connected: Playground) -
     await connected.page.reload()  # gone on the server too, not just from the page
     await expect(connected.page.locator("#memory-empty")).to_be_visible()
     assert connected.csp_violations() == []
+
+
+# ------------------------------------------------------------------------------------------ agents
+
+TWO_AGENTS: dict[str, Any] = {
+    "default": "helper",
+    "agents": [
+        {
+            "name": "helper",
+            "description": "Answers everyday questions.",
+            "provider": "anthropic",
+            "model": "claude-helper",
+        },
+        {
+            "name": "second",
+            "description": "A second opinion, from another model.",
+            "provider": "anthropic",
+            "model": "claude-second",
+        },
+    ],
+}
+
+
+@pytest.fixture
+async def two_agents(settings: Settings, browser: Browser) -> AsyncIterator[tuple[Playground, Live, str]]:
+    """A tab connected to a server with two agents (both on the fake model, each with its own model name)."""
+    configured = Settings.model_validate(
+        {**settings.model_dump(), "agents": json.dumps(TWO_AGENTS), "llm_provider": None}
+    )
+    async with live_server(create_app(configured)) as live:
+        key = await make_key(live.state)
+        async with open_tab(browser, live) as tab:
+            await tab.connect(key)
+            yield tab, live, key
+
+
+async def get_conversation(live: Live, key: str, conversation_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        r = await http.get(f"/conversations/{conversation_id}")
+    r.raise_for_status()
+    conversation: dict[str, Any] = r.json()
+    return conversation
+
+
+async def test_a_new_conversation_starts_with_the_picked_agent_and_keeps_it(
+    two_agents: tuple[Playground, Live, str], llm_server: FakeLLMServer
+) -> None:
+    tab, live, key = two_agents
+    page = tab.page
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Request) -> None:
+        if request.url.endswith("/chat"):
+            body = request.post_data_json
+            assert isinstance(body, dict)
+            sent.append(body)
+
+    page.on("request", record)
+
+    picker = page.get_by_label("Agent", exact=True)
+    await expect(picker).to_be_visible()
+    await expect(picker.locator("option")).to_have_text(["helper", "second"])
+    await expect(picker).to_have_value("helper")  # the default, preselected
+    await expect(page.locator("#agent-description")).to_have_text("Answers everyday questions.")
+
+    # By keyboard, as a reader without a mouse would.
+    await picker.focus()
+    await picker.press("ArrowDown")
+    await expect(picker).to_have_value("second")
+    await expect(page.locator("#agent-description")).to_have_text("A second opinion, from another model.")
+
+    await tab.send("[[reply:A second opinion.]]")
+    await tab.answer_done()
+    await expect(tab.last_answer).to_have_text("A second opinion.")
+    assert sent[0]["agent"] == "second"
+    assert llm_server.state.request_bodies()[-1]["model"] == "claude-second"
+    conversation_id = conversation_id_of(tab)
+    assert (await get_conversation(live, key, conversation_id))["agent"] == "second"
+
+    # Bound: the bar names the agent and offers no switch; the list shows it too.
+    await expect(picker).to_be_hidden()
+    await expect(page.locator("#agent-current")).to_have_text("Agent second")
+    listed = page.locator(".conversation-link")
+    await expect(listed).to_have_count(1)
+    await expect(listed.locator(".conversation-agent")).to_have_text("Agent: second")
+
+    # A later turn names no agent: the conversation's own answers.
+    await tab.send("[[reply:Still the second.]]")
+    await tab.answer_done()
+    assert "agent" not in sent[1]
+    assert sent[1]["conversation_id"] == conversation_id
+    assert llm_server.state.request_bodies()[-1]["model"] == "claude-second"
+
+    # Opened again (from the address, after a reload) it still shows its agent.
+    await page.reload()
+    await expect(tab.answers).to_have_text(["A second opinion.", "Still the second."])
+    await expect(page.locator("#agent-current-name")).to_have_text("second")
+    await expect(picker).to_be_hidden()
+    await save_screenshot(tab, "playground-agent-bound.png")
+
+    # A new chat offers the picker again, with the default chosen.
+    await page.get_by_role("button", name="New chat").click()
+    await expect(picker).to_be_visible()
+    await expect(picker).to_have_value("helper")
+    await tab.send("[[reply:Helper here.]]")
+    await tab.answer_done()
+    assert sent[-1]["agent"] == "helper"
+    assert llm_server.state.request_bodies()[-1]["model"] == "claude-helper"
+    await expect(listed.locator(".conversation-agent")).to_have_text(["Agent: helper", "Agent: second"])
+    await expect(page.locator("#agent-current-name")).to_have_text("helper")
+
+    await listed.nth(1).click()
+    await expect(page.locator("#agent-current-name")).to_have_text("second")
+    await expect(listed.nth(1)).to_have_attribute("aria-current", "true")
+    await page.get_by_role("button", name="New chat").click()
+    await picker.select_option("second")
+    await save_screenshot(tab, "playground-agents.png")
+    await page.set_viewport_size({"width": 390, "height": 780})
+    await expect(page.locator("#sidebar")).not_to_be_in_viewport()
+    await page.wait_for_timeout(300)  # the drawer's slide-out
+    await save_screenshot(tab, "playground-agents-phone.png")
+
+
+async def test_with_one_agent_the_bar_names_it_and_offers_no_picker(connected: Playground) -> None:
+    page = connected.page
+    await expect(page.locator("#agent-current")).to_have_text("Agent agentchat")
+    await expect(page.get_by_label("Agent", exact=True)).to_be_hidden()  # nothing to choose from
+    await connected.send("[[reply:Hello.]]")
+    await connected.answer_done()
+    await expect(page.locator(".conversation-agent")).to_have_text("Agent: agentchat")

@@ -13,6 +13,8 @@ const els = {};
 const state = {
   key: null,
   conversationId: null,
+  conversationAgent: null, // the agent the open conversation is bound to, once known
+  agents: null, // GET /agents: the agents this key may use (null until loaded)
   nextCursor: null,
   stream: null, // the AbortController of the answer being streamed
   viewTicket: 0, // bumps whenever the thread shows something else, so late loads are dropped
@@ -603,8 +605,10 @@ function clearThread() {
 
 // ---------------------------------------------------------------- conversations
 
-function setConversation(id) {
+function setConversation(id, agent = null) {
   state.conversationId = id;
+  state.conversationAgent = agent;
+  renderAgentBar();
   const url = id ? `#${id}` : location.pathname + location.search;
   history.replaceState(null, "", url);
   for (const button of els.conversationList.querySelectorAll("button")) {
@@ -620,8 +624,13 @@ function conversationItem(conversation) {
   button.title = conversation.title || "";
   button.setAttribute("aria-current", String(conversation.id === state.conversationId));
   button.append(el("span", "conversation-title", conversation.title || "Untitled"));
-  const time = button.appendChild(el("time", "conversation-time", relativeTime(conversation.updated_at)));
+  const meta = button.appendChild(el("span", "conversation-meta"));
+  const time = meta.appendChild(el("time", "conversation-time", relativeTime(conversation.updated_at)));
   time.dateTime = conversation.updated_at;
+  if (conversation.agent) {
+    const agent = meta.appendChild(el("span", "conversation-agent"));
+    agent.append(el("span", "visually-hidden", "Agent: "), conversation.agent);
+  }
   return item;
 }
 
@@ -640,6 +649,60 @@ async function loadConversations({ more = false } = {}) {
 function refreshConversations() {
   loadConversations().catch(showSidebarError);
   loadMemories().catch(showMemoryError);
+}
+
+// ---------------------------------------------------------------- agents
+
+// A new conversation starts with the agent picked here (the default one preselected) and stays
+// bound to it: once a conversation exists, the bar only names its agent, it never offers a switch.
+async function loadAgents() {
+  const page = await getJSON("agents");
+  state.agents = page.items;
+  const options = page.items.map((agent) => {
+    const option = el("option", null, agent.name);
+    option.value = agent.name;
+    option.selected = agent.default;
+    return option;
+  });
+  els.agentSelect.replaceChildren(...options);
+  els.agentError.hidden = true;
+  renderAgentBar();
+}
+
+function describe(name) {
+  const agent = (state.agents || []).find((a) => a.name === name);
+  return agent ? agent.description : "";
+}
+
+function renderAgentBar() {
+  const agents = state.agents || [];
+  const picking = !state.conversationId && agents.length > 1;
+  const fixed = state.conversationId ? state.conversationAgent : agents.length === 1 ? agents[0].name : null;
+  els.agentPicker.hidden = !picking;
+  els.agentSelect.disabled = Boolean(state.stream); // a first turn in flight: its agent is chosen
+  els.agentCurrent.hidden = picking || !fixed;
+  els.agentCurrentName.textContent = fixed || "";
+  els.agentDescription.textContent = describe(picking ? els.agentSelect.value : fixed);
+  els.agentBar.hidden = !picking && !fixed && els.agentError.hidden;
+}
+
+// The agent a new conversation asks for; none when the list is not known (the server's default).
+function chosenAgent() {
+  return state.agents && state.agents.length ? els.agentSelect.value : null;
+}
+
+function showAgentsError(error) {
+  if (error.status === 401) return;
+  els.agentError.replaceChildren(errorNotice(error));
+  els.agentError.hidden = false;
+  renderAgentBar();
+}
+
+function forgetAgents() {
+  state.agents = null;
+  els.agentSelect.replaceChildren();
+  els.agentError.hidden = true;
+  renderAgentBar();
 }
 
 // ---------------------------------------------------------------- memories
@@ -697,9 +760,13 @@ async function openConversation(id) {
   clearThread();
   setConversation(id);
   const ticket = state.viewTicket;
+  const path = `conversations/${encodeURIComponent(id)}`;
   try {
-    const page = await getJSON(`conversations/${encodeURIComponent(id)}/messages`);
-    if (ticket === state.viewTicket) renderHistory(page.items);
+    const [conversation, page] = await Promise.all([getJSON(path), getJSON(`${path}/messages`)]);
+    if (ticket !== state.viewTicket) return;
+    state.conversationAgent = conversation.agent || null;
+    renderAgentBar();
+    renderHistory(page.items);
   } catch (error) {
     if (ticket !== state.viewTicket) return;
     if (error.status === 404) setConversation(null);
@@ -713,6 +780,7 @@ function newChat() {
   closeSidebar();
   clearThread();
   setConversation(null);
+  els.modelName.textContent = ""; // the last answer's model: the next one may be another agent's
   els.messageInput.focus();
 }
 
@@ -722,6 +790,7 @@ function setStreaming(controller) {
   state.stream = controller;
   els.sendButton.hidden = Boolean(controller);
   els.stopButton.hidden = !controller;
+  renderAgentBar();
 }
 
 function stopStreaming() {
@@ -732,8 +801,11 @@ function handleEvent(view, { event, data }) {
   switch (event) {
     case "start":
       if (!state.conversationId) {
-        setConversation(data.conversation_id);
+        setConversation(data.conversation_id, data.agent || null);
         refreshConversations(); // it exists now: list it while the answer streams in
+      } else if (data.agent) {
+        state.conversationAgent = data.agent;
+        renderAgentBar();
       }
       els.modelName.textContent = data.model || "";
       return false;
@@ -775,6 +847,7 @@ async function streamAnswer(view, body, signal) {
 async function sendMessage(text) {
   const body = { message: text, stream: true };
   if (state.conversationId) body.conversation_id = state.conversationId;
+  else if (chosenAgent()) body.agent = chosenAgent(); // a continued conversation keeps its own
   appendUserMessage(text);
   const view = new AnswerView();
   view.startStreaming();
@@ -798,6 +871,7 @@ function showKeyView(error) {
   stopStreaming();
   state.key = null;
   sessionStorage.removeItem(KEY_STORAGE);
+  forgetAgents(); // another key may use other agents
   els.chatView.hidden = true;
   els.forgetKey.hidden = true;
   els.menuButton.hidden = true;
@@ -826,6 +900,7 @@ async function connect(key) {
   }
   sessionStorage.setItem(KEY_STORAGE, key);
   showChatView();
+  loadAgents().catch(showAgentsError);
   loadMemories().catch(showMemoryError);
   const id = location.hash.slice(1);
   if (UUID.test(id)) await openConversation(id);
@@ -900,6 +975,7 @@ function bindEvents() {
     submitMessage();
   });
   els.stopButton.addEventListener("click", stopStreaming);
+  els.agentSelect.addEventListener("change", renderAgentBar);
   els.messageInput.addEventListener("input", autosize);
   els.messageInput.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -923,6 +999,7 @@ function init() {
     "key-view", "key-form", "key-input", "key-error", "chat-view", "menu-button", "forget-key", "model-name",
     "sidebar", "scrim", "new-chat", "conversation-list", "conversation-empty", "more-conversations",
     "memory-list", "memory-empty",
+    "agent-bar", "agent-picker", "agent-select", "agent-current", "agent-current-name", "agent-description", "agent-error",
     "messages", "welcome", "thread", "composer", "message-input", "send-button", "stop-button",
   ];
   for (const id of ids) els[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = document.getElementById(id);
