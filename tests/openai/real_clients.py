@@ -11,7 +11,11 @@ Each client runs the same three turns against the live server, with its own func
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+
+import httpx2
 
 from testkit.fake_llm import FakeLLMServer
 
@@ -20,6 +24,34 @@ CHAINED = "and tomorrow? (chained)"
 RESENT = "and tomorrow? (resent)"
 WEATHER_IN_PARIS = "sunny in Paris"  # what every client's get_weather returns for Paris
 ANSWER = f"tool results: {WEATHER_IN_PARIS}"  # the fake's answer once it has the tool's result
+
+
+class Sent:
+    """What a client sent the service: each request body, recorded by its HTTP client's event hook."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    async def record(self, request: httpx2.Request) -> None:
+        if request.content:
+            self.bodies.append(json.loads(request.content))
+
+    def items(self) -> list[tuple[str | None, list[str]]]:
+        """Per request: its previous_response_id and its input items' (or messages') types or roles."""
+        return [
+            (body.get("previous_response_id"), [item.get("type") or item["role"] for item in body.get("input", [])])
+            if "input" in body
+            else (None, [message["role"] for message in body["messages"]])
+            for body in self.bodies
+        ]
+
+
+@asynccontextmanager
+async def recording() -> AsyncIterator[tuple[Sent, httpx2.AsyncClient]]:
+    """An HTTP client for the SDK under test (the `openai` SDK's own kind), and what it sends."""
+    sent = Sent()
+    async with httpx2.AsyncClient(event_hooks={"request": [sent.record]}, timeout=20) as http:
+        yield sent, http
 
 
 def weather(city: str) -> str:
