@@ -45,6 +45,7 @@ from app.runs.manager import RunManager
 from app.runs.router import router as runs_router
 from app.runs.store import RunStore
 from app.state import Resources
+from app.turns.approvals import expiring_approvals
 from app.turns.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
 from app.turns.turn import RECORD_DEADLINE
 
@@ -129,6 +130,8 @@ def build_lifespan(
             # Entered last, so it closes first: runs finish (or are interrupted) and are recorded
             # while the database and Redis are still there.
             db = Database(engine, metrics)
+            # Pauses past APPROVAL_TIMEOUT_SECONDS get their pending calls denied and recorded.
+            await stack.enter_async_context(expiring_approvals(db, settings.approval_timeout_seconds))
             runs = await stack.enter_async_context(
                 RunManager(
                     coordination.run_store,

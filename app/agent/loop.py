@@ -49,6 +49,8 @@ class Transcript:
     # Calls of the caller's own tools (LLMRequest.tools) that ended the turn: left open for the
     # caller's next turn to answer, never closed as interrupted.
     awaiting: list[str] = field(default_factory=list)
+    # Calls of gated tools (an agent's `approval`) that paused the turn until a person decides.
+    pending: list[Block] = field(default_factory=list)
 
     def text(self) -> str:
         return text_of(self.blocks, "".join(self.partial))
@@ -60,7 +62,9 @@ class Transcript:
             blocks.append({"type": "text", "text": partial})
         answered = {b["tool_use_id"] for b in blocks if b.get("type") == "tool_result"}
         for block in self.blocks:
-            if block.get("type") == "tool_use" and block["id"] not in answered and block["id"] not in self.awaiting:
+            if block.get("type") != "tool_use" or block["id"] in answered:
+                continue
+            if block["id"] not in self.awaiting and all(call["id"] != block["id"] for call in self.pending):
                 blocks.append(
                     {"type": "tool_result", "tool_use_id": block["id"], "content": INTERRUPTED, "is_error": True}
                 )
@@ -95,6 +99,22 @@ class Tools(Protocol):
     def names(self) -> list[str]: ...
     def schemas(self) -> list[dict[str, Any]]: ...
     def get(self, name: str) -> Tool[Any] | None: ...
+    def needs_approval(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A person's decision on a pending call: run it (with `input` instead, if given) or deny it."""
+
+    tool_use_id: str
+    approve: bool
+    input: dict[str, Any] | None = None
+    reason: str | None = None
+
+
+def denied(tool_use_id: str, reason: str | None) -> Block:
+    text = f"The user denied this tool call: {reason}" if reason else "The user denied this tool call."
+    return {"type": "tool_result", "tool_use_id": tool_use_id, "content": text, "is_error": True}
 
 
 class Agent:
@@ -107,16 +127,49 @@ class Agent:
         budget: CallGuard | None = None,
         *,
         max_steps: int | None = None,
+        gated_offered: bool = True,
     ) -> None:
         self.llm, self.tools, self.settings, self.metrics, self.budget = llm, tools, settings, metrics, budget
         self.max_steps = max_steps or settings.agent_max_steps
+        # False where the door cannot carry an approval (Chat Completions): gated tools are not offered.
+        self.gated_offered = gated_offered
+
+    def _offered(self) -> list[dict[str, Any]]:
+        schemas = self.tools.schemas()
+        if self.gated_offered:
+            return schemas
+        return [schema for schema in schemas if not self.tools.needs_approval(schema["name"])]
+
+    async def decide(
+        self, pending: list[Block], decisions: list[Decision], ctx: ToolContext, transcript: Transcript, emit: Emit
+    ) -> None:
+        """A paused turn's pending calls as decided: approved ones run (with edited input, where given,
+        which the stored call then shows), denied ones answered as `is_error` with the reason."""
+        by_id = {decision.tool_use_id: decision for decision in decisions}
+        approved: list[Block] = []
+        results: dict[str, Block] = {}
+        for call in pending:
+            decision = by_id[call["id"]]
+            if not decision.approve:
+                results[call["id"]] = denied(call["id"], decision.reason)
+                await emit(ToolResultEvent(call["id"], results[call["id"]]["content"], True))
+                continue
+            if decision.input is not None:
+                edited = {**call, "input": decision.input}
+                transcript.blocks = [edited if b.get("id") == call["id"] else b for b in transcript.blocks]
+                call = edited
+            approved.append(call)
+        ran = await self._run_tools(approved, ctx, emit) if approved else []
+        results |= {block["tool_use_id"]: block for block in ran}
+        transcript.blocks.extend(results[call["id"]] for call in pending)
+        transcript.pending = []
 
     async def run(self, request: LLMRequest, ctx: ToolContext, transcript: Transcript, emit: Emit) -> None:
         messages = list(request.messages)
         # request.tools are the caller's own (an OpenAI client's functions): offered beside ours; a
         # call of one ends the turn and goes back to the caller, who runs it.
         theirs = {tool["name"] for tool in request.tools}
-        schemas = [*self.tools.schemas(), *request.tools] if theirs else self.tools.schemas()
+        schemas = [*self._offered(), *request.tools] if theirs else self._offered()
         choice = request.tool_choice if schemas else None  # the first step only: then the model may answer
         for _ in range(self.max_steps):
             transcript.steps += 1
@@ -131,10 +184,20 @@ class Agent:
             if completed.stop_reason != "tool_use" or not calls:
                 return
             awaiting = [call["id"] for call in calls if call["name"] in theirs]
-            results = await self._run_tools([call for call in calls if call["name"] not in theirs], ctx, emit)
+            gated = [
+                call
+                for call in calls
+                if call["name"] not in theirs and self.gated_offered and self.tools.needs_approval(call["name"])
+            ]
+            ours = [call for call in calls if call["name"] not in theirs and call not in gated]
+            results = await self._run_tools(ours, ctx, emit)
             transcript.blocks.extend(results)
             if awaiting:
                 transcript.awaiting = awaiting
+                return
+            if gated:
+                # The turn pauses: the other calls ran; these wait for a person (nothing is held).
+                transcript.pending, transcript.stop_reason = gated, "awaiting_approval"
                 return
             messages = [
                 *messages,
@@ -195,6 +258,8 @@ class Agent:
     async def _run_tool(self, call: Block, ctx: ToolContext, emit: Emit, results: dict[str, Block]) -> None:
         name, tool_id = call["name"], call["id"]
         tool = self.tools.get(name)
+        if tool is not None and not self.gated_offered and self.tools.needs_approval(name):
+            tool = None  # not offered where no one can approve it: a forged call is refused, never run
         is_error = True
         try:
             if tool is None:

@@ -69,6 +69,9 @@ class ToolRegistry:
     def get(self, name: str) -> Tool[Any] | None:
         return self._all.get(name)
 
+    def needs_approval(self, name: str) -> bool:
+        return False  # the registry itself gates nothing: an agent's view of it does (app/agents)
+
     @property
     def names(self) -> list[str]:
         return list(self._all)

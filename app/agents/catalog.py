@@ -27,14 +27,20 @@ class ToolView:
     forges for one is answered as an unknown tool (an `is_error` result).
     """
 
-    def __init__(self, registry: ToolRegistry, patterns: tuple[str, ...] | None) -> None:
-        self.registry, self.patterns = registry, patterns
+    def __init__(
+        self, registry: ToolRegistry, patterns: tuple[str, ...] | None, approval: tuple[str, ...] = ()
+    ) -> None:
+        self.registry, self.patterns, self.approval = registry, patterns, approval
         self._seen: list[dict[str, Any]] | None = None
         self._schemas: list[dict[str, Any]] = []
         self._names: list[str] = []
 
     def allows(self, name: str) -> bool:
         return self.patterns is None or any(fnmatchcase(name, pattern) for pattern in self.patterns)
+
+    def needs_approval(self, name: str) -> bool:
+        """A call of this tool waits for a person's yes (the agent's `approval` patterns)."""
+        return any(fnmatchcase(name, pattern) for pattern in self.approval)
 
     def _sync(self) -> None:
         # The registry replaces its schema list when its tools change (MCP servers come and go).
@@ -163,7 +169,7 @@ def build_catalog(
             ServedAgent(
                 config,
                 llm,
-                ToolView(tools, config.tools),
+                ToolView(tools, config.tools, config.approval),
                 max_steps=config.max_steps or settings.agent_max_steps,
                 max_tokens=config.max_tokens or settings.llm_max_tokens,
             )

@@ -18,13 +18,14 @@ from starlette.types import Receive, Scope, Send
 from app.agent.loop import ToolResultEvent
 from app.chat.schemas import AssistantMessageOut, ChatResponse
 from app.conversations.render import tool_calls, usage_out
+from app.conversations.schemas import PendingApprovalOut
 from app.core.asgi import send_body, start_sse
 from app.core.errors import AppError, envelope
 from app.llm.base import TextDelta, ToolCall
 from app.runs.events import RunEvent
 from app.runs.manager import Run
 from app.turns.answer import TurnJSONResponse
-from app.turns.turn import Turn, TurnEnded, TurnEvent, TurnFailed
+from app.turns.turn import ApprovalRequired, Turn, TurnEnded, TurnEvent, TurnFailed
 
 
 def chat_response(turn: Turn) -> dict[str, Any]:
@@ -47,6 +48,10 @@ def chat_body(turn: Turn) -> ChatResponse:
             tool_calls=tool_calls(turn.transcript.content()),
         ),
         usage=usage_out(turn.usage),
+        pending_approvals=[
+            PendingApprovalOut(tool_use_id=call["id"], name=call["name"], input=call.get("input") or {})
+            for call in turn.pending_approvals
+        ],
     )
 
 
@@ -82,6 +87,10 @@ class ChatEvents:
         elif isinstance(event, ToolResultEvent):
             data = {"tool_use_id": event.tool_use_id, "content": event.content, "is_error": event.is_error}
             run.publish("tool_result", data)
+        elif isinstance(event, ApprovalRequired):
+            run.publish(
+                "approval_required", {"tool_use_id": event.tool_use_id, "name": event.name, "input": event.input}
+            )
         elif isinstance(event, TurnEnded):
             usage = usage_out(event.usage).model_dump()
             data = {"message_id": str(turn.started.message_id), "stop_reason": event.stop_reason, "usage": usage}

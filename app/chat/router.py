@@ -8,21 +8,24 @@ it; a stream is a run, which opens its own (it may outlive this request).
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from starlette.responses import JSONResponse, Response
 
+from app.agent.loop import Decision
 from app.agents.errors import AgentMismatch, AgentNotFound, AgentUnavailable
 from app.auth.deps import CurrentPrincipal
 from app.chat.responses import ChatEvents, ChatJSONResponse, ReplayResponse, chat_response
-from app.chat.schemas import ChatRequest, ChatResponse
+from app.chat.schemas import ApprovalsRequest, ChatRequest, ChatResponse
 from app.conversations.errors import ConversationNotFound
 from app.core.errors import DatabaseUnavailable, InvalidRequest, RateLimited, Unauthorized, responses
 from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamTimeout
 from app.runs.responses import RunStreamResponse
 from app.state import TransactionsDep
-from app.turns.start import START_ERRORS, Replay, TurnRequest, TurnServiceDep
+from app.turns.errors import NotPending, UndecidedCalls
+from app.turns.start import START_ERRORS, Replay, ResumeRequest, TurnRequest, TurnServiceDep
 
 router = APIRouter(tags=["chat"])
 
@@ -81,6 +84,65 @@ async def chat(
             idempotency_key=idempotency_key,
             # What a retry must repeat; only an Idempotency-Key's retries are compared.
             fingerprint={**body.model_dump(mode="json"), "stream": stream} if idempotency_key is not None else None,
+        ),
+        transactions,
+        respond=chat_response,
+    )
+    if isinstance(started, Replay):
+        return ReplayResponse(started.response) if stream else JSONResponse(started.response)
+    if not stream:
+        return ChatJSONResponse(started)
+    run = await turns.start_run(started, EVENTS)
+    return RunStreamResponse(
+        run, ping_seconds=turns.settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"
+    )
+
+
+@router.post(
+    "/conversations/{conversation_id}/approvals",
+    response_model=ChatResponse,
+    responses={
+        **responses(
+            Unauthorized,
+            InvalidRequest,
+            ConversationNotFound,
+            RateLimited,
+            UpstreamRateLimited,
+            UpstreamError,
+            UpstreamOverloaded,
+            DatabaseUnavailable,
+            UpstreamTimeout,
+            *START_ERRORS,
+            NotPending,
+            UndecidedCalls,
+            AgentNotFound,
+            AgentUnavailable,
+        ),
+        200: {"content": {"text/event-stream": {"description": "start, delta…, end | error events"}}},
+    },
+)
+async def decide(
+    conversation_id: uuid.UUID,
+    body: ApprovalsRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    turns: TurnServiceDep,
+    transactions: TransactionsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Decide the tool calls a paused turn waits on; the same turn goes on, answered as POST /chat answers."""
+    stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    started = await turns.resume(
+        ResumeRequest(
+            owner_id=principal.owner_id,
+            conversation_id=conversation_id,
+            decisions=[Decision(d.tool_use_id, d.approve, d.input, d.reason) for d in body.decisions],
+            incremental=stream,
+            idempotency_key=idempotency_key,
+            fingerprint={**body.model_dump(mode="json"), "conversation_id": str(conversation_id), "stream": stream}
+            if idempotency_key is not None
+            else None,
+            allowed_agents=principal.agents,
         ),
         transactions,
         respond=chat_response,

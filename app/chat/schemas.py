@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.conversations.schemas import ToolCallOut, UsageOut
+from app.conversations.schemas import PendingApprovalOut, ToolCallOut, UsageOut
 from app.core.text import invalid_characters
 
 
@@ -60,3 +60,18 @@ class ChatResponse(BaseModel):
     stop_reason: str | None
     message: AssistantMessageOut
     usage: UsageOut
+    # With stop_reason `awaiting_approval`: the calls waiting for POST /conversations/{id}/approvals.
+    pending_approvals: list[PendingApprovalOut] = Field(default_factory=list)
+
+
+class DecisionIn(BaseModel):
+    tool_use_id: str = Field(min_length=1, max_length=200)
+    approve: bool
+    input: dict[str, Any] | None = Field(default=None, description="Run the call with this input instead.")
+    reason: str | None = Field(default=None, max_length=2000, description="Why it was denied (the model reads it).")
+
+
+class ApprovalsRequest(BaseModel):
+    decisions: list[DecisionIn] = Field(min_length=1, max_length=64)
+    stream: bool = Field(default=False, description="Answer as Server-Sent Events, as POST /chat does.")
+    on_disconnect: Literal["cancel", "continue"] = "cancel"

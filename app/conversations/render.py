@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.conversations.schemas import MessageOut, ToolCallOut, UsageOut
+from app.conversations.schemas import MessageOut, PendingApprovalOut, ToolCallOut, UsageOut
 from app.llm.base import Usage, text_of
 from app.models import Message
 
@@ -40,6 +40,16 @@ def tool_calls(blocks: list[dict[str, Any]]) -> list[ToolCallOut]:
     ]
 
 
+def pending_of(blocks: list[dict[str, Any]]) -> list[PendingApprovalOut]:
+    """A paused answer's calls that wait for a decision: those without a result."""
+    answered = {b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"}
+    return [
+        PendingApprovalOut(tool_use_id=b["id"], name=b["name"], input=b.get("input") or {})
+        for b in blocks
+        if b.get("type") == "tool_use" and b["id"] not in answered
+    ]
+
+
 def render_message(message: Message) -> MessageOut:
     blocks = message.content or []
     usage = None
@@ -57,6 +67,7 @@ def render_message(message: Message) -> MessageOut:
         model=message.model,
         error=message.error,
         tool_calls=tool_calls(blocks),
+        pending_approvals=pending_of(blocks) if message.status == "awaiting_approval" else [],
         usage=usage,
         created_at=message.created_at,
     )

@@ -41,6 +41,12 @@ class UsageOut(BaseModel):
     cache_creation_input_tokens: int = 0
 
 
+class PendingApprovalOut(BaseModel):
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+
+
 class MessageOut(BaseModel):
     id: uuid.UUID
     role: Literal["user", "assistant"]
@@ -50,6 +56,8 @@ class MessageOut(BaseModel):
     model: str | None = None
     error: dict[str, Any] | None = None
     tool_calls: list[ToolCallOut] = []
+    # Status `awaiting_approval`: the calls waiting for POST /conversations/{id}/approvals.
+    pending_approvals: list[PendingApprovalOut] = []
     usage: UsageOut | None = None
     created_at: datetime
 

@@ -38,6 +38,8 @@ class AgentConfig(BaseModel):
     # Tool names as the model sees them (built-ins, code-registered, MCP `<server>__<tool>`), `*`
     # patterns allowed; None offers every tool.
     tools: tuple[str, ...] | None = None
+    # Tools whose calls wait for a person's approval (names and `*` patterns, MCP tools included).
+    approval: tuple[str, ...] = ()
     max_steps: int | None = Field(default=None, ge=1, le=50)  # None: AGENT_MAX_STEPS
     max_tokens: int | None = Field(default=None, ge=1, le=64000)  # None: LLM_MAX_TOKENS
 

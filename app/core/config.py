@@ -46,6 +46,8 @@ class Settings(BaseSettings):
 
     agent_max_steps: int = Field(default=8, ge=1, le=50)
     agent_tools: str = "remember,recall,calculator,current_time"  # comma-separated; fetch_url is opt-in
+    agent_approval_tools: str = ""  # comma-separated names or * patterns: calls that wait for approval
+    approval_timeout_seconds: float = Field(default=86400.0, gt=0)  # then pending calls are denied, recorded
     agent_tool_timeout: float = Field(default=15.0, gt=0)
     agent_tool_result_max_chars: int = Field(default=8000, ge=100)
     agent_max_tool_calls_per_step: int = Field(default=8, ge=1, le=64)  # the rest answered is_error, not run
@@ -137,10 +139,11 @@ class Settings(BaseSettings):
             return self.agents
         agent = AgentConfig(
             name=DEFAULT_AGENT,
-            description="The agent configured by LLM_* and AGENT_TOOLS.",
+            description="General assistant.",
             provider=self.provider,
             model=self.llm_model,
             tools=None,
+            approval=tuple(name.strip() for name in self.agent_approval_tools.split(",") if name.strip()),
         )
         return AgentsConfig(default=DEFAULT_AGENT, agents=(agent,))
 

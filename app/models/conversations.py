@@ -14,9 +14,11 @@ from app.models.base import Base, JSONType, Timestamps, UUIDPrimaryKey
 
 class MessageStatus(StrEnum):
     """A user message is stored `complete`; an assistant message starts `in_progress`, then is
-    recorded `complete`, `incomplete` (client left or shutdown; partial text kept) or `error`."""
+    recorded `complete`, `incomplete` (client left or shutdown; partial text kept), `error`, or
+    `awaiting_approval` (paused until its pending tool calls are decided, then `in_progress` again)."""
 
     IN_PROGRESS = "in_progress"
+    AWAITING_APPROVAL = "awaiting_approval"  # paused: some tool calls wait for a person's decision
     COMPLETE = "complete"
     INCOMPLETE = "incomplete"
     ERROR = "error"
@@ -69,6 +71,13 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
             postgresql_where=text("history_key IS NOT NULL"),
             sqlite_where=text("history_key IS NOT NULL"),
         ),
+        # Partial: the sweep of pauses past APPROVAL_TIMEOUT_SECONDS reads only these.
+        Index(
+            "ix_messages_awaiting_approval",
+            "updated_at",
+            postgresql_where=text("status = 'awaiting_approval'"),
+            sqlite_where=text("status = 'awaiting_approval'"),
+        ),
         # Partial: the sweep of answers a dead process left running reads only these (a handful).
         Index(
             "ix_messages_in_progress",
@@ -82,7 +91,7 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     role: Mapped[str] = mapped_column(String(16))
     # Anthropic-style content blocks: [{"type": "text", "text": ...}, {"type": "tool_use", ...}, ...]
     content: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32))
     stop_reason: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     model: Mapped[str | None] = mapped_column(String(100))

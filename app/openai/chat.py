@@ -107,6 +107,7 @@ async def chat_completions(
         return replay_chunks(answer, include_usage) if body.stream else JSONResponse(answer)
     tools = client_tools([t.model_dump() for t in body.tools or []], ours, nested=True)
     options = TurnOptions(
+        approvals=False,  # no way to carry an approval here yet: gated tools are not offered
         content=call.content,
         # A chat id decides the conversation; the context is still the client's history, even none.
         history=call.history if call.history is not None or client.chat_id is None else [],

@@ -111,6 +111,7 @@ async def create_response(
         **({"conversation": {"id": conversation_id(conversation)}} if conversation is not None else {}),
     }
     options = TurnOptions(
+        approvals=False,  # no way to carry an approval here yet: gated tools are not offered
         content=call.content,
         history=call.history,
         after=after,

@@ -30,6 +30,7 @@ from app.turns.store import (
     OpenedTurn,
     Opening,
     new_conversation,
+    record_denied,
     turn_store,
 )
 
@@ -87,6 +88,9 @@ class TurnOptions:
 
     # The user's turn as blocks (a client's tool results first, then text); None: the message as text.
     content: list[Block] | None = None
+    # Whether the door can carry an approval; False: tools that need one are not offered (a forged
+    # call of one is refused, never run).
+    approvals: bool = True
     # The caller's own history before this turn (it owns the context), as conversation rows (role,
     # blocks); None: the conversation's. A turn that opens a conversation stores it ahead of its message.
     history: list[tuple[str, list[Block]]] | None = None
@@ -166,6 +170,10 @@ async def begin_turn(
         if isinstance(found, NotOpened):
             raise _why_not_opened(agents, found)
         opened = found
+        for message_id, denied_content in opened.superseded:
+            # This message supersedes a pause: its pending calls are recorded denied, as the model sees them.
+            async with transactions() as tx:
+                await record_denied(tx, message_id, denied_content, "approval_superseded")
     agent = agents.catalog.resolve(opened.agent, None)
     budget = settings.history_token_budget
     rows = options.history if options.history is not None else opened.earlier

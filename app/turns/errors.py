@@ -22,3 +22,14 @@ class ToolResultUnmatched(AppError):
     def __init__(self, call_id: str) -> None:
         super().__init__(f"No call with the id {call_id!r} is waiting for its result in the response this continues.")
         self.call_id = call_id
+
+
+class NotPending(Conflict):
+    """A decision for a call that is not waiting for one (decided already, timed out, never paused)."""
+
+    type, default_message = "not_pending", "No such tool call is waiting for a decision."
+
+
+class UndecidedCalls(AppError):
+    status_code, type = 422, "undecided_calls"
+    default_message = "Every pending tool call needs a decision."

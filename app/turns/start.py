@@ -10,7 +10,7 @@ renders the turn's events its own way.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -19,7 +19,7 @@ import structlog
 from fastapi import Depends
 from redis.exceptions import RedisError
 
-from app.agent.loop import Agent
+from app.agent.loop import Agent, Decision, Transcript
 from app.agent.tools.base import ToolContext
 from app.auth.errors import TokenQuotaExceeded, TooManyTurns
 from app.conversations.errors import ConversationBusy, ConversationNotFound
@@ -30,13 +30,14 @@ from app.core.locks import Lock, LockManager
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
-from app.turns.begin import AgentChoice, TurnOptions, begin_turn
+from app.turns.approvals import Paused, claim_paused
+from app.turns.begin import AgentChoice, TurnOptions, TurnStarted, begin_turn
 from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
 from app.turns.gate import KeyGate
 from app.turns.idempotency import Claim, fingerprint
 from app.turns.run import RunPublisher, as_run
 from app.turns.store import TurnRepository
-from app.turns.turn import Turn
+from app.turns.turn import Resumption, Turn
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +75,19 @@ class TurnRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeRequest:
+    """Decisions on a paused turn's pending calls (POST /conversations/{id}/approvals)."""
+
+    owner_id: uuid.UUID
+    conversation_id: uuid.UUID
+    decisions: list[Decision]
+    incremental: bool = False
+    idempotency_key: str | None = None
+    fingerprint: dict[str, Any] | None = None
+    allowed_agents: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """An Idempotency-Key retry of a finished turn: the response the door stored the first time."""
 
@@ -103,57 +117,24 @@ class TurnService:
     ) -> Turn | Replay:
         """Phase 1 and everything before it, in transactions from the door's opener (the turn keeps
         it for phase 3). `respond` renders a finished turn for idempotent replays."""
-        resources, owner = self.resources, request.owner_id
-        settings, metrics = resources.settings, resources.metrics
-        if resources.lifecycle.draining:
-            raise ShuttingDown()
-        if settings.admission_max_loop_lag and resources.loop_lag.latest > settings.admission_max_loop_lag:
-            # The loop cannot keep up: refuse now, cheaply, before this turn takes a connection it
-            # would hold through a slow loop (and time out at the pool seconds later).
-            metrics.admission_refusals.inc()
-            log.warning("chat.admission_refused", loop_lag_s=round(resources.loop_lag.latest, 3))
-            raise ServiceBusy()
+        owner, settings = request.owner_id, self.settings
+        self._admit()
         if len(request.message) > settings.max_message_chars:
             raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
-        catalog, allowed = resources.agents, request.allowed_agents
+        catalog, allowed = self.resources.agents, request.allowed_agents
         named = catalog.resolve(request.agent, allowed) if request.agent is not None else None
         agents = AgentChoice(catalog, named, allowed)
-
-        quota = await degraded(resources.limits.check_tokens(owner), None, "token_quota")
-        if quota is not None and not quota.allowed:
-            log.info("limits.refused", limit="tokens_per_day")
-            metrics.limit_refusals.labels("tokens_per_day").inc()
-            raise TokenQuotaExceeded(headers=quota.headers())
-
+        await self._check_quota(owner)
         key = request.idempotency_key
         fp = fingerprint(request.fingerprint or {}) if key is not None else ""
-        if key is not None:
-            ttl = settings.turn_timeout + 60
-            claim = await degraded(resources.idempotency.claim(owner, key, fp, ttl), Claim("new"), "idempotency")
-            if claim.outcome == "mismatch":
-                raise IdempotencyKeyReused()
-            if claim.outcome == "running":
-                raise IdempotencyInProgress()
-            if claim.outcome == "replay":
-                assert claim.response is not None
-                metrics.idempotent_replays.inc()
-                return Replay(claim.response)
+        if key is not None and (replay := await self._claim_key(owner, key, fp)) is not None:
+            return replay
 
-        lock: Lock | None = None
-        slot: uuid.UUID | None = None
-        try:
-            slot = await self._take_slot(owner)
-            conversation_id = request.conversation_id or await self._continues(
-                owner, request.options, transactions, agents
-            )
-            if conversation_id is not None:
-                lock = await acquire_conversation(resources.locks, owner, conversation_id)
-                if lock is BUSY:
-                    lock = None  # not ours to release
-                    log.info("chat.conversation_busy", conversation_id=str(conversation_id))
-                    metrics.lock_conflicts.inc()
-                    raise ConversationBusy()
-            started = await begin_turn(
+        async def conversation() -> uuid.UUID | None:
+            return request.conversation_id or await self._continues(owner, request.options, transactions, agents)
+
+        async def phase_1(conversation_id: uuid.UUID | None) -> TurnStarted:
+            return await begin_turn(
                 transactions,
                 settings,
                 owner,
@@ -165,8 +146,108 @@ class TurnService:
                 options=request.options,
                 # Only when no other turn is running: the overlap spends idle time on latency, and
                 # when the loop has other turns' work for that wait, its extra task costs throughput.
-                overlap=resources.lifecycle.in_flight == 0,
+                overlap=self.resources.lifecycle.in_flight == 0,
             )
+
+        started, lock, slot = await self._opened(owner, key, conversation, phase_1)
+        turn = self._turn(started, transactions, owner, gated_offered=request.options.approvals, lock=lock)
+        turn.history_key = request.history_key
+        self._settle_claims(turn, owner, slot, key, fp, respond)
+        return turn
+
+    async def resume(
+        self, request: ResumeRequest, transactions: Transactions, respond: Callable[[Turn], dict[str, Any]]
+    ) -> Turn | Replay:
+        """A paused turn, continued with decisions on its pending calls: the same turn (its answer
+        keeps its id), as `start` would run it, on whichever replica receives the decisions."""
+        owner = request.owner_id
+        self._admit()
+        agents = AgentChoice(self.resources.agents, None, request.allowed_agents)
+        await self._check_quota(owner)
+        key = request.idempotency_key
+        fp = fingerprint(request.fingerprint or {}) if key is not None else ""
+        if key is not None and (replay := await self._claim_key(owner, key, fp)) is not None:
+            return replay
+        paused: list[Paused] = []
+
+        async def conversation() -> uuid.UUID | None:
+            return request.conversation_id
+
+        async def phase_1(conversation_id: uuid.UUID | None) -> TurnStarted:
+            assert conversation_id is not None
+            found = await claim_paused(
+                transactions,
+                self.settings,
+                owner,
+                conversation_id,
+                request.decisions,
+                agents,
+                incremental=request.incremental,
+            )
+            paused.append(found)
+            return found.started
+
+        started, lock, slot = await self._opened(owner, key, conversation, phase_1)
+        turn = self._turn(started, transactions, owner, gated_offered=True, lock=lock)
+        turn.transcript = Transcript(blocks=list(paused[0].content), usage=paused[0].usage)
+        turn.resume = Resumption(paused[0].pending, request.decisions)
+        self._settle_claims(turn, owner, slot, key, fp, respond)
+        return turn
+
+    def _admit(self) -> None:
+        resources, settings = self.resources, self.settings
+        if resources.lifecycle.draining:
+            raise ShuttingDown()
+        if settings.admission_max_loop_lag and resources.loop_lag.latest > settings.admission_max_loop_lag:
+            # The loop cannot keep up: refuse now, cheaply, before this turn takes a connection it
+            # would hold through a slow loop (and time out at the pool seconds later).
+            resources.metrics.admission_refusals.inc()
+            log.warning("chat.admission_refused", loop_lag_s=round(resources.loop_lag.latest, 3))
+            raise ServiceBusy()
+
+    async def _check_quota(self, owner: uuid.UUID) -> None:
+        quota = await degraded(self.resources.limits.check_tokens(owner), None, "token_quota")
+        if quota is not None and not quota.allowed:
+            log.info("limits.refused", limit="tokens_per_day")
+            self.resources.metrics.limit_refusals.labels("tokens_per_day").inc()
+            raise TokenQuotaExceeded(headers=quota.headers())
+
+    async def _claim_key(self, owner: uuid.UUID, key: str, fp: str) -> Replay | None:
+        """The Idempotency-Key claimed for this request, or the stored response a retry replays."""
+        ttl = self.settings.turn_timeout + 60
+        claim = await degraded(self.resources.idempotency.claim(owner, key, fp, ttl), Claim("new"), "idempotency")
+        if claim.outcome == "mismatch":
+            raise IdempotencyKeyReused()
+        if claim.outcome == "running":
+            raise IdempotencyInProgress()
+        if claim.outcome == "replay":
+            assert claim.response is not None
+            self.resources.metrics.idempotent_replays.inc()
+            return Replay(claim.response)
+        return None
+
+    async def _opened(
+        self,
+        owner: uuid.UUID,
+        key: str | None,
+        conversation: Callable[[], Awaitable[uuid.UUID | None]],
+        phase_1: Callable[[uuid.UUID | None], Awaitable[TurnStarted]],
+    ) -> tuple[TurnStarted, Lock | None, uuid.UUID | None]:
+        """A turn slot, the conversation's lock, then phase 1; every claim undone if any of it fails."""
+        resources = self.resources
+        lock: Lock | None = None
+        slot: uuid.UUID | None = None
+        try:
+            slot = await self._take_slot(owner)
+            conversation_id = await conversation()
+            if conversation_id is not None:
+                lock = await acquire_conversation(resources.locks, owner, conversation_id)
+                if lock is BUSY:
+                    lock = None  # not ours to release
+                    log.info("chat.conversation_busy", conversation_id=str(conversation_id))
+                    resources.metrics.lock_conflicts.inc()
+                    raise ConversationBusy()
+            return await phase_1(conversation_id), lock, slot
         except BaseException:
             # Undo the claims, even on cancellation (shielded, bounded); then let the error go on.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -178,6 +259,16 @@ class TurnService:
                     await degraded(resources.idempotency.abandon(owner, key), None, "idempotency")
             raise
 
+    def _turn(
+        self,
+        started: TurnStarted,
+        transactions: Transactions,
+        owner: uuid.UUID,
+        *,
+        gated_offered: bool,
+        lock: Lock | None,
+    ) -> Turn:
+        resources, settings, metrics = self.resources, self.settings, self.resources.metrics
         context = ToolContext(
             owner_id=owner,
             conversation_id=started.conversation_id,
@@ -186,25 +277,29 @@ class TurnService:
             http=resources.http,
             message_id=started.message_id,  # what a memory written in this turn records as its source
         )
-        turn = Turn(
-            started,
-            Agent(
-                started.agent.llm,
-                started.agent.tools,
-                settings,
-                metrics,
-                KeyGate(resources, owner),
-                max_steps=started.agent.max_steps,
-            ),
-            context,
-            transactions,
+        agent = Agent(
+            started.agent.llm,
+            started.agent.tools,
             settings,
-            resources.lifecycle,
             metrics,
-            lock=(resources.locks, lock) if lock is not None else None,
-            history_key=request.history_key,
+            KeyGate(resources, owner),
+            max_steps=started.agent.max_steps,
+            gated_offered=gated_offered,
         )
-        limits = resources.limits
+        held = (resources.locks, lock) if lock is not None else None
+        return Turn(started, agent, context, transactions, settings, resources.lifecycle, metrics, lock=held)
+
+    def _settle_claims(
+        self,
+        turn: Turn,
+        owner: uuid.UUID,
+        slot: uuid.UUID | None,
+        key: str | None,
+        fp: str,
+        respond: Callable[[Turn], dict[str, Any]],
+    ) -> None:
+        """Once the turn is recorded: its slot back; its Idempotency-Key answered or given up."""
+        limits = self.resources.limits
         if slot is not None:
             taken = slot
 
@@ -213,16 +308,15 @@ class TurnService:
 
             turn.after_record.append(free_slot)
         if key is not None:
-            idempotency = resources.idempotency
+            idempotency = self.resources.idempotency
 
             async def settle_idempotency(done: Turn) -> None:
-                if done.status == MessageStatus.COMPLETE:
+                if done.status in (MessageStatus.COMPLETE, MessageStatus.AWAITING_APPROVAL):
                     await idempotency.complete(owner, key, fp, respond(done))
                 else:
                     await idempotency.abandon(owner, key)  # a retry should run the turn again
 
             turn.after_record.append(settle_idempotency)
-        return turn
 
     async def _continues(
         self, owner: uuid.UUID, options: TurnOptions, transactions: Transactions, agents: AgentChoice

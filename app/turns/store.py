@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -22,6 +22,7 @@ from sqlalchemy import Uuid, bindparam, func, insert, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.agent.loop import denied
 from app.conversations.errors import ConversationBusy
 from app.core.db import Driver, Tx
 from app.core.ids import uuid7
@@ -29,6 +30,7 @@ from app.core.text import clean, clean_text
 from app.llm.base import Block
 from app.models import Conversation, Message
 from app.models.base import utcnow
+from app.models.conversations import MessageStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,9 @@ class OpenedTurn:
     system: str | None
     earlier: list[tuple[str, Any]]
     agent: str  # the agent the conversation is bound to
+    # Answers of the history that were paused for approval, their pending calls now denied (this new
+    # message supersedes them): (id, content with the denials), to be recorded so.
+    superseded: list[tuple[uuid.UUID, list[Block]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +248,8 @@ def _open_existing(history: str) -> str:
         + _MESSAGES_FROM_VALUES
         + """)
     SELECT conversation.system, conversation.agent, m.role, m.content,
-        (SELECT COALESCE(c.agent, $10::varchar) FROM conversations AS c WHERE c.id = $1 AND c.owner_id = $2)
+        (SELECT COALESCE(c.agent, $10::varchar) FROM conversations AS c WHERE c.id = $1 AND c.owner_id = $2),
+        m.id, m.status
     FROM (SELECT 1) AS one
         LEFT JOIN conversation ON true
         LEFT JOIN messages AS m ON m.conversation_id = conversation.id"""
@@ -274,6 +280,49 @@ def _unique_violation() -> type[Exception]:
     import asyncpg  # type: ignore[import-untyped]  # only Postgres gets here
 
     return asyncpg.UniqueViolationError  # type: ignore[no-any-return]
+
+
+SUPERSEDED = "the user sent a new message instead"
+
+
+def pending_calls(content: list[Block]) -> list[Block]:
+    """The tool_use blocks of a paused answer that have no result yet."""
+    answered = {b.get("tool_use_id") for b in content if b.get("type") == "tool_result"}
+    return [b for b in content if b.get("type") == "tool_use" and b.get("id") not in answered]
+
+
+def with_denials(content: list[Block], reason: str) -> list[Block]:
+    """A paused answer's content with each of its pending calls denied, for `reason`."""
+    return [*content, *(denied(call["id"], reason) for call in pending_calls(content))]
+
+
+def _read_history(
+    rows: Iterable[tuple[uuid.UUID, str, Any, str]],
+) -> tuple[list[tuple[str, Any]], list[tuple[uuid.UUID, list[Block]]]]:
+    """(role, content) rows for the model; a paused answer among them is superseded by the new message."""
+    earlier: list[tuple[str, Any]] = []
+    superseded: list[tuple[uuid.UUID, list[Block]]] = []
+    for message_id, role, content, status in rows:
+        if status == MessageStatus.AWAITING_APPROVAL:
+            content = with_denials(_blocks(content), SUPERSEDED)
+            superseded.append((message_id, content))
+        earlier.append((role, content))
+    return earlier, superseded
+
+
+def _blocks(content: Any) -> list[Block]:
+    return list(json.loads(content) if isinstance(content, str) else content or [])
+
+
+async def record_denied(tx: Tx, message_id: uuid.UUID, content: list[Block], stop_reason: str) -> bool:
+    """A paused answer recorded with its pending calls denied (`content` holds the denials); False if
+    it was not paused any more."""
+    stmt = (
+        update(Message)
+        .where(Message.id == message_id, Message.status == MessageStatus.AWAITING_APPROVAL)
+        .values(status=MessageStatus.COMPLETE, content=content, stop_reason=stop_reason, updated_at=utcnow())
+    )
+    return bool((await tx.conn.execute(stmt)).rowcount)
 
 
 def _as_json(value: object) -> str | None:
@@ -321,8 +370,9 @@ class PostgresTurns:
         first = rows[0]  # always one row at least: the conversation's, or the reason there is none
         if first[1] is None:
             return NotOpened(first[4])
-        earlier = [(row[2], row[3]) for row in rows if row[2] is not None]
-        return OpenedTurn(conversation_id, messages.assistant_id, messages.now, first[0], earlier, first[1])
+        earlier, superseded = _read_history((row[5], row[2], row[3], row[6]) for row in rows if row[2] is not None)
+        opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, first[0], earlier, first[1])
+        return replace(opened, superseded=superseded)
 
     async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
         o = outcome.cleaned()
@@ -367,18 +417,18 @@ class SqliteTurns:
             return NotOpened(None)
         if (found.agent or agents.default) not in agents.names:
             return NotOpened(found.agent or agents.default)
-        history = select(Message.role, Message.content).where(Message.conversation_id == conversation_id)
+        history = select(Message.id, Message.role, Message.content, Message.status).where(
+            Message.conversation_id == conversation_id
+        )
         if until is not None:
             history = history.where(Message.id <= until)
-        earlier = (
-            [(role, content) for role, content in (await self.conn.execute(history.order_by(Message.id))).all()]
-            if read_history
-            else []
-        )
+        rows = (await self.conn.execute(history.order_by(Message.id))).all() if read_history else []
+        earlier, superseded = _read_history(tuple(row) for row in rows)
         await self.conn.execute(update(Conversation).where(*owned).values(updated_at=messages.now))
         await self._insert_messages(conversation_id, messages)
         agent = found.agent or agents.default
-        return OpenedTurn(conversation_id, messages.assistant_id, messages.now, found.system, earlier, agent)
+        opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, found.system, earlier, agent)
+        return replace(opened, superseded=superseded)
 
     async def _insert_messages(self, conversation_id: uuid.UUID, m: NewMessages) -> None:
         common = {

@@ -16,14 +16,17 @@ runs as a run (run.py), which may outlive the request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import structlog
 
-from app.agent.loop import Agent, ToolResultEvent, Transcript
+from app.agent.history import continue_history, split_assistant
+from app.agent.loop import Agent, Decision, ToolResultEvent, Transcript
 from app.agent.tools.base import ToolContext
 from app.core.config import Settings
 from app.core.context import current_request_id
@@ -32,7 +35,7 @@ from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, db_unav
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
 from app.core.metrics import Metrics
-from app.llm.base import TextDelta, ToolCall, Usage
+from app.llm.base import Block, TextDelta, ToolCall, Usage
 from app.llm.errors import UpstreamTimeout
 from app.models.conversations import MessageStatus
 from app.turns.begin import TurnStarted
@@ -55,7 +58,26 @@ class TurnFailed:
     error: AppError
 
 
-TurnEvent = TextDelta | ToolCall | ToolResultEvent | TurnEnded | TurnFailed
+@dataclass(frozen=True, slots=True)
+class ApprovalRequired:
+    """A call of a gated tool waits for a person's decision; the turn then ends `awaiting_approval`."""
+
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+
+
+TurnEvent = TextDelta | ToolCall | ToolResultEvent | ApprovalRequired | TurnEnded | TurnFailed
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """A paused turn continued: its pending calls and the decisions on them."""
+
+    pending: list[Block]
+    decisions: list[Decision]
+
+
 Emit = Callable[[TurnEvent], Awaitable[None]]
 
 
@@ -85,6 +107,7 @@ class Turn:
     history_key: Callable[[Turn], str | None] | None = None
     # Why an interrupted turn stopped ("cancelled", "client_disconnected"), recorded as its stop reason.
     interrupted_by: str | None = None
+    resume: Resumption | None = None  # a paused turn, continued: its calls are decided first
     _held: Held | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _shutdown: bool = False
@@ -163,6 +186,11 @@ class Turn:
         return self.transcript.stop_reason
 
     @property
+    def pending_approvals(self) -> list[Block]:
+        """The calls that paused this turn (tool_use blocks), while it awaits approval."""
+        return self.transcript.pending if self.status == MessageStatus.AWAITING_APPROVAL else []
+
+    @property
     def awaiting(self) -> list[str]:
         """Ids of the calls of the caller's own tools that ended this turn (the caller runs them)."""
         return self.transcript.awaiting
@@ -184,7 +212,16 @@ class Turn:
                     # Let the overlapped INSERT go out first: Postgres then commits it (a WAL flush)
                     # while we build the model request, and it is done before the model answers.
                     await asyncio.sleep(0)
-                await self.agent.run(self.started.request, self.context, self.transcript, emit)
+                request = self.started.request
+                if self.resume is not None:
+                    await self.agent.decide(
+                        self.resume.pending, self.resume.decisions, self.context, self.transcript, emit
+                    )
+                    # The history before the paused answer, then the answer so far with its calls' results.
+                    so_far = [*request.messages, *split_assistant(self.transcript.blocks)]
+                    messages = continue_history(so_far, [], budget=self.settings.history_token_budget)
+                    request = dataclasses.replace(request, messages=messages)
+                await self.agent.run(request, self.context, self.transcript, emit)
             await self._wait_stored()  # before the turn counts as done (also: its failure ended the scope)
             if self._shutdown:
                 # Interrupted by the drain: the partial answer is kept, the client is told why.
@@ -200,7 +237,12 @@ class Turn:
             log.exception("chat.turn.crashed", conversation_id=str(self.started.conversation_id))
             self._fail(AppError())
         else:
-            self.status = MessageStatus.COMPLETE
+            if self.transcript.pending:
+                self.status = MessageStatus.AWAITING_APPROVAL
+                for call in self.transcript.pending:
+                    await emit(ApprovalRequired(call["id"], call["name"], call.get("input") or {}))
+            else:
+                self.status = MessageStatus.COMPLETE
             await emit(TurnEnded(self.stop_reason or "end_turn", self.usage))
             return
         assert self.error is not None

@@ -1,0 +1,183 @@
+"""A paused turn: tool calls that wait for a person's decision, and how the turn goes on.
+
+A turn whose model asks for a gated tool (an agent's `approval`) runs the other calls, then is
+recorded `awaiting_approval` with the pending calls left open in its content, and ends: nothing is
+held while it waits (no connection, task, lock or turn slot). `claim_paused` is the continuation's
+phase 1 on whichever replica receives the decisions: it reads the paused answer, checks the
+decisions, and claims it (`awaiting_approval` → `in_progress`, so two replicas cannot both go on).
+A paused answer not decided within APPROVAL_TIMEOUT_SECONDS, or whose conversation gets a new
+message instead, has its pending calls denied and recorded (`deny_paused`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+import structlog
+from sqlalchemy import select, update
+
+from app.agent.history import split_assistant
+from app.agent.loop import Decision
+from app.agents.errors import AgentNotFound, AgentUnavailable
+from app.conversations.errors import ConversationNotFound
+from app.core.config import Settings
+from app.core.db import Database, Transactions, Tx
+from app.llm.base import Block, LLMRequest, Usage
+from app.models import Conversation, Message
+from app.models.base import utcnow
+from app.models.conversations import MessageStatus
+from app.turns.begin import AgentChoice, TurnStarted
+from app.turns.errors import NotPending, UndecidedCalls
+from app.turns.store import pending_calls, record_denied, with_denials
+
+log = structlog.get_logger(__name__)
+
+TIMED_OUT = "no decision came in time"
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    started: TurnStarted
+    content: list[Block]
+    pending: list[Block]
+    usage: Usage
+
+
+async def deny_paused(tx: Tx, message_id: uuid.UUID, content: list[Block], reason: str, stop_reason: str) -> bool:
+    """Record a paused answer's pending calls as denied; False if it was not paused any more."""
+    done = await record_denied(tx, message_id, with_denials(content, reason), stop_reason)
+    if done:
+        log.info("approval.denied", message_id=str(message_id), reason=stop_reason)
+    return done
+
+
+def check_decisions(pending: list[Block], decisions: list[Decision]) -> None:
+    """409 for a decision on a call that is not pending; 422 for one decided twice or one left undecided."""
+    ids = [call["id"] for call in pending]
+    for decision in decisions:
+        if decision.tool_use_id not in ids:
+            raise NotPending(f"The tool call {decision.tool_use_id[:100]!r} is not waiting for a decision.")
+    seen = [d.tool_use_id for d in decisions]
+    if len(seen) != len(set(seen)):
+        raise UndecidedCalls("A tool call was decided twice.")
+    undecided = [tid for tid in ids if tid not in seen]
+    if undecided:
+        raise UndecidedCalls(f"These pending tool calls need a decision too: {', '.join(undecided)}.")
+
+
+async def claim_paused(
+    transactions: Transactions,
+    settings: Settings,
+    owner_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    decisions: list[Decision],
+    agents: AgentChoice,
+    *,
+    incremental: bool,
+) -> Paused:
+    """The continuation's phase 1: the paused answer, its decisions checked, claimed for this replica."""
+    owned = Conversation.id == conversation_id, Conversation.owner_id == owner_id
+    async with transactions() as tx:
+        conversation = (await tx.conn.execute(select(Conversation.system, Conversation.agent).where(*owned))).first()
+        if conversation is None:
+            raise ConversationNotFound()
+        columns = (
+            Message.id, Message.role, Message.content, Message.status, Message.created_at, Message.updated_at,
+            Message.input_tokens, Message.output_tokens, Message.cache_read_tokens, Message.cache_creation_tokens,
+        )  # fmt: skip
+        rows = (
+            await tx.conn.execute(
+                select(*columns).where(Message.conversation_id == conversation_id).order_by(Message.id)
+            )
+        ).all()
+    bound = conversation.agent or agents.catalog.default.name
+    if bound not in agents.catalog:
+        raise AgentUnavailable(bound)
+    if agents.allowed is not None and bound not in agents.allowed:
+        raise AgentNotFound(bound)
+    agent = agents.catalog.resolve(bound, None)
+    last = rows[-1] if rows else None
+    if last is None or last.role != "assistant" or last.status != MessageStatus.AWAITING_APPROVAL:
+        raise NotPending("Nothing in this conversation is waiting for a decision.")
+    content: list[Block] = list(last.content or [])
+    pending = pending_calls(content)
+    if _updated(last.updated_at) + timedelta(seconds=settings.approval_timeout_seconds) < utcnow():
+        async with transactions() as tx:
+            await deny_paused(tx, last.id, content, TIMED_OUT, "approval_timeout")
+        raise NotPending("The pending tool calls timed out and were denied.")
+    check_decisions(pending, decisions)
+    async with transactions() as tx:
+        claim = (
+            update(Message)
+            .where(Message.id == last.id, Message.status == MessageStatus.AWAITING_APPROVAL)
+            .values(status=MessageStatus.IN_PROGRESS, updated_at=utcnow())
+        )
+        if not (await tx.conn.execute(claim)).rowcount:
+            raise NotPending("These tool calls were decided meanwhile.")
+    earlier: list[dict[str, Any]] = []
+    for row in rows[:-1]:
+        if row.role == "user":
+            earlier.append({"role": "user", "content": list(row.content or [])})
+        else:
+            earlier.extend(split_assistant(list(row.content or [])))
+    request = LLMRequest(
+        model=agent.model,
+        messages=earlier,
+        max_tokens=agent.max_tokens,
+        system=agent.system_prompt(conversation.system),
+        incremental=incremental,
+    )
+    usage = Usage(last.input_tokens, last.output_tokens, last.cache_read_tokens, last.cache_creation_tokens)
+    started = TurnStarted(conversation_id, last.id, last.created_at, agent, request)
+    return Paused(started, content, pending, usage)
+
+
+def _updated(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=utcnow().tzinfo)
+
+
+async def sweep_expired_approvals(db: Database, older_than: float, *, limit: int = 100) -> int:
+    """Deny and record the pending calls of answers paused longer than APPROVAL_TIMEOUT_SECONDS."""
+    before = utcnow() - timedelta(seconds=older_than)
+    denied_count = 0
+    async with db.transaction() as conn:
+        stale = (
+            await conn.execute(
+                select(Message.id, Message.content)
+                .where(Message.status == MessageStatus.AWAITING_APPROVAL, Message.updated_at < before)
+                .order_by(Message.updated_at)
+                .limit(limit)
+            )
+        ).all()
+        for row in stale:
+            denied_count += await deny_paused(
+                Tx(conn, None), row.id, list(row.content or []), TIMED_OUT, "approval_timeout"
+            )
+    return denied_count
+
+
+@asynccontextmanager
+async def expiring_approvals(db: Database, after_seconds: float) -> AsyncIterator[None]:
+    """While the app runs: now and then, deny what waited past its timeout (a task owned here)."""
+
+    async def keep_sweeping() -> None:
+        every = min(60.0, max(after_seconds / 4, 0.05))
+        while True:
+            try:
+                await sweep_expired_approvals(db, after_seconds)
+            except Exception as exc:  # the database may be down for a while: the next pass catches up
+                log.warning("approval.sweep_failed", error=type(exc).__name__)
+            await anyio.sleep(every)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(keep_sweeping)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
