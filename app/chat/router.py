@@ -9,7 +9,7 @@ it; a stream is a run, which opens its own (it may outlive this request).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from starlette.responses import JSONResponse, Response
@@ -25,7 +25,8 @@ from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimite
 from app.runs.responses import RunStreamResponse
 from app.state import TransactionsDep
 from app.turns.errors import NotPending, UndecidedCalls
-from app.turns.start import START_ERRORS, Replay, ResumeRequest, TurnRequest, TurnServiceDep
+from app.turns.start import START_ERRORS, Replay, ResumeRequest, TurnRequest, TurnService, TurnServiceDep
+from app.turns.turn import Turn
 
 router = APIRouter(tags=["chat"])
 
@@ -34,30 +35,39 @@ IdempotencyKey = Annotated[
     Header(alias="Idempotency-Key", max_length=255, description="Retries with the same key return the same answer."),
 ]
 EVENTS = ChatEvents()
-
-
-@router.post(
-    "/chat",
-    response_model=ChatResponse,
-    responses={
-        **responses(
-            Unauthorized,
-            InvalidRequest,
-            ConversationNotFound,
-            RateLimited,
-            UpstreamRateLimited,
-            UpstreamError,
-            UpstreamOverloaded,
-            DatabaseUnavailable,
-            UpstreamTimeout,
-            *START_ERRORS,
-            AgentNotFound,
-            AgentMismatch,
-            AgentUnavailable,
-        ),
-        200: {"content": {"text/event-stream": {"description": "start, delta…, end | error events"}}},
-    },
+# What any turn through this door can answer, besides its answer.
+TURN_ERRORS = (
+    Unauthorized,
+    InvalidRequest,
+    ConversationNotFound,
+    RateLimited,
+    UpstreamRateLimited,
+    UpstreamError,
+    UpstreamOverloaded,
+    DatabaseUnavailable,
+    UpstreamTimeout,
+    *START_ERRORS,
+    AgentNotFound,
+    AgentUnavailable,
 )
+SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"description": "start, delta…, end | error events"}}}
+}
+
+
+async def answer(turns: TurnService, started: Turn | Replay, *, stream: bool, cancel_on_disconnect: bool) -> Response:
+    """A started turn as this door answers it: JSON once it is over, or its run's events as SSE."""
+    if isinstance(started, Replay):
+        return ReplayResponse(started.response) if stream else JSONResponse(started.response)
+    if not stream:
+        return ChatJSONResponse(started)
+    run = await turns.start_run(started, EVENTS)
+    return RunStreamResponse(
+        run, ping_seconds=turns.settings.sse_ping_seconds, cancel_on_disconnect=cancel_on_disconnect
+    )
+
+
+@router.post("/chat", response_model=ChatResponse, responses={**responses(*TURN_ERRORS, AgentMismatch), **SSE})
 async def chat(
     body: ChatRequest,
     request: Request,
@@ -88,38 +98,13 @@ async def chat(
         transactions,
         respond=chat_response,
     )
-    if isinstance(started, Replay):
-        return ReplayResponse(started.response) if stream else JSONResponse(started.response)
-    if not stream:
-        return ChatJSONResponse(started)
-    run = await turns.start_run(started, EVENTS)
-    return RunStreamResponse(
-        run, ping_seconds=turns.settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"
-    )
+    return await answer(turns, started, stream=stream, cancel_on_disconnect=body.on_disconnect == "cancel")
 
 
 @router.post(
     "/conversations/{conversation_id}/approvals",
     response_model=ChatResponse,
-    responses={
-        **responses(
-            Unauthorized,
-            InvalidRequest,
-            ConversationNotFound,
-            RateLimited,
-            UpstreamRateLimited,
-            UpstreamError,
-            UpstreamOverloaded,
-            DatabaseUnavailable,
-            UpstreamTimeout,
-            *START_ERRORS,
-            NotPending,
-            UndecidedCalls,
-            AgentNotFound,
-            AgentUnavailable,
-        ),
-        200: {"content": {"text/event-stream": {"description": "start, delta…, end | error events"}}},
-    },
+    responses={**responses(*TURN_ERRORS, NotPending, UndecidedCalls), **SSE},
 )
 async def decide(
     conversation_id: uuid.UUID,
@@ -147,11 +132,4 @@ async def decide(
         transactions,
         respond=chat_response,
     )
-    if isinstance(started, Replay):
-        return ReplayResponse(started.response) if stream else JSONResponse(started.response)
-    if not stream:
-        return ChatJSONResponse(started)
-    run = await turns.start_run(started, EVENTS)
-    return RunStreamResponse(
-        run, ping_seconds=turns.settings.sse_ping_seconds, cancel_on_disconnect=body.on_disconnect == "cancel"
-    )
+    return await answer(turns, started, stream=stream, cancel_on_disconnect=body.on_disconnect == "cancel")
