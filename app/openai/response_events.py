@@ -6,8 +6,10 @@ replica, after `starting_after=N` (run events after N + 1) replays it exactly. O
 response.created, response.in_progress; per text: output_item.added, content_part.added,
 output_text.delta…, output_text.done, content_part.done, output_item.done; per tool of ours an
 mcp_call item (added, mcp_call.in_progress, mcp_call.completed | failed, done); per call of the
-client's function a function_call item (added, arguments delta and done, done); then
-response.completed, response.incomplete (length, client gone, cancelled) or response.failed.
+client's function a function_call item (added, arguments delta and done, done); per call of a
+gated tool an mcp_approval_request item (added, done), the response then ending completed; then
+response.completed, response.incomplete (length, client gone, cancelled) or response.failed. A
+continuation after approvals is its own response (`resp_<id>_<k>`), its decided calls first.
 """
 
 from __future__ import annotations
@@ -20,18 +22,21 @@ from app.agent.history import INTERRUPTED
 from app.agent.loop import ToolResultEvent
 from app.core.errors import AppError
 from app.llm.base import Block, TextDelta, ToolCall, Usage
+from app.models.conversations import MessageStatus
 from app.openai.errors import error_response
 from app.openai.response_objects import (
+    approval_item,
     function_item,
     mcp_item,
     message_item,
     outcome,
     output_items,
     response_object,
+    texts_before,
 )
 from app.runs.events import RunEvent
 from app.turns.answer import TurnJSONResponse
-from app.turns.turn import Turn, TurnEnded, TurnEvent, TurnFailed
+from app.turns.turn import ApprovalRequired, Turn, TurnEnded, TurnEvent, TurnFailed
 
 IN_PROGRESS = {"status": "in_progress", "incomplete_details": None, "error": None}
 _TERMINAL = {"completed": "response.completed", "failed": "response.failed"}
@@ -88,21 +93,41 @@ def mcp_close(sink: Sink, index: int, item: dict[str, Any]) -> None:
     emit(sink, "response.output_item.done", output_index=index, item=item)
 
 
+def approval_events(sink: Sink, index: int, item: dict[str, Any]) -> None:
+    emit(sink, "response.output_item.added", output_index=index, item=item)
+    emit(sink, "response.output_item.done", output_index=index, item=item)
+
+
 def finish(sink: Sink, response: dict[str, Any]) -> None:
     emit(sink, _TERMINAL.get(response["status"], "response.incomplete"), response=response)
 
 
 def response_of(turn: Turn, attributes: dict[str, Any], error: AppError | None = None) -> dict[str, Any]:
-    """The `response` of a finished turn (also what an Idempotency-Key replays)."""
+    """The `response` of a finished turn (also what an Idempotency-Key replays); of a continued
+    one, the continuation's own response: what came after the decisions."""
     failure = {"type": error.type, "message": error.message} if error is not None else None
-    started = turn.started
+    started, resumed = turn.started, turn.resume
+    paused = turn.status == MessageStatus.AWAITING_APPROVAL
+    blocks, used = turn.transcript.content(), turn.usage
+    if resumed is not None:
+        used = _since(used, resumed.before)
     return response_object(
         started.message_id,
-        started.created_at,
+        resumed.created_at or started.created_at if resumed is not None else started.created_at,
         attributes,
         state=outcome(turn.status.value, turn.stop_reason, failure),
-        output=output_items(turn.transcript.content(), started.message_id),
-        used=turn.usage,
+        output=output_items(blocks, started.message_id, start=resumed.at if resumed else 0, paused=paused),
+        used=used,
+        segment=resumed.segment if resumed is not None else 0,
+    )
+
+
+def _since(total: Usage, before: Usage) -> Usage:
+    return Usage(
+        total.input_tokens - before.input_tokens,
+        total.output_tokens - before.output_tokens,
+        total.cache_read_input_tokens - before.cache_read_input_tokens,
+        total.cache_creation_input_tokens - before.cache_creation_input_tokens,
     )
 
 
@@ -131,12 +156,24 @@ class ResponseEvents:
         self.running: dict[str, tuple[int, Block]] = {}  # our tools' calls awaiting their results
 
     def _response(self, turn: Turn, state: dict[str, Any], used: Usage | None) -> dict[str, Any]:
-        started = turn.started
+        started, resumed = turn.started, turn.resume
+        if resumed is None:
+            return response_object(
+                started.message_id, started.created_at, self.attributes, state=state, output=list(self.items), used=used
+            )
         return response_object(
-            started.message_id, started.created_at, self.attributes, state=state, output=list(self.items), used=used
+            started.message_id,
+            resumed.created_at or started.created_at,
+            self.attributes,
+            state=state,
+            output=list(self.items),
+            used=_since(used, resumed.before) if used is not None else None,
+            segment=resumed.segment,
         )
 
     def start(self, turn: Turn, run: Sink) -> None:
+        if turn.resume is not None:  # a continuation numbers its texts on from the paused answer's
+            self.texts = texts_before(turn.transcript.blocks, turn.resume.at)
         response = self._response(turn, IN_PROGRESS, None)
         emit(run, "response.created", response=response)
         emit(run, "response.in_progress", response=response)
@@ -157,12 +194,28 @@ class ResponseEvents:
             if event.name in {t["name"] for t in turn.started.request.tools}:
                 self.items.append(function_item(call))
                 function_events(run, index, self.items[index])
+            elif turn.agent.gated_offered and turn.agent.tools.needs_approval(event.name):
+                # Waits for the client's mcp_approval_response: the response will end here, completed.
+                self.items.append(approval_item(call))
+                approval_events(run, index, self.items[index])
             else:
                 self.items.append(mcp_item(call))
                 self.running[event.id] = (index, call)
                 mcp_open(run, index, self.items[index])
         elif isinstance(event, ToolResultEvent):
-            self._tool_done(run, event.tool_use_id, event.content, event.is_error)
+            decided = {c["id"] for c in turn.resume.pending} if turn.resume is not None else set()
+            if event.tool_use_id in decided:  # a call decided by the client: announced whole, now
+                # The call as it ran: with the client's edited input, where it gave one.
+                call = next(b for b in turn.transcript.blocks if b.get("id") == event.tool_use_id)
+                index, result = len(self.items), {"content": event.content, "is_error": event.is_error}
+                self.items.append(mcp_item(call, approved=True))
+                mcp_open(run, index, self.items[index])
+                self.items[index] = mcp_item(call, result, approved=True)
+                mcp_close(run, index, self.items[index])
+            else:
+                self._tool_done(run, event.tool_use_id, event.content, event.is_error)
+        elif isinstance(event, ApprovalRequired):
+            pass  # announced with its call, as an mcp_approval_request item
         elif isinstance(event, TurnEnded):
             self._finish(turn, run, None, event.usage)
         else:
@@ -218,6 +271,8 @@ def replayed(response: dict[str, Any], *, after: int = 0) -> Response:
             close_message(sink, index, item)
         elif item["type"] == "function_call":
             function_events(sink, index, item)
+        elif item["type"] == "mcp_approval_request":
+            approval_events(sink, index, item)
         elif item["type"] == "mcp_call":
             mcp_open(sink, index, {**item, "output": None, "error": None, "status": "in_progress"})
             mcp_close(sink, index, item)

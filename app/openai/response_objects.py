@@ -2,16 +2,24 @@
 
 Ids are derived, never stored: a response is `resp_<assistant message id>`; its output items are
 `msg_<message id>_<n>` (the n-th text of the answer), `mcp_<tool_use id>` (a tool we ran: an
-`mcp_call` with its output, which the SDKs parse and a client can show) and `fc_<tool_use id>` (a
-call of the client's own function, with `call_id` = the tool_use id). Stored blocks and a live
+`mcp_call` with its output, which the SDKs parse and a client can show), `fc_<tool_use id>` (a
+call of the client's own function, with `call_id` = the tool_use id) and `mcpr_<tool_use id>` (a
+call of a gated tool waiting for the client's `mcp_approval_response`). Stored blocks and a live
 stream give the same items with the same ids.
+
+An answer that paused for approval and was continued is one message and several responses, as
+OpenAI has it: the paused response `resp_<id>` ends `completed` with its approval requests, and
+each continuation is a new response, `resp_<id>_<k>` (k = 1, 2…: it may pause again), whose input
+is the approval responses and whose output is what came after them. Where each continuation begins
+is kept in the answer's `attributes.resumptions` (app/turns/approvals.py).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from app.llm.base import Block, Usage
@@ -20,17 +28,45 @@ SERVER_LABEL = "agentchat"
 _ERROR_CODES = {"upstream_rate_limited": "rate_limit_exceeded", "token_quota_exceeded": "rate_limit_exceeded"}
 
 
-def response_id(message_id: uuid.UUID) -> str:
-    return f"resp_{message_id.hex}"
+def response_id(message_id: uuid.UUID, segment: int = 0) -> str:
+    return f"resp_{message_id.hex}_{segment}" if segment else f"resp_{message_id.hex}"
+
+
+def parse_segment(value: str) -> tuple[uuid.UUID, int] | None:
+    """`resp_<hex>` → (message id, 0); `resp_<hex>_<k>` → (message id, k), its k-th continuation."""
+    head, _, tail = value.partition("_")[2].partition("_")
+    if not value.startswith("resp_") or len(head) != 32 or (tail and not (tail.isdigit() and len(tail) < 6)):
+        return None
+    try:
+        return uuid.UUID(hex=head), int(tail or 0)
+    except ValueError:
+        return None
 
 
 def parse_response_id(value: str) -> uuid.UUID | None:
-    if not value.startswith("resp_") or len(value) != 37:
-        return None
-    try:
-        return uuid.UUID(hex=value[5:])
-    except ValueError:
-        return None
+    found = parse_segment(value)
+    return found[0] if found is not None else None
+
+
+def approval_request_id(tool_use_id: str) -> str:
+    return f"mcpr_{tool_use_id}"
+
+
+def server_and_tool(name: str) -> tuple[str, str]:
+    """An MCP tool's `<server>__<tool>` name as (server label, its name there); a built-in's as ours."""
+    server, sep, tool = name.partition("__")
+    return (server, tool) if sep and server and tool else (SERVER_LABEL, name)
+
+
+def approval_item(call: Block) -> dict[str, Any]:
+    server, name = server_and_tool(call["name"])
+    return {
+        "id": approval_request_id(call["id"]),
+        "type": "mcp_approval_request",
+        "server_label": server,
+        "name": name,
+        "arguments": json.dumps(call.get("input") or {}, ensure_ascii=False),
+    }
 
 
 def result_text(content: Any) -> str:
@@ -44,7 +80,8 @@ def message_item(item_id: str, text: str, status: str = "completed") -> dict[str
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": [part]}
 
 
-def mcp_item(call: Block, result: Block | None = None) -> dict[str, Any]:
+def mcp_item(call: Block, result: Block | None = None, *, approved: bool = False) -> dict[str, Any]:
+    """A call of one of our tools; `approved`: one a person decided (it names the approval request)."""
     item: dict[str, Any] = {
         "id": f"mcp_{call['id']}",
         "type": "mcp_call",
@@ -55,6 +92,8 @@ def mcp_item(call: Block, result: Block | None = None) -> dict[str, Any]:
         "error": None,
         "status": "in_progress",
     }
+    if approved:
+        item["approval_request_id"] = approval_request_id(call["id"])
     if result is not None:
         text = result_text(result.get("content"))
         if result.get("is_error"):
@@ -75,26 +114,93 @@ def function_item(call: Block) -> dict[str, Any]:
     }
 
 
-def output_items(blocks: list[Block], message_id: uuid.UUID) -> list[dict[str, Any]]:
+def output_items(
+    blocks: list[Block], message_id: uuid.UUID, *, start: int = 0, end: int | None = None, paused: bool = False
+) -> list[dict[str, Any]]:
     """An answer's blocks as output items. A tool_use with its result in the answer is one of ours
-    (an mcp_call); one without is a call of the client's function that ended the turn."""
-    results = {b["tool_use_id"]: b for b in blocks if b.get("type") == "tool_result"}
+    (an mcp_call); one without is a call of the client's function that ended the turn, or, in a
+    response that `paused`, a call waiting for approval.
+
+    blocks[start:end] only: one response of an answer continued after approvals (its results of
+    calls decided before `start` are those calls, approved or denied, as mcp_call items)."""
+    end = len(blocks) if end is None else end
+    results = {b["tool_use_id"]: b for b in blocks[:end] if b.get("type") == "tool_result"}
+    calls = {b["id"]: b for b in blocks[:start] if b.get("type") == "tool_use"}
     items, texts = [], 0
-    for block in blocks:
+    for index, block in enumerate(blocks[:end]):
         if block.get("type") == "text" and block.get("text"):
-            items.append(message_item(f"msg_{message_id.hex}_{texts}", block["text"]))
+            if index >= start:
+                items.append(message_item(f"msg_{message_id.hex}_{texts}", block["text"]))
             texts += 1
+        elif index < start:
+            continue
         elif block.get("type") == "tool_use":
             result = results.get(block["id"])
-            items.append(mcp_item(block, result) if result is not None else function_item(block))
+            if result is not None:
+                items.append(mcp_item(block, result))
+            else:
+                items.append(approval_item(block) if paused else function_item(block))
+        elif block.get("type") == "tool_result" and block.get("tool_use_id") in calls:
+            items.append(mcp_item(calls[block["tool_use_id"]], block, approved=True))
     return items
+
+
+def texts_before(blocks: list[Block], start: int) -> int:
+    """How many texts the answer had before `start` (a continuation numbers its texts on from there)."""
+    return sum(1 for b in blocks[:start] if b.get("type") == "text" and b.get("text"))
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One response of an answer: blocks[start:end], with its own time, usage and request attributes."""
+
+    number: int
+    start: int
+    end: int | None  # None: to the end (the last response, the answer's own status)
+    created_at: datetime
+    used: Usage
+    attributes: dict[str, Any]
+
+
+def segment_of(
+    attributes: dict[str, Any], number: int, created_at: datetime, used: Usage, message_id: uuid.UUID
+) -> Segment | None:
+    """The `number`-th response of a stored answer (0: the first), or None if it has no such one."""
+    resumptions: list[dict[str, Any]] = attributes.get("resumptions") or []
+    if number > len(resumptions):
+        return None
+    marks = [0, *(r["at"] for r in resumptions)]
+    totals = [*(Usage(*r["usage"]) for r in resumptions), used]  # the usage where each response ends
+    begun = totals[number - 1] if number else Usage()
+    ended = totals[number]
+    delta = Usage(*(a - b for a, b in zip(_usage_tuple(ended), _usage_tuple(begun), strict=True)))
+    if number == 0:
+        own = attributes
+    else:
+        resumed = resumptions[number - 1]
+        created_at = datetime.fromtimestamp(resumed["created_at"], UTC)
+        # Its own request's attributes (the Responses door), or the first's, continued from the one before.
+        own = resumed.get("response") or {**attributes, "previous_response_id": response_id(message_id, number - 1)}
+    end = marks[number + 1] if number + 1 < len(marks) else None
+    return Segment(number, marks[number], end, created_at, delta, own)
+
+
+def _usage_tuple(used: Usage) -> tuple[int, int, int, int]:
+    return (
+        used.input_tokens,
+        used.output_tokens,
+        used.cache_read_input_tokens,
+        used.cache_creation_input_tokens,
+    )
 
 
 def outcome(status: str, stop_reason: str | None, error: dict[str, Any] | None) -> dict[str, Any]:
     """A stored message's status as the response's `status`, `incomplete_details` and `error`."""
     details: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
-    if status == "complete" and stop_reason in ("max_tokens", "max_steps"):
+    if status == "awaiting_approval":
+        status = "completed"  # as OpenAI ends a response with mcp_approval_request items
+    elif status == "complete" and stop_reason in ("max_tokens", "max_steps"):
         status, details = "incomplete", {"reason": "max_output_tokens" if stop_reason == "max_tokens" else "max_steps"}
     elif status == "complete":
         status = "completed"
@@ -128,10 +234,12 @@ def response_object(
     state: dict[str, Any],
     output: list[dict[str, Any]],
     used: Usage | None,
+    segment: int = 0,
 ) -> dict[str, Any]:
-    """A `response`; `attributes` are the request fields stored with the answer (see the router)."""
+    """A `response`; `attributes` are the request fields stored with the answer (see the router);
+    `segment`: which of the answer's responses (its continuations after approvals)."""
     return {
-        "id": response_id(message_id),
+        "id": response_id(message_id, segment),
         "object": "response",
         "created_at": int(created_at.timestamp()),
         **state,

@@ -117,6 +117,14 @@ INPUT_SCHEMA = {
                         output=_TEXT,
                     ),
                     _item("item_reference", ["type", "id"], type={"enum": ["item_reference"]}, id=_TEXT),
+                    _item(
+                        "mcp_approval_response",
+                        ["type", "approval_request_id", "approve"],
+                        type={"enum": ["mcp_approval_response"]},
+                        approval_request_id=_TEXT,
+                        approve={"type": "boolean"},
+                        reason={"anyOf": [_TEXT, {"type": "null"}]},
+                    ),
                 ]
             },
         },

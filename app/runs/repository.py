@@ -48,10 +48,12 @@ async def settle_interrupted(
 # Every turn ends (TURN_TIMEOUT) and is recorded (within RECORD_DEADLINE) long before this age; an
 # answer still `in_progress` past it belongs to a process that died — with or without Redis, a
 # streamed turn or a JSON one. Reads the partial index ix_messages_in_progress: a few rows at most.
+# Aged from updated_at: a paused answer continued days later (app/turns/approvals.py) is in progress
+# again from its claim, not from its creation.
 _SWEEP = text(
     """
     UPDATE messages SET status = 'incomplete', error = :error, updated_at = :now
-    WHERE status = 'in_progress' AND role = 'assistant' AND created_at < :before
+    WHERE status = 'in_progress' AND role = 'assistant' AND updated_at < :before
     """
 ).bindparams(
     bindparam("error", type_=NullableJSON),

@@ -47,6 +47,38 @@ class Paused:
     content: list[Block]
     pending: list[Block]
     usage: Usage
+    segment: int  # this continuation's number: 1 for the first, more when the answer paused again
+    claimed_at: datetime
+
+
+def continuation_run_id(message_id: uuid.UUID, segment: int) -> uuid.UUID:
+    """The run of an answer's `segment`-th continuation: its own id (its own event log), derived, so
+    the answer's id and the continuation's number find it on any replica."""
+    return uuid.uuid5(message_id, f"continuation-{segment}")
+
+
+def resumption_record(
+    content: list[Block], usage: Usage, decisions: list[Decision], at: datetime, response: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the answer's `attributes.resumptions` keeps of each continuation: where its blocks begin,
+    the usage and time at that point, the decisions, and (Responses) the request's own attributes."""
+    record: dict[str, Any] = {
+        "at": len(content),
+        "usage": [
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens,
+        ],
+        "created_at": at.timestamp(),
+        "decisions": [
+            {"tool_use_id": d.tool_use_id, "approve": d.approve, "reason": d.reason, "edited": d.input is not None}
+            for d in decisions
+        ],
+    }
+    if response is not None:
+        record["response"] = response
+    return record
 
 
 async def deny_paused(tx: Tx, message_id: uuid.UUID, content: list[Block], reason: str, stop_reason: str) -> bool:
@@ -80,8 +112,13 @@ async def claim_paused(
     agents: AgentChoice,
     *,
     incremental: bool,
+    message_id: uuid.UUID | None = None,
+    response: dict[str, Any] | None = None,
 ) -> Paused:
-    """The continuation's phase 1: the paused answer, its decisions checked, claimed for this replica."""
+    """The continuation's phase 1: the paused answer, its decisions checked, claimed for this replica.
+
+    `message_id`: the answer the caller means (a Responses `previous_response_id`), which must be the
+    paused one; `response`: that door's attributes for the continuation, kept with it."""
     owned = Conversation.id == conversation_id, Conversation.owner_id == owner_id
     async with transactions() as tx:
         conversation = (await tx.conn.execute(select(Conversation.system, Conversation.agent).where(*owned))).first()
@@ -90,6 +127,7 @@ async def claim_paused(
         columns = (
             Message.id, Message.role, Message.content, Message.status, Message.created_at, Message.updated_at,
             Message.input_tokens, Message.output_tokens, Message.cache_read_tokens, Message.cache_creation_tokens,
+            Message.attributes,
         )  # fmt: skip
         rows = (
             await tx.conn.execute(
@@ -105,6 +143,8 @@ async def claim_paused(
     last = rows[-1] if rows else None
     if last is None or last.role != "assistant" or last.status != MessageStatus.AWAITING_APPROVAL:
         raise NotPending("Nothing in this conversation is waiting for a decision.")
+    if message_id is not None and last.id != message_id:
+        raise NotPending("That answer is not the one waiting for a decision.")
     content: list[Block] = list(last.content or [])
     pending = pending_calls(content)
     if _updated(last.updated_at) + timedelta(seconds=settings.approval_timeout_seconds) < utcnow():
@@ -112,11 +152,17 @@ async def claim_paused(
             await deny_paused(tx, last.id, content, TIMED_OUT, "approval_timeout")
         raise NotPending("The pending tool calls timed out and were denied.")
     check_decisions(pending, decisions)
+    usage = Usage(last.input_tokens, last.output_tokens, last.cache_read_tokens, last.cache_creation_tokens)
+    now = utcnow()
+    attributes = dict(last.attributes or {})
+    resumptions = [*attributes.get("resumptions", []), resumption_record(content, usage, decisions, now, response)]
+    attributes["resumptions"] = resumptions
     async with transactions() as tx:
+        # The compare-and-set on the status makes this the only continuation, and its attributes the last word.
         claim = (
             update(Message)
             .where(Message.id == last.id, Message.status == MessageStatus.AWAITING_APPROVAL)
-            .values(status=MessageStatus.IN_PROGRESS, updated_at=utcnow())
+            .values(status=MessageStatus.IN_PROGRESS, updated_at=now, attributes=attributes)
         )
         if not (await tx.conn.execute(claim)).rowcount:
             raise NotPending("These tool calls were decided meanwhile.")
@@ -133,9 +179,8 @@ async def claim_paused(
         system=agent.system_prompt(conversation.system),
         incremental=incremental,
     )
-    usage = Usage(last.input_tokens, last.output_tokens, last.cache_read_tokens, last.cache_creation_tokens)
     started = TurnStarted(conversation_id, last.id, last.created_at, agent, request)
-    return Paused(started, content, pending, usage)
+    return Paused(started, content, pending, usage, len(resumptions), now)
 
 
 def _updated(value: datetime) -> datetime:

@@ -9,6 +9,7 @@ renders the turn's events its own way.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from app.core.locks import Lock, LockManager
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
-from app.turns.approvals import Paused, claim_paused
+from app.turns.approvals import Paused, claim_paused, continuation_run_id
 from app.turns.begin import AgentChoice, TurnOptions, TurnStarted, begin_turn
 from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
 from app.turns.gate import KeyGate
@@ -85,6 +86,10 @@ class ResumeRequest:
     idempotency_key: str | None = None
     fingerprint: dict[str, Any] | None = None
     allowed_agents: tuple[str, ...] | None = None
+    # The paused answer the caller means (None: the conversation's), and the door's attributes kept
+    # for this continuation (the Responses door's request fields: its response is the continuation).
+    message_id: uuid.UUID | None = None
+    attributes: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +188,25 @@ class TurnService:
                 request.decisions,
                 agents,
                 incremental=request.incremental,
+                message_id=request.message_id,
+                response=request.attributes,
             )
             paused.append(found)
             return found.started
 
         started, lock, slot = await self._opened(owner, key, conversation, phase_1)
         turn = self._turn(started, transactions, owner, gated_offered=True, lock=lock)
-        turn.transcript = Transcript(blocks=list(paused[0].content), usage=paused[0].usage)
-        turn.resume = Resumption(paused[0].pending, request.decisions)
+        found = paused[0]
+        # The transcript's usage grows from the paused answer's; `before` keeps where it was (a copy).
+        turn.transcript = Transcript(blocks=list(found.content), usage=dataclasses.replace(found.usage))
+        turn.resume = Resumption(
+            found.pending,
+            request.decisions,
+            at=len(found.content),
+            segment=found.segment,
+            created_at=found.claimed_at,
+            before=found.usage,
+        )
         self._settle_claims(turn, owner, slot, key, fp, respond)
         return turn
 
@@ -364,8 +380,10 @@ class TurnService:
 
     async def start_run(self, turn: Turn, publisher: RunPublisher) -> Run:
         """Execute the turn as a run owned by the app (not by the request), its events published."""
+        resumed = turn.resume
         return await self.resources.runs.start(
-            turn.started.message_id,
+            # A continuation is a run of its own (its own events), the paused answer's id is the first's.
+            continuation_run_id(turn.started.message_id, resumed.segment) if resumed else turn.started.message_id,
             turn.context.owner_id,
             as_run(turn, publisher),
             conversation_id=turn.started.conversation_id,

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -76,6 +77,10 @@ class Resumption:
 
     pending: list[Block]
     decisions: list[Decision]
+    at: int = 0  # where the continuation's blocks begin in the answer's content
+    segment: int = 0  # which continuation of the answer this is (1, 2…: it may pause again)
+    created_at: datetime | None = None  # when the decisions came
+    before: Usage = field(default_factory=Usage)  # the answer's usage when it paused
 
 
 Emit = Callable[[TurnEvent], Awaitable[None]]
