@@ -25,6 +25,7 @@ from app.agent.history import INTERRUPTED
 from app.agent.mcp import McpArguments, McpTool, model_tool_name, render_result
 from app.agent.registry import ToolRegistry
 from app.agent.tools.calculator import calculator
+from app.core.agents_config import parse_agents
 from app.core.config import Settings
 from app.core.mcp_config import parse_mcp_servers
 from app.main import create_app
@@ -504,3 +505,28 @@ def test_the_registry_swaps_a_sources_tools_and_keeps_the_static_ones() -> None:
     assert registry.get("b__x") is None
     assert registry.schemas()[0] is static_schema  # built once
     assert [s["name"] for s in turn_schemas] == ["calculator", "a__x", "a__y"]  # a turn's list never changes
+
+
+# --------------------------------------------------------------------------- agents pick MCP tools by pattern
+
+
+async def test_an_agents_pattern_selects_only_the_matching_servers_tools(
+    tracker: McpServerProcess, mcp_settings: Any, llm_server: FakeLLMServer
+) -> None:
+    other = McpServerProcess(require_header=f"{HEADER}={TOKEN}")
+    with other.running():
+        agents = {
+            "agents": [{"name": "support", "provider": "anthropic", "model": "claude-test", "tools": ["tracker__*"]}]
+        }
+        configured = mcp_settings(entry(tracker), entry(other, name="mail"), agents=parse_agents(agents))
+        async with serving(configured) as (live, auth):
+            r = await chat(live, auth, "hi")
+            assert r.status_code == 200, r.text
+            names = set(offered(llm_server))
+            assert names
+            assert all(name.startswith("tracker__") for name in names), names
+            # The other server is connected, its tools on offer to no agent that does not name them.
+            forged = await chat(live, auth, "send " + tool("mail__echo", {"text": "x"}))
+            [(name, is_error, result)] = calls_of(forged)
+            assert (name, is_error) == ("mail__echo", True)
+            assert "no tool named" in result
