@@ -46,6 +46,7 @@ from app.runs.router import router as runs_router
 from app.runs.store import RunStore
 from app.state import Resources
 from app.turns.approvals import expiring_approvals
+from app.turns.compaction import Compactor
 from app.turns.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
 from app.turns.turn import RECORD_DEADLINE
 
@@ -132,6 +133,10 @@ def build_lifespan(
             db = Database(engine, metrics)
             # Pauses past APPROVAL_TIMEOUT_SECONDS get their pending calls denied and recorded.
             await stack.enter_async_context(expiring_approvals(db, settings.approval_timeout_seconds))
+            # Long conversations are compacted in the background by its task group (closed after the runs).
+            compactor = await stack.enter_async_context(
+                Compactor(sessions, coordination.locks, coordination.limits, agents, settings)
+            )
             runs = await stack.enter_async_context(
                 RunManager(
                     coordination.run_store,
@@ -178,6 +183,7 @@ def build_lifespan(
                 runs=runs,
                 followers=Followers(settings.run_max_followers_per_key, settings.redis_follower_connections),
                 metrics=metrics,
+                compactor=compactor,
             )
             stack.callback(delattr, app.state, "resources")
             yield

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # domain types, for type checking only: the domains import th
     from app.auth.limits import Limits
     from app.runs.followers import Followers
     from app.runs.manager import RunManager
+    from app.turns.compaction import Compactor
     from app.turns.idempotency import IdempotencyStore
 
 
@@ -56,6 +57,7 @@ class Resources:
     runs: RunManager
     followers: Followers
     metrics: Metrics
+    compactor: Compactor | None = None  # long conversations' compactions (app/turns/compaction.py)
 
 
 def resources_of(app: Starlette) -> Resources:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.conversations.schemas import MessageOut, PendingApprovalOut, ToolCallOut, UsageOut
+from app.conversations.schemas import MessageOut, PendingApprovalOut, SummaryOut, ToolCallOut, UsageOut
 from app.llm.base import Usage, text_of
+from app.llm.summary import SUMMARY_ROLE, compaction_of
 from app.models import Message
 
 
@@ -50,9 +51,36 @@ def pending_of(blocks: list[dict[str, Any]]) -> list[PendingApprovalOut]:
     ]
 
 
+def summary_out(block: dict[str, Any]) -> SummaryOut:
+    covers = block.get("covers") or (None, None)
+    return SummaryOut(
+        covers_from=covers[0],
+        covers_to=covers[1],
+        messages_summarized=block.get("messages_summarized", 0),
+        tokens_before=block.get("tokens_before", 0),
+        tokens_after=block.get("tokens_after", 0),
+        fallback=bool(block.get("fallback")),
+        tool_results_cleared_before=block.get("cleared_before"),
+    )
+
+
 def render_message(message: Message) -> MessageOut:
     blocks = message.content or []
     usage = None
+    if message.role == SUMMARY_ROLE and (block := compaction_of(blocks)) is not None:
+        stored = Usage(
+            message.input_tokens, message.output_tokens, message.cache_read_tokens, message.cache_creation_tokens
+        )
+        return MessageOut(
+            id=message.id,
+            role="summary",
+            content=block.get("text") or "",
+            status=message.status,
+            model=message.model,
+            usage=usage_out(stored),
+            summary=summary_out(block),
+            created_at=message.created_at,
+        )
     if message.role == "assistant":
         stored = Usage(
             message.input_tokens, message.output_tokens, message.cache_read_tokens, message.cache_creation_tokens

@@ -60,7 +60,8 @@ async def get_conversation(
 
 @router.get("/{conversation_id}/messages", responses=responses(ConversationNotFound))
 async def list_messages(conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> MessagePage:
-    """A conversation's history: one user and one assistant item per turn, in order."""
+    """A conversation's history: one user and one assistant item per turn, in order; a `summary` item
+    where the conversation was compacted (the model reads it instead of the messages it covers)."""
     if await ConversationRepository(session).get_owned(conversation_id, owner_id=principal.owner_id) is None:
         raise ConversationNotFound()
     rows = await MessageRepository(session).list_for_owned(conversation_id, owner_id=principal.owner_id)

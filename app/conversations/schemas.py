@@ -47,9 +47,22 @@ class PendingApprovalOut(BaseModel):
     input: dict[str, Any]
 
 
+class SummaryOut(BaseModel):
+    """What a `summary` item stands for: the model reads it instead of the messages it covers,
+    which stay in the history as they were."""
+
+    covers_from: uuid.UUID | None = Field(description="The first message it covers.")
+    covers_to: uuid.UUID | None = Field(description="The last message it covers.")
+    messages_summarized: int = Field(description="Messages this compaction folded in.")
+    tokens_before: int
+    tokens_after: int
+    fallback: bool = Field(description="The summarizer failed: the covered turns were dropped.")
+    tool_results_cleared_before: uuid.UUID | None = None
+
+
 class MessageOut(BaseModel):
     id: uuid.UUID
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "summary"]
     content: str
     status: str
     stop_reason: str | None = None
@@ -59,6 +72,7 @@ class MessageOut(BaseModel):
     # Status `awaiting_approval`: the calls waiting for POST /conversations/{id}/approvals.
     pending_approvals: list[PendingApprovalOut] = []
     usage: UsageOut | None = None
+    summary: SummaryOut | None = None  # role `summary`: what it covers
     created_at: datetime
 
 

@@ -42,6 +42,13 @@ class AgentConfig(BaseModel):
     approval: tuple[str, ...] = ()
     max_steps: int | None = Field(default=None, ge=1, le=50)  # None: AGENT_MAX_STEPS
     max_tokens: int | None = Field(default=None, ge=1, le=64000)  # None: LLM_MAX_TOKENS
+    # Long conversations (app/turns/compaction.py): the model's window in tokens (None: known per
+    # model), the fraction of it at which the history is compacted, the model that writes the
+    # summary (None: the agent's own), or `off` (the oldest turns are dropped past the budget).
+    context_window: int | None = Field(default=None, ge=1000)
+    compact_at: float = Field(default=0.75, gt=0, le=1)
+    summary_model: str | None = None
+    compaction: Literal["auto", "off"] = "auto"
 
     @field_validator("name")
     @classmethod

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     agent_max_steps: int = Field(default=8, ge=1, le=50)
     agent_tools: str = "remember,recall,calculator,current_time"  # comma-separated; fetch_url is opt-in
     agent_approval_tools: str = ""  # comma-separated names or * patterns: calls that wait for approval
+    # The default agent's compaction (AgentConfig's context_window, compact_at, summary_model, compaction).
+    agent_context_window: int | None = Field(default=None, ge=1000)
+    agent_compact_at: float = Field(default=0.75, gt=0, le=1)
+    agent_summary_model: str | None = None
+    agent_compaction: Literal["auto", "off"] = "auto"
     approval_timeout_seconds: float = Field(default=86400.0, gt=0)  # then pending calls are denied, recorded
     agent_tool_timeout: float = Field(default=15.0, gt=0)
     agent_tool_result_max_chars: int = Field(default=8000, ge=100)
@@ -144,6 +149,10 @@ class Settings(BaseSettings):
             model=self.llm_model,
             tools=None,
             approval=tuple(name.strip() for name in self.agent_approval_tools.split(",") if name.strip()),
+            context_window=self.agent_context_window,
+            compact_at=self.agent_compact_at,
+            summary_model=self.agent_summary_model,
+            compaction=self.agent_compaction,
         )
         return AgentsConfig(default=DEFAULT_AGENT, agents=(agent,))
 

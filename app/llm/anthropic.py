@@ -22,6 +22,7 @@ from app.llm.errors import (
     UpstreamTimeout,
     retry_after,
 )
+from app.llm.summary import is_summary_block
 
 MESSAGES_PATH = "/v1/messages"
 # What `post(stream=True)` asks for; with `cast_to=httpx2.Response` the SDK hands back the response itself.
@@ -74,9 +75,14 @@ def _usage(raw: dict[str, Any]) -> Usage:
 
 
 def mark_cache_prefix(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mark the end of the history before the new turn, so the next call reads it from the cache."""
+    """Mark the end of the history before the new turn, so the next call reads it from the cache;
+    and the end of a conversation's summary, which stays the same until its next compaction."""
     if len(messages) < 2 or not messages[-2]["content"]:
         return messages
+    if len(messages) > 2 and is_summary_block(messages[0]["content"][0]):
+        first = dict(messages[0])
+        first["content"] = [{**first["content"][0], "cache_control": {"type": "ephemeral"}}, *first["content"][1:]]
+        messages = [first, *messages[1:]]
     prefix = dict(messages[-2])
     blocks = list(prefix["content"])
     blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}

@@ -23,6 +23,7 @@ from app.core.config import Settings
 from app.core.db import Transactions
 from app.core.errors import AppError
 from app.llm.base import Block, LLMRequest, Sampling
+from app.turns.compaction import history_budget
 from app.turns.store import (
     AgentFilter,
     NewConversation,
@@ -175,14 +176,16 @@ async def begin_turn(
             async with transactions() as tx:
                 await record_denied(tx, message_id, denied_content, "approval_superseded")
     agent = agents.catalog.resolve(opened.agent, None)
-    budget = settings.history_token_budget
+    system_prompt = agent.system_prompt(system if options.system_per_turn else opened.system)
+    # Past what fits the agent's window (compaction on) or HISTORY_TOKEN_BUDGET, the oldest turns go.
+    budget = history_budget(agent, settings, system_prompt, options.tools)
     rows = options.history if options.history is not None else opened.earlier
     history = build_history(rows, content, budget=budget)
     request = LLMRequest(
         model=agent.model,
         messages=history,
         max_tokens=min(options.max_tokens or agent.max_tokens, agent.max_tokens),
-        system=agent.system_prompt(system if options.system_per_turn else opened.system),
+        system=system_prompt,
         tools=list(options.tools),
         tool_choice=options.tool_choice,
         incremental=incremental,

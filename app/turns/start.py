@@ -303,7 +303,10 @@ class TurnService:
             gated_offered=gated_offered,
         )
         held = (resources.locks, lock) if lock is not None else None
-        return Turn(started, agent, context, transactions, settings, resources.lifecycle, metrics, lock=held)
+        turn = Turn(started, agent, context, transactions, settings, resources.lifecycle, metrics, lock=held)
+        if resources.compactor is not None:  # once recorded: a compaction if its history grew past compact_at
+            turn.after_record.append(resources.compactor.after_turn)
+        return turn
 
     def _settle_claims(
         self,

@@ -31,6 +31,7 @@ from app.llm.base import Block
 from app.models import Conversation, Message
 from app.models.base import utcnow
 from app.models.conversations import MessageStatus
+from app.turns.compaction import fold
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,15 +300,16 @@ def with_denials(content: list[Block], reason: str) -> list[Block]:
 def _read_history(
     rows: Iterable[tuple[uuid.UUID, str, Any, str]],
 ) -> tuple[list[tuple[str, Any]], list[tuple[uuid.UUID, list[Block]]]]:
-    """(role, content) rows for the model; a paused answer among them is superseded by the new message."""
-    earlier: list[tuple[str, Any]] = []
+    """(role, content) rows for the model; a paused answer among them is superseded by the new message.
+    A compaction among them folds what it covers into its summary (app/turns/compaction.py)."""
+    earlier: list[tuple[Any, str, Any]] = []
     superseded: list[tuple[uuid.UUID, list[Block]]] = []
     for message_id, role, content, status in rows:
         if status == MessageStatus.AWAITING_APPROVAL:
             content = with_denials(_blocks(content), SUPERSEDED)
             superseded.append((message_id, content))
-        earlier.append((role, content))
-    return earlier, superseded
+        earlier.append((message_id, role, content))
+    return fold(earlier), superseded
 
 
 def _blocks(content: Any) -> list[Block]:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from testkit.fake_llm.answers import plan_answer
+from testkit.fake_llm.answers import Answer, plan_answer
 from testkit.fake_llm.anthropic_wire import (
     _anthropic_error_body,
     _anthropic_tool_results,
@@ -30,6 +30,7 @@ from testkit.fake_llm.openai_wire import (
 )
 from testkit.fake_llm.responses import Pause, PlannedResponse, Step, _json_bytes
 from testkit.fake_llm.state import FakeLLMState
+from testkit.fake_llm.summarizer import is_summary_request, summarize
 from testkit.fake_llm.validation import InvalidRequest, validate_anthropic, validate_openai
 
 _SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
@@ -123,6 +124,14 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
             return reject("anthropic", 400, str(exc))
 
         stream = bool(body.get("stream"))
+        if is_summary_request(body):  # the service's summarizer: a summary, whatever the directives say
+            summary = summarize(body)
+            if summary is None:
+                return error_response("anthropic", 500, "Fake summarizer failure")
+            answer, none = Answer(summary, [], "end_turn"), Directives()
+            if stream:
+                return sse_reply(none, anthropic_stream(answer, body["model"], _anthropic_usage(body), none))
+            return json_reply(none, anthropic_message(answer, body["model"], _anthropic_usage(body)))
         if failure := scripted_failure("anthropic", directives, user_text, stream):
             return failure
         results, rounds = _anthropic_tool_results(body["messages"])
