@@ -140,9 +140,7 @@ async def test_approval_responses_that_cannot_continue(gated: tuple[Live, AsyncO
     with pytest.raises(BadRequestError) as mixed:
         await oai.responses.create(model="agentchat", previous_response_id=paused.id, input=stray)
     assert mixed.value.body["param"] == "input[1]"  # type: ignore[index]
-    wrong: ResponseInputParam = [
-        {"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}  # type: ignore[list-item]
-    ]
+    wrong: ResponseInputParam = [{"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}]
     with pytest.raises(ConflictError):  # not a pending call
         await oai.responses.create(model="agentchat", previous_response_id=paused.id, input=wrong)
     await oai.responses.create(model="agentchat", previous_response_id=paused.id, input=approval(paused, True))

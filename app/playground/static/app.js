@@ -499,6 +499,13 @@ class ToolCard {
     }
   }
 
+  // A call of a gated tool: it waits for the reader's decision (an approval card says what it is).
+  awaitApproval() {
+    this.root.classList.remove("running");
+    this.root.classList.add("awaiting");
+    this.status.textContent = "needs approval";
+  }
+
   settle() {
     if (this.root.classList.contains("running")) this.setResult(null, false);
   }
@@ -547,7 +554,34 @@ class AnswerView {
 
   setToolResult(result) {
     const card = this.tools.get(result.tool_use_id);
-    if (card) card.setResult(result.content, result.is_error);
+    if (card) {
+      card.root.classList.remove("awaiting");
+      card.setResult(result.content, result.is_error);
+    }
+  }
+
+  // A pending call (an `approval_required` event, or a paused answer reloaded).
+  awaitApproval(call) {
+    this.pending = [...(this.pending || []), call];
+    const card = this.tools.get(call.tool_use_id) || this.addTool({ id: call.tool_use_id, ...call });
+    card.awaitApproval();
+  }
+
+  // The turn paused: one approval card per pending call, and the decisions continue this answer.
+  askApprovals() {
+    if (!this.pending || !this.pending.length) return;
+    this.render();
+    this.segment = null;
+    const panel = new ApprovalPanel(this, this.pending);
+    this.pending = [];
+    keepPinned(() => this.body.append(panel.root));
+  }
+
+  // The continuation streams into this answer (the same message): after what is there already.
+  resumeStreaming() {
+    this.render();
+    this.segment = null;
+    this.startStreaming();
   }
 
   note(text) {
@@ -568,6 +602,192 @@ class AnswerView {
   }
 }
 
+// ---------------------------------------------------------------- approvals
+
+let openApprovals = null; // the panel of a paused turn awaiting decisions, if one is on screen
+
+class ApprovalCard {
+  constructor(call, onDecided) {
+    this.call = call;
+    this.decision = null;
+    this.root = el("section", "approval-card");
+    this.root.dataset.toolUseId = call.tool_use_id;
+    this.root.setAttribute("aria-label", `Approval needed: ${call.name}`);
+    const head = this.root.appendChild(el("div", "approval-head"));
+    this.badge = head.appendChild(el("span", "approval-badge", "Needs your approval"));
+    head.append(el("span", "approval-name", call.name));
+    this.args = this.root.appendChild(el("pre", "approval-args"));
+    this.args.append(el("code", null, formatJSON(call.input ?? {})));
+    this.editor = this.root.appendChild(el("textarea", "approval-editor"));
+    this.editor.hidden = true;
+    this.editor.spellcheck = false;
+    this.editor.setAttribute("aria-label", `Arguments for ${call.name} (JSON)`);
+    this.editor.value = formatJSON(call.input ?? {});
+    this.problem = this.root.appendChild(el("p", "approval-problem"));
+    this.problem.hidden = true;
+    this.reason = this.root.appendChild(el("input", "approval-reason"));
+    this.reason.type = "text";
+    this.reason.maxLength = 2000;
+    this.reason.placeholder = "Reason (optional; the model reads it if you deny)";
+    this.reason.setAttribute("aria-label", `Reason for ${call.name}`);
+    const actions = (this.actions = this.root.appendChild(el("div", "approval-actions")));
+    this.approve = actions.appendChild(el("button", "primary-button approval-approve", "Approve"));
+    this.deny = actions.appendChild(el("button", "ghost-button approval-deny", "Deny"));
+    this.edit = actions.appendChild(el("button", "ghost-button approval-edit", "Edit"));
+    for (const button of [this.approve, this.deny, this.edit]) button.type = "button";
+    this.outcome = this.root.appendChild(el("p", "approval-outcome"));
+    this.outcome.hidden = true;
+    this.approve.addEventListener("click", () => this.decide(true, onDecided));
+    this.deny.addEventListener("click", () => this.decide(false, onDecided));
+    this.edit.addEventListener("click", () => this.toggleEditor());
+  }
+
+  toggleEditor() {
+    const editing = this.editor.hidden;
+    this.editor.hidden = !editing;
+    this.args.hidden = editing;
+    this.problem.hidden = true;
+    this.edit.textContent = editing ? "Cancel edit" : "Edit";
+    this.approve.textContent = editing ? "Approve edited" : "Approve";
+    if (editing) this.editor.focus();
+  }
+
+  edited() {
+    if (this.editor.hidden) return null;
+    let value;
+    try {
+      value = JSON.parse(this.editor.value);
+    } catch (error) {
+      throw new Error(`The arguments are not valid JSON: ${error.message}`);
+    }
+    if (value === null || typeof value !== "object" || Array.isArray(value)) {
+      throw new Error("The arguments must be a JSON object.");
+    }
+    return value;
+  }
+
+  decide(approve, onDecided) {
+    let input = null;
+    if (approve) {
+      try {
+        input = this.edited();
+      } catch (error) {
+        this.problem.textContent = error.message;
+        this.problem.hidden = false;
+        return;
+      }
+    }
+    this.problem.hidden = true;
+    const reason = this.reason.value.trim();
+    this.decision = { tool_use_id: this.call.tool_use_id, approve };
+    if (input) this.decision.input = input;
+    if (reason) this.decision.reason = reason;
+    this.root.classList.toggle("approved", approve);
+    this.root.classList.toggle("denied", !approve);
+    if (input) this.args.replaceChildren(el("code", null, formatJSON(input)));
+    this.badge.textContent = approve ? "Approved" : "Denied";
+    this.show(approve ? (input ? "Approved with edited arguments" : "Approved") : reason ? `Denied: ${reason}` : "Denied");
+    onDecided();
+  }
+
+  show(text) {
+    this.outcome.textContent = text;
+    this.outcome.hidden = false;
+  }
+
+  // Locked: decided (or superseded), the card only says what happened; unlocked, it asks again.
+  lock(locked) {
+    this.actions.hidden = locked;
+    this.reason.hidden = locked;
+    if (locked && !this.editor.hidden) {
+      this.editor.hidden = true;
+      this.args.hidden = false;
+    }
+    if (!locked) {
+      this.badge.textContent = "Needs your approval";
+      this.args.replaceChildren(el("code", null, formatJSON(this.call.input ?? {})));
+      this.edit.textContent = "Edit";
+      this.approve.textContent = "Approve";
+    }
+  }
+}
+
+// The cards of one paused turn: once every pending call has a decision, they go together.
+class ApprovalPanel {
+  constructor(view, pending) {
+    this.view = view;
+    this.conversationId = state.conversationId;
+    this.root = el("div", "approval-panel");
+    this.cards = pending.map((call) => new ApprovalCard(call, () => this.maybeSubmit()));
+    this.root.append(...this.cards.map((card) => card.root));
+    this.error = null;
+    if (openApprovals) openApprovals.close("Superseded.");
+    openApprovals = this;
+  }
+
+  maybeSubmit() {
+    for (const card of this.cards) if (card.decision) card.lock(true);
+    if (this.cards.every((card) => card.decision)) this.submit();
+  }
+
+  async submit() {
+    if (this.error) this.error.remove();
+    const decisions = this.cards.map((card) => card.decision);
+    if (openApprovals === this) openApprovals = null;
+    const view = this.view;
+    view.resumeStreaming();
+    const controller = new AbortController();
+    setStreaming(controller);
+    try {
+      await streamDecisions(view, this.conversationId, decisions, controller.signal);
+    } catch (error) {
+      if (error.name === "AbortError") view.note("Stopped.");
+      else this.failed(error);
+    } finally {
+      view.finish();
+      if (state.stream === controller) setStreaming(null);
+      refreshConversations();
+    }
+  }
+
+  failed(error) {
+    this.error = errorNotice(error);
+    keepPinned(() => this.root.append(this.error));
+    if (error.status === 409 || error.status === 404) return; // decided elsewhere, or gone: nothing to retry
+    openApprovals = this;
+    for (const card of this.cards) {
+      card.decision = null;
+      card.outcome.hidden = true;
+      card.root.classList.remove("approved", "denied");
+      card.lock(false);
+    }
+  }
+
+  // A new message instead: the server denies the pending calls (the user sent a new message).
+  close(text) {
+    for (const card of this.cards) {
+      card.lock(true);
+      if (!card.decision) card.show(text);
+    }
+    if (openApprovals === this) openApprovals = null;
+  }
+}
+
+async function streamDecisions(view, conversationId, decisions, signal) {
+  const response = await request(`conversations/${encodeURIComponent(conversationId)}/approvals`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+    body: JSON.stringify({ decisions, stream: true }),
+    signal,
+  });
+  for await (const event of readEvents(response.body)) {
+    if (handleEvent(view, event)) return;
+  }
+  throw new ApiError("The connection closed before the answer was complete.", {
+    requestId: response.headers.get("X-Request-ID"),
+  });
+}
+
 const STOP_NOTES = {
   max_tokens: "Stopped at the length limit.",
   refusal: "The model declined to answer.",
@@ -580,6 +800,10 @@ function renderStoredAnswer(item) {
     if (call.result !== null && call.result !== undefined) card.setResult(call.result, call.is_error);
   }
   if (item.content) view.appendText(item.content);
+  if (item.status === "awaiting_approval") {
+    for (const call of item.pending_approvals || []) view.awaitApproval(call);
+    view.askApprovals();
+  }
   if (item.status === "incomplete") view.note("Stopped.");
   else if (item.status === "in_progress") view.note("Still being written…");
   else if (STOP_NOTES[item.stop_reason]) view.note(STOP_NOTES[item.stop_reason]);
@@ -599,6 +823,7 @@ function renderHistory(items) {
 
 function clearThread() {
   state.viewTicket++;
+  openApprovals = null;
   els.thread.replaceChildren();
   els.welcome.hidden = false;
 }
@@ -818,8 +1043,12 @@ function handleEvent(view, { event, data }) {
     case "tool_result":
       view.setToolResult(data);
       return false;
+    case "approval_required":
+      view.awaitApproval(data);
+      return false;
     case "end":
       if (STOP_NOTES[data.stop_reason]) view.note(STOP_NOTES[data.stop_reason]);
+      if (data.stop_reason === "awaiting_approval") view.askApprovals();
       return true;
     case "error":
       view.showError(ApiError.fromEnvelope(data.error || {}));
@@ -848,6 +1077,7 @@ async function sendMessage(text) {
   const body = { message: text, stream: true };
   if (state.conversationId) body.conversation_id = state.conversationId;
   else if (chosenAgent()) body.agent = chosenAgent(); // a continued conversation keeps its own
+  if (openApprovals) openApprovals.close("Not decided: your new message denies it.");
   appendUserMessage(text);
   const view = new AnswerView();
   view.startStreaming();
