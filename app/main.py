@@ -34,6 +34,8 @@ from app.core.loop import LoopLag
 from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import create_follower_redis, create_redis
+from app.files.router import router as files_router
+from app.files.storage import open_storage
 from app.health.router import router as health_router
 from app.llm.factory import create_llm
 from app.memories.router import router as memories_router
@@ -131,6 +133,7 @@ def build_lifespan(
             # Entered last, so it closes first: runs finish (or are interrupted) and are recorded
             # while the database and Redis are still there.
             db = Database(engine, metrics)
+            files = await open_storage(settings.file_storage_url, db, stack)
             # Pauses past APPROVAL_TIMEOUT_SECONDS get their pending calls denied and recorded.
             await stack.enter_async_context(expiring_approvals(db, settings.approval_timeout_seconds))
             # Long conversations are compacted in the background by its task group (closed after the runs).
@@ -184,6 +187,7 @@ def build_lifespan(
                 followers=Followers(settings.run_max_followers_per_key, settings.redis_follower_connections),
                 metrics=metrics,
                 compactor=compactor,
+                files=files,
             )
             stack.callback(delattr, app.state, "resources")
             yield
@@ -218,10 +222,17 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
     app.include_router(agents_router)
     app.include_router(conversations_router)
     app.include_router(memories_router)
+    app.include_router(files_router)
     app.include_router(runs_router)
     app.include_router(openai_router)
     app.include_router(playground_router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        # Uploads, and /v1 requests that may carry files inline (base64: 4/3 of the bytes).
+        large_bodies=(("/files", "/v1/chat/completions", "/v1/responses"), settings.file_max_bytes * 4 // 3 + 65536),
+    )
     return app
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # domain types, for type checking only: the domains import th
     from app.agents.catalog import AgentCatalog
     from app.auth.cache import KeyCache
     from app.auth.limits import Limits
+    from app.files.storage import FileStorage
     from app.runs.followers import Followers
     from app.runs.manager import RunManager
     from app.turns.compaction import Compactor
@@ -57,6 +58,7 @@ class Resources:
     runs: RunManager
     followers: Followers
     metrics: Metrics
+    files: FileStorage  # where uploaded files' bytes live (app/files/storage.py)
     compactor: Compactor | None = None  # long conversations' compactions (app/turns/compaction.py)
 
 

@@ -20,6 +20,7 @@ LAYERS = [
     {"agent"},
     {"state"},
     {"auth"},
+    {"files"},
     {"conversations", "runs", "memories", "agents"},
     {"turns"},
     {"chat"},

@@ -33,6 +33,8 @@ def _clean_blocks(blocks: Iterable[Block]) -> list[Block]:
             if block.get("is_error"):
                 result["is_error"] = True
             out.append(result)
+        elif block.get("type") in ("attachment", "image", "document"):
+            out.append(block)  # a file the user attached (app/files/attach.py), as it was stored
     return out
 
 
@@ -114,7 +116,23 @@ def normalise(messages: Sequence[Msg]) -> list[Msg]:
 
 
 def estimate_tokens(message: Msg) -> int:
-    return max(1, len(repr(message["content"])) // 4)
+    content = message["content"]
+    files = [b for b in content if isinstance(b, dict) and b.get("type") == "attachment"]
+    if not files:
+        return max(1, len(repr(content)) // 4)
+    others = [b for b in content if not (isinstance(b, dict) and b.get("type") == "attachment")]
+    return max(1, len(repr(others)) // 4) + sum(attachment_tokens(b) for b in files)
+
+
+def attachment_tokens(block: Block) -> int:
+    """What an attached file (app/files/attach.py) costs the model, for the budget: Anthropic bills an
+    image ~width × height / 750 tokens (~1,600 at most, once scaled), a PDF page ~1,500-3,000; text ~4 bytes a token."""
+    media_type = str(block.get("media_type", ""))
+    if media_type.startswith("image/"):
+        return max(85, min(1600, int(block.get("width") or 0) * int(block.get("height") or 0) // 750))
+    if media_type == "application/pdf":
+        return 2000 * max(1, int(block.get("pages") or 1))
+    return max(1, int(block.get("bytes") or 0) // 4)
 
 
 def trim_to_budget(messages: list[Msg], budget: int) -> list[Msg]:

@@ -20,10 +20,15 @@ from app.auth.deps import CurrentPrincipal
 from app.chat.responses import ChatEvents, ChatJSONResponse, ReplayResponse, chat_response
 from app.chat.schemas import ApprovalsRequest, ChatRequest, ChatResponse
 from app.conversations.errors import ConversationNotFound
+from app.core.db import Transactions
 from app.core.errors import DatabaseUnavailable, InvalidRequest, RateLimited, Unauthorized, responses
+from app.files.attach import check_model, resolve_attachments
+from app.files.errors import AttachmentsUnsupported, FileNotFound, TooManyAttachments
+from app.llm.base import Block
 from app.llm.errors import UpstreamError, UpstreamOverloaded, UpstreamRateLimited, UpstreamTimeout
 from app.runs.responses import RunStreamResponse
 from app.state import TransactionsDep
+from app.turns.begin import TurnOptions
 from app.turns.errors import NotPending, UndecidedCalls
 from app.turns.start import START_ERRORS, Replay, ResumeRequest, TurnRequest, TurnService, TurnServiceDep
 from app.turns.turn import Turn
@@ -67,7 +72,14 @@ async def answer(turns: TurnService, started: Turn | Replay, *, stream: bool, ca
     )
 
 
-@router.post("/chat", response_model=ChatResponse, responses={**responses(*TURN_ERRORS, AgentMismatch), **SSE})
+@router.post(
+    "/chat",
+    response_model=ChatResponse,
+    responses={
+        **responses(*TURN_ERRORS, AgentMismatch, FileNotFound, TooManyAttachments, AttachmentsUnsupported),
+        **SSE,
+    },
+)
 async def chat(
     body: ChatRequest,
     request: Request,
@@ -81,6 +93,9 @@ async def chat(
         # Silently ignoring it would leave the caller believing the prompt changed.
         raise InvalidRequest("`system` can only be set when a conversation starts (omit `conversation_id`).")
     stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    options = TurnOptions()
+    if body.attachments:
+        options = TurnOptions(content=await attached(body, principal, turns, transactions))
     # Phase 1 (the user's message stored) in a short transaction from `transactions`.
     started = await turns.start(
         TurnRequest(
@@ -94,6 +109,7 @@ async def chat(
             idempotency_key=idempotency_key,
             # What a retry must repeat; only an Idempotency-Key's retries are compared.
             fingerprint={**body.model_dump(mode="json"), "stream": stream} if idempotency_key is not None else None,
+            options=options,
         ),
         transactions,
         respond=chat_response,
@@ -133,3 +149,22 @@ async def decide(
         respond=chat_response,
     )
     return await answer(turns, started, stream=stream, cancel_on_disconnect=body.on_disconnect == "cancel")
+
+
+async def attached(
+    body: ChatRequest, principal: CurrentPrincipal, turns: TurnService, transactions: Transactions
+) -> list[Block]:
+    """The user's turn as blocks: its attachments' references (owner-checked), then its text. The
+    model it goes to must read them: a 422 now, before anything is stored or sent."""
+    settings = turns.settings
+    if len(body.attachments) > settings.chat_max_attachments:
+        raise TooManyAttachments(f"At most {settings.chat_max_attachments} attachments per message.")
+    blocks, bound = await resolve_attachments(
+        transactions, body.attachments, owner_id=principal.owner_id, conversation_id=body.conversation_id
+    )
+    catalog = turns.resources.agents
+    name = body.agent or bound
+    if name is None or name in catalog:  # an unknown or forbidden agent is phase 1's to refuse
+        agent = catalog.resolve(name, None)
+        check_model(blocks, model=agent.model, text_only_models=settings.file_text_only_models)
+    return [*blocks, {"type": "text", "text": body.message}]

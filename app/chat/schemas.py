@@ -26,6 +26,12 @@ class ChatRequest(BaseModel):
         max_length=64,
         description="The agent (GET /agents). Omit for the conversation's own, or the default for a new one.",
     )
+    attachments: list[uuid.UUID] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Ids of your files (POST /files) for the model to read with this message (at most "
+        "CHAT_MAX_ATTACHMENTS).",
+    )
 
     @field_validator("message")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.conversations.schemas import MessageOut, PendingApprovalOut, SummaryOut, ToolCallOut, UsageOut
+from app.files.schemas import attachments_of
 from app.llm.base import Usage, text_of
 from app.llm.summary import SUMMARY_ROLE, compaction_of
 from app.models import Message
@@ -95,6 +96,7 @@ def render_message(message: Message) -> MessageOut:
         model=message.model,
         error=message.error,
         tool_calls=tool_calls(blocks),
+        attachments=attachments_of(blocks),
         pending_approvals=pending_of(blocks) if message.status == "awaiting_approval" else [],
         usage=usage,
         created_at=message.created_at,

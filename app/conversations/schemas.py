@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.pagination import Page
+from app.files.schemas import AttachmentOut
 
 
 class ConversationOut(BaseModel):
@@ -69,6 +70,7 @@ class MessageOut(BaseModel):
     model: str | None = None
     error: dict[str, Any] | None = None
     tool_calls: list[ToolCallOut] = []
+    attachments: list[AttachmentOut] = []  # a user message's files (POST /chat `attachments`)
     # Status `awaiting_approval`: the calls waiting for POST /conversations/{id}/approvals.
     pending_approvals: list[PendingApprovalOut] = []
     usage: UsageOut | None = None

@@ -41,9 +41,18 @@ class BodyTooLarge(Exception):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        large_bodies: tuple[tuple[str, ...], int] = ((), 0),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Paths whose bodies may be larger (uploads, inline files), and their limit.
+        self.large_paths, self.large_body_bytes = large_bodies
         self.http_latency = metrics.http_latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -58,8 +67,9 @@ class RequestContextMiddleware:
         status = 500  # until a response says otherwise
         response_started = False
 
+        limit = self.large_body_bytes if scope["path"] in self.large_paths else self.max_body_bytes
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._send_error(send, request_id, 413, "payload_too_large", "Request body is too large.")
             self.http_latency.labels(scope["method"], "unmatched", "413").observe(time.perf_counter() - started)
             self._reset(token)
@@ -73,7 +83,7 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     # Answer now: the app may turn the exception into its own 400, which we drop.
                     if not response_started:
                         too_large, response_started, status = True, True, 413

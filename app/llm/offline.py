@@ -7,7 +7,9 @@ answers from their results, so the whole agent loop can be tried without an API 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import io
 import json
 import re
 import secrets
@@ -16,6 +18,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
+
+import imagesize  # type: ignore[import-untyped]  # no stubs or py.typed
+from pypdf import PdfReader
+from pypdf.errors import PyPdfError
 
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, TextDelta, ToolCall, Usage
 
@@ -96,7 +102,42 @@ async def _intent(said: str) -> tuple[str, dict[str, Any]] | None:
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    return " ".join(str(b.get("text", "")) for b in content if b.get("type") == "text")
+    return " ".join(
+        str(b.get("text", ""))
+        for b in content
+        if b.get("type") == "text" and not str(b.get("text", "")).startswith(_ATTACHED_TEXT)
+    )
+
+
+_ATTACHED_TEXT = "<attached_file "
+_ATTACHED_NAME = re.compile(r'<attached_file name="(?P<name>[^"]*)" media_type="(?P<type>[^"]*)">')
+
+
+def _received(content: Any) -> list[str]:
+    """What files the message carries, as the demo says it: "an image, PNG, 640×480"."""
+    if isinstance(content, str):
+        return []
+    said: list[str] = []
+    for block in content:
+        kind, source = block.get("type"), block.get("source") or {}
+        if kind == "image":
+            subtype = str(source.get("media_type", "")).removeprefix("image/").upper()
+            try:
+                width, height = imagesize.get(io.BytesIO(base64.b64decode(source.get("data", ""))))
+            except (ValueError, OSError):
+                width = height = -1
+            size = f", {width}×{height}" if width > 0 and height > 0 else ""
+            said.append(f"an image, {subtype}{size}")
+        elif kind == "document":
+            try:
+                pages = len(PdfReader(io.BytesIO(base64.b64decode(source.get("data", "")))).pages)
+            except (PyPdfError, ValueError, KeyError, TypeError, OSError):
+                pages = 0
+            count = f", {pages} page{'s' if pages != 1 else ''}" if pages else ""
+            said.append(f"a PDF document, “{block.get('title', 'document')}”{count}")
+        elif kind == "text" and (match := _ATTACHED_NAME.match(str(block.get("text", "")))):
+            said.append(f"a text file, “{match['name']}” ({match['type']})")
+    return said
 
 
 def _answer(call: Block | None, result: Block) -> str:
@@ -130,6 +171,10 @@ async def _reply(request: LLMRequest) -> tuple[str, tuple[str, dict[str, Any]] |
     content = request.messages[index]["content"] if users else ""
     results = [] if isinstance(content, str) else [b for b in content if b.get("type") == "tool_result"]
     said = _text(content).strip()
+    if received := _received(content):
+        echo = f" You said: “{said[:200]}”." if said else ""
+        what = ", ".join(received)
+        return f"{MARK} I received {what}.{echo} A real model would read it; the demo only describes it.", None
     if results and not said:
         before = request.messages[index - 1]["content"] if index > 0 else []
         calls = {b["id"]: b for b in before if isinstance(b, dict) and b.get("type") == "tool_use"}

@@ -116,9 +116,28 @@ def _translate_message(message: Mapping[str, Any]) -> list[dict[str, Any]]:
             if b.get("is_error"):
                 result = f"ERROR: {result}"
             messages.append({"role": "tool", "tool_call_id": b["tool_use_id"], "content": result})
-    if text or not messages:
+    if any(b.get("type") in ("image", "document") for b in blocks):
+        messages.append({"role": role, "content": _parts(blocks)})
+    elif text or not messages:
         messages.append({"role": role, "content": text})
     return messages
+
+
+def _parts(blocks: list[Block]) -> list[dict[str, Any]]:
+    """A user message with files, as content parts: images as `image_url` parts with data URLs, PDFs
+    as `file` parts (`file_data`, a data URL), text as text, in their order."""
+    parts: list[dict[str, Any]] = []
+    for b in blocks:
+        kind, source = b.get("type"), b.get("source") or {}
+        if kind == "text" and b.get("text"):
+            parts.append({"type": "text", "text": b["text"]})
+        elif kind == "image":
+            url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif kind == "document":
+            data = f"data:{source.get('media_type')};base64,{source.get('data')}"
+            parts.append({"type": "file", "file": {"filename": b.get("title") or "document.pdf", "file_data": data}})
+    return parts
 
 
 def build_payload(request: LLMRequest) -> dict[str, Any]:

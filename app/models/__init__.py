@@ -2,7 +2,8 @@
 
 from app.models.base import Base
 from app.models.conversations import Conversation, Message, MessageStatus
+from app.models.files import FileBlob, StoredFile
 from app.models.keys import ApiKey
 from app.models.memory import Memory
 
-__all__ = ["ApiKey", "Base", "Conversation", "Memory", "Message", "MessageStatus"]
+__all__ = ["ApiKey", "Base", "Conversation", "FileBlob", "Memory", "Message", "MessageStatus", "StoredFile"]

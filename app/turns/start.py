@@ -28,6 +28,7 @@ from app.core.db import Transactions
 from app.core.degraded import degraded
 from app.core.errors import PayloadTooLarge, ServiceBusy, ShuttingDown
 from app.core.locks import Lock, LockManager
+from app.files.attach import with_files
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
@@ -123,6 +124,7 @@ class TurnService:
         """Phase 1 and everything before it, in transactions from the door's opener (the turn keeps
         it for phase 3). `respond` renders a finished turn for idempotent replays."""
         owner, settings = request.owner_id, self.settings
+        text_only = settings.file_text_only_models
         self._admit()
         if len(request.message) > settings.max_message_chars:
             raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
@@ -139,7 +141,7 @@ class TurnService:
             return request.conversation_id or await self._continues(owner, request.options, transactions, agents)
 
         async def phase_1(conversation_id: uuid.UUID | None) -> TurnStarted:
-            return await begin_turn(
+            started = await begin_turn(
                 transactions,
                 settings,
                 owner,
@@ -153,6 +155,8 @@ class TurnService:
                 # when the loop has other turns' work for that wait, its extra task costs throughput.
                 overlap=self.resources.lifecycle.in_flight == 0,
             )
+            # Attached files' content for the model (read from their storage; none: unchanged).
+            return await with_files(started, self.resources.files, owner_id=owner, text_only_models=text_only)
 
         started, lock, slot = await self._opened(owner, key, conversation, phase_1)
         turn = self._turn(started, transactions, owner, gated_offered=request.options.approvals, lock=lock)
@@ -192,7 +196,8 @@ class TurnService:
                 response=request.attributes,
             )
             paused.append(found)
-            return found.started
+            text_only = self.settings.file_text_only_models
+            return await with_files(found.started, self.resources.files, owner_id=owner, text_only_models=text_only)
 
         started, lock, slot = await self._opened(owner, key, conversation, phase_1)
         turn = self._turn(started, transactions, owner, gated_offered=True, lock=lock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any
 
@@ -150,6 +152,57 @@ def _validate_message(i: int, message: Any, *, is_final: bool) -> None:
                 for k, inner in enumerate(_blocks(inner_content)):
                     if inner.get("type") == "text":
                         _validate_text_block(f"{where}.content.{k}", inner)
+        elif kind in ("image", "document"):
+            _validate_file_block(where, block, role)
+        elif kind not in KNOWN_BLOCKS:
+            raise InvalidRequest(
+                f"{where}: Input tag '{kind}' found using 'type' does not match any of the expected tags"
+            )
+
+
+# The Messages API's content block types (any other `type` is a 400).
+KNOWN_BLOCKS = {
+    "text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking", "server_tool_use",
+    "web_search_tool_result", "search_result", "container_upload", "mcp_tool_use", "mcp_tool_result", "compaction",
+}  # fmt: skip
+IMAGE_MEDIA_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+# What each media type's bytes begin with: the real API refuses an image whose bytes are not its type.
+_MAGIC = {
+    "image/png": b"\x89PNG\r\n\x1a\n",
+    "image/jpeg": b"\xff\xd8\xff",
+    "image/gif": b"GIF8",
+    "image/webp": b"RIFF",
+    "application/pdf": b"%PDF-",
+}
+
+
+def _validate_file_block(where: str, block: JSONDict, role: str) -> None:
+    """An `image` or `document` block: in a user message, a base64 source of an accepted media type
+    whose data decodes and whose bytes are of that type."""
+    kind = block["type"]
+    if role != "user":
+        raise InvalidRequest(f"{where}: {kind} blocks are only allowed in user messages")
+    source = block.get("source")
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        raise InvalidRequest(f"{where}.source: only base64 sources are accepted here")
+    media_type = source.get("media_type")
+    allowed = IMAGE_MEDIA_TYPES if kind == "image" else {"application/pdf"}
+    if media_type not in allowed:
+        raise InvalidRequest(
+            f"{where}.source.media_type: Input should be one of {sorted(allowed)} (got {media_type!r})"
+        )
+    data = source.get("data")
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) and data else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    if not raw:
+        raise InvalidRequest(f"{where}.source.data: invalid base64 data")
+    if not raw.startswith(_MAGIC[media_type]):
+        raise InvalidRequest(f"{where}.source: the data is not a valid {media_type}")
+    extra = set(block) - {"type", "source", "title", "context", "cache_control", "citations"}
+    if extra:
+        raise InvalidRequest(f"{where}.{sorted(extra)[0]}: Extra inputs are not permitted")
 
 
 def _tool_use_ids(message: JSONDict) -> list[str]:
@@ -237,6 +290,8 @@ def validate_openai(body: JSONDict) -> None:
             calls = message.get("tool_calls") or []
             offered = {c["id"] for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str)}
             pending = set(offered)
+        elif role == "user" and isinstance(message.get("content"), list):
+            _validate_openai_parts(i, message["content"])
         elif role == "tool":
             call_id = message.get("tool_call_id")
             if call_id not in offered:
@@ -247,3 +302,35 @@ def validate_openai(body: JSONDict) -> None:
             pending.discard(call_id)
     if pending:
         raise _unanswered_tool_calls(pending)
+
+
+def _validate_openai_parts(i: int, parts: list[Any]) -> None:
+    """A user message's content parts: text, `image_url` (an http(s) or base64 data URL), `file`
+    (`file_id`, or `file_data` as a base64 data URL)."""
+    for j, part in enumerate(parts):
+        where = f"messages[{i}].content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"Missing required parameter: '{where}.text'.")
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url")
+            if not isinstance(url, str) or not (url.startswith(("http://", "https://")) or _data_url_ok(url)):
+                raise InvalidRequest(f"Invalid '{where}.image_url.url': expected a URL or a base64 data URL.")
+        elif kind == "file":
+            file = part.get("file") or {}
+            if not file.get("file_id") and not _data_url_ok(str(file.get("file_data", ""))):
+                raise InvalidRequest(f"Invalid '{where}.file': expected file_id or file_data (a base64 data URL).")
+        else:
+            raise InvalidRequest(f"Invalid value for '{where}.type': {kind!r}.")
+
+
+def _data_url_ok(url: str) -> bool:
+    head, _, data = url.partition(",")
+    if not head.startswith("data:") or not head.endswith(";base64") or not data:
+        return False
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True

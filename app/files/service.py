@@ -1,0 +1,104 @@
+"""Taking in a file: inspect its bytes (type, size, hash, dimensions or pages), check the caps and
+the owner's quota, store the bytes once per owner and hash, record its metadata.
+
+Shared by `POST /files` and the /v1 doors' inline data (a data URL or `file_data` becomes a file).
+Nothing of a file's content is ever logged: its id, type, size and hash only.
+"""
+
+from __future__ import annotations
+
+import io
+import unicodedata
+import uuid
+from typing import BinaryIO
+
+import anyio
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.files.errors import QuotaExceeded
+from app.files.repository import FileRepository
+from app.files.storage import FileStorage
+from app.files.types import Limits, inspect
+from app.models import StoredFile
+
+log = structlog.get_logger(__name__)
+
+MAX_FILENAME = 255
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(settings.file_max_bytes, settings.file_image_max_side, settings.file_pdf_max_pages)
+
+
+def clean_filename(name: str | None, media_type: str | None = None) -> str:
+    """A display name: no path, no control characters, at most 255 characters."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip()
+    if not base:
+        extension = {"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp"}
+        base = "file" + extension.get(media_type or "", ".pdf" if media_type == "application/pdf" else "")
+    return base[:MAX_FILENAME]
+
+
+async def store_file(
+    session: AsyncSession,
+    storage: FileStorage,
+    settings: Settings,
+    *,
+    owner_id: uuid.UUID,
+    source: BinaryIO,
+    filename: str | None,
+) -> StoredFile:
+    """Inspect, check and store a seekable file; its metadata row is flushed in `session`'s transaction."""
+    found = await anyio.to_thread.run_sync(inspect, source, filename or "", limits_of(settings))
+    files = FileRepository(session)
+    stored = await files.has_content(owner_id, found.sha256)
+    quota = settings.file_storage_quota_bytes
+    if quota and not stored and await files.stored_bytes(owner_id) + found.bytes > quota:
+        log.info("files.quota_exceeded", bytes=found.bytes, quota=quota)
+        raise QuotaExceeded()
+    if not stored:
+        await storage.put(owner_id, found.sha256, source, found.bytes)
+    row = await files.add(
+        StoredFile(
+            owner_id=owner_id,
+            filename=clean_filename(filename, found.media_type),
+            media_type=found.media_type,
+            bytes=found.bytes,
+            sha256=found.sha256,
+            width=found.width,
+            height=found.height,
+            pages=found.pages,
+        )
+    )
+    log.info("files.stored", file_id=str(row.id), media_type=row.media_type, bytes=row.bytes, deduplicated=stored)
+    return row
+
+
+async def store_bytes(
+    session: AsyncSession,
+    storage: FileStorage,
+    settings: Settings,
+    *,
+    owner_id: uuid.UUID,
+    data: bytes,
+    filename: str | None,
+) -> StoredFile:
+    """Inline data (a /v1 data URL or `file_data`), stored as an upload is."""
+    # BytesIO over bytes shares their buffer (no copy until written to): the data is held once.
+    return await store_file(session, storage, settings, owner_id=owner_id, source=io.BytesIO(data), filename=filename)
+
+
+async def delete_file(session: AsyncSession, storage: FileStorage, file_id: uuid.UUID, *, owner_id: uuid.UUID) -> bool:
+    """The file's metadata goes; its bytes too once no other file of the owner has them. Messages that
+    attached it keep their reference (the history shows it as deleted)."""
+    files = FileRepository(session)
+    row = await files.delete_owned(file_id, owner_id=owner_id)
+    if row is None:
+        return False
+    if not await files.has_content(owner_id, row.sha256):
+        await storage.delete(owner_id, row.sha256)
+    log.info("files.deleted", file_id=str(file_id))
+    return True
