@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import sys
 
-from bench import overhead, streams, transport
+from bench import long_conversation, overhead, streams, transport
 from bench._harness import Check, print_checks, raise_nofile, run_or_exit
 
 RUNS = {
@@ -23,6 +23,7 @@ RUNS = {
     "ramp600": (streams, ["--scenario", "ramp600"]),
     "burst50": (streams, ["--scenario", "burst50"]),
     "transport": (transport, []),
+    "long_conversation": (long_conversation, []),
 }
 
 
