@@ -34,6 +34,8 @@ from app.core.loop import LoopLag
 from app.core.metrics import Metrics
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import create_follower_redis, create_redis
+from app.core.telemetry import Telemetry, activate
+from app.core.telemetry import configured as tracing_configured
 from app.files.router import router as files_router
 from app.files.storage import open_storage
 from app.health.router import router as health_router
@@ -51,6 +53,7 @@ from app.turns.approvals import expiring_approvals
 from app.turns.compaction import Compactor
 from app.turns.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
 from app.turns.turn import RECORD_DEADLINE
+from app.usage.router import router as usage_router
 
 log = structlog.get_logger("app.lifespan")
 
@@ -97,12 +100,15 @@ def build_coordination(settings: Settings, redis: Redis | None, follower_redis: 
 
 
 def build_lifespan(
-    settings: Settings, tools: ToolRegistry, metrics: Metrics
+    settings: Settings, tools: ToolRegistry, metrics: Metrics, telemetry: Telemetry | None = None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # AsyncExitStack releases in reverse order, also when start-up fails halfway.
         async with AsyncExitStack() as stack:
+            if telemetry is not None:
+                stack.callback(telemetry.shutdown)  # last: every span of the shutdown is exported
+            stack.enter_context(activate(telemetry))
             lifecycle = Lifecycle(settings.shutdown_grace_seconds)
             stack.callback(lifecycle.close)
             stack.enter_context(drain_on_sigterm(lifecycle))
@@ -119,6 +125,8 @@ def build_lifespan(
             follower_redis = create_follower_redis(settings)
             if follower_redis is not None:
                 stack.push_async_callback(follower_redis.aclose)
+            if telemetry is not None:  # the database's and Redis's spans, from their instrumentations
+                stack.enter_context(telemetry.instrumented(engine, redis))
             http = await stack.enter_async_context(
                 httpx2.AsyncClient(
                     timeout=httpx2.Timeout(30.0, connect=settings.llm_connect_timeout), follow_redirects=False
@@ -199,6 +207,8 @@ def build_lifespan(
 def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[Any]] = ()) -> FastAPI:
     """Build the app. `extra_tools` are offered to the agent beside the built-ins AGENT_TOOLS enables."""
     settings = settings or load_settings()
+    # Traces only where OTEL_* sets them up (app/core/telemetry.py); otherwise nothing of them is built.
+    telemetry = Telemetry() if tracing_configured() else None
     configure_logging(settings.resolved_log_format(), settings.log_level)
     metrics = Metrics()
     try:
@@ -214,7 +224,7 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url="/redoc" if settings.docs_enabled else None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
-        lifespan=build_lifespan(settings, tools, metrics),
+        lifespan=build_lifespan(settings, tools, metrics, telemetry),
     )
     install_error_handlers(app)
     app.include_router(health_router)
@@ -224,6 +234,7 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
     app.include_router(memories_router)
     app.include_router(files_router)
     app.include_router(runs_router)
+    app.include_router(usage_router)
     app.include_router(openai_router)
     app.include_router(playground_router)
     app.add_middleware(
@@ -233,6 +244,8 @@ def create_app(settings: Settings | None = None, *, extra_tools: Sequence[Tool[A
         # Uploads, and /v1 requests that may carry files inline (base64: 4/3 of the bytes).
         large_bodies=(("/files", "/v1/chat/completions", "/v1/responses"), settings.file_max_bytes * 4 // 3 + 65536),
     )
+    if telemetry is not None:  # outermost: the server span holds the whole request, its log lines too
+        app.add_middleware(telemetry.asgi)
     return app
 
 

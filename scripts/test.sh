@@ -14,9 +14,10 @@ echo "== mypy"; mypy
 
 echo "== services"; python -m tests.fixtures.services   # one clear line if Postgres or Redis is unreachable
 echo "== migrations (upgrade head, check) on Postgres and SQLite"; python -m tests.migrations_check
-echo "== browser, load balancer"
+echo "== browser, load balancer, promtool"
 "$(dirname "$0")/ensure-apt.sh" chromium chromium   # tests/playground drive Debian's chromium
 "$(dirname "$0")/ensure-apt.sh" nginx nginx         # tests run nginx in front of replicas
+"$(dirname "$0")/ensure-apt.sh" promtool prometheus # tests check deploy/prometheus/alerts.yml with promtool
 echo "== node clients"   # the Vercel AI SDK (tests/openai/test_client_vercel_ai.py): npm ci when its lock moved
 lock=tests/clients/node/package-lock.json stamp=tests/clients/node/node_modules/.installed-lock.json
 if cmp -s "$lock" "$stamp"; then echo "tests/clients/node: up to date"; else

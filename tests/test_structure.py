@@ -21,7 +21,7 @@ LAYERS = [
     {"state"},
     {"auth"},
     {"files"},
-    {"conversations", "runs", "memories", "agents"},
+    {"conversations", "runs", "memories", "agents", "usage"},
     {"turns"},
     {"chat"},
     {"health", "playground", "cli", "openai"},

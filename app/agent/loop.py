@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from app.agent.history import INTERRUPTED
 from app.agent.tools.base import Tool, ToolContext, ToolError
+from app.core import telemetry
 from app.core.config import Settings
 from app.core.errors import AppError
 from app.core.metrics import Metrics
@@ -128,8 +129,11 @@ class Agent:
         *,
         max_steps: int | None = None,
         gated_offered: bool = True,
+        name: str = "",
     ) -> None:
         self.llm, self.tools, self.settings, self.metrics, self.budget = llm, tools, settings, metrics, budget
+        self.name = name  # the configured agent's: a label of its metrics, an attribute of its spans
+        self.conversation_id: object = None  # the turn's, for the spans (set when it runs)
         self.max_steps = max_steps or settings.agent_max_steps
         # False where the door cannot carry an approval (Chat Completions): gated tools are not offered.
         self.gated_offered = gated_offered
@@ -145,6 +149,7 @@ class Agent:
     ) -> None:
         """A paused turn's pending calls as decided: approved ones run (with edited input, where given,
         which the stored call then shows), denied ones answered as `is_error` with the reason."""
+        self.conversation_id = ctx.conversation_id
         by_id = {decision.tool_use_id: decision for decision in decisions}
         approved: list[Block] = []
         results: dict[str, Block] = {}
@@ -165,6 +170,7 @@ class Agent:
         transcript.pending = []
 
     async def run(self, request: LLMRequest, ctx: ToolContext, transcript: Transcript, emit: Emit) -> None:
+        self.conversation_id = ctx.conversation_id
         messages = list(request.messages)
         # request.tools are the caller's own (an OpenAI client's functions): offered beside ours; a
         # call of one ends the turn and goes back to the caller, who runs it.
@@ -208,10 +214,37 @@ class Agent:
         log.info("agent.step_limit", steps=transcript.steps)
 
     async def _call_model(self, request: LLMRequest, transcript: Transcript, emit: Emit) -> Completed:
+        """One model call, in its `chat {model}` span (when traces are on), its tokens counted."""
+        with telemetry.chat(
+            provider=self.llm.provider,
+            model=request.model,
+            agent=self.name,
+            conversation_id=self.conversation_id,
+            system=request.system,
+            messages=request.messages,
+        ) as span:
+            completed = await self._stream_model(request, transcript, emit)
+            usage = completed.usage
+            telemetry.chat_completed(
+                span, model=request.model, stop_reason=completed.stop_reason, usage=usage, content=completed.content
+            )
+        tokens = self.metrics.gen_ai_tokens
+        for kind, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+            ("cache_creation", usage.cache_creation_input_tokens),
+        ):
+            if count:
+                tokens.labels(kind, self.name, request.model).inc(count)
+        return completed
+
+    async def _stream_model(self, request: LLMRequest, transcript: Transcript, emit: Emit) -> Completed:
         guard = self.budget
         reserved = await guard.reserve(request) if guard is not None else 0
         completed: Completed | None = None
         started, first_token = time.perf_counter(), True
+        outcome = "cancelled"  # until the call ends otherwise
         try:
             async with self.llm.stream(request) as events:
                 async for event in events:
@@ -219,7 +252,9 @@ class Agent:
                         await guard.check()  # raising here closes the call: the key was revoked
                     if isinstance(event, TextDelta):
                         if first_token:
-                            self.metrics.ttft.observe(time.perf_counter() - started)
+                            elapsed = time.perf_counter() - started
+                            self.metrics.ttft.observe(elapsed)
+                            self.metrics.gen_ai_first_chunk.labels(self.name, request.model).observe(elapsed)
                             first_token = False
                         transcript.partial.append(event.text)
                         await emit(event)
@@ -227,11 +262,18 @@ class Agent:
                         await emit(event)
                     elif isinstance(event, Completed):
                         completed = event
+            outcome = "ok"
         except AppError as exc:
+            outcome = exc.type
             self.metrics.upstream_errors.labels(exc.type).inc()
             raise
+        except Exception:
+            outcome = "crashed"
+            raise
         finally:
-            self.metrics.upstream_latency.labels(self.llm.provider).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.upstream_latency.labels(self.llm.provider).observe(elapsed)
+            self.metrics.gen_ai_duration.labels(self.name, request.model, outcome).observe(elapsed)
             if self.budget is not None:
                 # Shielded: a cancelled call (client left) still gives back what it did not use.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -260,9 +302,32 @@ class Agent:
         tool = self.tools.get(name)
         if tool is not None and not self.gated_offered and self.tools.needs_approval(name):
             tool = None  # not offered where no one can approve it: a forged call is refused, never run
-        is_error = True
+        started = time.perf_counter()
+        with telemetry.execute_tool(
+            name=name,
+            call_id=tool_id,
+            arguments=call.get("input"),
+            agent=self.name,
+            conversation_id=ctx.conversation_id,
+            mcp=bool(getattr(tool, "server", "")),
+        ) as span:
+            content, error_type = await self._tool_result(tool, call, ctx)
+            telemetry.tool_finished(span, is_error=error_type is not None, error_type=error_type, result=content)
+        label = name if tool is not None else "unknown"  # a name the model made up: not a label value
+        self.metrics.tool_duration.labels(label).observe(time.perf_counter() - started)
+        is_error = error_type is not None
+        if error_type is not None:
+            self.metrics.tool_errors.labels(label, error_type).inc()
+        results[tool_id] = {"type": "tool_result", "tool_use_id": tool_id, "content": content, "is_error": is_error}
+        await emit(ToolResultEvent(tool_id, content, is_error))
+
+    async def _tool_result(self, tool: Tool[Any] | None, call: Block, ctx: ToolContext) -> tuple[str, str | None]:
+        """What a tool call answers, and why it is an error (None: it is not)."""
+        name = call["name"]
+        is_error, error_type = True, "tool_error"
         try:
             if tool is None:
+                error_type = "unknown_tool"
                 raise ToolError(f"There is no tool named {name!r}. Available: {', '.join(self.tools.names)}.")
             data = tool.input_model.model_validate(call.get("input") or {})
             timeout = tool.timeout or self.settings.agent_tool_timeout
@@ -273,15 +338,17 @@ class Agent:
         except ToolError as exc:
             content = str(exc)
         except ValidationError as exc:
+            error_type = "invalid_input"
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()[:5])
             content = f"Invalid input for {name}: {problems}."
         except TimeoutError:
+            error_type = "timeout"
             content = f"The tool {name} timed out after {timeout:g} seconds."
         except Exception as exc:
+            error_type = "crashed"
             log.exception("agent.tool.crashed", tool=name)
             content = f"The tool {name} failed unexpectedly ({type(exc).__name__})."
         content = cap(content, self.settings.agent_tool_result_max_chars)
         content = clean_text(content)  # a page with a NUL must not make the answer unstorable
         log.info("agent.tool.finished", tool=name, is_error=is_error, chars=len(content))
-        results[tool_id] = {"type": "tool_result", "tool_use_id": tool_id, "content": content, "is_error": is_error}
-        await emit(ToolResultEvent(tool_id, content, is_error))
+        return content, error_type if is_error else None

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.agents_config import DEFAULT_AGENT, AgentConfig, AgentsConfig, parse_agents
 from app.core.mcp_config import McpServerConfig, parse_mcp_servers
+from app.core.prices import PriceTable, parse_prices
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 
@@ -68,6 +69,8 @@ class Settings(BaseSettings):
     # The named agents (app/core/agents_config.py): JSON or a JSON/YAML file. Unset: one agent,
     # `agentchat`, from LLM_* and AGENT_*.
     agents: Annotated[AgentsConfig | None, NoDecode] = None
+    # USD per million tokens by model (app/core/prices.py): GET /usage's cost_usd. JSON or a JSON/YAML file.
+    model_prices: Annotated[PriceTable, NoDecode] = PriceTable({})
 
     # Per-key limits, on by default (0 turns one off). Requests: any 60 s; tokens: in + out per UTC day.
     rate_limit_per_minute: int = Field(default=600, ge=0)
@@ -135,6 +138,11 @@ class Settings(BaseSettings):
     @classmethod
     def _mcp_servers(cls, value: object) -> tuple[McpServerConfig, ...]:
         return parse_mcp_servers(value)
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _model_prices(cls, value: object) -> PriceTable:
+        return parse_prices(value)
 
     @field_validator("agents", mode="before")
     @classmethod

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import structlog
 from structlog.types import EventDict, Processor
 
+from app.core.telemetry import add_trace_ids
+
 # Values that look like credentials are masked wherever they appear in a log line. One pattern,
 # one pass per string: each alternative keeps its one group (a prefix that may stay) and masks the rest.
 _SECRET_VALUE = re.compile(
@@ -114,6 +116,7 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,  # trace_id and span_id on lines inside a span, when traces are on (one global read when off)
     ]
     renderer: Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)

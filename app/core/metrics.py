@@ -108,6 +108,49 @@ class Metrics:
             registry=r,
         )
 
+        # GenAI-style (after OpenTelemetry's gen_ai.client.* metrics), by agent and model; the cost
+        # from MODEL_PRICES (app/core/prices.py), counted for models that have a price.
+        self.gen_ai_tokens = Counter(
+            "agentchat_gen_ai_client_token_usage",
+            "Tokens of model calls, by type (input, output, cache_read, cache_creation), agent and model.",
+            ["type", "agent", "model"],
+            registry=r,
+        )
+        self.gen_ai_duration = Histogram(
+            "agentchat_gen_ai_client_operation_duration_seconds",
+            "One model call, start to its last chunk, by agent, model and outcome (error type or ok).",
+            ["agent", "model", "outcome"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.gen_ai_first_chunk = Histogram(
+            "agentchat_gen_ai_client_time_to_first_chunk_seconds",
+            "From a model call to its first chunk of text, by agent and model.",
+            ["agent", "model"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.gen_ai_cost = Counter(
+            "agentchat_gen_ai_cost_usd",
+            "What finished turns cost, by agent and model (MODEL_PRICES).",
+            ["agent", "model"],
+            registry=r,
+        )
+        self.tool_duration = Histogram(
+            "agentchat_gen_ai_execute_tool_duration_seconds",
+            "One tool call, by tool (unknown: a name no tool has).",
+            ["tool"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.tool_errors = Counter(
+            "agentchat_gen_ai_execute_tool_errors",
+            "Tool calls that ended in an error result, by tool and kind "
+            "(tool_error, invalid_input, timeout, crashed, unknown_tool).",
+            ["tool", "type"],
+            registry=r,
+        )
+
     def watch_pool(self, checked_out: Callable[[], int]) -> None:
         self.pool_checked_out.set_function(checked_out)
 

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.context import request_id_var
 from app.core.errors import ServiceBusy, db_unavailable, envelope, is_db_unavailable
 from app.core.metrics import Metrics
+from app.core.telemetry import mark_request
 
 log = structlog.get_logger("app.http")
 
@@ -63,6 +64,7 @@ class RequestContextMiddleware:
         request_id = sane_request_id(headers.get(REQUEST_ID_HEADER)) or os.urandom(16).hex()
         token = request_id_var.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        mark_request(request_id)
         started = time.perf_counter()
         status = 500  # until a response says otherwise
         response_started = False

@@ -13,6 +13,7 @@ import anthropic
 import httpx2
 
 from app.core.config import ModelHttpClientName, Settings
+from app.core.telemetry import trace_headers
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, Sampling, TextDelta, ToolCall, Usage
 from app.llm.errors import (
     UpstreamError,
@@ -164,14 +165,23 @@ class AnthropicModel:
         if request.incremental:
             kwargs["stream"] = True
         body = json.dumps(kwargs, ensure_ascii=False, separators=(",", ":")).encode()
+        # The trace goes on to the provider (traceparent; nothing when traces are off).
+        options: anthropic.RequestOptions = {"headers": headers} if (headers := trace_headers()) else {}
         with map_errors():
             if not request.incremental:
-                response = await self._client.post(MESSAGES_PATH, content=body, cast_to=httpx2.Response)
+                response = await self._client.post(
+                    MESSAGES_PATH, content=body, cast_to=httpx2.Response, options=options
+                )
                 yield _whole(json.loads(response.content))
                 return
             # stream=True: the response comes back unread, its body ours to iterate and close.
             streamed = await self._client.post(
-                MESSAGES_PATH, content=body, cast_to=httpx2.Response, stream=True, stream_cls=_RawStream
+                MESSAGES_PATH,
+                content=body,
+                cast_to=httpx2.Response,
+                stream=True,
+                stream_cls=_RawStream,
+                options=options,
             )
             response = cast(httpx2.Response, streamed)
             try:

@@ -17,6 +17,7 @@ import httpx2
 import openai
 
 from app.core.config import Settings
+from app.core.telemetry import trace_headers
 from app.llm.base import Block, Completed, LLMEvent, LLMRequest, Sampling, TextDelta, ToolCall, Usage
 from app.llm.errors import (
     UpstreamError,
@@ -336,7 +337,8 @@ class OpenAICompatModel:
                 CHAT_PATH,
                 body=build_payload(request),
                 cast_to=object,
-                options={"headers": self._headers},
+                # The trace goes on to the provider (traceparent; nothing added when traces are off).
+                options={"headers": {**self._headers, **traced} if (traced := trace_headers()) else self._headers},
                 stream=True,
                 stream_cls=_ChunkStream,
             )

@@ -5,5 +5,16 @@ from app.models.conversations import Conversation, Message, MessageStatus
 from app.models.files import FileBlob, StoredFile
 from app.models.keys import ApiKey
 from app.models.memory import Memory
+from app.models.usage import ModelUsage
 
-__all__ = ["ApiKey", "Base", "Conversation", "FileBlob", "Memory", "Message", "MessageStatus", "StoredFile"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Conversation",
+    "FileBlob",
+    "Memory",
+    "Message",
+    "MessageStatus",
+    "ModelUsage",
+    "StoredFile",
+]

@@ -305,6 +305,7 @@ class TurnService:
             metrics,
             KeyGate(resources, owner),
             max_steps=started.agent.max_steps,
+            name=started.agent.name,
             gated_offered=gated_offered,
         )
         held = (resources.locks, lock) if lock is not None else None

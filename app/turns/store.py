@@ -31,6 +31,7 @@ from app.llm.base import Block
 from app.models import Conversation, Message
 from app.models.base import utcnow
 from app.models.conversations import MessageStatus
+from app.models.usage import ModelUsage
 from app.turns.compaction import fold
 
 
@@ -160,6 +161,21 @@ class Outcome:
         return Outcome(*(clean(getattr(self, name)) for name in OUTCOME_COLUMNS))
 
 
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """Phase 3's usage row, recorded by the same statement as the outcome: the model calls this
+    execution of the turn made, per key, agent and model. Each field is the `model_usage` column it sets."""
+
+    owner_id: uuid.UUID
+    agent: str
+    model: str
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+
+
 class TurnStore(Protocol):
     async def open_new(self, new: NewConversation) -> None: ...
 
@@ -178,8 +194,11 @@ class TurnStore(Protocol):
         The history read is the conversation's, or only up to `until`, or none (`read_history=False`).
         """
 
-    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
-        """Phase 3: record an assistant message's outcome; scoped to its conversation (owned by the caller)."""
+    async def record(
+        self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome, spent: Spent | None = None
+    ) -> None:
+        """Phase 3: record an assistant message's outcome; scoped to its conversation (owned by the caller).
+        With `spent`, the turn's usage row too, in the same statement (only if the answer was recorded)."""
 
 
 def turn_store(tx: Tx) -> TurnStore:
@@ -274,6 +293,21 @@ _N = len(OUTCOME_COLUMNS)
 _RECORD = f"""
     UPDATE messages SET {_SET_OUTCOME}, updated_at = ${_N + 1}
     WHERE id = ${_N + 2} AND conversation_id = ${_N + 3}
+"""
+
+
+SPENT_COLUMNS = tuple(f.name for f in fields(Spent))
+_SPENT_TYPES = ("uuid", "varchar", "varchar", "int", "bigint", "bigint", "bigint", "bigint")
+# Phase 3 with the turn's usage: the UPDATE as a data-modifying CTE, the usage row inserted only if it
+# matched (one statement still). $1..$N+3 as _RECORD; then the usage row's id and its columns.
+_RECORD_SPENT = f"""
+    WITH answer AS ({_RECORD.rstrip()}
+        RETURNING id, updated_at
+    )
+    INSERT INTO model_usage (id, message_id, {", ".join(SPENT_COLUMNS)}, created_at)
+    SELECT ${_N + 4}::uuid, answer.id,
+        {", ".join(f"${n}::{t}" for n, t in enumerate(_SPENT_TYPES, start=_N + 5))}, answer.updated_at
+    FROM answer
 """
 
 
@@ -376,10 +410,16 @@ class PostgresTurns:
         opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, first[0], earlier, first[1])
         return replace(opened, superseded=superseded)
 
-    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
+    async def record(
+        self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome, spent: Spent | None = None
+    ) -> None:
         o = outcome.cleaned()
         values = [_as_json(getattr(o, name)) if name in _JSONB else getattr(o, name) for name in OUTCOME_COLUMNS]
-        await self.driver.execute(_RECORD, *values, utcnow(), message_id, conversation_id)
+        if spent is None:
+            await self.driver.execute(_RECORD, *values, utcnow(), message_id, conversation_id)
+            return
+        usage = (getattr(spent, name) for name in SPENT_COLUMNS)
+        await self.driver.execute(_RECORD_SPENT, *values, utcnow(), message_id, conversation_id, uuid7(), *usage)
 
 
 class SqliteTurns:
@@ -453,12 +493,19 @@ class SqliteTurns:
         ]
         await self.conn.execute(insert(Message), [*earlier, common | user, common | assistant])
 
-    async def record(self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome) -> None:
+    async def record(
+        self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome, spent: Spent | None = None
+    ) -> None:
         owned = Message.id == message_id, Message.conversation_id == conversation_id
         cleaned = outcome.cleaned()
         values: dict[str, Any] = {name: getattr(cleaned, name) for name in OUTCOME_COLUMNS}
         values["error"] = values["error"] if values["error"] is not None else null()  # SQL NULL, not JSON null
-        await self.conn.execute(update(Message).where(*owned).values(**values, updated_at=utcnow()))
+        now = utcnow()
+        result = await self.conn.execute(update(Message).where(*owned).values(**values, updated_at=now))
+        if spent is not None and result.rowcount:  # the usage row, in the same transaction
+            usage = {name: getattr(spent, name) for name in SPENT_COLUMNS}
+            row = {"id": uuid7(), "message_id": message_id, "created_at": now, **usage}
+            await self.conn.execute(insert(ModelUsage).values(**row))
 
 
 # Where a turn continues (each indexed, each owner-scoped): the conversation of an answer, by its id

@@ -29,6 +29,7 @@ import structlog
 from app.agent.history import continue_history, split_assistant
 from app.agent.loop import Agent, Decision, ToolResultEvent, Transcript
 from app.agent.tools.base import ToolContext
+from app.core import telemetry
 from app.core.config import Settings
 from app.core.context import current_request_id
 from app.core.db import Transactions
@@ -36,11 +37,12 @@ from app.core.errors import AppError, DatabaseUnavailable, ShuttingDown, db_unav
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Held, Lock, LockManager, kept
 from app.core.metrics import Metrics
+from app.core.prices import Tokens
 from app.llm.base import Block, TextDelta, ToolCall, Usage
 from app.llm.errors import UpstreamTimeout
 from app.models.conversations import MessageStatus
 from app.turns.begin import TurnStarted
-from app.turns.store import Outcome, turn_store
+from app.turns.store import Outcome, Spent, turn_store
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +119,7 @@ class Turn:
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _shutdown: bool = False
     _reported: bool = False
+    _usage_before: Usage = field(default_factory=Usage)  # the answer's usage before this execution (a paused turn's)
 
     @asynccontextmanager
     async def holding_lock(self) -> AsyncIterator[None]:
@@ -203,12 +206,52 @@ class Turn:
     async def execute(self, emit: Emit) -> None:
         """Phase 2: the agent, emitting events. Failures become a `TurnFailed` event, never an exception."""
         self.metrics.turns_in_flight.inc()
+        self._usage_before = dataclasses.replace(self.usage)
+        agent = self.started.agent
         try:
-            # The agent emits each text delta and tool call before anything follows from it (a
-            # tool runs after its call is emitted): gating the events gates the turn's effects.
-            await self._execute(emit if self.started.stored is None else self._after_stored(emit))
+            with telemetry.invoke_agent(
+                agent=agent.name,
+                provider=agent.provider,
+                model=self.started.model,
+                conversation_id=self.started.conversation_id,
+                owner_id=self.context.owner_id,
+                request_id=current_request_id(),
+            ) as span:
+                # The agent emits each text delta and tool call before anything follows from it (a
+                # tool runs after its call is emitted): gating the events gates the turn's effects.
+                await self._execute(emit if self.started.stored is None else self._after_stored(emit))
+                error = self.error.type if self.error is not None else None
+                telemetry.turn_finished(
+                    span, status=self.status.value, stop_reason=self.stop_reason, usage=self._spent_usage(), error=error
+                )
         finally:
             self.metrics.turns_in_flight.dec()
+
+    def _spent_usage(self) -> Usage:
+        """The tokens of this execution's model calls (a continued turn's usage also holds the paused part's)."""
+        now, before = self.usage, self._usage_before
+        return Usage(
+            now.input_tokens - before.input_tokens,
+            now.output_tokens - before.output_tokens,
+            now.cache_read_input_tokens - before.cache_read_input_tokens,
+            now.cache_creation_input_tokens - before.cache_creation_input_tokens,
+        )
+
+    def _spent(self) -> Spent | None:
+        """This execution's usage row (None: it called no model)."""
+        if not self.transcript.steps:
+            return None
+        u = self._spent_usage()
+        return Spent(
+            owner_id=self.context.owner_id,
+            agent=self.started.agent.name,
+            model=self.started.model,
+            model_calls=self.transcript.steps,
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            cache_read_tokens=u.cache_read_input_tokens,
+            cache_creation_tokens=u.cache_creation_input_tokens,
+        )
 
     async def _execute(self, emit: Emit) -> None:
         try:
@@ -315,6 +358,11 @@ class Turn:
         self.metrics.turns.labels(self.status).inc()
         self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
         self.metrics.tokens.labels("out").inc(self.usage.output_tokens)
+        if self.transcript.steps:
+            u, model = self._spent_usage(), self.started.model
+            tokens = Tokens(u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens)
+            if (cost := self.settings.model_prices.cost(model, tokens)) is not None:
+                self.metrics.gen_ai_cost.labels(self.started.agent.name, model).inc(cost)
         if self.saved:
             log.info(
                 "chat.turn.finished",
@@ -354,6 +402,7 @@ class Turn:
             cache_creation_tokens=self.usage.cache_creation_input_tokens,
             history_key=self._history_key(),
         )
+        spent = self._spent()  # the usage row, written by the same statement
         with anyio.CancelScope(shield=True), anyio.move_on_after(RECORD_DEADLINE):
             attempt = 0
             while not self.saved:
@@ -364,7 +413,10 @@ class Turn:
                             # A callback, not a task: it runs when this waits on the statement below.
                             asyncio.get_running_loop().call_soon(while_storing)
                         await turn_store(tx).record(
-                            self.started.message_id, conversation_id=self.started.conversation_id, outcome=outcome
+                            self.started.message_id,
+                            conversation_id=self.started.conversation_id,
+                            outcome=outcome,
+                            spent=spent,
                         )
                     self.saved = True
                 except Exception as exc:

@@ -54,7 +54,7 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
             body = json.loads(await request.body())
         except ValueError:
             body = None
-        fake.record(body if isinstance(body, dict) else None)
+        fake.record(body if isinstance(body, dict) else None, traceparent=request.headers.get("traceparent"))
         return body if isinstance(body, dict) else None
 
     def error_response(

@@ -21,6 +21,8 @@ class FakeLLMState:
     max_open_streams: int = 0
     closed_by_client: int = 0
     recorded_requests: deque[JSONDict] = field(default_factory=lambda: deque(maxlen=MAX_RECORDED_REQUESTS))
+    # Each request's W3C `traceparent` header (None: it had none), most recent last.
+    traceparents: deque[str | None] = field(default_factory=lambda: deque(maxlen=MAX_RECORDED_REQUESTS))
     # Reasons for every 400/401 the fake produced by itself (not by a directive).
     rejections: list[str] = field(default_factory=list)
     # How often each exact last-user text was seen, for [[fail_first]].
@@ -30,9 +32,10 @@ class FakeLLMState:
     # The server runs on its own thread; tests read and reset from theirs.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, body: JSONDict | None) -> None:
+    def record(self, body: JSONDict | None, *, traceparent: str | None = None) -> None:
         with self.lock:
             self.request_count += 1
+            self.traceparents.append(traceparent)
             if body is not None:
                 self.recorded_requests.append(body)
 
@@ -78,5 +81,6 @@ class FakeLLMState:
             self.max_open_streams = self.open_streams
             self.closed_by_client = 0
             self.recorded_requests.clear()
+            self.traceparents.clear()
             self.rejections.clear()
             self.fail_counts.clear()
