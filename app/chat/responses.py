@@ -78,6 +78,8 @@ class ChatEvents:
             "model": started.model,
         }
         run.publish("start", data)
+        if started.compacted is not None:  # the history this turn sends was just compacted
+            run.publish("context", started.compacted)
 
     def event(self, turn: Turn, event: TurnEvent, run: Run) -> None:
         if isinstance(event, TextDelta):
@@ -100,6 +102,11 @@ class ChatEvents:
             run.publish("error", envelope(event.error.type, event.error.message))
 
     def interrupted(self, turn: Turn, run: Run) -> None:
+        if run.cancelled_by == "interrupted":  # by a newer message: its partial answer is recorded, an end
+            usage = usage_out(turn.usage).model_dump()
+            data = {"message_id": str(turn.started.message_id), "stop_reason": "interrupted", "usage": usage}
+            run.publish("end", data)
+            return
         run.publish("error", {"error": {"type": "cancelled", "message": "The run was cancelled."}})
 
 

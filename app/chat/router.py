@@ -105,6 +105,7 @@ async def chat(
             system=body.system,
             agent=body.agent,
             allowed_agents=principal.agents,
+            multitask=body.multitask,
             incremental=stream,
             idempotency_key=idempotency_key,
             # What a retry must repeat; only an Idempotency-Key's retries are compared.

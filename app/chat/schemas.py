@@ -18,6 +18,11 @@ class ChatRequest(BaseModel):
         default="cancel",
         description="Streams only: stop the model when the client leaves, or let the run finish to be rejoined.",
     )
+    multitask: Literal["reject", "interrupt"] = Field(
+        default="reject",
+        description="While another turn of the conversation runs: refuse this one (409), or interrupt that "
+        "one (its partial answer recorded, stop_reason 'interrupted') and run this one.",
+    )
     system: str | None = Field(
         default=None, max_length=20_000, description="System prompt; only when starting a new conversation."
     )

@@ -21,6 +21,7 @@ log = structlog.get_logger(__name__)
 
 class Interruptible(Protocol):
     def interrupt_for_shutdown(self) -> None: ...
+    def interrupt(self, key: object, reason: str) -> bool: ...
 
 
 class Lifecycle:
@@ -41,6 +42,10 @@ class Lifecycle:
             yield
         finally:
             self._turns.discard(turn)
+
+    def interrupt(self, key: object, reason: str) -> bool:
+        """Interrupt the turn in flight here that `key` names (its answer's id), for `reason`."""
+        return any(turn.interrupt(key, reason) for turn in list(self._turns))
 
     def begin_drain(self) -> None:
         """Called on the event loop. Idempotent."""

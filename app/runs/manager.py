@@ -35,6 +35,7 @@ KEEP_FINISHED_SECONDS = 60.0
 # so the Redis cost follows time, not the number of deltas (or of runs).
 MIRROR_INTERVAL = 0.02
 Driver = Callable[["Run"], Awaitable[None]]
+CANCEL_REASONS = ("cancelled", "interrupted")  # what a cancel request from another replica may say
 
 
 class Run:
@@ -223,11 +224,14 @@ class RunManager:
             asyncio.get_running_loop().call_later(KEEP_FINISHED_SECONDS, self.runs.pop, run.id, None)
 
     async def cancel(self, run_id: uuid.UUID, reason: str) -> None:
+        """Cancel a run (or a turn answered as JSON, by its answer's id) here, or ask every replica to."""
         run = self.runs.get(run_id)
         if run is not None:
             run.cancel(reason)
+        elif self.lifecycle.interrupt(run_id, reason):
+            pass
         elif self.store is not None:
-            await self.store.request_cancel(run_id)
+            await self.store.request_cancel(run_id, reason)
 
     async def _listen_for_cancels(self) -> None:
         assert self.store is not None
@@ -239,14 +243,19 @@ class RunManager:
                         if message.get("type") != "message":
                             continue
                         try:
-                            run = self.runs.get(uuid.UUID(message["data"].decode()))
+                            # "<run id>" or "<run id> <reason>" (app/runs/store.py).
+                            named, _, why = message["data"].decode().partition(" ")
+                            run_id, reason = uuid.UUID(named), why if why in CANCEL_REASONS else "cancelled"
+                            run = self.runs.get(run_id)
                         except (ValueError, UnicodeDecodeError, AttributeError):
                             # Anyone who can publish on the channel could send anything: skip it.
                             log.warning("run.cancel_message_invalid")
                             continue
                         if run is not None:
                             log.info("run.cancel_requested", run_id=str(run.id))
-                            run.cancel("cancelled")
+                            run.cancel(reason)
+                        elif self.lifecycle.interrupt(run_id, reason):  # a turn answered as JSON
+                            log.info("turn.interrupt_requested", message_id=str(run_id))
             except (RedisError, OSError) as exc:
                 log.warning("run.cancel_listener_down", error=type(exc).__name__)
                 await anyio.sleep(1.0)

@@ -65,5 +65,6 @@ class RunStore:
             entries = found[0][1] if found else []
         return [RunEvent.from_fields(int(entry_id.split(b"-")[1]), fields) for entry_id, fields in entries]
 
-    async def request_cancel(self, run_id: uuid.UUID) -> None:
-        await self.redis.publish(self.cancel_channel, str(run_id))
+    async def request_cancel(self, run_id: uuid.UUID, reason: str = "cancelled") -> None:
+        # "<run id>" as before for a plain cancel; "<run id> <reason>" otherwise (app/runs/manager.py).
+        await self.redis.publish(self.cancel_channel, str(run_id) if reason == "cancelled" else f"{run_id} {reason}")

@@ -13,7 +13,7 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import structlog
@@ -32,6 +32,7 @@ from app.files.attach import with_files
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
+from app.turns import multitask
 from app.turns.approvals import Paused, claim_paused, continuation_run_id
 from app.turns.begin import AgentChoice, TurnOptions, TurnStarted, begin_turn
 from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
@@ -74,6 +75,8 @@ class TurnRequest:
     # agents the caller's key may use (None: all).
     agent: str | None = None
     allowed_agents: tuple[str, ...] | None = None
+    # While another turn of the conversation runs: "reject" (409) or "interrupt" it (app/turns/multitask.py).
+    multitask: Literal["reject", "interrupt"] = "reject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +161,8 @@ class TurnService:
             # Attached files' content for the model (read from their storage; none: unchanged).
             return await with_files(started, self.resources.files, owner_id=owner, text_only_models=text_only)
 
-        started, lock, slot = await self._opened(owner, key, conversation, phase_1)
+        interrupt = request.multitask == "interrupt"
+        started, lock, slot = await self._opened(owner, key, conversation, phase_1, interrupt=interrupt)
         turn = self._turn(started, transactions, owner, gated_offered=request.options.approvals, lock=lock)
         turn.history_key = request.history_key
         self._settle_claims(turn, owner, slot, key, fp, respond)
@@ -253,6 +257,8 @@ class TurnService:
         key: str | None,
         conversation: Callable[[], Awaitable[uuid.UUID | None]],
         phase_1: Callable[[uuid.UUID | None], Awaitable[TurnStarted]],
+        *,
+        interrupt: bool = False,
     ) -> tuple[TurnStarted, Lock | None, uuid.UUID | None]:
         """A turn slot, the conversation's lock, then phase 1; every claim undone if any of it fails."""
         resources = self.resources
@@ -263,6 +269,8 @@ class TurnService:
             conversation_id = await conversation()
             if conversation_id is not None:
                 lock = await acquire_conversation(resources.locks, owner, conversation_id)
+                if lock is BUSY and interrupt:
+                    lock = await self._interrupt(owner, conversation_id)
                 if lock is BUSY:
                     lock = None  # not ours to release
                     log.info("chat.conversation_busy", conversation_id=str(conversation_id))
@@ -374,6 +382,21 @@ class TurnService:
                 return await turns.conversation_with_external_id(options.external_id, owner_id=owner)
             assert options.extends_key is not None
             return await turns.conversation_with_key(options.extends_key, owner_id=owner, agents=agents.filter())
+
+    async def _interrupt(self, owner: uuid.UUID, conversation_id: uuid.UUID) -> Lock | None:
+        """The running turn interrupted (wherever it runs), then its lock, once it has recorded its
+        answer and let go; BUSY if that takes longer than multitask.WAIT_SECONDS."""
+        resources, cancelled = self.resources, set[uuid.UUID]()
+        with anyio.move_on_after(multitask.WAIT_SECONDS):
+            while True:
+                # Looked up again now and then: the running answer may not have been stored yet.
+                await multitask.cancel_running(resources, owner, conversation_id, cancelled)
+                for _ in range(int(multitask.RETRY_CANCEL_SECONDS / multitask.POLL_SECONDS)):
+                    await anyio.sleep(multitask.POLL_SECONDS)
+                    lock = await acquire_conversation(resources.locks, owner, conversation_id)
+                    if lock is not BUSY:
+                        return lock
+        return BUSY
 
     async def _take_slot(self, owner: uuid.UUID) -> uuid.UUID | None:
         """One of the key's MAX_TURNS_IN_FLIGHT_PER_KEY slots, or TooManyTurns (None: off or Redis down)."""

@@ -179,6 +179,15 @@ class Turn:
         self._shutdown = True
         self._scope.cancel()
 
+    def interrupt(self, key: object, reason: str) -> bool:
+        """Stop this turn if `key` is its answer's id (a newer message's multitask "interrupt"): the
+        partial answer is recorded `incomplete` with `reason` as its stop reason."""
+        if key != self.started.message_id or self._scope.cancel_called:
+            return False
+        self.interrupted_by = reason
+        self._scope.cancel()
+        return True
+
     @property
     def text(self) -> str:
         return self.transcript.text()
@@ -271,6 +280,10 @@ class Turn:
                     request = dataclasses.replace(request, messages=messages)
                 await self.agent.run(request, self.context, self.transcript, emit)
             await self._wait_stored()  # before the turn counts as done (also: its failure ended the scope)
+            if self._scope.cancelled_caught and not self._shutdown and self.interrupted_by is not None:
+                # Interrupted by a newer message (`interrupt`): the partial answer is kept, incomplete.
+                await emit(TurnEnded(self.interrupted_by, self.usage))
+                return
             if self._shutdown:
                 # Interrupted by the drain: the partial answer is kept, the client is told why.
                 self.error = ShuttingDown("The server shut down before the answer was complete.")
