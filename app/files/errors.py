@@ -41,3 +41,7 @@ class AttachmentsUnsupported(InvalidRequest):
 
 class TooManyAttachments(InvalidRequest):
     type, default_message = "too_many_attachments", "Too many attachments (CHAT_MAX_ATTACHMENTS)."
+
+
+class RemoteFileRefused(InvalidRequest):
+    type, default_message = "remote_file_refused", "The file at that URL could not be fetched."

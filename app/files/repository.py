@@ -36,6 +36,11 @@ class FileRepository:
         stmt = select(StoredFile.id).where(StoredFile.owner_id == owner_id, StoredFile.sha256 == sha256).limit(1)
         return (await self.session.execute(stmt)).first() is not None
 
+    async def with_content(self, owner_id: uuid.UUID, sha256: str) -> StoredFile | None:
+        """The owner's oldest file with these bytes."""
+        stmt = select(StoredFile).where(StoredFile.owner_id == owner_id, StoredFile.sha256 == sha256)
+        return (await self.session.execute(stmt.order_by(StoredFile.id).limit(1))).scalar_one_or_none()
+
     async def get_owned(self, file_id: uuid.UUID, *, owner_id: uuid.UUID) -> StoredFile | None:
         stmt = select(StoredFile).where(StoredFile.id == file_id, StoredFile.owner_id == owner_id)
         return (await self.session.execute(stmt)).scalar_one_or_none()

@@ -7,6 +7,7 @@ Nothing of a file's content is ever logged: its id, type, size and hash only.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import unicodedata
 import uuid
@@ -86,7 +87,11 @@ async def store_bytes(
     data: bytes,
     filename: str | None,
 ) -> StoredFile:
-    """Inline data (a /v1 data URL or `file_data`), stored as an upload is."""
+    """Inline data (a /v1 data URL or `file_data`), stored as an upload is; the owner's file with the
+    same bytes if there is one, so a client that sends its history again adds no file per call."""
+    found = await FileRepository(session).with_content(owner_id, hashlib.sha256(data).hexdigest())
+    if found is not None:
+        return found
     # BytesIO over bytes shares their buffer (no copy until written to): the data is held once.
     return await store_file(session, storage, settings, owner_id=owner_id, source=io.BytesIO(data), filename=filename)
 

@@ -17,6 +17,7 @@ from app.auth.deps import CurrentPrincipal
 from app.openai.chat_wire import ChatChunks, CompletionJSONResponse, chunk_frames, completion, replay_chunks
 from app.openai.clients import ClientHeadersDep, answer_task, is_task_call, sampling_of
 from app.openai.errors import InvalidParam, ModelNotFound, OpenAIRoute, declared
+from app.openai.files import attach_parts
 from app.openai.history import chat_turn
 from app.openai.schemas import ChatCompletionOut, ChatCompletionRequest, ModelList, ModelOut
 from app.openai.tools import client_tools, tool_choice
@@ -92,6 +93,9 @@ async def chat_completions(
         raise InvalidParam("n", "Only one choice (n=1) is supported.")
     sampling = sampling_of(body.model_extra)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    # Image and file parts become the caller's stored files (refused if the agent's model cannot read them).
+    parts = [(f"messages[{i}].content", m.content) for i, m in enumerate(body.messages) if m.role == "user"]
+    await attach_parts(resources, principal.owner_id, parts, model=resources.agents.resolve(agent, None).model)
     call = chat_turn(principal.owner_id, body.messages)  # every history is checked, a task's too
     if is_task_call(client, body.messages):  # a front-end's title, tags…: no conversation, no tools
         max_tokens = body.max_completion_tokens or body.max_tokens

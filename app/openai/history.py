@@ -157,6 +157,8 @@ def _parts_text(content: Any, param: str, allowed: frozenset[str] = TEXT_PARTS) 
             kind = part.get("type") if isinstance(part, dict) and isinstance(part.get("type"), str) else None
             if kind in allowed and isinstance(part.get("text"), str):
                 texts.append(part["text"])
+            elif kind == "attachment":
+                continue  # a file (app/openai/files.py made it from an image or file part): see _files
             elif kind == "refusal" and isinstance(part.get("refusal"), str):
                 texts.append(part["refusal"])
             else:
@@ -168,6 +170,18 @@ def _parts_text(content: Any, param: str, allowed: frozenset[str] = TEXT_PARTS) 
 
 def _text_block(text: str) -> list[Block]:
     return [{"type": "text", "text": text}] if text.strip() else []
+
+
+def _files(content: Any) -> list[Block]:
+    """A user message's files, as attachment blocks (app/files/attach.py), ahead of its text."""
+    if not isinstance(content, list):
+        return []
+    return [dict(p) for p in content if isinstance(p, dict) and p.get("type") == "attachment"]
+
+
+def _files_canon(files: list[Block]) -> str:
+    """What a history key hashes of a message's files: their content (the same bytes, the same key)."""
+    return "".join(f"\x1ffile:{b.get('sha256', '')}" for b in files)
 
 
 def _result(call_id: str, output: str) -> Block:
@@ -185,8 +199,10 @@ def _tool_use(call_id: str, name: str, arguments: Any, param: str) -> Block:
     return {"type": "tool_use", "id": call_id, "name": name, "input": data if isinstance(data, dict) else {}}
 
 
-def _finish(turn: ClientTurn, rows: _Rows | None, results: list[Block], texts: list[str], param: str) -> ClientTurn:
-    turn.content = results + [b for text in texts for b in _text_block(text)]
+def _finish(
+    turn: ClientTurn, rows: _Rows | None, results: list[Block], texts: list[str], param: str, files: list[Block]
+) -> ClientTurn:
+    turn.content = results + files + [b for text in texts for b in _text_block(text)]
     turn.text = "\n".join([*texts, *(str(r["content"]) for r in results)])
     if not turn.content:
         raise InvalidParam(param, "The call has no new turn: end it with a user message or a tool result.")
@@ -203,6 +219,7 @@ def chat_turn(owner_id: uuid.UUID, messages: list[ChatMessage]) -> ClientTurn:
     systems: list[str] = []
     results: list[Block] = []
     texts: list[str] = []
+    new_files: list[Block] = []
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if message.role == "function":
@@ -210,6 +227,7 @@ def chat_turn(owner_id: uuid.UUID, messages: list[ChatMessage]) -> ClientTurn:
         if message.role == "user" and message.content is None:
             raise InvalidParam(f"{param}.content", "A user message needs its content.")
         text = _parts_text(message.content, f"{param}.content")
+        files = _files(message.content) if message.role == "user" else []
         if message.role == "tool" and not message.tool_call_id:
             raise InvalidParam(f"{param}.tool_call_id", "A tool message needs the tool_call_id it answers.")
         calls = [
@@ -223,7 +241,7 @@ def chat_turn(owner_id: uuid.UUID, messages: list[ChatMessage]) -> ClientTurn:
         hasher.update(
             _canon(
                 message.role,
-                text,
+                text + _files_canon(files),
                 [[c["id"], c["name"], _canon_args(c["input"])] for c in calls],
                 message.tool_call_id or "",
             )
@@ -241,12 +259,13 @@ def chat_turn(owner_id: uuid.UUID, messages: list[ChatMessage]) -> ClientTurn:
                 rows.add("user", [result])
         elif i > last:
             texts.append(text)
+            new_files.extend(files)
         else:
-            rows.add("user", _text_block(text))
+            rows.add("user", files + _text_block(text))
         if i == last:
             turn.extends_key = hasher.hexdigest()
     turn.system = "\n\n".join(s for s in systems if s.strip()) or None
-    return _finish(turn, rows if last >= 0 else None, results, texts, f"messages[{len(messages) - 1}]")
+    return _finish(turn, rows if last >= 0 else None, results, texts, f"messages[{len(messages) - 1}]", new_files)
 
 
 _ASSISTANT_SIDE = frozenset({"function_call", "mcp_call"})
@@ -281,6 +300,7 @@ def responses_turn(input_: str | list[dict[str, Any]], *, continuing: bool) -> C
     systems: list[str] = []
     results: list[Block] = []
     texts: list[str] = []
+    new_files: list[Block] = []
     for i, item in enumerate(input_):
         param, kind = f"input[{i}]", _kind(item)
         if kind == "message":
@@ -290,14 +310,16 @@ def responses_turn(input_: str | list[dict[str, Any]], *, continuing: bool) -> C
             if role != "assistant" and item.get("content") is None:
                 raise InvalidParam(f"{param}.content", "A message needs its content.")
             text = _parts_text(item.get("content"), f"{param}.content")
+            files = _files(item.get("content")) if role == "user" else []
             if role in ("system", "developer"):
                 systems.append(text)
             elif role == "assistant":
                 rows.add("assistant", _text_block(text))
             elif i > last:
                 texts.append(text)
+                new_files.extend(files)
             else:
-                rows.add("user", _text_block(text))
+                rows.add("user", files + _text_block(text))
         elif kind == "function_call_output":
             output = item.get("output")
             text = output if isinstance(output, str) else _parts_text(output, f"{param}.output")
@@ -332,4 +354,4 @@ def responses_turn(input_: str | list[dict[str, Any]], *, continuing: bool) -> C
         else:
             raise InvalidParam(f"{param}.type", f"Input items of type '{kind}' are not supported here.")
     turn.system = "\n\n".join(s for s in systems if s.strip()) or None
-    return _finish(turn, rows if last >= 0 else None, results, texts, "input")
+    return _finish(turn, rows if last >= 0 else None, results, texts, "input", new_files)

@@ -41,6 +41,7 @@ from app.openai.errors import (
     ResponseRunning,
     declared,
 )
+from app.openai.files import attach_parts, user_message
 from app.openai.history import check_characters, responses_turn
 from app.openai.items import rendered, resolve_references
 from app.openai.repository import StoredAnswer, delete_turn, get_answer, get_input
@@ -149,6 +150,9 @@ async def create_response(
     if decisions is not None:
         return await _continue_paused(body, decisions, after, model, principal, turns, transactions, idempotency_key)
     input_ = await resolve_references(resources.db, body.input, principal.owner_id)
+    if isinstance(input_, list):  # input_image and input_file parts become the caller's stored files
+        parts = [(f"input[{i}].content", item.get("content")) for i, item in enumerate(input_) if user_message(item)]
+        await attach_parts(resources, principal.owner_id, parts, model=resources.agents.resolve(agent, None).model)
     call = responses_turn(input_, continuing=after is not None or conversation is not None)
     tools = client_tools(body.tools, ours, nested=False)
     attributes = {

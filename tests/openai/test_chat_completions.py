@@ -181,6 +181,10 @@ async def test_bad_input_names_the_field(oai: AsyncOpenAI) -> None:
         ({"messages": []}, "messages"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content[0].image_url.url",  # neither a data: nor an http(s) URL
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]},
             "messages[0].content[0].type",
         ),
         ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),

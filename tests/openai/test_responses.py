@@ -197,6 +197,10 @@ async def test_bad_input_names_the_field(oai: AsyncOpenAI) -> None:
         ({"input": [{"type": "input_image", "image_url": "x"}]}, "input[0].type"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input[0].content[0].file_id",  # no such file
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]},
             "input[0].content[0].type",
         ),
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
