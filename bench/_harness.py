@@ -532,6 +532,7 @@ async def bench_stack(
     naive: bool = False,
     baseline_dir: Path | None = None,
     baseline_app: str = "bench.naive_app:app",
+    server_app: str = "app.main:app",
 ) -> AsyncIterator[Stack]:
     """Database + migrations + key + fake LLM + one uvicorn worker; all undone on exit, however it comes.
 
@@ -570,7 +571,7 @@ async def bench_stack(
             }
         )
         port = free_port()
-        cmd = uvicorn_cmd("app.main:app", port)
+        cmd = uvicorn_cmd(server_app, port)
         if profile is not None:
             spy = py_spy_path()
             assert spy is not None, "checked by the caller"

@@ -1,6 +1,6 @@
 """`make bench`: the issue's benchmarks one after another, each printing its report, then one summary.
 
-    python -m bench.all                       # overhead, streams deltas, ramp600, burst50, transport
+    python -m bench.all                       # overhead, deltas, paced, ramp600, real400, burst50, quiet, transport, ...
     python -m bench.all --only overhead --only burst50
 
 They run in sequence (never two at once: they share the machine's two cores with everything else).
@@ -14,14 +14,17 @@ import dataclasses
 import functools
 import sys
 
-from bench import long_conversation, overhead, streams, transport
+from bench import long_conversation, overhead, paced, streams, transport
 from bench._harness import Check, print_checks, raise_nofile, run_or_exit
 
 RUNS = {
     "overhead": (overhead, []),
     "deltas": (streams, ["--scenario", "deltas"]),
+    "paced": (paced, []),
     "ramp600": (streams, ["--scenario", "ramp600"]),
+    "real400": (streams, ["--scenario", "real400"]),
     "burst50": (streams, ["--scenario", "burst50"]),
+    "quiet": (streams, ["--scenario", "quiet"]),
     "transport": (transport, []),
     "long_conversation": (long_conversation, []),
 }

@@ -34,6 +34,8 @@ from app.models import ApiKey, Conversation, Message
 MODEL = os.environ.get("LLM_MODEL", "claude-sonnet-5-5")
 engine = create_async_engine(
     os.environ["DATABASE_URL"],
+    # SQLAlchemy's default (30 s) unless a benchmark queues more streams than the pool holds (bench.paced).
+    pool_timeout=float(os.environ.get("NAIVE_POOL_TIMEOUT", "30")),
     connect_args={"server_settings": {"application_name": os.environ.get("APP_NAME", "naive")}},
 )
 SessionLocal = async_sessionmaker(engine)

@@ -5,6 +5,8 @@
     python -m bench.streams --scenario ramp600   # 600 streams started over 10 s, 40 deltas 250 ms apart
     python -m bench.streams --scenario burst50   # 50 at once: user messages stored 0.5 s later?
     python -m bench.streams --scenario deltas    # server CPU per streamed turn and per relayed delta
+    python -m bench.streams --scenario real400   # 400 streams over 10 s, 40 deltas 50 ms apart (real speed)
+    python -m bench.streams --scenario quiet     # 2,000 open streams waiting on a slow tool: RSS, idle CPU
 
 Every stream asks the fake for `[[words:40]] [[slow:0.1]]` (about 4 s of deltas), all are started
 together (or evenly over `--ramp` seconds), so they overlap. Proves: no connection is held across
@@ -17,7 +19,17 @@ DB_POOL_TIMEOUT=5, Redis on, LOG_LEVEL=INFO) and also print PASS/MISS against it
 `deltas` runs 100 streams of 1 delta, then 100 of 101 deltas (no pauses) on the same server and
 reads its CPU from /proc around each phase: CPU per streamed turn is the first phase's per stream,
 per relayed delta is the difference over the 100 × 100 extra deltas. The naive baseline
-(bench/naive_app.py) gets the same two phases, for comparison.
+(bench/naive_app.py) gets the same two phases, for comparison. (Deltas 50 ms apart, as a real model
+sends them: `python -m bench.paced`.)
+
+`real400` is ramp600 at a real model's pace (issue #28): 400 streams of 40 deltas 50 ms apart,
+started evenly over 10 s; besides TTFT it reads the gap between consecutive deltas as the client
+receives them (p99 ≤ 250 ms: a stalled event loop shows there first).
+
+`quiet` opens 2,000 streams (over 20 s) whose turn calls a tool that sleeps (bench/quiet_app.py: the
+service plus a `wait` tool) and, once all are waiting, reads the server's RSS per open stream (above
+what it used before they opened) and its CPU per second over 10 s of that wait; SSE_PING_SECONDS=600,
+so no ping falls in the window (a ping is one small write per stream per period).
 """
 
 from __future__ import annotations
@@ -69,12 +81,22 @@ ISSUE_ENV = {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "5"
 # Option values when neither the command line nor a scenario gives one.
 DEFAULTS: dict[str, Any] = {
     "streams": 500, "words": 40, "slow": 0.1, "ramp": 0.0, "redis": False, "stored_after": None,
-    "target_ttft_p99": None, "env": {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "0", "LOG_LEVEL": "WARNING"},
+    "target_ttft_p99": None, "target_gap_p99": None,
+    "env": {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "0", "LOG_LEVEL": "WARNING"},
 }  # fmt: skip
 SCENARIOS: dict[str, dict[str, Any]] = {
     "ramp600": {"streams": 600, "words": 40, "slow": 0.25, "ramp": 10.0, "target_ttft_p99": 1.0},
     "burst50": {"streams": 50, "words": 40, "slow": 0.25, "stored_after": 0.5},
     "deltas": {"streams": 100},
+    "real400": {
+        "streams": 400,
+        "words": 40,
+        "slow": 0.05,
+        "ramp": 10.0,
+        "target_ttft_p99": 1.0,
+        "target_gap_p99": 0.25,
+    },
+    "quiet": {"streams": 2000, "ramp": 20.0},
 }
 for _preset in SCENARIOS.values():
     _preset.update(redis=True, env=ISSUE_ENV)
@@ -89,6 +111,8 @@ class StreamResult:
     deltas: int = 0
     completed: bool = False
     error: str | None = None  # the kind, for counting
+    gaps: list[float] = field(default_factory=list)  # seconds between consecutive deltas as received
+    tool_use: float | None = None  # seconds from send to the first `tool_use`
 
 
 @dataclass
@@ -132,10 +156,16 @@ class Peaks:
 
 
 async def one_stream(
-    client: httpx2.AsyncClient, headers: dict[str, str], message: str, deadline: float, delay: float = 0.0
+    client: httpx2.AsyncClient,
+    headers: dict[str, str],
+    message: str,
+    deadline: float,
+    delay: float = 0.0,
+    result: StreamResult | None = None,
 ) -> StreamResult:
-    """One streamed turn, sent after `delay` seconds; timings from its own send."""
-    result = StreamResult()
+    """One streamed turn, sent after `delay` seconds; timings from its own send (into `result`, if given,
+    as they come)."""
+    result = result if result is not None else StreamResult()
     if delay > 0:
         await asyncio.sleep(delay)
     sent = time.perf_counter()
@@ -148,7 +178,7 @@ async def one_stream(
                 body = await response.aread()
                 result.error = f"http {response.status_code} {_error_type(body)}"
                 return result
-            event = ""
+            event, last_delta = "", sent
             # Minimal SSE parsing: only `event:` names matter, plus the `data:` of an error.
             async for line in response.aiter_lines():
                 if not line:
@@ -161,8 +191,13 @@ async def one_stream(
                         result.deltas += 1
                         if result.ttft is None:
                             result.ttft = now - sent
+                        else:
+                            result.gaps.append(now - last_delta)
+                        last_delta = now
                     elif event == "start":
                         result.first_start = now - sent
+                    elif event == "tool_use" and result.tool_use is None:
+                        result.tool_use = now - sent
                     elif event == "end":
                         result.duration = now - sent
                         result.completed = True
@@ -318,7 +353,110 @@ def error_kinds(results: list[StreamResult]) -> dict[str, int]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scenario == "quiet":
+        return await run_quiet(args)
     return await (run_deltas(args) if args.scenario == "deltas" else run_burst(args))
+
+
+QUIET_SETTLE = 5.0  # after the last stream was started, until every one is waiting on the tool
+QUIET_WINDOW = 10.0  # seconds of the wait over which idle CPU is read
+
+
+async def run_quiet(args: argparse.Namespace) -> dict[str, Any]:
+    n: int = args.streams
+    env = {**server_env(args), "SSE_PING_SECONDS": "600"}
+    wait_s = args.ramp + QUIET_SETTLE + QUIET_WINDOW + 5
+    message = f'[[tool:wait {{"seconds": {wait_s:g}}}]] bench'
+    out: dict[str, Any] = {"scenario": "quiet", "streams_requested": n, "message": message, "ramp_s": args.ramp}
+    out["env_overrides"] = env
+    async with bench_stack(env, server_app="bench.quiet_app:app", keep_log=keep_log(args)) as stack:
+        headers = {"Authorization": f"Bearer {stack.api_key}", "Accept": "text/event-stream"}
+        out["background_load_cores"] = await wait_for_quiet(args.wait_quiet)
+        pid = stack.server_pid() or stack.server.pid
+        async with stream_client(stack.server_url, n) as client:
+            warm = await asyncio.gather(*(one_stream(client, headers, "[[words:1]] warm", 60.0) for _ in range(20)))
+            out["warm_up_errors"] = error_kinds(warm)
+            out["warm_up_turns"] = len(warm)
+            await asyncio.sleep(2.0)  # idle connections go, the server settles
+            rss_before = rss_kib(pid)[0]
+            cpu_idle_before = cpu_seconds(pid)
+            await asyncio.sleep(QUIET_WINDOW / 2)
+            out["cpu_idle_no_streams"] = (cpu_seconds(pid) - cpu_idle_before) / (QUIET_WINDOW / 2)
+            log(f"opening {n} streams over {args.ramp:g} s, each waiting {wait_s:g} s on a tool")
+            results = [StreamResult() for _ in range(n)]
+            streams = asyncio.gather(
+                *(
+                    one_stream(client, headers, message, args.deadline + wait_s, i * args.ramp / n, results[i])
+                    for i in range(n)
+                )
+            )
+            await asyncio.sleep(args.ramp + QUIET_SETTLE)
+            waiting = sum(r.tool_use is not None and not r.completed and r.error is None for r in results)
+            rss_open = rss_kib(pid)[0]
+            cpu_before = cpu_seconds(pid)
+            await asyncio.sleep(QUIET_WINDOW)
+            cpu_window = cpu_seconds(pid) - cpu_before
+            still = sum(r.tool_use is not None and not r.completed and r.error is None for r in results)
+            log(f"{waiting} streams waiting ({still} after {QUIET_WINDOW:g} s); waiting for them to finish")
+            await streams
+        stored = await stored_statuses(stack)
+    errors = error_kinds(results)
+    out.update(
+        {
+            "waiting_streams": min(waiting, still),
+            "rss_before_mib": rss_before / 1024,
+            "rss_open_mib": rss_open / 1024,
+            "rss_per_stream_kib": (rss_open - rss_before) / max(waiting, 1),
+            "cpu_per_s_quiet": cpu_window / QUIET_WINDOW,
+            "completed": sum(r.completed for r in results),
+            "errors": sum(errors.values()),
+            "errors_by_kind": errors,
+            "stored_assistant_messages": stored,
+            "server_log": stack.log_report.summary(n) if stack.log_report else {},
+        }
+    )
+    return out
+
+
+QUIET_TARGET_RSS_KIB = 100.0  # per open stream waiting on a tool
+QUIET_TARGET_CPU = 0.05  # cores while 2,000 streams wait (pings aside)
+
+
+def print_quiet(r: dict[str, Any], args: argparse.Namespace) -> None:
+    errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors_by_kind"].items())) or "none"
+    rows = [
+        ("message", r["message"]),
+        ("streams", f"{r['streams_requested']} opened evenly over {r['ramp_s']:g} s; SSE_PING_SECONDS=600"),
+        ("background load before run", f"{r['background_load_cores']:.2f} cores (other processes)"),
+        ("waiting on the tool through the window", str(r["waiting_streams"])),
+        ("server RSS before / with them open", f"{r['rss_before_mib']:.1f} MiB / {r['rss_open_mib']:.1f} MiB"),
+        ("RSS per open stream", f"{r['rss_per_stream_kib']:.1f} KiB (the growth over the streams waiting)"),
+        ("server CPU while they wait", f"{r['cpu_per_s_quiet'] * 1000:.1f} ms per second ({QUIET_WINDOW:g} s window)"),
+        ("server CPU idle, no streams", f"{r['cpu_idle_no_streams'] * 1000:.1f} ms per second"),
+        ("completed (got `end`)", f"{r['completed']}; errors {r['errors']} ({errs})"),
+        ("stored assistant messages", f"{r['stored_assistant_messages']} ({r['warm_up_turns']} of them warm-up turns)"),
+        ("server log", f"{r['server_log'].get('errors')} errors, {r['server_log'].get('tracebacks')} tracebacks"),
+    ]
+    print_table(f"bench.streams --scenario quiet: {r['streams_requested']} open streams waiting on a slow tool", rows)
+    print_checks("summary", checks_quiet(r))
+
+
+def checks_quiet(r: dict[str, Any]) -> list[Check]:
+    n = r["streams_requested"]
+    complete = r["stored_assistant_messages"].get("complete", 0) - r["warm_up_turns"]  # theirs aside
+    return [
+        Check("waiting on the tool at once", f"{r['waiting_streams']}/{n}", f"{n}/{n}", r["waiting_streams"] == n),
+        check("RSS per open stream", r["rss_per_stream_kib"], QUIET_TARGET_RSS_KIB, at_most=True, unit=" KiB"),
+        check(
+            "server CPU while they wait", r["cpu_per_s_quiet"], QUIET_TARGET_CPU, at_most=True, unit=" cores", digits=3
+        ),
+        Check(
+            "completed and stored",
+            f"{r['completed']}/{n} completed, {complete}/{n} stored",
+            f"{n}/{n}",
+            r["completed"] == n and complete == n,
+        ),
+    ]
 
 
 async def run_burst(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,6 +521,7 @@ async def run_burst(args: argparse.Namespace) -> dict[str, Any]:
     ttfts = [r.ttft for r in results if r.ttft is not None]
     starts = [r.first_start for r in results if r.first_start is not None]
     durations = [r.duration for r in results if r.duration is not None]
+    gaps = [gap for r in results for gap in r.gaps]
     out: dict[str, Any] = {
         "scenario": args.scenario,
         "streams_requested": n,
@@ -403,6 +542,10 @@ async def run_burst(args: argparse.Namespace) -> dict[str, Any]:
         "ttft_p90_s": percentile(ttfts, 90),
         "ttft_p99_s": percentile(ttfts, 99),
         "ttft_max_s": max(ttfts, default=math.nan),
+        "gap_p50_s": percentile(gaps, 50),
+        "gap_p99_s": percentile(gaps, 99),
+        "gap_max_s": max(gaps, default=math.nan),
+        "target_gap_p99_s": args.target_gap_p99,
         "duration_p50_s": percentile(durations, 50),
         "duration_max_s": max(durations, default=math.nan),
         "ideal_duration_s": args.words * args.slow,
@@ -547,10 +690,15 @@ def checks_deltas(r: dict[str, Any]) -> list[Check]:
 
 
 def checks(r: dict[str, Any], args: argparse.Namespace) -> list[Check]:
+    if r["scenario"] == "quiet":
+        return checks_quiet(r)
     return checks_deltas(r) if r["scenario"] == "deltas" else checks_burst(r)
 
 
 def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
+    if r["scenario"] == "quiet":
+        print_quiet(r, args)
+        return
     (print_deltas if r["scenario"] == "deltas" else print_burst)(r, args)
 
 
@@ -558,6 +706,8 @@ def passed(r: dict[str, Any]) -> bool:
     """No stream failed, and every answered turn was stored (deltas: no stream failed)."""
     if r["scenario"] == "deltas":
         return all(phase["errors"] == 0 for info in r["servers"].values() for phase in info["phases"])
+    if r["scenario"] == "quiet":
+        return bool(r["errors"] == 0 and r["completed"] == r["streams_requested"])
     return bool(r["errors"] == 0 and r["answered_not_stored"] == 0)
 
 
@@ -586,6 +736,10 @@ def print_burst(r: dict[str, Any], args: argparse.Namespace) -> None:
         ("TTFT p90", fmt_ms(r["ttft_p90_s"])),
         ("TTFT p99", fmt_ms(r["ttft_p99_s"])),
         ("TTFT max", fmt_ms(r["ttft_max_s"])),
+        (
+            "gap between deltas at the client p50 / p99 / max",
+            f"{fmt_ms(r['gap_p50_s'])} / {fmt_ms(r['gap_p99_s'])} / {fmt_ms(r['gap_max_s'])}",
+        ),
         (
             "stream duration p50 / max",
             f"{r['duration_p50_s']:.2f} s / {r['duration_max_s']:.2f} s (ideal {r['ideal_duration_s']:.1f} s)",
@@ -662,6 +816,9 @@ def checks_burst(r: dict[str, Any]) -> list[Check]:
     ]
     if r["target_ttft_p99_s"] is not None:
         out.append(check("TTFT p99", r["ttft_p99_s"], r["target_ttft_p99_s"], at_most=True, unit=" s", digits=2))
+    if r.get("target_gap_p99_s") is not None:
+        gap = r["gap_p99_s"]
+        out.append(check("gap between deltas p99", gap, r["target_gap_p99_s"], at_most=True, unit=" s", digits=3))
     out.append(check("peak PG connections", r["peak_pg_connections"], limit, at_most=True, digits=0))
     if r["user_messages_early"] is not None:
         early = r["user_messages_early"]
@@ -694,6 +851,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stored-after", type=float, metavar="SECONDS", help="count the user messages stored this long after the send"
     )
     parser.add_argument("--target-ttft-p99", type=float, metavar="SECONDS", help="PASS/MISS on TTFT p99 (ramp600: 1)")
+    parser.add_argument(
+        "--target-gap-p99", type=float, metavar="SECONDS", help="PASS/MISS on the delta gap p99 (real400: 0.25)"
+    )
     parser.add_argument("--target-turn-ms", type=float, default=6.0, help="deltas: CPU per streamed turn (6 ms)")
     parser.add_argument("--target-delta-us", type=float, default=100.0, help="deltas: CPU per relayed delta (100 µs)")
     parser.add_argument("--deadline", type=float, default=120.0, help="per-stream client deadline, seconds")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import structlog
@@ -76,3 +77,45 @@ async def send_body(send: Send, chunk: bytes, *, more: bool = True) -> None:
     """One `send` for everything ready: callers join their frames first."""
     message: Message = {"type": "http.response.body", "body": chunk, "more_body": more}
     await send(message)
+
+
+def body(chunk: bytes) -> Message:
+    return {"type": "http.response.body", "body": chunk, "more_body": True}
+
+
+def send_now(send: Send, message: Message) -> Awaitable[None] | None:
+    """Run `send(message)` here and now, outside any task switch: None when it is done (the usual
+    case: the server wrote the bytes to its socket); otherwise an awaitable that finishes it, to be
+    awaited by a task (the server waits for a slow client to drain its buffer first).
+
+    This lets whoever publishes an event write it to a follower's socket at once, with no task woken
+    per event; only a full socket buffer costs a task its wait.
+    """
+    coro = send(message)
+    if not isinstance(coro, Coroutine):
+        return coro  # not started: awaiting it sends
+    try:
+        waits_on = coro.send(None)
+    except StopIteration:
+        return None
+    return _finish(coro, waits_on)
+
+
+@types.coroutine
+def _finish(coro: Coroutine[Any, Any, None], waits_on: Any) -> Generator[Any, Any, None]:
+    """Step a coroutine that suspended outside a task on, in the task that awaits this, as that
+    task would have done: what it waits on goes to the task; what the task sends or throws back
+    goes to it."""
+    while True:
+        try:
+            value = yield waits_on
+        except BaseException as exc:
+            try:
+                waits_on = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waits_on = coro.send(value)
+            except StopIteration:
+                return

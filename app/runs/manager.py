@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -38,6 +38,12 @@ Driver = Callable[["Run"], Awaitable[None]]
 CANCEL_REASONS = ("cancelled", "interrupted")  # what a cancel request from another replica may say
 
 
+class Sink(Protocol):
+    """A live follower that takes each event as it is published (app/runs/responses.py)."""
+
+    def push(self, item: RunEvent) -> None: ...
+
+
 class Run:
     def __init__(self, run_id: uuid.UUID, owner_id: uuid.UUID, store: RunStore | None, manager: RunManager) -> None:
         self.id, self.owner_id, self.store, self.manager = run_id, owner_id, store, manager
@@ -47,6 +53,9 @@ class Run:
         self.scope = anyio.CancelScope()
         self._waiters: list[asyncio.Future[None]] = []
         self.unmirrored = 0  # index of the first event not yet in Redis
+        # One live local follower, caught up, is handed each event as it is published: no task is
+        # woken per event to relay it. Any other follower waits (wait_beyond).
+        self.direct: Sink | None = None
 
     def publish(self, event: str, data: dict[str, Any]) -> RunEvent:
         item = RunEvent(len(self.events) + 1, event, data)
@@ -55,10 +64,13 @@ class Run:
             self.finished = True
         if self.store is not None:
             self.manager.mirror_soon(self)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        if self.direct is not None:
+            self.direct.push(item)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         return item
 
     def cancel(self, reason: str) -> None:

@@ -7,15 +7,16 @@ that is ready goes out in one `send`.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app.core.asgi import PING, DisconnectWatch, send_body, start_sse
+from app.core.asgi import PING, DisconnectWatch, body, send_body, send_now, start_sse
 from app.core.errors import envelope
 from app.core.redis import FOLLOW_BLOCK_SECONDS
 from app.runs.events import RunEvent
@@ -75,7 +76,6 @@ class RunStreamResponse(_Follower):
             await start_sse(send)
             index = self.after
             while True:
-                await run.wait_beyond(index, self.ping_seconds)
                 if index < len(run.events):
                     fresh = run.events[index:]
                     index += len(fresh)
@@ -84,9 +84,108 @@ class RunStreamResponse(_Follower):
                         break
                 elif run.finished:
                     break
+                elif run.direct is None:
+                    # Caught up and the run's only live follower here: its events come to this
+                    # socket as they are published, and this task sleeps until the run ends, the
+                    # client's buffer fills, or a ping is due.
+                    index = await self._live(run, send, index)
                 else:
-                    await send_body(send, PING)
+                    await run.wait_beyond(index, self.ping_seconds)
+                    if index == len(run.events) and not run.finished:
+                        await send_body(send, PING)
             await send_body(send, b"", more=False)
+
+    async def _live(self, run: Run, send: Send, index: int) -> int:
+        """Follow as the run's direct sink; returns the index it got to (what was written)."""
+        sink = Direct(send, self.encode, index)
+        run.direct = sink
+        try:
+            await sink.wait(self.ping_seconds)
+        finally:
+            if run.direct is sink:
+                run.direct = None
+            sink.close()
+        if sink.error is not None:
+            raise sink.error
+        if sink.pending is not None:
+            await sink.pending  # a write that waits for the client to drain its buffer
+        elif sink.ping_due:
+            await send_body(send, PING)
+        return sink.index
+
+
+class Direct:
+    """A follower's socket, written by whoever publishes the run's events (the run's task).
+
+    Frames published together (in one step of the publishing task: several events from one read of
+    the model's stream) go out in one write, at the end of that step (`call_soon`). The write
+    itself is stepped here (`send_now`): it completes at once unless the client's buffer is full;
+    then, or on any failure, or at the run's last event, the follower's task takes over again.
+    """
+
+    __slots__ = ("send", "encode", "index", "frames", "last", "done", "pending", "error", "ping_due", "_loop", "_open")
+
+    def __init__(self, send: Send, encode: Callable[[list[RunEvent]], bytes], index: int) -> None:
+        self.send, self.encode, self.index = send, encode, index  # index: events written so far
+        self.frames: list[RunEvent] = []  # published, to be written at the end of this step
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()  # when the socket last got something
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        self.pending: Awaitable[None] | None = None
+        self.error: Exception | None = None
+        self.ping_due = False
+        self._open = True
+
+    def push(self, item: RunEvent) -> None:
+        if not self.frames:
+            self._loop.call_soon(self._flush)
+        self.frames.append(item)
+
+    def _flush(self) -> None:
+        frames, self.frames = self.frames, []
+        if not self._open or not frames:
+            return  # the follower took over: it writes from `index` on
+        try:
+            pending = send_now(self.send, body(self.encode(frames)))
+        except Exception as exc:  # the server's own failure: the follower raises it
+            self.error = exc
+            self._end()
+            return
+        self.index = frames[-1].seq
+        self.last = self._loop.time()
+        if pending is not None:
+            self.pending = pending
+            self._end()
+        elif frames[-1].terminal:
+            self._end()
+
+    def _end(self) -> None:
+        self._open = False
+        _wake(self.done)
+
+    def close(self) -> None:
+        self._open = False
+        self.frames = []
+
+    async def wait(self, ping_seconds: float) -> None:
+        """Until the sink ends, or nothing was written for `ping_seconds` (then `ping_due`)."""
+        while self._open:
+            quiet = self._loop.time() - self.last
+            if quiet >= ping_seconds:
+                self.ping_due = True
+                return
+            # One timer per ping period, not one per event: woken early only by the sink's end.
+            waiter = self.done = self._loop.create_future()
+            timer = self._loop.call_later(ping_seconds - quiet, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class StoredRunStreamResponse(_Follower):

@@ -9,7 +9,30 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from app.core.telemetry import trace_headers
 from app.runs.events import RunEvent
+
+# Explicit ids 0-<seq>: a reader resumes with XRANGE/XREAD from the last sequence it saw. An id
+# already there (a slice retried after Redis applied it) is skipped, not an error that would stop
+# the rest of the batch: pcall.
+APPEND = """
+local retention, maxlen, a = ARGV[1], ARGV[2], 3
+for k = 2, #KEYS, 2 do
+  local events, meta = KEYS[k], KEYS[k + 1]
+  local finished, run_id, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  for _ = 1, n do
+    redis.pcall('XADD', events, 'MAXLEN', '~', maxlen, '0-' .. ARGV[a], 'event', ARGV[a + 1], 'data', ARGV[a + 2])
+    a = a + 3
+  end
+  redis.call('EXPIRE', events, retention)
+  if finished == '1' then
+    redis.call('HSET', meta, 'state', 'finished')
+    redis.call('HDEL', KEYS[1], run_id)
+  end
+  redis.call('EXPIRE', meta, retention)
+end
+"""
 
 
 class RunStore:
@@ -22,6 +45,7 @@ class RunStore:
         self.retention, self.max_events = retention_seconds, max_events
         self.cancel_channel = prefix + "runs:cancel"
         self.running_key = prefix + "runs:running"  # run id -> replica, while it runs (app/runs/leases.py)
+        self._append = redis.register_script(APPEND)
 
     def _events(self, run_id: uuid.UUID) -> str:
         return f"{self.prefix}{run_id}:events"
@@ -30,32 +54,40 @@ class RunStore:
         return f"{self.prefix}{run_id}:meta"
 
     async def create(self, run_id: uuid.UUID, owner_id: uuid.UUID) -> None:
+        meta: dict[str | bytes, str | bytes] = {"owner": str(owner_id), "state": "running"}
+        if traceparent := trace_headers().get("traceparent"):  # traces on: followers' spans link to the run's
+            meta["traceparent"] = traceparent
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._meta(run_id), mapping={"owner": str(owner_id), "state": "running"})
+            pipe.hset(self._meta(run_id), mapping=meta)
             pipe.expire(self._meta(run_id), self.retention)
             await pipe.execute()
 
     async def append_many(self, batch: Sequence[tuple[uuid.UUID, Sequence[RunEvent], bool]]) -> None:
-        """(run id, its new events, finished?) for several runs, in one round trip."""
-        # Explicit ids 0-<seq>: a reader resumes with XRANGE/XREAD from the last sequence it saw.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for run_id, events, finished in batch:
-                key = self._events(run_id)
-                for event in events:
-                    fields: dict[Any, Any] = event.fields()
-                    pipe.xadd(key, fields, id=f"0-{event.seq}", maxlen=self.max_events, approximate=True)
-                pipe.expire(key, self.retention)
-                if finished:
-                    pipe.hset(self._meta(run_id), "state", "finished")
-                    pipe.hdel(self.running_key, str(run_id))
-                pipe.expire(self._meta(run_id), self.retention)
-            await pipe.execute()
+        """(run id, its new events, finished?) for several runs, in one round trip and one command.
+
+        One EVALSHA per time slice, not an XADD (and EXPIREs) per event in a pipeline: redis-py's
+        per-command cost (building, packing, parsing each reply) was most of the mirror's CPU, which
+        was a sixth of the service's with 100 streams at real speed (issue #28).
+        """
+        keys: list[str] = [self.running_key]
+        args: list[Any] = [self.retention, self.max_events]
+        for run_id, events, finished in batch:
+            keys += [self._events(run_id), self._meta(run_id)]
+            args += [1 if finished else 0, str(run_id), len(events)]
+            for event in events:
+                args += [event.seq, event.event, event.payload]
+        await self._append(keys=keys, args=args)
 
     async def owner(self, run_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
         meta: dict[Any, Any] = await self.redis.hgetall(self._meta(run_id))
         if b"owner" not in meta:  # none, or only what the mirror wrote after Redis lost the rest
             return None
         return uuid.UUID(meta[b"owner"].decode()), meta[b"state"].decode()
+
+    async def traceparent(self, run_id: uuid.UUID) -> str | None:
+        """The trace of the request that started the run (None: traces were off there)."""
+        value: Any = await self.redis.hget(self._meta(run_id), "traceparent")
+        return value.decode() if isinstance(value, bytes) else value
 
     async def read(self, run_id: uuid.UUID, after: int, block_ms: int) -> list[RunEvent]:
         """Events after `after`, waiting up to block_ms for new ones when there are none yet."""
