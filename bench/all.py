@@ -1,6 +1,6 @@
 """`make bench`: the issue's benchmarks one after another, each printing its report, then one summary.
 
-    python -m bench.all                       # overhead, deltas, paced, ramp600, real400, burst50, quiet, transport, ...
+    python -m bench.all                       # every benchmark in RUNS, in order
     python -m bench.all --only overhead --only burst50
 
 They run in sequence (never two at once: they share the machine's two cores with everything else).
