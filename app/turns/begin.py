@@ -23,7 +23,7 @@ from app.core.config import Settings
 from app.core.db import Transactions
 from app.core.errors import AppError
 from app.llm.base import Block, LLMRequest, Sampling
-from app.turns.compaction import history_budget
+from app.turns.compaction import Folded, history_budget, trimmed
 from app.turns.store import (
     AgentFilter,
     NewConversation,
@@ -77,6 +77,10 @@ class TurnStarted:
     # Phase 1's statement still on its way (a new conversation's JSON turn); the Turn owns it and
     # lets nothing out (an event, a tool's write, the outcome) before it has committed.
     stored: asyncio.Task[None] | None = None
+    # Long conversations (app/turns/compaction.py): the history was just compacted (the `context`
+    # event's fields); it did not fit even so (`overflow`: compacted before the model call).
+    compacted: dict[str, Any] | None = None
+    overflow: bool = False
 
     @property
     def model(self) -> str:
@@ -181,6 +185,8 @@ async def begin_turn(
     budget = history_budget(agent, settings, system_prompt, options.tools)
     rows = options.history if options.history is not None else opened.earlier
     history = build_history(rows, content, budget=budget)
+    compacted = rows.compacted if isinstance(rows, Folded) else None
+    overflow = options.history is None and agent.config.compaction == "auto" and trimmed(rows, history)
     request = LLMRequest(
         model=agent.model,
         messages=history,
@@ -197,7 +203,9 @@ async def begin_turn(
         message_id=str(opened.assistant_id),
         history_messages=len(history),
     )
-    return TurnStarted(opened.conversation_id, opened.assistant_id, opened.created_at, agent, request, stored)
+    return TurnStarted(
+        opened.conversation_id, opened.assistant_id, opened.created_at, agent, request, stored, compacted, overflow
+    )
 
 
 def _why_not_opened(agents: AgentChoice, refused: NotOpened) -> AppError:

@@ -25,6 +25,7 @@ compaction row (its usage in the history API).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.agent.history import build_history
 from app.core.config import Settings
 from app.core.ids import uuid7
 from app.core.locks import LockManager, kept
@@ -53,6 +55,7 @@ from app.models.conversations import MessageStatus
 if TYPE_CHECKING:
     from app.agents.catalog import AgentCatalog, ServedAgent
     from app.auth.limits import Limits
+    from app.turns.begin import TurnStarted
     from app.turns.turn import Turn
 
 log = structlog.get_logger(__name__)
@@ -199,11 +202,38 @@ def view_of(rows: Sequence[Row]) -> View:
     return View(latest.get("text") or None, covers, cleared_before, kept)
 
 
+class Folded(list[tuple[str, Any]]):
+    """A history folded by a compaction; `compacted`: the `context` event's fields when that
+    compaction is new to this turn (no answer since), for the turn's stream to show."""
+
+    compacted: dict[str, Any] | None = None
+
+
 def fold(rows: Sequence[Row]) -> list[tuple[str, Any]]:
     """Phase 1's history rows → the (role, content) rows the model sees (app/turns/store.py)."""
     if not any(role == SUMMARY_ROLE for _, role, _ in rows):
         return [(role, content) for _, role, content in rows]
-    return view_of(rows).messages()
+    folded = Folded(view_of(rows).messages())
+    latest = max(i for i, row in enumerate(rows) if row[1] == SUMMARY_ROLE)
+    if not any(role == "assistant" for _, role, _ in rows[latest:]):
+        folded.compacted = news(compaction_of(rows[latest][2]) or {})
+    return folded
+
+
+def trimmed(rows: Sequence[tuple[str, Any]], history: Sequence[dict[str, Any]]) -> bool:
+    """Whether the oldest of these rows were dropped from the history to fit: its first message no
+    longer starts with the first user row's first text (O(1), on every turn)."""
+    first = next((content for role, content in rows if role == "user"), None)
+    if first is None or not history:
+        return False
+    text = next((b.get("text") for b in _blocks(first) if b.get("type") == "text"), None)
+    return text is not None and not any(b.get("text") == text for b in history[0]["content"][:2])
+
+
+def news(block: dict[str, Any]) -> dict[str, Any]:
+    """A compaction as the `context` event shows it."""
+    fields = ("messages_summarized", "tokens_before", "tokens_after")
+    return {"compacted": True, **{name: block.get(name, 0) for name in fields}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,8 +412,28 @@ class Compactor:
             if not self._running and self._idle is not None:
                 self._idle.set()
 
-    async def compact(self, job: Job) -> Compacted | None:
-        """One compaction of the conversation, if it needs one and no one else is compacting it."""
+    async def before_call(self, started: TurnStarted, owner_id: uuid.UUID) -> TurnStarted:
+        """A turn whose history does not fit at all: compact now, before its model call (phase 1 is
+        done, no connection held), and send the compacted history. The turn as it was if that
+        cannot be done (the oldest turns are dropped then, as before)."""
+        request = started.request
+        job = Job(started.conversation_id, owner_id, started.agent.name, request.system, tuple(request.tools))
+        try:
+            done = await self.compact(job, before=started.message_id)
+        except Exception:
+            log.exception("compaction.crashed", conversation_id=str(job.conversation_id))
+            return started
+        if done is None:
+            return started
+        compacted, view = done
+        budget = history_budget(started.agent, self.settings, request.system, request.tools)
+        messages = build_history(view.messages(), list(request.messages[-1]["content"]), budget=budget)
+        request = dataclasses.replace(request, messages=messages)
+        return dataclasses.replace(started, request=request, compacted=compacted.event())
+
+    async def compact(self, job: Job, *, before: uuid.UUID | None = None) -> tuple[Compacted, View] | None:
+        """One compaction of the conversation, if it needs one and no one else is compacting it.
+        `before`: a turn's answer placeholder; only the history before its user message counts."""
         try:
             lock = await self.locks.acquire(f"compaction:{job.conversation_id}")
         except (RedisError, OSError) as exc:
@@ -392,14 +442,14 @@ class Compactor:
         if lock is None:
             return None  # another replica is on it
         async with kept(self.locks, lock):
-            return await self._compact(job)
+            return await self._compact(job, before)
 
-    async def _compact(self, job: Job) -> Compacted | None:
+    async def _compact(self, job: Job, before: uuid.UUID | None) -> tuple[Compacted, View] | None:
         agent = self.agents.resolve(job.agent, None) if job.agent in self.agents else None
         if agent is None:
             return None
         budget = budget_of(agent, self.settings, system=job.system, tools=list(job.tools))
-        rows = await self._read(job)
+        rows = await self._read(job, before)
         if rows is None:
             return None
         fixed = estimate_text(job.system or "") + (estimate_text(json.dumps(list(job.tools))) if job.tools else 0)
@@ -432,7 +482,8 @@ class Compactor:
             "tokens_after": done.tokens_after,
             "fallback": fallback,
         }
-        if not await self._store(job, block, usage, model if todo.summarizes else None):
+        stored = await self._store(job, block, usage, model if todo.summarizes else None)
+        if stored is None:
             return None
         if self.limits is not None and (used := usage.input_tokens + usage.output_tokens):
             try:
@@ -440,9 +491,9 @@ class Compactor:
             except (RedisError, OSError) as exc:
                 log.warning("limits.unavailable", feature="token_quota", error=type(exc).__name__)
         log.info("compaction.done", conversation_id=str(job.conversation_id), **done.event(), fallback=fallback)
-        return done
+        return done, view_of([*rows, stored])
 
-    async def _read(self, job: Job) -> list[Row] | None:
+    async def _read(self, job: Job, before: uuid.UUID | None = None) -> list[Row] | None:
         """The conversation's rows, in one short session (its connection given back before the call)."""
         async with self.sessions() as session:
             owned = Conversation.id == job.conversation_id, Conversation.owner_id == job.owner_id
@@ -453,7 +504,12 @@ class Compactor:
                 .where(Message.conversation_id == job.conversation_id)
                 .order_by(Message.id)
             )
-            return [(row.id, row.role, row.content) for row in (await session.execute(query)).all()]
+            if before is not None:
+                query = query.where(Message.id < before)
+            rows: list[Row] = [(row.id, row.role, row.content) for row in (await session.execute(query)).all()]
+        if before is not None and rows and rows[-1][1] == "user":
+            rows.pop()  # the turn's own message: it stays verbatim, after whatever is compacted
+        return rows
 
     async def _summarize(
         self, agent: ServedAgent, model: str, previous: str | None, rows: list[Row]
@@ -475,7 +531,7 @@ class Compactor:
             raise SummaryFailed("the summarizer returned no text")
         return text, completed.usage
 
-    async def _store(self, job: Job, block: dict[str, Any], usage: Usage, model: str | None) -> bool:
+    async def _store(self, job: Job, block: dict[str, Any], usage: Usage, model: str | None) -> Row | None:
         now = utcnow()
         row = {
             "id": uuid7(),
@@ -495,5 +551,5 @@ class Compactor:
             async with self.sessions() as session, session.begin():
                 await session.execute(insert(Message).values(**row))
         except IntegrityError:  # the conversation was deleted meanwhile
-            return False
-        return True
+            return None
+        return row["id"], SUMMARY_ROLE, row["content"]

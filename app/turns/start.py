@@ -158,6 +158,8 @@ class TurnService:
                 # when the loop has other turns' work for that wait, its extra task costs throughput.
                 overlap=self.resources.lifecycle.in_flight == 0,
             )
+            if started.overflow and self.resources.compactor is not None:  # it does not fit: compact now
+                started = await self.resources.compactor.before_call(started, owner)
             # Attached files' content for the model (read from their storage; none: unchanged).
             return await with_files(started, self.resources.files, owner_id=owner, text_only_models=text_only)
 

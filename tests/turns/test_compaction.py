@@ -20,6 +20,7 @@ from app.turns.compaction import KEEP_TURNS, SUMMARY_PROMPT, known_window, plan,
 from testkit.fake_llm import FakeLLMServer
 from testkit.fake_llm.summarizer import SUMMARY_PROMPT_START
 from tests.fixtures.app import make_key, running_app
+from tests.helpers import sse_events
 
 WINDOW = 12_000
 FACT = "FACT: the user's cat is called Bruno-1729."
@@ -226,3 +227,70 @@ async def test_compaction_off_keeps_the_old_behaviour(settings: Settings, llm_se
         rows = await _rows(state, conversation_id)
         assert not any(r.role == SUMMARY_ROLE for r in rows)
         assert not any(_is_summary(b) for b in llm_server.state.request_bodies())
+
+
+async def _stream(client: httpx.AsyncClient, auth: dict[str, str], conversation_id: str, text: str) -> list[Any]:
+    body = {"message": text, "conversation_id": conversation_id, "stream": True}
+    r = await client.post("/chat", json=body, headers=auth)
+    assert r.status_code == 200, r.text
+    return sse_events(r.text)
+
+
+async def test_the_stream_of_the_first_turn_after_a_compaction_shows_a_context_event(
+    long_settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    async with running_app(long_settings) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        assert state.compactor is not None
+        conversation_id, _ = await _converse(client, state, auth, 1, FACT)
+        for n in range(30):  # until a turn's recording starts a compaction
+            r = await client.post(
+                "/chat",
+                json={"message": f"Message {n}: " + "x " * 600, "conversation_id": conversation_id},
+                headers=auth,
+            )
+            assert r.status_code == 200, r.text
+            await state.compactor.idle()
+            if (await _rows(state, conversation_id))[-1].role == SUMMARY_ROLE:
+                break
+        events = await _stream(client, auth, conversation_id, "what is my cat called?")
+        kinds = [e["event"] for e in events]
+        assert kinds[:2] == ["start", "context"]
+        assert kinds[-1] == "end"
+        context = events[1]["data"]
+        assert context["compacted"] is True
+        assert context["messages_summarized"] > 0
+        assert context["tokens_after"] < context["tokens_before"]
+        # Only the first turn that sends the new summary says so.
+        again = await _stream(client, auth, conversation_id, "and again?")
+        assert "context" not in [e["event"] for e in again]
+
+
+async def test_a_history_that_does_not_fit_is_compacted_before_the_model_call(
+    long_settings: Settings, llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_app(long_settings) as (_, state, client):
+        compactor = state.compactor
+        assert compactor is not None
+        # As if no background compaction had run yet (another replica's lagging, say).
+        monkeypatch.setattr(compactor, "schedule", lambda job: False)
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        conversation_id, _ = await _converse(client, state, auth, 16, FACT)
+        assert not any(r.role == SUMMARY_ROLE for r in await _rows(state, conversation_id))
+        fits = WINDOW - long_settings.llm_max_tokens
+        llm_server.reset()
+        events: list[Any] = []
+        for n in range(10):  # until the history no longer fits
+            events = await _stream(client, auth, conversation_id, f"Later {n}: " + "filler " * 150)
+            if "context" in [e["event"] for e in events]:
+                break
+        kinds = [e["event"] for e in events]
+        assert kinds[:2] == ["start", "context"]
+        assert kinds[-1] == "end"
+        assert events[1]["data"]["messages_summarized"] > 0
+        rows = await _rows(state, conversation_id)
+        assert sum(1 for r in rows if r.role == SUMMARY_ROLE) == 1
+        call = [b for b in llm_server.state.request_bodies() if not _is_summary(b)][-1]
+        assert "Bruno-1729" in call["messages"][0]["content"][0]["text"]  # the summary, not dropped turns
+        assert _tokens(call) <= fits
+        assert "filler" in json.dumps(call["messages"][-1])  # the turn's own message, verbatim
