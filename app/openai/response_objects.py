@@ -34,8 +34,11 @@ def response_id(message_id: uuid.UUID, segment: int = 0) -> str:
 
 def parse_segment(value: str) -> tuple[uuid.UUID, int] | None:
     """`resp_<hex>` → (message id, 0); `resp_<hex>_<k>` → (message id, k), its k-th continuation."""
-    head, _, tail = value.partition("_")[2].partition("_")
-    if not value.startswith("resp_") or len(head) != 32 or (tail and not (tail.isdigit() and len(tail) < 6)):
+    head, sep, tail = value.partition("_")[2].partition("_")
+    if not value.startswith("resp_") or len(head) != 32:
+        return None
+    # One spelling per response: no `_`, `_0` or leading zeros for the first one's id.
+    if sep and not (tail.isascii() and tail.isdigit() and len(tail) < 6 and tail[0] != "0"):
         return None
     try:
         return uuid.UUID(hex=head), int(tail or 0)

@@ -155,3 +155,28 @@ async def test_chat_completions_still_offers_no_gated_tool(
     await oai.chat.completions.create(model="agentchat", messages=[{"role": "user", "content": "hi"}])
     offered = [t["name"] for t in llm_server.state.request_bodies()[-1]["tools"]]
     assert "calculator" not in offered
+
+
+async def test_a_background_continuation_is_followed_by_its_own_id(gated: tuple[Live, AsyncOpenAI]) -> None:
+    _, oai = gated
+    paused = await oai.responses.create(model="agentchat", input=CALC, background=True)
+    while paused.status in ("queued", "in_progress"):
+        paused = await oai.responses.retrieve(paused.id)
+    assert (paused.status, kinds(paused)) == ("completed", ["message", "mcp_approval_request", "mcp_call"])
+    begun = await oai.responses.create(
+        model="agentchat", previous_response_id=paused.id, input=approval(paused, True), background=True
+    )
+    assert (begun.id, begun.status) == (f"{paused.id}_1", "in_progress")
+    # Its events, from its own run (not the paused response's), replayed from the start.
+    stream = await oai.responses.retrieve(begun.id, stream=True, starting_after=0)
+    events = [event async for event in stream]
+    assert events[0].sequence_number == 1
+    assert events[-1].type == "response.completed"
+    final: Any = events[-1]
+    assert final.response.id == begun.id
+    assert [item.type for item in final.response.output] == ["mcp_call", "message"]
+    # The paused response still reads as it was answered; its own events too.
+    again = await oai.responses.retrieve(paused.id, stream=True)
+    first = [event async for event in again]
+    assert first[-1].type == "response.completed"
+    assert [item.type for item in first[-1].response.output] == kinds(paused)
