@@ -292,6 +292,18 @@ def mark_request(request_id: str) -> None:
     trace.get_current_span().set_attribute(REQUEST_ID, request_id)
 
 
+def link_current_span(traceparent: str | None, why: str) -> None:
+    """Link the current span to another trace (a run started elsewhere, `why` says what it is)."""
+    if _active is None or not traceparent:
+        return
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    linked = trace.get_current_span(TraceContextTextMapPropagator().extract({"traceparent": traceparent}))
+    if linked.get_span_context().is_valid:
+        trace.get_current_span().add_link(linked.get_span_context(), {"agentchat.link": why})
+
+
 def trace_headers() -> dict[str, str]:
     """The current trace context as headers (`traceparent`, `tracestate`) for an outgoing request;
     empty when tracing is off."""

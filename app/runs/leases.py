@@ -24,6 +24,7 @@ from app.core.db import Database
 from app.core.errors import envelope, is_db_unavailable
 from app.core.locks import RELEASE_SCRIPT, Lock
 from app.core.metrics import Metrics
+from app.core.telemetry import trace_headers
 from app.runs.events import RunEvent
 from app.runs.repository import settle_interrupted, sweep_abandoned
 
@@ -75,6 +76,8 @@ class Leases:
         }
         if lock is not None:
             meta |= {"lock": f"{self.prefix}lock:{lock.name}", "lock_token": lock.token}
+        if traceparent := trace_headers().get("traceparent"):  # traces on: followers' spans link to the run's
+            meta["traceparent"] = traceparent
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._meta(run_id), mapping=meta)
             pipe.expire(self._meta(run_id), self.retention)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from app.auth.deps import CurrentPrincipal
 from app.auth.errors import KEY_RESPONSES
+from app.core import telemetry
 from app.core.errors import ServiceBusy, ServiceUnavailable, responses
 from app.runs.deps import FollowersDep, RunsDep
 from app.runs.errors import RunFinished, RunNotFound, TooManyFollowers
@@ -72,6 +74,9 @@ async def run_events(
 ) -> Response:
     """Replay a run's events after `Last-Event-ID` (or `?after=`), then follow it live."""
     here, _ = await _locate(runs, run_id, principal.owner_id)
+    if telemetry.active() is not None and runs.store is not None:  # this span links to the run's trace
+        with contextlib.suppress(RedisError, OSError):
+            telemetry.link_current_span(await runs.store.traceparent(run_id), "run")
     start = after if after is not None else int(last_event_id or 0)
     ticket = followers.admit(principal.owner_id, remote=not here)  # released when the stream ends
     if here:

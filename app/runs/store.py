@@ -54,7 +54,7 @@ class RunStore:
         return f"{self.prefix}{run_id}:meta"
 
     async def create(self, run_id: uuid.UUID, owner_id: uuid.UUID) -> None:
-        meta: dict[str | bytes, str | bytes] = {"owner": str(owner_id), "state": "running"}
+        meta: dict[Any, Any] = {"owner": str(owner_id), "state": "running"}
         if traceparent := trace_headers().get("traceparent"):  # traces on: followers' spans link to the run's
             meta["traceparent"] = traceparent
         async with self.redis.pipeline(transaction=True) as pipe:

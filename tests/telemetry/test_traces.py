@@ -297,3 +297,25 @@ async def test_without_otel_variables_nothing_is_built(
     assert not telemetry.configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"})
     assert not telemetry.configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none"})
     assert telemetry.configured({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x"})
+
+
+async def test_following_a_run_links_to_the_trace_that_started_it(
+    traced: tuple[FastAPI, Resources, httpx.AsyncClient], receiver: OtlpReceiver
+) -> None:
+    _, state, client = traced
+    auth = {"Authorization": f"Bearer {await make_key(state)}"}
+    streamed = await client.post("/chat", json={"message": "[[reply:hello]]", "stream": True}, headers=auth)
+    assert streamed.status_code == 200, streamed.text
+    run_id = sse_events(streamed.text)[0]["data"]["run_id"]
+    followed = await client.get(f"/runs/{run_id}/events", headers=auth)
+    assert followed.status_code == 200, followed.text
+    assert sse_events(followed.text)[-1]["event"] == "end"
+    spans = await collect(receiver, lambda spans: any(s.kind == SERVER and s.links for s in spans))
+    (agent,) = named(spans, "invoke_agent")
+    (follower,) = [s for s in spans if s.kind == SERVER and s.links]
+    assert follower.trace_id != agent.trace_id
+    ((linked_trace, linked_span),) = follower.links
+    assert linked_trace == agent.trace_id
+    started = [s for s in spans if s.span_id == linked_span]
+    assert started
+    assert started[0].kind == SERVER  # the request that started the run
