@@ -463,10 +463,102 @@ function messageShell(role) {
   return { article, body };
 }
 
-function appendUserMessage(text) {
+function appendUserMessage(text, attachments = []) {
   els.welcome.hidden = true;
   const { body } = messageShell("user");
+  if (attachments.length) {
+    const list = body.appendChild(el("ul", "message-attachments"));
+    for (const file of attachments) list.append(attachmentChip(file, file.preview));
+  }
   body.append(el("div", "user-text", text));
+}
+
+// ---------------------------------------------------------------- attachments
+
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+let pending = []; // files attached to the next message: { id, filename, media_type, preview, chip, failed }
+
+// An attachment as a chip: a thumbnail for an image (a data: URL, which the page's CSP allows), else its name.
+// `preview` is a data URL already read (a file just attached); without one, an image's bytes are fetched.
+function attachmentChip(file, preview) {
+  const chip = el("li", "attachment");
+  chip.title = file.filename;
+  if (IMAGE_TYPES.includes(file.media_type)) {
+    const img = chip.appendChild(el("img", "attachment-thumb"));
+    img.alt = file.filename;
+    if (preview) img.src = preview;
+    else if (file.id) loadThumbnail(img, file.id);
+  } else {
+    chip.append(el("span", "attachment-kind", file.media_type === "application/pdf" ? "PDF" : "TXT"));
+  }
+  chip.append(el("span", "attachment-name", file.filename));
+  return chip;
+}
+
+function readAsDataURL(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+async function loadThumbnail(img, id) {
+  try {
+    const response = await request(`/files/${id}/content`);
+    img.src = await readAsDataURL(await response.blob());
+  } catch {
+    img.replaceWith(el("span", "attachment-kind", "?")); // deleted since, or unreadable
+  }
+}
+
+function renderTray() {
+  els.attachmentTray.hidden = pending.length === 0;
+}
+
+async function attachFiles(files) {
+  for (const file of files) {
+    const entry = { id: null, filename: file.name || "pasted", media_type: file.type, preview: null, failed: false };
+    pending.push(entry);
+    if (IMAGE_TYPES.includes(file.type)) entry.preview = await readAsDataURL(file).catch(() => null);
+    entry.chip = attachmentChip(entry, entry.preview);
+    entry.chip.classList.add("uploading");
+    const remove = entry.chip.appendChild(el("button", "attachment-remove", "×"));
+    remove.type = "button";
+    remove.setAttribute("aria-label", `Remove ${entry.filename}`);
+    remove.addEventListener("click", () => {
+      pending = pending.filter((other) => other !== entry);
+      entry.chip.remove();
+      renderTray();
+    });
+    els.attachmentTray.append(entry.chip);
+    renderTray();
+    upload(entry, file);
+  }
+}
+
+async function upload(entry, file) {
+  const form = new FormData();
+  form.append("file", file, entry.filename);
+  try {
+    const stored = await (await request("/files", { method: "POST", body: form })).json();
+    Object.assign(entry, { id: stored.id, filename: stored.filename, media_type: stored.media_type });
+    entry.chip.classList.remove("uploading");
+  } catch (error) {
+    entry.failed = true;
+    entry.chip.classList.replace("uploading", "failed");
+    entry.chip.title = error.message;
+    entry.chip.append(el("span", "attachment-error", error.message));
+  }
+}
+
+function takeAttachments() {
+  const ready = pending.filter((entry) => entry.id && !entry.failed);
+  pending = [];
+  els.attachmentTray.replaceChildren();
+  renderTray();
+  return ready;
 }
 
 function formatJSON(value) {
@@ -814,7 +906,7 @@ function renderStoredAnswer(item) {
 
 function renderHistory(items) {
   for (const item of items) {
-    if (item.role === "user") appendUserMessage(item.content);
+    if (item.role === "user") appendUserMessage(item.content, item.attachments || []);
     else renderStoredAnswer(item);
   }
   els.welcome.hidden = items.length > 0;
@@ -1073,12 +1165,13 @@ async function streamAnswer(view, body, signal) {
   });
 }
 
-async function sendMessage(text) {
+async function sendMessage(text, attachments = []) {
   const body = { message: text, stream: true };
+  if (attachments.length) body.attachments = attachments.map((file) => file.id);
   if (state.conversationId) body.conversation_id = state.conversationId;
   else if (chosenAgent()) body.agent = chosenAgent(); // a continued conversation keeps its own
   if (openApprovals) openApprovals.close("Not decided: your new message denies it.");
-  appendUserMessage(text);
+  appendUserMessage(text, attachments);
   const view = new AnswerView();
   view.startStreaming();
   const controller = new AbortController();
@@ -1169,11 +1262,14 @@ function autosize() {
 }
 
 function submitMessage() {
-  const text = els.messageInput.value.trim();
-  if (!text || state.stream) return;
+  const uploading = pending.some((entry) => !entry.id && !entry.failed);
+  const attached = pending.some((entry) => entry.id);
+  let text = els.messageInput.value.trim();
+  if ((!text && !attached) || state.stream || uploading) return;
+  text ||= "Please look at the attached files."; // a message has text; files alone get a line of it
   els.messageInput.value = "";
   autosize();
-  sendMessage(text);
+  sendMessage(text, takeAttachments());
 }
 
 async function copyCode(button) {
@@ -1205,6 +1301,30 @@ function bindEvents() {
     submitMessage();
   });
   els.stopButton.addEventListener("click", stopStreaming);
+  els.attachButton.addEventListener("click", () => els.fileInput.click());
+  els.fileInput.addEventListener("change", () => {
+    attachFiles([...els.fileInput.files]);
+    els.fileInput.value = "";
+  });
+  els.messageInput.addEventListener("paste", (event) => {
+    const files = [...(event.clipboardData?.files || [])];
+    if (!files.length) return; // text pastes as text
+    event.preventDefault();
+    attachFiles(files);
+  });
+  els.conversation.addEventListener("dragover", (event) => {
+    if (!event.dataTransfer?.types.includes("Files")) return;
+    event.preventDefault();
+    els.conversation.classList.add("dropping");
+  });
+  els.conversation.addEventListener("dragleave", () => els.conversation.classList.remove("dropping"));
+  els.conversation.addEventListener("drop", (event) => {
+    els.conversation.classList.remove("dropping");
+    const files = [...(event.dataTransfer?.files || [])];
+    if (!files.length) return;
+    event.preventDefault();
+    attachFiles(files);
+  });
   els.agentSelect.addEventListener("change", renderAgentBar);
   els.messageInput.addEventListener("input", autosize);
   els.messageInput.addEventListener("keydown", (event) => {
@@ -1231,6 +1351,7 @@ function init() {
     "memory-list", "memory-empty",
     "agent-bar", "agent-picker", "agent-select", "agent-current", "agent-current-name", "agent-description", "agent-error",
     "messages", "welcome", "thread", "composer", "message-input", "send-button", "stop-button",
+    "conversation", "attachment-tray", "attach-button", "file-input",
   ];
   for (const id of ids) els[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = document.getElementById(id);
   bindEvents();
