@@ -23,6 +23,7 @@ from app.agents.router import router as agents_router
 from app.auth.cache import KeyCache
 from app.auth.limits import Counters, Limits, LocalCounters, RedisCounters
 from app.chat.router import router as chat_router
+from app.conversations.retention import retention_sweeps
 from app.conversations.router import router as conversations_router
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.db import Database, create_engine, create_sessionmaker, instrument
@@ -144,6 +145,11 @@ def build_lifespan(
             files = await open_storage(settings.file_storage_url, db, stack)
             # Pauses past APPROVAL_TIMEOUT_SECONDS get their pending calls denied and recorded.
             await stack.enter_async_context(expiring_approvals(db, settings.approval_timeout_seconds))
+            # CONVERSATION_RETENTION_DAYS: old conversations deleted in small batches, one replica at a time.
+            await stack.enter_async_context(
+                retention_sweeps(sessions, coordination.locks, settings.conversation_retention_days,
+                                 settings.retention_sweep_seconds)
+            )  # fmt: skip
             # Long conversations are compacted in the background by its task group (closed after the runs).
             compactor = await stack.enter_async_context(
                 Compactor(sessions, coordination.locks, coordination.limits, agents, settings)

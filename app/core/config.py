@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     llm_http_client: ModelHttpClientName = "aiohttp"
     turn_timeout: float = Field(default=300.0, gt=0)
     history_token_budget: int = Field(default=100_000, ge=100)
+    # Conversations untouched for longer are deleted (app/conversations/retention.py); None: kept.
+    conversation_retention_days: int | None = Field(default=None, ge=1)
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
 
     agent_max_steps: int = Field(default=8, ge=1, le=50)
     agent_tools: str = "remember,recall,calculator,current_time"  # comma-separated; fetch_url is opt-in

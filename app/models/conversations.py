@@ -28,6 +28,7 @@ class Conversation(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "conversations"
     __table_args__ = (
         Index("ix_conversations_owner_recent", "owner_id", "updated_at", "id"),
+        Index("ix_conversations_updated_at", "updated_at"),  # the retention sweep's order
         # A client's own id for the conversation (Open WebUI's chat id): one conversation per owner and id.
         Index(
             "ix_conversations_owner_external_id",
