@@ -99,17 +99,23 @@ async def test_answers_a_dead_process_left_in_progress_are_swept(settings: Setti
         key = await make_key(first.state)
         done = await http.post(f"{first.url}/chat", json={"message": "hello"}, headers=auth(key))
         conversation_id = uuid.UUID(done.json()["conversation_id"])
-    # As if two turns died with their process: one an hour ago, one a moment ago (maybe still running).
-    stale, fresh = uuid.uuid4(), uuid.uuid4()
+    # As if two turns died with their process: one an hour ago, one a moment ago (maybe still running);
+    # and an answer created an hour ago, paused for approval, continued a moment ago (running: its age
+    # counts from its claim, updated_at).
+    stale, fresh, continued = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with live_server(create_app(settings)) as probe:
         async with probe.state.sessions() as session, session.begin():
-            for message_id, age in ((stale, "1 hour"), (fresh, "1 second")):
+            for message_id, created, updated in (
+                (stale, "1 hour", "1 hour"),
+                (fresh, "1 second", "1 second"),
+                (continued, "1 hour", "1 second"),
+            ):
                 await session.execute(
                     text(
                         "INSERT INTO messages (id, conversation_id, role, content, status, input_tokens, "
                         "output_tokens, cache_read_tokens, cache_creation_tokens, created_at, updated_at) "
                         f"VALUES (:id, :cid, 'assistant', '[]', 'in_progress', 0, 0, 0, 0, "
-                        f"now() - interval '{age}', now())"
+                        f"now() - interval '{created}', now() - interval '{updated}')"
                     ),
                     {"id": message_id, "cid": conversation_id},
                 )
@@ -128,3 +134,7 @@ async def test_answers_a_dead_process_left_in_progress_are_swept(settings: Setti
         assert stale_row.error["type"] == "interrupted"
         assert fresh_row is not None
         assert fresh_row.status == "in_progress"  # younger than any turn's deadline: left alone
+        async with restarted.state.sessions() as session:
+            continued_row = await session.get(Message, continued)
+        assert continued_row is not None
+        assert continued_row.status == "in_progress"
