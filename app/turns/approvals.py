@@ -29,10 +29,12 @@ from app.conversations.errors import ConversationNotFound
 from app.core.config import Settings
 from app.core.db import Database, Transactions, Tx
 from app.llm.base import Block, LLMRequest, Usage
+from app.llm.summary import SUMMARY_ROLE
 from app.models import Conversation, Message
 from app.models.base import utcnow
 from app.models.conversations import MessageStatus
 from app.turns.begin import AgentChoice, TurnStarted
+from app.turns.compaction import fold
 from app.turns.errors import NotPending, UndecidedCalls
 from app.turns.store import pending_calls, record_denied, with_denials
 
@@ -140,7 +142,8 @@ async def claim_paused(
     if agents.allowed is not None and bound not in agents.allowed:
         raise AgentNotFound(bound)
     agent = agents.catalog.resolve(bound, None)
-    last = rows[-1] if rows else None
+    # A compaction stored while this turn ran may sort after its answer: the answer is the last message.
+    last = next((row for row in reversed(rows) if row.role != SUMMARY_ROLE), None)
     if last is None or last.role != "assistant" or last.status != MessageStatus.AWAITING_APPROVAL:
         raise NotPending("Nothing in this conversation is waiting for a decision.")
     if message_id is not None and last.id != message_id:
@@ -167,11 +170,12 @@ async def claim_paused(
         if not (await tx.conn.execute(claim)).rowcount:
             raise NotPending("These tool calls were decided meanwhile.")
     earlier: list[dict[str, Any]] = []
-    for row in rows[:-1]:
-        if row.role == "user":
-            earlier.append({"role": "user", "content": list(row.content or [])})
+    # Folded by the latest compaction, as phase 1 reads a history (app/turns/compaction.py).
+    for role, blocks in fold([(row.id, row.role, row.content) for row in rows if row is not last]):
+        if role == "user":
+            earlier.append({"role": "user", "content": list(blocks or [])})
         else:
-            earlier.extend(split_assistant(list(row.content or [])))
+            earlier.extend(split_assistant(list(blocks or [])))
     request = LLMRequest(
         model=agent.model,
         messages=earlier,

@@ -48,7 +48,7 @@ from app.core.ids import uuid7
 from app.core.locks import LockManager, kept
 from app.llm.base import Block, Completed, LLMRequest, Usage, text_of
 from app.llm.summary import COMPACTION, SUMMARY_ROLE, compaction_of, summary_text
-from app.models import Conversation, Message
+from app.models import Conversation, Message, ModelUsage
 from app.models.base import utcnow
 from app.models.conversations import MessageStatus
 
@@ -547,9 +547,19 @@ class Compactor:
             "created_at": now,
             "updated_at": now,
         }
+        spent = {
+            name: row[name] for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+        }
         try:
             async with self.sessions() as session, session.begin():
                 await session.execute(insert(Message).values(**row))
+                if model is not None and any(spent.values()):  # the summarizer's call, in GET /usage too
+                    await session.execute(
+                        insert(ModelUsage).values(
+                            id=uuid7(), owner_id=job.owner_id, message_id=row["id"], agent=job.agent, model=model,
+                            model_calls=1, created_at=now, **spent,
+                        )
+                    )  # fmt: skip
         except IntegrityError:  # the conversation was deleted meanwhile
             return None
         return row["id"], SUMMARY_ROLE, row["content"]

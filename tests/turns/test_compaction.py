@@ -14,7 +14,7 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.llm.anthropic import mark_cache_prefix
 from app.llm.summary import COMPACTION, SUMMARY_OPEN, SUMMARY_ROLE, summary_text
-from app.models import Message
+from app.models import Message, ModelUsage
 from app.state import Resources
 from app.turns.compaction import KEEP_TURNS, SUMMARY_PROMPT, known_window, plan, view_of
 from testkit.fake_llm import FakeLLMServer
@@ -187,6 +187,11 @@ async def test_a_300_turn_conversation_stays_within_the_window_and_remembers_tur
         assert same == len(calls) - 1 - len(compactions)
         # The summarizer's tokens are recorded on its rows (they count against the key's quota too).
         assert all(r.input_tokens > 0 and r.output_tokens > 0 for r in compactions if r.content[0]["text"])
+        async with state.sessions() as session:
+            query = select(ModelUsage).where(ModelUsage.message_id.in_([r.id for r in compactions]))
+            spent = list((await session.execute(query)).scalars())
+        assert len(spent) == len(summaries)  # each summarizer call is in GET /usage
+        assert sum(u.input_tokens for u in spent) == sum(r.input_tokens for r in compactions)
         # The history API: every original message, and the summaries as items of their own.
         page = (await client.get(f"/conversations/{conversation_id}/messages", headers=auth)).json()
         roles = [item["role"] for item in page["items"]]
@@ -294,3 +299,25 @@ async def test_a_history_that_does_not_fit_is_compacted_before_the_model_call(
         assert "Bruno-1729" in call["messages"][0]["content"][0]["text"]  # the summary, not dropped turns
         assert _tokens(call) <= fits
         assert "filler" in json.dumps(call["messages"][-1])  # the turn's own message, verbatim
+
+
+async def test_a_paused_turn_continues_with_the_compacted_history(
+    long_settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    gated = long_settings.model_copy(update={"agent_approval_tools": "calc*"})
+    async with running_app(gated) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        conversation_id, _ = await _converse(client, state, auth, 20, FACT)
+        assert any(r.role == SUMMARY_ROLE for r in await _rows(state, conversation_id))
+        body = {"message": '[[tool:calculator {"expression": "2+2"}]] compute', "conversation_id": conversation_id}
+        paused = (await client.post("/chat", json=body, headers=auth)).json()
+        assert paused["stop_reason"] == "awaiting_approval"
+        [pending] = paused["pending_approvals"]
+        decision = {"decisions": [{"tool_use_id": pending["tool_use_id"], "approve": True}]}
+        done = await client.post(f"/conversations/{conversation_id}/approvals", json=decision, headers=auth)
+        assert done.status_code == 200, done.text
+        assert done.json()["message"]["status"] == "complete"
+        call = [b for b in llm_server.state.request_bodies() if not _is_summary(b)][-1]
+        assert call["messages"][0]["content"][0]["text"].startswith(SUMMARY_OPEN)  # folded, as phase 1 reads it
+        assert "Bruno-1729" in call["messages"][0]["content"][0]["text"]
+        assert _tokens(call) <= WINDOW - long_settings.llm_max_tokens
