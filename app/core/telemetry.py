@@ -128,7 +128,13 @@ class Telemetry:
         """The HTTP server span around `app`: continues an incoming traceparent."""
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-        return OpenTelemetryMiddleware(app, tracer_provider=self.provider, excluded_urls="healthz,readyz,metrics")
+        # No span per ASGI message: a stream sends one per delta, which would cost more than the turn's own spans.
+        return OpenTelemetryMiddleware(
+            app,
+            tracer_provider=self.provider,
+            excluded_urls="healthz,readyz,metrics",
+            exclude_spans=["receive", "send"],
+        )
 
     def shutdown(self) -> None:
         """Export what is buffered, then stop."""
