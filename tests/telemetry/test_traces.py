@@ -319,3 +319,37 @@ async def test_following_a_run_links_to_the_trace_that_started_it(
     started = [s for s in spans if s.span_id == linked_span]
     assert started
     assert started[0].kind == SERVER  # the request that started the run
+
+
+async def test_a_turn_continued_after_an_approval_is_an_invoke_agent_span_of_its_own(
+    settings: Settings, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    otel_env(monkeypatch, receiver)
+    gated = settings.model_copy(update={"agent_approval_tools": "calc*"})
+    async with running_app(gated) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        paused = await client.post("/chat", json={"message": TWO_TOOLS}, headers=auth)
+        assert paused.status_code == 200, paused.text
+        body = paused.json()
+        assert body["stop_reason"] == "awaiting_approval"
+        [pending] = body["pending_approvals"]
+        decisions = {"decisions": [{"tool_use_id": pending["tool_use_id"], "approve": True}]}
+        cid = body["conversation_id"]
+        done = await client.post(f"/conversations/{cid}/approvals", json=decisions, headers=auth)
+        assert done.status_code == 200, done.text
+        spans = await collect(receiver, lambda spans: len(named(spans, "invoke_agent")) == 2)
+    first, second = sorted(
+        named(spans, "invoke_agent"),
+        key=lambda s: s.attributes["agentchat.request_id"] != paused.headers["x-request-id"],
+    )
+    assert first.attributes["agentchat.request_id"] == paused.headers["x-request-id"]
+    assert second.attributes["agentchat.request_id"] == done.headers["x-request-id"]
+    assert first.trace_id != second.trace_id  # each its own request's trace
+    assert first.attributes["gen_ai.conversation.id"] == second.attributes["gen_ai.conversation.id"] == cid
+    assert first.attributes["gen_ai.response.finish_reasons"] == ["awaiting_approval"]
+    assert second.attributes["gen_ai.response.finish_reasons"] == ["end_turn"]
+    # The approved call runs in the continuation, then the model is called once more.
+    (calculator,) = [s for s in spans if s.name == "execute_tool calculator"]
+    assert calculator.parent_id == second.span_id
+    assert calculator.attributes["gen_ai.tool.call.id"] == pending["tool_use_id"]
+    assert [s.parent_id for s in named(spans, "chat ")].count(second.span_id) == 1
