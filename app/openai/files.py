@@ -33,13 +33,12 @@ def user_message(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type", "message") == "message" and item.get("role") == "user"
 
 
+def is_file_part(part: Any) -> bool:
+    return isinstance(part, dict) and isinstance(part.get("type"), str) and part["type"] in FILE_PARTS
+
+
 def has_file_parts(contents: Iterable[tuple[str, Any]]) -> bool:
-    return any(
-        isinstance(part, dict) and part.get("type") in FILE_PARTS
-        for _, content in contents
-        if isinstance(content, list)
-        for part in content
-    )
+    return any(is_file_part(part) for _, content in contents if isinstance(content, list) for part in content)
 
 
 async def attach_parts(
@@ -47,6 +46,10 @@ async def attach_parts(
 ) -> None:
     """Replace each file part of these contents ((param, content list) pairs, changed in place) with
     an attachment part; refuse (a 400) what the agent's model cannot read, before anything else."""
+    for param, content in contents:
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("type") == ATTACHMENT:  # ours alone make these
+                raise InvalidParam(f"{param}[{j}].type", "Content of type 'attachment' is not supported.")
     if not has_file_parts(contents):
         return
     settings = resources.settings
@@ -55,7 +58,7 @@ async def attach_parts(
             if not isinstance(content, list):
                 continue
             for j, part in enumerate(content):
-                if isinstance(part, dict) and part.get("type") in FILE_PARTS:
+                if is_file_part(part):
                     where = f"{param}[{j}]"
                     row = await _file_of(resources, session, owner_id, part, where)
                     content[j] = {**attachment_block(row), "type": ATTACHMENT}
@@ -92,6 +95,7 @@ async def _file_of(
             part.get("file_url"),
         )
         where += ".file_id" if file_id is not None else ".file_data" if data is not None else ".file_url"
+    name = name if isinstance(name, str) else None
     if file_id is not None:
         return await _owned(session, owner_id, file_id, where)
     if isinstance(url, str) and url.startswith("data:"):

@@ -130,6 +130,8 @@ async def test_refused_parts_are_400s_naming_the_part(
 ) -> None:
     theirs = await upload(live, await make_key(live.state, "other"), samples.png(), "theirs.png")
     cases: list[tuple[Any, str]] = [
+        # Attachment parts are the service's own making, never a client's (a forged one names any hash).
+        ({"type": "attachment", "file_id": theirs, "sha256": "0" * 64}, "messages[0].content[0].type"),
         ({"type": "file", "file": {"file_id": theirs}}, "messages[0].content[0].file.file_id"),
         ({"type": "file", "file": {"file_id": "file-abc"}}, "messages[0].content[0].file.file_id"),
         (
