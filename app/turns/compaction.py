@@ -42,7 +42,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.agent.history import build_history
+from app.agent.history import build_history, estimate_tokens
 from app.core.config import Settings
 from app.core.ids import uuid7
 from app.core.locks import LockManager, kept
@@ -135,8 +135,9 @@ def estimate_text(text: str) -> int:
 
 
 def estimate_content(content: Any) -> int:
-    """Tokens of a stored message's blocks, estimated as app/agent/history.py does (chars / 4)."""
-    return max(1, len(repr(content)) // 4)
+    """Tokens of a stored message's blocks, estimated as app/agent/history.py does (chars / 4; an
+    attached file by its kind and size, not by its reference's few characters)."""
+    return estimate_tokens({"content": content})
 
 
 def _blocks(content: Any) -> list[Block]:
