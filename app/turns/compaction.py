@@ -254,11 +254,14 @@ class Plan:
         return bool(self.summarize)
 
 
-def plan(rows: Sequence[Row], threshold: int, *, fixed: int = 0) -> Plan | None:
+def plan(rows: Sequence[Row], threshold: int, *, fixed: int = 0, reported: int = 0) -> Plan | None:
     """What to compact so the view (plus `fixed`: system prompt, tools) falls well under
-    `threshold`; None when it is under it already, or too few turns would be left to act on."""
+    `threshold`; None when it is under it already, or too few turns would be left to act on.
+    `reported`: the size the provider last reported, when larger than the estimate (it is the truth)."""
     view = view_of(rows)
-    before = view.tokens() + fixed
+    estimated = view.tokens() + fixed
+    before = max(estimated, reported)
+    scale = before / max(1, estimated)  # estimates in the provider's units, where it reported more
     if before <= threshold:
         return None
     kept = view.rows
@@ -268,10 +271,11 @@ def plan(rows: Sequence[Row], threshold: int, *, fixed: int = 0) -> Plan | None:
     protect = starts[-KEEP_TURNS]  # the last turns stay as they are
     cleared_before = str(kept[protect][0])
     edited = [(m, r, cleared(c)) if i < protect else (m, r, c) for i, (m, r, c) in enumerate(kept)]
-    sizes = [estimate_content(c) for _, _, c in edited]
+    sizes = [int(estimate_content(c) * scale) for _, _, c in edited]
     summary_tokens = estimate_text(summary_text(view.summary)) if view.summary else 0
     after_edit = summary_tokens + sum(sizes) + fixed
-    if after_edit <= threshold * EDIT_ENOUGH and cleared_before != view.cleared_before:
+    if cleared_before != view.cleared_before and after_edit < before and after_edit <= threshold * EDIT_ENOUGH:
+        # Clearing old tool results is enough.
         return Plan(view, cleared_before, [], view.covers, before, sum(sizes))
     # Summarize the oldest turns: the fewest that bring the rest under the target (the new summary
     # is counted at its largest), never the last KEEP_TURNS.
@@ -314,6 +318,7 @@ class Job:
     agent: str
     system: str | None
     tools: tuple[dict[str, Any], ...] = ()
+    reported: int = 0  # the conversation's size as the provider last reported it (0: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,15 +382,15 @@ class Compactor:
             return
         size = sum(estimate_content(m["content"]) for m in request.messages) + estimate_content(turn.transcript.blocks)
         size += estimate_text(request.system or "") + (estimate_text(json.dumps(request.tools)) if request.tools else 0)
-        usage = turn.usage
+        usage, reported = turn.usage, 0
         if not any(b.get("type") == "tool_use" for b in turn.transcript.blocks):
-            # One model call: its usage is the prompt as the provider counted it.
-            reported = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
-            size = max(size, reported + usage.output_tokens)
-        if size > budget.threshold:
+            # One model call: its usage is the prompt as the provider counted it, and the answer.
+            prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+            reported = prompt + usage.output_tokens if prompt else 0
+        if max(size, reported) > budget.threshold:
             self.schedule(
                 Job(started.conversation_id, turn.context.owner_id, started.agent.name, request.system,
-                    tuple(request.tools))
+                    tuple(request.tools), reported)
             )  # fmt: skip
 
     def schedule(self, job: Job) -> bool:
@@ -454,7 +459,8 @@ class Compactor:
         if rows is None:
             return None
         fixed = estimate_text(job.system or "") + (estimate_text(json.dumps(list(job.tools))) if job.tools else 0)
-        todo = plan(rows, budget.threshold, fixed=fixed)
+        # The provider's count stands for this history only until the next message (a turn's, or this compaction's).
+        todo = plan(rows, budget.threshold, fixed=fixed, reported=job.reported if before is None else 0)
         if todo is None:
             return None
         previous = todo.previous

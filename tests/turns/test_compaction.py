@@ -80,6 +80,7 @@ def test_a_plan_clears_tool_results_first_then_summarizes_the_oldest_turns() -> 
         result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": big}
         rows.append((_id(10 * turn + 1), "assistant", [call, result, {"type": "text", "text": "ok"}]))
     assert plan(rows, 100_000) is None  # under the threshold: nothing to do
+    assert plan(rows, 100_000, reported=120_000) is not None  # the provider's count is the truth
     edit = plan(rows, 6_000)
     assert edit is not None
     assert not edit.summarizes  # clearing the old results is enough
