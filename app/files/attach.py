@@ -68,17 +68,19 @@ async def resolve_attachments(
 ) -> tuple[list[Block], str | None]:
     """The owner's files `ids` as attachment blocks, in the order given, and the agent the continued
     conversation is bound to (None: none, or no such conversation of this owner: phase 1 says so).
-    Only for a turn that attaches something: one more checkout before phase 1, which must know
+    Only for a turn that attaches something: one more statement before phase 1, which must know
     each file's type and size to store its reference, and the model, to refuse what it cannot read
     before anything is stored. Another key's file, or none, is FileNotFound (its id named)."""
     unique = list(dict.fromkeys(ids))
-    stmt = select(StoredFile.__table__).where(StoredFile.id.in_(unique), StoredFile.owner_id == owner_id)
     bound = select(Conversation.agent).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
-    agent = None
+    # One statement: the files, each row carrying the conversation's agent (a scalar subquery).
+    stmt = select(StoredFile.__table__, bound.scalar_subquery().label("bound_agent")).where(
+        StoredFile.id.in_(unique), StoredFile.owner_id == owner_id
+    )
     async with transactions() as tx:
-        rows = {row.id: row for row in (await tx.conn.execute(stmt)).all()}
-        if conversation_id is not None:
-            agent = (await tx.conn.execute(bound)).scalar_one_or_none()
+        found = (await tx.conn.execute(stmt)).all()
+    rows = {row.id: row for row in found}
+    agent = found[0].bound_agent if found and conversation_id is not None else None
     missing = [str(i) for i in unique if i not in rows]
     if missing:
         raise FileNotFound(f"File not found: {missing[0]}.")

@@ -145,3 +145,24 @@ async def test_a_saturated_loop_refuses_new_turns_before_touching_the_pool(
     assert spent(before, counts(state))["checkouts"] == 0
     await eventually(lambda: state.loop_lag.latest < 0.5, timeout=2.0)
     await turn(client, auth, message="fine again")
+
+
+async def test_a_turn_with_attachments_costs_one_statement_more_and_one_per_file_read(
+    state: Resources, client: httpx.AsyncClient, auth: dict[str, str], llm_server: Any
+) -> None:
+    # Issue #29: the files' metadata (and a continued conversation's agent) in one statement before
+    # phase 1; each file's bytes (under 1 MiB: one chunk) read for the model after it.
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x02\x00\x00\x00\x02\x08\x00\x00\x00\x00W\xdd\x52\xf8"
+    uploaded = await client.post("/files", files={"file": ("p.png", png)}, headers=auth)
+    assert uploaded.status_code == 201, uploaded.text
+    file_id = uploaded.json()["id"]
+    first = await turn(client, auth, message="warm up")
+    for body in [
+        {"message": "new", "attachments": [file_id]},
+        {"message": "continued", "attachments": [file_id], "conversation_id": first["conversation_id"]},
+    ]:
+        before = counts(state)
+        await turn(client, auth, **body)
+        used = spent(before, counts(state))
+        assert (used["statements"], used["checkouts"], used["commits"]) == (4, 4, 0), body
+    assert llm_server.state.request_bodies()[-1]["messages"][-1]["content"][0]["type"] == "image"
