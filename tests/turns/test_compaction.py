@@ -14,9 +14,9 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.llm.anthropic import mark_cache_prefix
 from app.llm.summary import COMPACTION, SUMMARY_OPEN, SUMMARY_ROLE, summary_text
-from app.models import Message, ModelUsage
+from app.models import Conversation, Message, ModelUsage
 from app.state import Resources
-from app.turns.compaction import KEEP_TURNS, SUMMARY_PROMPT, known_window, plan, view_of
+from app.turns.compaction import KEEP_TURNS, SUMMARY_PROMPT, Job, known_window, plan, view_of
 from testkit.fake_llm import FakeLLMServer
 from testkit.fake_llm.summarizer import SUMMARY_PROMPT_START
 from tests.fixtures.app import make_key, running_app
@@ -322,3 +322,31 @@ async def test_a_paused_turn_continues_with_the_compacted_history(
         assert call["messages"][0]["content"][0]["text"].startswith(SUMMARY_OPEN)  # folded, as phase 1 reads it
         assert "Bruno-1729" in call["messages"][0]["content"][0]["text"]
         assert _tokens(call) <= WINDOW - long_settings.llm_max_tokens
+
+
+async def test_one_compaction_per_conversation_at_a_time_across_replicas(
+    long_settings: Settings, llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_app(long_settings) as (_, state, client):
+        compactor = state.compactor
+        assert compactor is not None
+        monkeypatch.setattr(compactor, "schedule", lambda job: False)  # this test compacts by hand
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        conversation_id, _ = await _converse(client, state, auth, 16, FACT)
+        owner = (await _rows(state, conversation_id))[0]
+        async with state.sessions() as session:
+            owner_id = await session.scalar(
+                select(Conversation.owner_id).where(Conversation.id == owner.conversation_id)
+            )
+        assert owner_id is not None
+        job = Job(uuid.UUID(conversation_id), owner_id, "agentchat", None)
+        held = await state.locks.acquire(f"compaction:{conversation_id}")  # another replica compacts it
+        assert held is not None
+        assert await compactor.compact(job) is None
+        assert not any(r.role == SUMMARY_ROLE for r in await _rows(state, conversation_id))
+        await state.locks.release(held)
+        done = await compactor.compact(job)
+        assert done is not None
+        assert done[0].messages_summarized > 0
+        assert await compactor.compact(job) is None  # compacted: nothing left to do
+        assert sum(1 for r in await _rows(state, conversation_id) if r.role == SUMMARY_ROLE) == 1
