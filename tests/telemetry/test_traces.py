@@ -353,3 +353,25 @@ async def test_a_turn_continued_after_an_approval_is_an_invoke_agent_span_of_its
     assert calculator.parent_id == second.span_id
     assert calculator.attributes["gen_ai.tool.call.id"] == pending["tool_use_id"]
     assert [s.parent_id for s in named(spans, "chat ")].count(second.span_id) == 1
+
+
+async def test_on_sqlite_the_statements_are_spans_of_the_turn(
+    settings: Settings, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from app.core.db import create_engine
+    from app.models import Base
+
+    otel_env(monkeypatch, receiver)
+    lite = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path}/traced.db", "redis_url": None})
+    engine = create_engine(lite)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    await engine.dispose()
+    async with running_app(lite) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        r = await client.post("/chat", json={"message": TWO_TOOLS}, headers=auth)
+        assert r.status_code == 200, r.text
+        spans = await collect(receiver, agent_turn_done)
+    (agent,) = named(spans, "invoke_agent")
+    statements = [s for s in of_trace(spans, agent.trace_id) if s.scope == "opentelemetry.instrumentation.sqlalchemy"]
+    assert len(statements) >= 2, sorted({(s.scope, s.name, s.trace_id == agent.trace_id) for s in spans})
