@@ -2,8 +2,9 @@
 Postgres) or an S3-compatible bucket (`FILE_STORAGE_URL=s3://bucket/prefix`).
 
 Bytes are stored once per owner and SHA-256 (equal uploads share them). Writes take the spooled
-upload (a file on disk past 1 MiB) and reads give chunks, so a file is never held whole twice: the
-database's write holds it once (a bytea parameter); S3's streams it in parts.
+upload (a file on disk past 1 MiB) a chunk at a time and reads give chunks, so a file is never held
+whole in memory on its way in or out: 1 MiB rows in the database, parts of a multipart upload (or one
+PUT up to 8 MiB) in S3.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 import anyio
-from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from app.core.db import Database
-from app.models import FileBlob
+from app.models import FileChunk
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -50,41 +50,44 @@ async def read_all(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> by
     return b"".join(parts) if parts else None
 
 
-def _read(source: BinaryIO, size: int) -> bytes:
-    source.seek(0)
+def _read_at(source: BinaryIO, offset: int, size: int) -> bytes:
+    source.seek(offset)
     return source.read(size)
 
 
 class DatabaseStorage:
-    """`file_blobs` rows: one per owner and hash. Each call is its own short transaction; a read
-    takes one chunk per statement, so no connection is held while the client reads."""
+    """`file_chunks` rows: 1 MiB each, in order, once per owner and hash. A write is one transaction
+    of one INSERT per chunk (between them only a read of the spooled upload, a local file); a read is
+    one short statement per chunk, so no connection is held while the client reads."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def put(self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int) -> None:
-        data = await anyio.to_thread.run_sync(_read, source, size)
-        insert = pg_insert if self.db.is_postgres else sqlite_insert
-        stmt = insert(FileBlob).values(owner_id=owner_id, sha256=sha256, data=data).on_conflict_do_nothing()
-        async with self.db.transaction() as conn:
-            await conn.execute(stmt)
+        try:
+            async with self.db.transaction() as conn:
+                for seq, offset in enumerate(range(0, max(size, 1), CHUNK)):
+                    data = await anyio.to_thread.run_sync(_read_at, source, offset, CHUNK)
+                    await conn.execute(insert(FileChunk).values(owner_id=owner_id, sha256=sha256, seq=seq, data=data))
+        except IntegrityError:
+            return  # the same bytes stored by a concurrent upload of the owner's, committed first
 
     async def chunks(self, owner_id: uuid.UUID, sha256: str) -> AsyncIterator[bytes]:
-        owned = FileBlob.owner_id == owner_id, FileBlob.sha256 == sha256
-        start = 1  # substr counts from 1, on both databases
+        owned = FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256
+        seq = 0
         while True:
             async with self.db.statement() as conn:
-                chunk = (await conn.execute(select(func.substr(FileBlob.data, start, CHUNK)).where(*owned))).scalar()
-            if not chunk:
+                chunk = (await conn.execute(select(FileChunk.data).where(*owned, FileChunk.seq == seq))).scalar()
+            if chunk is None:
                 return
             yield bytes(chunk)
-            if len(chunk) < CHUNK:
+            if len(chunk) < CHUNK:  # only the last chunk is short: no statement to learn there is no next
                 return
-            start += CHUNK
+            seq += 1
 
     async def delete(self, owner_id: uuid.UUID, sha256: str) -> None:
         async with self.db.transaction() as conn:
-            await conn.execute(delete(FileBlob).where(FileBlob.owner_id == owner_id, FileBlob.sha256 == sha256))
+            await conn.execute(delete(FileChunk).where(FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256))
 
 
 class S3Storage:

@@ -2,7 +2,7 @@
 
 from app.models.base import Base
 from app.models.conversations import Conversation, Message, MessageStatus
-from app.models.files import FileBlob, StoredFile
+from app.models.files import FileChunk, StoredFile
 from app.models.keys import ApiKey
 from app.models.memory import Memory
 from app.models.usage import ModelUsage
@@ -11,7 +11,7 @@ __all__ = [
     "ApiKey",
     "Base",
     "Conversation",
-    "FileBlob",
+    "FileChunk",
     "Memory",
     "Message",
     "MessageStatus",

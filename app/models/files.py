@@ -33,11 +33,13 @@ class StoredFile(UUIDPrimaryKey, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class FileBlob(Base):
-    """The bytes of an owner's files with one SHA-256, when the database is the storage (the default)."""
+class FileChunk(Base):
+    """The bytes of an owner's files with one SHA-256, when the database is the storage (the default):
+    1 MiB rows in order (`seq` from 0), so a file is written and read a chunk at a time, never whole."""
 
-    __tablename__ = "file_blobs"
+    __tablename__ = "file_chunks"
 
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     data: Mapped[bytes] = mapped_column(LargeBinary)

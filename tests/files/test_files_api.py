@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.core.config import Settings
-from app.models import FileBlob, StoredFile
+from app.models import FileChunk, StoredFile
 from app.state import Resources
 from tests.files import samples
 from tests.fixtures.app import make_key, running_app
@@ -117,7 +117,7 @@ async def test_quota_counts_each_content_once(settings: Settings) -> None:
         assert over.status_code == 413
         assert over.json()["error"]["type"] == "quota_exceeded"
         async with state.sessions() as session:
-            assert (await session.execute(select(func.count()).select_from(FileBlob))).scalar_one() == 1
+            assert (await session.execute(select(func.count()).select_from(FileChunk))).scalar_one() == 1
         # Another key has its own quota.
         other = {"Authorization": f"Bearer {await make_key(state)}"}
         assert (await upload(client, other, samples.png(600, 400), "c.png")).status_code == 201
@@ -158,7 +158,7 @@ async def test_delete_keeps_shared_bytes_until_the_last_file(
 
     async def blobs() -> int:
         async with state.sessions() as session:
-            return int((await session.execute(select(func.count()).select_from(FileBlob))).scalar_one())
+            return int((await session.execute(select(func.count()).select_from(FileChunk))).scalar_one())
 
     assert await blobs() == 1
     assert (await client.delete(f"/files/{a}", headers=auth)).status_code == 204
@@ -170,10 +170,15 @@ async def test_delete_keeps_shared_bytes_until_the_last_file(
     assert (await client.delete(f"/files/{uuid.uuid4()}", headers=auth)).status_code == 404
 
 
-async def test_large_file_streams_back_in_chunks(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
-    # Past one read chunk (1 MiB), so the download is several statements' worth.
+async def test_large_file_streams_back_in_chunks(
+    client: httpx.AsyncClient, auth: dict[str, str], state: Resources
+) -> None:
+    # Past one chunk (1 MiB): written as 1 MiB rows and read back one statement per row.
     data = ("line of text\n" * 200_000).encode()
     r = await upload(client, auth, data, "long.txt")
     assert r.status_code == 201, r.text
+    async with state.sessions() as session:
+        sizes = (await session.execute(select(func.length(FileChunk.data)).order_by(FileChunk.seq))).scalars().all()
+    assert sizes == [1024 * 1024, 1024 * 1024, len(data) - 2 * 1024 * 1024]
     got = await client.get(f"/files/{r.json()['id']}/content", headers=auth)
     assert got.content == data

@@ -12,7 +12,7 @@ from moto.server import ThreadedMotoServer
 from sqlalchemy import func, select
 
 from app.core.config import Settings
-from app.models import FileBlob
+from app.models import FileChunk
 from testkit.fake_llm import FakeLLMServer
 from testkit.net import free_port
 from tests.files import samples
@@ -70,7 +70,7 @@ async def test_files_live_in_the_bucket(s3: str, settings: Settings, llm_server:
         assert stored.startswith("uploads/")
         assert stored.endswith("/" + first["sha256"])
         async with state.sessions() as session:
-            assert (await session.execute(select(func.count()).select_from(FileBlob))).scalar_one() == 0
+            assert (await session.execute(select(func.count()).select_from(FileChunk))).scalar_one() == 0
         got = await client.get(f"/files/{first['id']}/content", headers=auth)
         assert got.content == image
 
