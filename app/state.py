@@ -58,8 +58,8 @@ class Resources:
     runs: RunManager
     followers: Followers
     metrics: Metrics
-    files: FileStorage  # where uploaded files' bytes live (app/files/storage.py)
     compactor: Compactor | None = None  # long conversations' compactions (app/turns/compaction.py)
+    files: FileStorage  # where uploaded files' bytes live (app/files/storage.py)
 
 
 def resources_of(app: Starlette) -> Resources:

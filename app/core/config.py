@@ -112,16 +112,6 @@ class Settings(BaseSettings):
     # Models that take no images or PDFs (comma-separated fnmatch patterns): their attachments are a 422.
     file_text_only_models: str = "claude-instant*,claude-2*,gpt-3.5*"
     chat_max_attachments: int = Field(default=10, ge=0)
-    # Files (app/files): an upload's cap (its request body may be this much more than MAX_BODY_BYTES,
-    # as may a /v1 request's with inline data), each key's storage, and what models take.
-    file_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    file_storage_quota_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)  # per key; 0 = no quota
-    file_storage_url: str | None = None  # None: the database; s3://bucket/prefix: S3-compatible (AWS_* variables)
-    file_image_max_side: int = Field(default=8000, ge=1)  # pixels, either side (Anthropic's limit)
-    file_pdf_max_pages: int = Field(default=100, ge=1)
-    # Models that take no images or PDFs (comma-separated fnmatch patterns): their attachments are a 422.
-    file_text_only_models: str = "claude-instant*,claude-2*,gpt-3.5*"
-    chat_max_attachments: int = Field(default=10, ge=0)
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     docs_enabled: bool = True  # /docs, /redoc, /openapi.json; off in deploy/k8s
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
@@ -130,6 +120,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("file_storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("s3://") and value[5:].split("/", 1)[0]):
+            raise ValueError("FILE_STORAGE_URL must be s3://bucket[/prefix] (unset: the database)")
+        return value
 
     @field_validator("database_url")
     @classmethod
