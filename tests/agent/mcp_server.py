@@ -50,6 +50,7 @@ class Seen:
     cancelled: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     refused: int = 0  # requests without the required header
+    traceparents: list[str] = field(default_factory=list)  # each tools/call's `_meta.traceparent` ("" if none)
 
 
 def build(require_header: tuple[str, str] | None = None, *, legacy: bool = False) -> ASGIApp:
@@ -60,6 +61,8 @@ def build(require_header: tuple[str, str] | None = None, *, legacy: bool = False
     legacy_sessions: list[Any] = []
 
     async def remember_sessions(ctx: Any, call_next: Any) -> Any:
+        if ctx.method == "tools/call":
+            seen.traceparents.append(str((getattr(ctx, "meta", None) or {}).get("traceparent", "")))
         if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS and ctx.session not in legacy_sessions:
             legacy_sessions.append(ctx.session)
         return await call_next(ctx)

@@ -375,3 +375,31 @@ async def test_on_sqlite_the_statements_are_spans_of_the_turn(
     (agent,) = named(spans, "invoke_agent")
     statements = [s for s in of_trace(spans, agent.trace_id) if s.scope == "opentelemetry.instrumentation.sqlalchemy"]
     assert len(statements) >= 2, sorted({(s.scope, s.name, s.trace_id == agent.trace_id) for s in spans})
+
+
+async def test_an_mcp_tool_call_carries_the_trace_to_the_server(
+    settings: Settings, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.mcp_config import parse_mcp_servers
+    from tests.agent.mcp_server import McpServerProcess
+
+    otel_env(monkeypatch, receiver)
+    with McpServerProcess().running() as server:
+        servers = parse_mcp_servers([{"name": "tracker", "url": server.url, "timeout": 5.0}])
+        configured = settings.model_copy(update={"mcp_servers": servers, "mcp_connect_timeout": 5.0})
+        async with running_app(configured) as (_, state, client):
+            auth = {"Authorization": f"Bearer {await make_key(state)}"}
+            for _ in range(100):  # the server's tools join once it is connected
+                agents = (await client.get("/agents", headers=auth)).json()["items"]
+                if "tracker__echo" in agents[0]["tools"]:
+                    break
+                await asyncio.sleep(0.05)
+            r = await client.post("/chat", json={"message": '[[tool:tracker__echo {"text": "hi"}]]'}, headers=auth)
+            assert r.status_code == 200, r.text
+            spans = await collect(receiver, lambda spans: bool(named(spans, "execute_tool tracker__echo")))
+        seen = await server.state()
+    (tool,) = named(spans, "execute_tool tracker__echo")
+    assert tool.attributes["gen_ai.tool.type"] == "extension"
+    assert tool.attributes["gen_ai.tool.name"] == "tracker__echo"
+    # The MCP SDK sent the trace on in the request's _meta: the server's work is a child of this span.
+    assert f"00-{tool.trace_id}-{tool.span_id}" in [tp.rsplit("-", 1)[0] for tp in seen["traceparents"]]
