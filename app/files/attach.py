@@ -10,7 +10,6 @@ an image for a model that takes none (an earlier turn's, under another agent) a 
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import uuid
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ from sqlalchemy import select
 
 from app.core.db import Transactions
 from app.files.errors import AttachmentsUnsupported, FileNotFound
-from app.files.storage import FileStorage, read_all
+from app.files.storage import FileStorage, read_base64, read_text
 from app.files.types import IMAGE_TYPES
 from app.llm.base import Block, LLMRequest
 from app.models import Conversation, StoredFile
@@ -109,7 +108,7 @@ async def materialise(request: LLMRequest, storage: FileStorage, *, owner_id: uu
     docstring). `files`: the model reads images and PDFs. Each file is read once per request."""
     if not has_attachments(request.messages):
         return request
-    cache: dict[str, bytes | None] = {}
+    cache: dict[str, str | None] = {}  # a file's base64 or text, read once per request
     messages = []
     for message in request.messages:
         content = message.get("content")
@@ -129,7 +128,7 @@ async def materialise(request: LLMRequest, storage: FileStorage, *, owner_id: uu
 
 
 async def _model_block(
-    block: Block, storage: FileStorage, owner_id: uuid.UUID, files: bool, cache: dict[str, bytes | None]
+    block: Block, storage: FileStorage, owner_id: uuid.UUID, files: bool, cache: dict[str, str | None]
 ) -> Block:
     name, media_type = str(block.get("filename", "file")), str(block.get("media_type", ""))
     if is_binary(media_type) and not files:
@@ -137,18 +136,17 @@ async def _model_block(
     sha256, data = block.get("sha256"), None
     if isinstance(sha256, str):
         if sha256 not in cache:
-            cache[sha256] = await read_all(storage, owner_id, sha256)
+            read = read_base64 if is_binary(media_type) else read_text
+            cache[sha256] = await read(storage, owner_id, sha256)
         data = cache[sha256]
     if data is None:
         return {"type": "text", "text": f"[Attached {name} ({media_type}): the file has since been deleted.]"}
     if media_type in IMAGE_TYPES:
-        encoded = base64.b64encode(data).decode("ascii")
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": encoded}}
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     if media_type == "application/pdf":
-        encoded = base64.b64encode(data).decode("ascii")
-        source = {"type": "base64", "media_type": media_type, "data": encoded}
+        source = {"type": "base64", "media_type": media_type, "data": data}
         return {"type": "document", "source": source, "title": name}
-    text = data.decode("utf-8", errors="replace")
+    text = data
     return {
         "type": "text",
         "text": f'<attached_file name="{name}" media_type="{media_type}">\n{text}\n</attached_file>',

@@ -9,6 +9,8 @@ PUT up to 8 MiB) in S3.
 
 from __future__ import annotations
 
+import base64
+import codecs
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -44,10 +46,27 @@ class FileStorage(Protocol):
     async def delete(self, owner_id: uuid.UUID, sha256: str) -> None: ...
 
 
-async def read_all(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> bytes | None:
-    """The whole file (for a model, which takes it base64-encoded in one piece); None if it is gone."""
-    parts = [chunk async for chunk in storage.chunks(owner_id, sha256)]
-    return b"".join(parts) if parts else None
+async def read_base64(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> str | None:
+    """The file as base64, encoded a chunk at a time (a model takes it in one piece; the raw bytes are
+    never held whole beside it); None if it is gone."""
+    pieces: list[str] = []
+    carry = b""
+    async for chunk in storage.chunks(owner_id, sha256):
+        data = carry + chunk
+        cut = len(data) - len(data) % 3  # base64 of whole 3-byte groups joins without padding
+        pieces.append(base64.b64encode(data[:cut]).decode("ascii"))
+        carry = data[cut:]
+    if not pieces and not carry:
+        return None
+    pieces.append(base64.b64encode(carry).decode("ascii"))
+    return "".join(pieces)
+
+
+async def read_text(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> str | None:
+    """A text file's content, decoded a chunk at a time; None if it is gone."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces = [decoder.decode(chunk) async for chunk in storage.chunks(owner_id, sha256)]
+    return "".join([*pieces, decoder.decode(b"", final=True)]) if pieces else None
 
 
 def _read_at(source: BinaryIO, offset: int, size: int) -> bytes:
