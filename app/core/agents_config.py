@@ -49,6 +49,9 @@ class AgentConfig(BaseModel):
     compact_at: float = Field(default=0.75, gt=0, le=1)
     summary_model: str | None = None
     compaction: Literal["auto", "off"] = "auto"
+    # Attached images and PDFs go to the provider's files API once (Anthropic's Files API, beta) and
+    # are named by its file id in every call, instead of sent base64 each time. Anthropic agents only.
+    provider_files: bool = False
 
     @field_validator("name")
     @classmethod

@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     # Models that take no images or PDFs (comma-separated fnmatch patterns): their attachments are a 422.
     file_text_only_models: str = "claude-instant*,claude-2*,gpt-3.5*"
     chat_max_attachments: int = Field(default=10, ge=0)
+    agent_provider_files: bool = False  # the default agent's provider_files (AgentConfig)
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     docs_enabled: bool = True  # /docs, /redoc, /openapi.json; off in deploy/k8s
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
@@ -181,6 +182,7 @@ class Settings(BaseSettings):
             compact_at=self.agent_compact_at,
             summary_model=self.agent_summary_model,
             compaction=self.agent_compaction,
+            provider_files=self.agent_provider_files,
         )
         return AgentsConfig(default=DEFAULT_AGENT, agents=(agent,))
 

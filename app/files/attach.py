@@ -21,9 +21,9 @@ from sqlalchemy import select
 
 from app.core.db import Transactions
 from app.files.errors import AttachmentsUnsupported, FileNotFound
-from app.files.storage import FileStorage, read_base64, read_text
+from app.files.storage import FileStorage, read_base64, read_bytes, read_text
 from app.files.types import IMAGE_TYPES
-from app.llm.base import Block, LLMRequest
+from app.llm.base import Block, FileSources, LLMRequest
 from app.models import Conversation, StoredFile
 
 log = structlog.get_logger(__name__)
@@ -103,9 +103,17 @@ def has_attachments(messages: Iterable[dict[str, Any]]) -> bool:
     return False
 
 
-async def materialise(request: LLMRequest, storage: FileStorage, *, owner_id: uuid.UUID, files: bool) -> LLMRequest:
+async def materialise(
+    request: LLMRequest,
+    storage: FileStorage,
+    *,
+    owner_id: uuid.UUID,
+    files: bool,
+    uploader: FileSources | None = None,
+) -> LLMRequest:
     """The request with every attachment block turned into what the model reads (see the module's
-    docstring). `files`: the model reads images and PDFs. Each file is read once per request."""
+    docstring). `files`: the model reads images and PDFs. Each file is read once per request.
+    `uploader`: the provider's files API, where the agent uses it (images and PDFs named by its id)."""
     if not has_attachments(request.messages):
         return request
     cache: dict[str, str | None] = {}  # a file's base64 or text, read once per request
@@ -120,7 +128,7 @@ async def materialise(request: LLMRequest, storage: FileStorage, *, owner_id: uu
         blocks: list[Block] = []
         for block in content:
             if isinstance(block, dict) and block.get("type") == ATTACHMENT:
-                blocks.append(await _model_block(block, storage, owner_id, files, cache))
+                blocks.append(await _model_block(block, storage, owner_id, files, cache, uploader))
             else:
                 blocks.append(block)
         messages.append({**message, "content": blocks})
@@ -128,12 +136,27 @@ async def materialise(request: LLMRequest, storage: FileStorage, *, owner_id: uu
 
 
 async def _model_block(
-    block: Block, storage: FileStorage, owner_id: uuid.UUID, files: bool, cache: dict[str, str | None]
+    block: Block,
+    storage: FileStorage,
+    owner_id: uuid.UUID,
+    files: bool,
+    cache: dict[str, str | None],
+    uploader: FileSources | None = None,
 ) -> Block:
     name, media_type = str(block.get("filename", "file")), str(block.get("media_type", ""))
     if is_binary(media_type) and not files:
         return {"type": "text", "text": f"[Attached {name} ({media_type}): this model cannot read it.]"}
     sha256, data = block.get("sha256"), None
+    if uploader is not None and is_binary(media_type) and isinstance(sha256, str):
+        digest = sha256
+
+        async def whole() -> bytes | None:
+            return await read_bytes(storage, owner_id, digest)
+
+        source = await uploader.file_source(digest, name, media_type, whole)
+        if source is not None:
+            kind = "image" if media_type in IMAGE_TYPES else "document"
+            return {"type": kind, "source": source} | ({"title": name} if kind == "document" else {})
     if isinstance(sha256, str):
         if sha256 not in cache:
             read = read_base64 if is_binary(media_type) else read_text
@@ -162,6 +185,9 @@ class Started(Protocol):
     @property
     def request(self) -> LLMRequest: ...
 
+    @property
+    def agent(self) -> Any: ...  # a ServedAgent (app/agents sits above this package)
+
 
 S = TypeVar("S", bound=Started)
 
@@ -171,5 +197,7 @@ async def with_files(started: S, storage: FileStorage, *, owner_id: uuid.UUID, t
     if not has_attachments(started.request.messages):
         return started
     files = takes_files(started.model, text_only_models)
-    request = await materialise(started.request, storage, owner_id=owner_id, files=files)
+    llm = started.agent.llm
+    uploader = llm if started.agent.config.provider_files and isinstance(llm, FileSources) else None
+    request = await materialise(started.request, storage, owner_id=owner_id, files=files, uploader=uploader)
     return replace(started, request=request)  # type: ignore[type-var]  # a dataclass (TurnStarted)

@@ -62,6 +62,12 @@ async def read_base64(storage: FileStorage, owner_id: uuid.UUID, sha256: str) ->
     return "".join(pieces)
 
 
+async def read_bytes(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> bytes | None:
+    """The whole file (an upload to a provider's files API takes it in one piece); None if it is gone."""
+    parts = [chunk async for chunk in storage.chunks(owner_id, sha256)]
+    return b"".join(parts) if parts else None
+
+
 async def read_text(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> str | None:
     """A text file's content, decoded a chunk at a time; None if it is gone."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, cast
 
@@ -26,6 +26,8 @@ from app.llm.errors import (
 from app.llm.summary import is_summary_block
 
 MESSAGES_PATH = "/v1/messages"
+FILES_BETA = "files-api-2025-04-14"
+FILE_IDS_KEPT = 10_000  # content hashes whose Files API id this client remembers
 # What `post(stream=True)` asks for; with `cast_to=httpx2.Response` the SDK hands back the response itself.
 _RawStream = anthropic.AsyncStream[Any]
 
@@ -137,9 +139,26 @@ class AnthropicModel:
             http_client=_http_client(settings.llm_max_connections, settings.llm_http_client),
             open_telemetry=_sdk_spans(),
         )
+        self._file_ids: dict[str, str] = {}  # a file's content hash -> its Files API id, for this key
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    async def file_source(
+        self, key: str, filename: str, media_type: str, data: Callable[[], Awaitable[bytes | None]]
+    ) -> Block | None:
+        """An attached file as a Files API source, uploaded the first time this client sees its bytes."""
+        file_id = self._file_ids.get(key)
+        if file_id is None:
+            raw = await data()
+            if raw is None:
+                return None
+            with map_errors():
+                uploaded = await self._client.beta.files.upload(file=(filename, raw, media_type), betas=[FILES_BETA])
+            if len(self._file_ids) >= FILE_IDS_KEPT:
+                self._file_ids.pop(next(iter(self._file_ids)))  # the oldest: it is uploaded again if needed
+            file_id = self._file_ids[key] = uploaded.id
+        return {"type": "file", "file_id": file_id}
 
     @asynccontextmanager
     async def stream(self, request: LLMRequest) -> AsyncIterator[AsyncIterator[LLMEvent]]:
@@ -167,6 +186,8 @@ class AnthropicModel:
         body = json.dumps(kwargs, ensure_ascii=False, separators=(",", ":")).encode()
         # The trace goes on to the provider (traceparent; nothing when traces are off).
         options: anthropic.RequestOptions = {"headers": headers} if (headers := trace_headers()) else {}
+        if _names_files(request.messages):  # a block names a Files API upload: the call opts in to the beta
+            options = {"headers": {**(options.get("headers") or {}), "anthropic-beta": FILES_BETA}}
         with map_errors():
             if not request.incremental:
                 response = await self._client.post(
@@ -188,6 +209,16 @@ class AnthropicModel:
                 yield _events(response.aiter_raw() if _identity(response) else response.aiter_bytes())
             finally:
                 await response.aclose()
+
+
+def _names_files(messages: list[dict[str, Any]]) -> bool:
+    """Whether a block names a Files API upload."""
+    return any(
+        isinstance(block, dict) and isinstance(block.get("source"), dict) and block["source"].get("type") == "file"
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+    )
 
 
 def _identity(response: httpx2.Response) -> bool:

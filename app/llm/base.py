@@ -6,10 +6,10 @@ providers translate at their edge.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 Block = dict[str, Any]
 
@@ -86,6 +86,16 @@ class Completed:
 
 
 LLMEvent = TextDelta | ToolCall | Completed
+
+
+@runtime_checkable
+class FileSources(Protocol):
+    """A provider with a files API: an attached file uploaded once (`data` reads its bytes, only when
+    needed), named by the provider's id in every call. `key` is the file's content hash."""
+
+    async def file_source(
+        self, key: str, filename: str, media_type: str, data: Callable[[], Awaitable[bytes | None]]
+    ) -> Block | None: ...
 
 
 class ChatModel(Protocol):

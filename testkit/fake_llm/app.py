@@ -31,7 +31,13 @@ from testkit.fake_llm.openai_wire import (
 from testkit.fake_llm.responses import Pause, PlannedResponse, Step, _json_bytes
 from testkit.fake_llm.state import FakeLLMState
 from testkit.fake_llm.summarizer import is_summary_request, summarize
-from testkit.fake_llm.validation import InvalidRequest, validate_anthropic, validate_openai
+from testkit.fake_llm.validation import (
+    FILES_BETA,
+    InvalidRequest,
+    check_file_sources,
+    validate_anthropic,
+    validate_openai,
+)
 
 _SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 _JSON_HEADERS = {"content-type": "application/json"}
@@ -48,6 +54,7 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
     ``require_openai_key`` only applies when no ``state`` is passed (it is a state field).
     """
     fake = state if state is not None else FakeLLMState(require_openai_key=require_openai_key)
+    files: dict[str, tuple[str, str, bytes]] = {}  # Files API uploads: id -> (filename, media type, bytes)
 
     async def read_body(request: Request) -> JSONDict | None:
         try:
@@ -118,6 +125,7 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
             return reject("anthropic", 400, "The request body is not valid JSON.")
         try:
             validate_anthropic(body)
+            check_file_sources(body, request.headers.get("anthropic-beta", ""), files)
             user_text = _last_user_text(body["messages"])
             directives, clean_text = parse_directives(user_text)
         except (InvalidRequest, DirectiveError) as exc:
@@ -171,6 +179,22 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
             return sse_reply(directives, openai_stream(answer, body["model"], usage, directives, include_usage))
         return json_reply(directives, openai_completion(answer, body["model"], usage))
 
+    async def upload_file(request: Request) -> JSONResponse:
+        """The Files API (beta): a multipart upload, kept here so messages can name it by id."""
+        if FILES_BETA not in request.headers.get("anthropic-beta", ""):
+            return JSONResponse(_anthropic_error_body(400, "The Files API needs anthropic-beta: files-api", "r"), 400)
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return JSONResponse(_anthropic_error_body(400, "file: Field required", "r"), 400)
+        data = await upload.read()
+        file_id = _new_id("file_fake_")
+        media_type = upload.content_type or "application/octet-stream"
+        files[file_id] = (upload.filename or "file", media_type, data)
+        created = "2026-01-01T00:00:00Z"
+        meta = {"id": file_id, "type": "file", "filename": upload.filename, "mime_type": media_type}
+        return JSONResponse({**meta, "size_bytes": len(data), "created_at": created, "downloadable": False})
+
     async def stats(_: Request) -> JSONResponse:
         return JSONResponse(fake.stats())
 
@@ -185,10 +209,12 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
         routes=[
             Route("/v1/messages", messages, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/files", upload_file, methods=["POST"]),
             Route("/_stats", stats, methods=["GET"]),
             Route("/_requests", recorded, methods=["GET"]),
             Route("/_reset", reset, methods=["POST"]),
         ]
     )
     app.state.fake = fake
+    app.state.files = files
     return app

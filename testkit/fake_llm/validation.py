@@ -183,6 +183,10 @@ def _validate_file_block(where: str, block: JSONDict, role: str) -> None:
     if role != "user":
         raise InvalidRequest(f"{where}: {kind} blocks are only allowed in user messages")
     source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "file":  # the Files API (checked by check_file_sources)
+        if not isinstance(source.get("file_id"), str) or set(source) != {"type", "file_id"}:
+            raise InvalidRequest(f"{where}.source: a file source is {{type, file_id}}")
+        return
     if not isinstance(source, dict) or source.get("type") != "base64":
         raise InvalidRequest(f"{where}.source: only base64 sources are accepted here")
     media_type = source.get("media_type")
@@ -334,3 +338,26 @@ def _data_url_ok(url: str) -> bool:
     except (binascii.Error, ValueError):
         return False
     return True
+
+
+FILES_BETA = "files-api-2025-04-14"
+
+
+def check_file_sources(body: JSONDict, beta: str, files: dict[str, tuple[str, str, bytes]]) -> None:
+    """Blocks that name a Files API upload: the request must opt in to the beta, each id must be one
+    uploaded here, an image's a picture and a document's a PDF."""
+    for i, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            source = block.get("source") if isinstance(block, dict) else None
+            if not isinstance(source, dict) or source.get("type") != "file":
+                continue
+            where = f"messages.{i}.content.{j}.source"
+            if FILES_BETA not in beta:
+                raise InvalidRequest(f"{where}: file sources need the anthropic-beta header {FILES_BETA}")
+            found = files.get(str(source.get("file_id")))
+            if found is None:
+                raise InvalidRequest(f"{where}.file_id: no such file")
+            wanted = "image/" if block.get("type") == "image" else "application/pdf"
+            if not found[1].startswith(wanted):
+                raise InvalidRequest(f"{where}: the file is {found[1]}, not {wanted}")
