@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from app.agent.tools.base import Tool
+from app.core.agents_config import parse_agents
 from app.core.config import Settings
 from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
@@ -58,7 +59,7 @@ def agents_settings(settings: Settings, openai_upstream: FakeLLMServer, agents: 
     for agent in raw["agents"]:
         if agent["provider"] == "openai":
             agent["base_url"] = f"{openai_upstream.url}/v1"
-    return Settings.model_validate({**settings.model_dump(), "agents": json.dumps(raw), "llm_provider": None})
+    return settings.model_copy(update={"agents": parse_agents(json.dumps(raw)), "llm_provider": None})
 
 
 def tracker_tools() -> list[Tool[Any]]:

@@ -30,6 +30,7 @@ from playwright.async_api import (
     expect,
 )
 
+from app.core.agents_config import parse_agents
 from app.core.config import Settings
 from app.main import create_app
 from testkit.fake_llm import FakeLLMServer
@@ -542,9 +543,7 @@ TWO_AGENTS: dict[str, Any] = {
 @pytest.fixture
 async def two_agents(settings: Settings, browser: Browser) -> AsyncIterator[tuple[Playground, Live, str]]:
     """A tab connected to a server with two agents (both on the fake model, each with its own model name)."""
-    configured = Settings.model_validate(
-        {**settings.model_dump(), "agents": json.dumps(TWO_AGENTS), "llm_provider": None}
-    )
+    configured = settings.model_copy(update={"agents": parse_agents(json.dumps(TWO_AGENTS)), "llm_provider": None})
     async with live_server(create_app(configured)) as live:
         key = await make_key(live.state)
         async with open_tab(browser, live) as tab:
