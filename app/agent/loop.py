@@ -328,7 +328,8 @@ class Agent:
         try:
             if tool is None:
                 error_type = "unknown_tool"
-                raise ToolError(f"There is no tool named {name!r}. Available: {', '.join(self.tools.names)}.")
+                offered = ", ".join(schema["name"] for schema in self._offered())
+                raise ToolError(f"There is no tool named {name!r}. Available: {offered}.")
             data = tool.input_model.model_validate(call.get("input") or {})
             timeout = tool.timeout or self.settings.agent_tool_timeout
             with anyio.fail_after(timeout):

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_only
 
 from app.core.config import Settings
-from app.core.errors import is_db_unavailable
+from app.core.errors import AppError, is_db_unavailable
 from app.core.metrics import Metrics
 
 PING_AFTER_IDLE_SECONDS = 2.0
@@ -111,6 +111,17 @@ def _is_statement_error(exc: BaseException) -> bool:
     import asyncpg  # type: ignore[import-untyped]  # only Postgres gets here
 
     return isinstance(exc, asyncpg.PostgresError) and not is_db_unavailable(exc)
+
+
+def _connection_is_fine(exc: BaseException) -> bool:
+    """Whether a connection whose block ended with `exc` is in a known state, fit to go back to the pool:
+    our own error raised between statements (a 404, a 409), or Postgres's error about a statement,
+    raw or wrapped by SQLAlchemy. Anything else (cancelled mid-statement, lost) is discarded."""
+    if isinstance(exc, AppError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return not exc.connection_invalidated and not is_db_unavailable(exc)
+    return _is_statement_error(exc)
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:
@@ -222,7 +233,7 @@ class Database:
             raw = await conn.get_raw_connection()
             yield Tx(conn, Driver(raw.driver_connection, self._statements))
         except BaseException as exc:
-            if not _is_statement_error(exc):
+            if not _connection_is_fine(exc):
                 # Failed or cancelled mid-statement, its state unknown: terminated (no await, so
                 # even under cancellation) and its pool slot given back, never reused.
                 conn.sync_connection.invalidate(exc if isinstance(exc, Exception) else None)  # type: ignore[union-attr]

@@ -118,3 +118,19 @@ async def test_an_opener_opens_transactions_only_while_its_owner_holds_it(db: Da
     with pytest.raises(RuntimeError, match="outside its owner's lifetime"):
         transactions()  # a turn that outlived its request must use its run's own
     assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_block_that_ends_with_our_error_or_a_statement_error_gives_its_connection_back(db: Database) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from app.core.errors import NotFound
+
+    first = await backend(db)
+    with pytest.raises(NotFound):
+        async with db.tx():
+            raise NotFound()  # a 404 decided between statements: the connection is idle and fine
+    with pytest.raises(DBAPIError):
+        async with db.tx() as tx:
+            await tx.conn.execute(text("SELECT 1 / 0"))  # Postgres's error, wrapped by SQLAlchemy
+    assert await backend(db) == first  # the one pooled connection, reused every time
