@@ -164,7 +164,13 @@ async def claim_paused(
         # The compare-and-set on the status makes this the only continuation, and its attributes the last word.
         claim = (
             update(Message)
-            .where(Message.id == last.id, Message.status == MessageStatus.AWAITING_APPROVAL)
+            # The pause as read (its updated_at too): a pause continued and paused again meanwhile
+            # (possible with Redis down, no lock) is another pause, not this one.
+            .where(
+                Message.id == last.id,
+                Message.status == MessageStatus.AWAITING_APPROVAL,
+                Message.updated_at == last.updated_at,
+            )
             .values(status=MessageStatus.IN_PROGRESS, updated_at=now, attributes=attributes)
         )
         if not (await tx.conn.execute(claim)).rowcount:

@@ -417,7 +417,7 @@ class Turn:
         )
         spent = self._spent()  # the usage row, written by the same statement
         with anyio.CancelScope(shield=True), anyio.move_on_after(RECORD_DEADLINE):
-            attempt = 0
+            attempt, bug = 0, False
             while not self.saved:
                 attempt += 1
                 try:
@@ -437,11 +437,13 @@ class Turn:
                         # A bug, not an outage: retrying would not help. The user's message is safe;
                         # the answer stays `in_progress` and is skipped on replay.
                         log.exception("chat.turn.record_failed", message_id=str(self.started.message_id))
-                        return False
+                        bug = True
+                        break
                     log.warning("chat.turn.record_retry", attempt=attempt, error=type(exc).__name__)
                     await anyio.sleep(min(0.2 * attempt, 2.0))
-        if not self.saved:
+        if not self.saved and not bug:
             log.error("chat.turn.record_timed_out", message_id=str(self.started.message_id))
-            return False
+        # The claims go back however phase 3 ended (a slot, an Idempotency-Key that then replays
+        # only a stored answer): an outcome that could not be stored must not hold them for long.
         await self._after_record()
-        return True
+        return self.saved
