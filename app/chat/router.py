@@ -17,11 +17,11 @@ from starlette.responses import JSONResponse, Response
 from app.agent.loop import Decision
 from app.agents.errors import AgentMismatch, AgentNotFound, AgentUnavailable
 from app.auth.deps import CurrentPrincipal
-from app.chat.responses import ChatEvents, ChatJSONResponse, ReplayResponse, chat_response
+from app.chat.responses import ChatEvents, ChatJSONResponse, ReplayResponse, chat_body, chat_response
 from app.chat.schemas import ApprovalsRequest, ChatRequest, ChatResponse
 from app.conversations.errors import ConversationNotFound
 from app.core.db import Transactions
-from app.core.errors import DatabaseUnavailable, InvalidRequest, RateLimited, Unauthorized, responses
+from app.core.errors import DatabaseUnavailable, InvalidRequest, RateLimited, Unauthorized, envelope, responses
 from app.files.attach import check_model, resolve_attachments
 from app.files.errors import AttachmentsUnsupported, FileNotFound, TooManyAttachments
 from app.llm.base import Block
@@ -30,6 +30,7 @@ from app.runs.responses import RunStreamResponse
 from app.state import TransactionsDep
 from app.turns.begin import TurnOptions
 from app.turns.errors import NotPending, UndecidedCalls
+from app.turns.queue import Queued
 from app.turns.start import START_ERRORS, Replay, ResumeRequest, TurnRequest, TurnService, TurnServiceDep
 from app.turns.turn import Turn
 
@@ -60,8 +61,12 @@ SSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def answer(turns: TurnService, started: Turn | Replay, *, stream: bool, cancel_on_disconnect: bool) -> Response:
+async def answer(
+    turns: TurnService, started: Turn | Replay | Queued, *, stream: bool, cancel_on_disconnect: bool
+) -> Response:
     """A started turn as this door answers it: JSON once it is over, or its run's events as SSE."""
+    if isinstance(started, Queued):
+        return await queued_answer(turns, started, stream=stream)
     if isinstance(started, Replay):
         return ReplayResponse(started.response) if stream else JSONResponse(started.response)
     if not stream:
@@ -70,6 +75,20 @@ async def answer(turns: TurnService, started: Turn | Replay, *, stream: bool, ca
     return RunStreamResponse(
         run, ping_seconds=turns.settings.sse_ping_seconds, cancel_on_disconnect=cancel_on_disconnect
     )
+
+
+async def queued_answer(turns: TurnService, queued: Queued, *, stream: bool) -> Response:
+    """A queued turn: its run's events (`queued`, then the turn's), or its answer as JSON once it has
+    run. Its run is the app's: a client that leaves does not cancel it (its answer is recorded)."""
+    if stream:
+        return RunStreamResponse(queued.run, ping_seconds=turns.settings.sse_ping_seconds, cancel_on_disconnect=False)
+    await queued.done.wait()  # no connection held meanwhile
+    if queued.error is not None:
+        error = queued.error
+        return JSONResponse(envelope(error.type, error.message), error.status_code, error.headers)
+    if queued.turn is None:  # cancelled before its turn (shutdown)
+        return JSONResponse(envelope("cancelled", "The queued turn was cancelled."), 503)
+    return Response(chat_body(queued.turn).model_dump_json(), media_type="application/json")
 
 
 @router.post(
@@ -97,7 +116,7 @@ async def chat(
     if body.attachments:
         options = TurnOptions(content=await attached(body, principal, turns, transactions))
     # Phase 1 (the user's message stored) in a short transaction from `transactions`.
-    started = await turns.start(
+    started = await turns.enqueue(
         TurnRequest(
             owner_id=principal.owner_id,
             message=body.message,
@@ -114,6 +133,7 @@ async def chat(
         ),
         transactions,
         respond=chat_response,
+        publisher=EVENTS,
     )
     return await answer(turns, started, stream=stream, cancel_on_disconnect=body.on_disconnect == "cancel")
 

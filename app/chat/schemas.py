@@ -18,10 +18,11 @@ class ChatRequest(BaseModel):
         default="cancel",
         description="Streams only: stop the model when the client leaves, or let the run finish to be rejoined.",
     )
-    multitask: Literal["reject", "interrupt"] = Field(
+    multitask: Literal["reject", "interrupt", "enqueue"] = Field(
         default="reject",
-        description="While another turn of the conversation runs: refuse this one (409), or interrupt that "
-        "one (its partial answer recorded, stop_reason 'interrupted') and run this one.",
+        description="While another turn of the conversation runs: refuse this one (409), interrupt that "
+        "one (its partial answer recorded, stop_reason 'interrupted') and run this one, or enqueue this one "
+        "(stored now, answered after the turns ahead of it, in arrival order; a stream starts with `queued`).",
     )
     system: str | None = Field(
         default=None, max_length=20_000, description="System prompt; only when starting a new conversation."

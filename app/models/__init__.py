@@ -5,6 +5,7 @@ from app.models.conversations import Conversation, Message, MessageStatus
 from app.models.files import FileChunk, StoredFile
 from app.models.keys import ApiKey
 from app.models.memory import Memory
+from app.models.queue import QueuedMessage
 from app.models.usage import ModelUsage
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "Message",
     "MessageStatus",
     "ModelUsage",
+    "QueuedMessage",
     "StoredFile",
 ]

@@ -100,6 +100,21 @@ class Leases:
         dead = {r for r, up in zip(replicas, found, strict=True) if not up}
         return [uuid.UUID(run.decode()) for run, replica in running.items() if replica.decode() in dead]
 
+    async def alive(self, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of `run_ids` listed as running on a replica whose lease holds (this one included)."""
+        if not run_ids:
+            return set()
+        listed: Any = await self.redis.hmget(self.running_key, [str(r) for r in run_ids])
+        where = {r: replica.decode() for r, replica in zip(run_ids, listed, strict=True) if replica is not None}
+        replicas = sorted(set(where.values()))
+        if not replicas:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for replica in replicas:
+                pipe.exists(self._replica(replica))
+            up = {r for r, exists in zip(replicas, await pipe.execute(), strict=True) if exists}
+        return {r for r, replica in where.items() if replica in up}
+
     async def claim(self, run_id: uuid.UUID) -> Orphan | None:
         """Take the right to settle `run_id` (one replica wins), with its meta and its event log."""
         if not await self.redis.set(f"{self.prefix}settle:{run_id}", self.replica_id, nx=True, px=60_000):

@@ -10,6 +10,7 @@ renders the turn's events its own way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,21 +27,22 @@ from app.auth.errors import TokenQuotaExceeded, TooManyTurns
 from app.conversations.errors import ConversationBusy, ConversationNotFound
 from app.core.db import Transactions
 from app.core.degraded import degraded
-from app.core.errors import PayloadTooLarge, ServiceBusy, ShuttingDown
+from app.core.errors import AppError, PayloadTooLarge, ServiceBusy, ShuttingDown, envelope
 from app.core.locks import Lock, LockManager
 from app.files.attach import with_files
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
-from app.turns import multitask
+from app.turns import multitask, queue
 from app.turns.approvals import Paused, claim_paused, continuation_run_id
 from app.turns.begin import AgentChoice, TurnOptions, TurnStarted, begin_turn
 from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
 from app.turns.gate import KeyGate
 from app.turns.idempotency import Claim, fingerprint
+from app.turns.queue import Queued
 from app.turns.run import RunPublisher, as_run
 from app.turns.store import TurnRepository
-from app.turns.turn import Resumption, Turn
+from app.turns.turn import Resumption, Turn, TurnEvent, TurnFailed
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +77,9 @@ class TurnRequest:
     # agents the caller's key may use (None: all).
     agent: str | None = None
     allowed_agents: tuple[str, ...] | None = None
-    # While another turn of the conversation runs: "reject" (409) or "interrupt" it (app/turns/multitask.py).
-    multitask: Literal["reject", "interrupt"] = "reject"
+    # While another turn of the conversation runs: "reject" (409), "interrupt" it (app/turns/multitask.py),
+    # or "enqueue" this one after it (app/turns/queue.py; only through `enqueue`, which has a publisher).
+    multitask: Literal["reject", "interrupt", "enqueue"] = "reject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,13 @@ class Replay:
 BUSY = Lock("busy", "")
 
 
+class _QueueTurn(Exception):
+    """Raised inside `_opened` when an "enqueue" turn must wait: its claims are undone, then it queues."""
+
+    def __init__(self, conversation_id: uuid.UUID) -> None:
+        self.conversation_id = conversation_id
+
+
 async def acquire_conversation(locks: LockManager, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> Lock | None:
     """The conversation's turn lock; BUSY if another turn holds it; None if Redis is down (degraded)."""
     # Keyed by owner too: another owner's id finds a different lock, and then a 404.
@@ -126,6 +136,28 @@ class TurnService:
     ) -> Turn | Replay:
         """Phase 1 and everything before it, in transactions from the door's opener (the turn keeps
         it for phase 3). `respond` renders a finished turn for idempotent replays."""
+        started = await self._start(request, transactions, respond, None)
+        assert not isinstance(started, Queued)  # only with a publisher
+        return started
+
+    async def enqueue(
+        self,
+        request: TurnRequest,
+        transactions: Transactions,
+        respond: Callable[[Turn], dict[str, Any]],
+        publisher: RunPublisher,
+    ) -> Turn | Replay | Queued:
+        """As `start`; with `multitask: "enqueue"` and another turn (or queued message) ahead, the
+        message is queued and its turn runs later in a run published with `publisher` (Queued)."""
+        return await self._start(request, transactions, respond, publisher)
+
+    async def _start(
+        self,
+        request: TurnRequest,
+        transactions: Transactions,
+        respond: Callable[[Turn], dict[str, Any]],
+        publisher: RunPublisher | None,
+    ) -> Turn | Replay | Queued:
         owner, settings = request.owner_id, self.settings
         text_only = settings.file_text_only_models
         self._admit()
@@ -143,7 +175,9 @@ class TurnService:
         async def conversation() -> uuid.UUID | None:
             return request.conversation_id or await self._continues(owner, request.options, transactions, agents)
 
-        async def phase_1(conversation_id: uuid.UUID | None) -> TurnStarted:
+        async def phase_1_in(
+            transactions: Transactions, conversation_id: uuid.UUID | None, *, overlap: bool = True
+        ) -> TurnStarted:
             started = await begin_turn(
                 transactions,
                 settings,
@@ -156,15 +190,23 @@ class TurnService:
                 options=request.options,
                 # Only when no other turn is running: the overlap spends idle time on latency, and
                 # when the loop has other turns' work for that wait, its extra task costs throughput.
-                overlap=self.resources.lifecycle.in_flight == 0,
+                overlap=overlap and self.resources.lifecycle.in_flight == 0,
             )
             if started.overflow and self.resources.compactor is not None:  # it does not fit: compact now
                 started = await self.resources.compactor.before_call(started, owner)
             # Attached files' content for the model (read from their storage; none: unchanged).
             return await with_files(started, self.resources.files, owner_id=owner, text_only_models=text_only)
 
+        phase_1 = functools.partial(phase_1_in, transactions)
         interrupt = request.multitask == "interrupt"
-        started, lock, slot = await self._opened(owner, key, conversation, phase_1, interrupt=interrupt)
+        enqueue = publisher is not None and request.multitask == "enqueue"
+        try:
+            started, lock, slot = await self._opened(
+                owner, key, conversation, phase_1, interrupt=interrupt, enqueue=enqueue
+            )
+        except _QueueTurn as wait:
+            assert publisher is not None
+            return await self._queued(request, wait.conversation_id, phase_1_in, publisher)
         turn = self._turn(started, transactions, owner, gated_offered=request.options.approvals, lock=lock)
         turn.history_key = request.history_key
         self._settle_claims(turn, owner, slot, key, fp, respond)
@@ -261,6 +303,7 @@ class TurnService:
         phase_1: Callable[[uuid.UUID | None], Awaitable[TurnStarted]],
         *,
         interrupt: bool = False,
+        enqueue: bool = False,
     ) -> tuple[TurnStarted, Lock | None, uuid.UUID | None]:
         """A turn slot, the conversation's lock, then phase 1; every claim undone if any of it fails."""
         resources = self.resources
@@ -273,6 +316,9 @@ class TurnService:
                 lock = await acquire_conversation(resources.locks, owner, conversation_id)
                 if lock is BUSY and interrupt:
                     lock = await self._interrupt(owner, conversation_id)
+                if enqueue and (lock is BUSY or await queue.waiting(resources, owner, conversation_id)):
+                    lock = None if lock is BUSY else lock  # ours (released below) or not ours
+                    raise _QueueTurn(conversation_id)
                 if lock is BUSY:
                     lock = None  # not ours to release
                     log.info("chat.conversation_busy", conversation_id=str(conversation_id))
@@ -384,6 +430,67 @@ class TurnService:
                 return await turns.conversation_with_external_id(options.external_id, owner_id=owner)
             assert options.extends_key is not None
             return await turns.conversation_with_key(options.extends_key, owner_id=owner, agents=agents.filter())
+
+    async def _queued(
+        self,
+        request: TurnRequest,
+        conversation_id: uuid.UUID,
+        phase_1: Callable[..., Awaitable[TurnStarted]],
+        publisher: RunPublisher,
+    ) -> Queued:
+        """The message stored in the conversation's queue now; its turn a run owned by the app that
+        waits (no connection held) until it holds the lock and is next, then runs as a stream would."""
+        resources, owner = self.resources, request.owner_id
+        queued_id = await queue.enqueue(resources, owner, conversation_id, request.message)
+        log.info("chat.turn.queued", conversation_id=str(conversation_id), queued_id=str(queued_id))
+
+        async def acquire() -> Lock | None:
+            return await acquire_conversation(resources.locks, owner, conversation_id)
+
+        class Recording:
+            """The door's publisher, keeping the turn's failure for a JSON client."""
+
+            def start(self, turn: Turn, run: Run) -> None:
+                publisher.start(turn, run)
+
+            def event(self, turn: Turn, event: TurnEvent, run: Run) -> None:
+                if isinstance(event, TurnFailed):
+                    holder.error = event.error
+                publisher.event(turn, event, run)
+
+            def interrupted(self, turn: Turn, run: Run) -> None:
+                publisher.interrupted(turn, run)
+
+        async def drive(run: Run) -> None:
+            try:
+                run.publish("queued", {"queued_id": str(queued_id), "conversation_id": str(conversation_id)})
+                lock = await queue.wait_turn(resources, owner, conversation_id, queued_id, acquire, BUSY)
+                try:
+                    async with resources.db.transactions() as transactions:
+                        # Not overlapped with the model call: this opener closes when phase 1 is done.
+                        started = await phase_1(transactions, conversation_id, overlap=False)
+                    await queue.dequeue(resources, queued_id)
+                except BaseException as exc:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        if lock is not None:
+                            await degraded(resources.locks.release(lock), None, "conversation_lock")
+                        if isinstance(exc, AppError):  # refused (its client is told): out of the queue
+                            await queue.forget(resources, queued_id)
+                    if not isinstance(exc, AppError):
+                        raise
+                    holder.error = exc
+                    run.publish("error", envelope(exc.type, exc.message))
+                    return
+                turn = self._turn(started, transactions, owner, gated_offered=request.options.approvals, lock=lock)
+                turn.history_key = request.history_key
+                holder.turn = turn
+                await as_run(turn, Recording())(run)
+            finally:
+                holder.done.set()
+
+        run = await resources.runs.start(queued_id, owner, drive)
+        holder = Queued(run, queued_id)  # before `drive` runs: starting it does not wait for it
+        return holder
 
     async def _interrupt(self, owner: uuid.UUID, conversation_id: uuid.UUID) -> Lock | None:
         """The running turn interrupted (wherever it runs), then its lock, once it has recorded its

@@ -1,0 +1,179 @@
+"""`multitask: "enqueue"`: a message sent while a turn of its conversation runs is stored at once and
+answered after it, in arrival order, on whichever replica received it; the history stays in turn
+order (user, answer, user, answer…) and valid for the model."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from app.core.config import Settings
+from app.main import create_app
+from app.models import Conversation, Message, QueuedMessage
+from app.state import Resources
+from testkit.fake_llm import FakeLLMServer
+from tests.fixtures.app import make_key, running_app
+from tests.helpers import eventually, live_server, sse_events
+
+
+async def history(state: Resources, conversation_id: str) -> list[tuple[str, str, str]]:
+    """(role, status, text) of every message, in the stored order."""
+    async with state.sessions() as session:
+        query = select(Message).where(Message.conversation_id == uuid.UUID(conversation_id)).order_by(Message.id)
+        rows = (await session.execute(query)).scalars()
+        return [(m.role, m.status, "".join(b.get("text", "") for b in m.content)) for m in rows]
+
+
+async def queued_count(state: Resources, conversation_id: str) -> int:
+    async with state.sessions() as session:
+        query = select(func.count()).where(QueuedMessage.conversation_id == uuid.UUID(conversation_id))
+        return int((await session.execute(query)).scalar_one())
+
+
+async def running(state: Resources, conversation_id: str) -> bool:
+    return any(status == "in_progress" for _, status, _ in await history(state, conversation_id))
+
+
+async def opened(client: httpx.AsyncClient, auth: dict[str, str]) -> str:
+    r = await client.post("/chat", json={"message": "hello"}, headers=auth)
+    assert r.status_code == 200, r.text
+    cid: str = r.json()["conversation_id"]
+    return cid
+
+
+def assert_turn_order(rows: list[tuple[str, str, str]]) -> None:
+    """User, answer, user, answer…: each answer complete and echoing the message before it."""
+    assert [role for role, _, _ in rows] == ["user", "assistant"] * (len(rows) // 2), rows
+    for (_, _, asked), (_, status, said) in zip(rows[::2], rows[1::2], strict=True):
+        assert status == "complete"
+        assert said == f"echo: {asked.split(' [[')[0]}", (asked, said)  # the fake model drops directives
+
+
+async def test_five_messages_at_once_across_two_replicas_are_answered_in_order(
+    settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    async with running_app(settings) as (_, state, a), running_app(settings) as (_, _other, b):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(a, auth)
+
+        async def send(client: httpx.AsyncClient, text: str) -> httpx.Response:
+            body = {"message": text, "conversation_id": cid, "multitask": "enqueue"}
+            return await client.post("/chat", json=body, headers=auth)
+
+        # Five at once, alternating replicas: one runs, the others queue (each answered with its own).
+        sent = await asyncio.gather(*(send((a, b)[i % 2], f"m{i} [[slow:0.2]]") for i in range(5)))
+        for i, r in enumerate(sent):
+            assert r.status_code == 200, r.text
+            assert r.json()["message"]["content"] == f"echo: m{i}"
+            assert r.json()["stop_reason"] == "end_turn"
+        rows = await history(state, cid)
+        assert len(rows) == 12
+        assert_turn_order(rows)
+        assert sorted(text for _, _, text in rows[2::2]) == [f"m{i} [[slow:0.2]]" for i in range(5)]
+        assert await queued_count(state, cid) == 0
+
+        # Behind a running turn, five more sent a moment apart are answered in the order they arrived.
+        async def queued(n: int) -> bool:
+            return await queued_count(state, cid) == n
+
+        slow = asyncio.create_task(send(a, "first [[slow:1]]"))
+        await eventually(lambda: running(state, cid), timeout=5)
+        later: list[asyncio.Task[httpx.Response]] = []
+        for i in range(5):
+            later.append(asyncio.create_task(send((b, a)[i % 2], f"q{i}")))
+            await eventually(lambda n=i + 1: queued(n), timeout=5)  # stored: its place in line is taken
+        assert (await slow).status_code == 200
+        for i, task in enumerate(later):
+            r = await task
+            assert r.status_code == 200, r.text
+            assert r.json()["message"]["content"] == f"echo: q{i}"
+        rows = await history(state, cid)
+        assert_turn_order(rows)
+        assert [text for _, _, text in rows[12::2]] == ["first [[slow:1]]", *(f"q{i}" for i in range(5))]
+        # Every history was valid for the model, and the next one is too.
+        assert (await b.post("/chat", json={"message": "ok", "conversation_id": cid}, headers=auth)).status_code == 200
+        assert llm_server.state.rejections == []
+
+
+async def test_a_queued_stream_shows_queued_then_its_turn(settings: Settings, llm_server: FakeLLMServer) -> None:
+    async with running_app(settings) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        slow = asyncio.create_task(
+            client.post("/chat", json={"message": "first [[slow:0.5]]", "conversation_id": cid}, headers=auth)
+        )
+        await eventually(lambda: running(state, cid), timeout=5)
+        body: dict[str, Any] = {"message": "next", "conversation_id": cid, "multitask": "enqueue", "stream": True}
+        r = await client.post("/chat", json=body, headers=auth)
+        assert r.status_code == 200, r.text
+        events = sse_events(r.text)
+        names = [e["event"] for e in events]
+        assert names[:2] == ["queued", "start"], names
+        assert names[-1] == "end"
+        assert events[0]["data"]["conversation_id"] == cid
+        assert "".join(e["data"]["text"] for e in events if e["event"] == "delta") == "echo: next"
+        assert (await slow).status_code == 200
+        assert_turn_order(await history(state, cid))
+        assert llm_server.state.rejections == []
+
+
+async def test_a_queued_request_whose_client_leaves_still_gets_its_turn(
+    settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    # A real server: the clients' disconnects are real.
+    async with live_server(create_app(settings)) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        state = live.state
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        slow = asyncio.create_task(
+            client.post("/chat", json={"message": "first [[slow:1]]", "conversation_id": cid}, headers=auth)
+        )
+        await eventually(lambda: running(state, cid), timeout=5)
+        body: dict[str, Any] = {"message": "json", "conversation_id": cid, "multitask": "enqueue"}
+        async with httpx.AsyncClient(base_url=live.url, timeout=0.3) as impatient:
+            try:
+                await impatient.post("/chat", json=body, headers=auth)
+                raise AssertionError("answered before the running turn ended")
+            except httpx.ReadTimeout:
+                pass  # the client gave up and closed its connection
+            # A stream whose client leaves after `queued` (on_disconnect "cancel", the default).
+            streamed = {**body, "message": "stream", "stream": True}
+            async with impatient.stream("POST", "/chat", json=streamed, headers=auth) as r:
+                async for chunk in r.aiter_text():
+                    assert "event: queued" in chunk
+                    break
+        assert (await slow).status_code == 200
+
+        async def answered() -> bool:
+            rows = await history(state, cid)
+            return len(rows) == 8 and rows[-1][1] == "complete"
+
+        await eventually(answered, timeout=10)
+        rows = await history(state, cid)
+        assert_turn_order(rows)
+        assert [text for _, _, text in rows[4::2]] == ["json", "stream"]
+        assert await queued_count(state, cid) == 0
+        assert llm_server.state.rejections == []
+
+
+async def test_a_queued_message_whose_replica_stopped_does_not_hold_up_the_queue(
+    settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    async with running_app(settings) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        async with state.sessions() as session, session.begin():
+            conversation = await session.get(Conversation, uuid.UUID(cid))
+            assert conversation is not None
+            # Queued on a replica that died before its turn came: no run anywhere waits for it.
+            session.add(QueuedMessage(owner_id=conversation.owner_id, conversation_id=conversation.id, content="lost"))
+        body = {"message": "now", "conversation_id": cid, "multitask": "enqueue"}
+        r = await asyncio.wait_for(client.post("/chat", json=body, headers=auth), timeout=5)
+        assert r.status_code == 200, r.text
+        assert r.json()["message"]["content"] == "echo: now"
+        assert await queued_count(state, cid) == 1  # still stored, never lost
+        assert llm_server.state.rejections == []
