@@ -621,6 +621,19 @@ class AnswerView {
     this.article.setAttribute("aria-busy", "true");
   }
 
+  // Sent while another turn ran: stored, and answered after the turns ahead of it.
+  markQueued() {
+    this.article.classList.add("queued");
+    this.queuedNote = el("p", "message-note", "Queued: answered after the message before it.");
+    keepPinned(() => this.body.append(this.queuedNote));
+  }
+
+  unqueue() {
+    this.article.classList.remove("queued");
+    if (this.queuedNote) this.queuedNote.remove();
+    this.queuedNote = null;
+  }
+
   appendText(text) {
     if (!this.segment) {
       this.segment = this.body.appendChild(el("div", "markdown"));
@@ -1105,7 +1118,8 @@ function newChat() {
 
 function setStreaming(controller) {
   state.stream = controller;
-  els.sendButton.hidden = Boolean(controller);
+  // In a conversation, a message sent while a turn runs is queued: Send stays beside Stop.
+  els.sendButton.hidden = Boolean(controller) && !state.conversationId;
   els.stopButton.hidden = !controller;
   renderAgentBar();
 }
@@ -1116,7 +1130,11 @@ function stopStreaming() {
 
 function handleEvent(view, { event, data }) {
   switch (event) {
+    case "queued":
+      view.markQueued();
+      return false;
     case "start":
+      view.unqueue();
       if (!state.conversationId) {
         setConversation(data.conversation_id, data.agent || null);
         refreshConversations(); // it exists now: list it while the answer streams in
@@ -1168,14 +1186,16 @@ async function streamAnswer(view, body, signal) {
 async function sendMessage(text, attachments = []) {
   const body = { message: text, stream: true };
   if (attachments.length) body.attachments = attachments.map((file) => file.id);
-  if (state.conversationId) body.conversation_id = state.conversationId;
-  else if (chosenAgent()) body.agent = chosenAgent(); // a continued conversation keeps its own
+  if (state.conversationId) {
+    body.conversation_id = state.conversationId;
+    body.multitask = "enqueue"; // while a turn runs, this one waits its turn (a `queued` event)
+  } else if (chosenAgent()) body.agent = chosenAgent(); // a continued conversation keeps its own
   if (openApprovals) openApprovals.close("Not decided: your new message denies it.");
   appendUserMessage(text, attachments);
   const view = new AnswerView();
   view.startStreaming();
   const controller = new AbortController();
-  setStreaming(controller);
+  if (!state.stream) setStreaming(controller); // else Stop stays with the turn that runs
   try {
     await streamAnswer(view, body, controller.signal);
   } catch (error) {
@@ -1265,7 +1285,8 @@ function submitMessage() {
   const uploading = pending.some((entry) => !entry.id && !entry.failed);
   const attached = pending.some((entry) => entry.id);
   let text = els.messageInput.value.trim();
-  if ((!text && !attached) || state.stream || uploading) return;
+  // A first turn in flight has no conversation yet to queue behind.
+  if ((!text && !attached) || (state.stream && !state.conversationId) || uploading) return;
   text ||= "Please look at the attached files."; // a message has text; files alone get a line of it
   els.messageInput.value = "";
   autosize();
