@@ -116,6 +116,8 @@ class TurnOptions:
     external_id: str | None = None
     end_user: str | None = None
     sampling: Sampling = Sampling()  # the client's temperature, top_p, stop…
+    # A queued message (app/turns/queue.py) this turn stores: its queue row removed in the same statement.
+    dequeue: uuid.UUID | None = None
 
 
 async def begin_turn(
@@ -171,6 +173,7 @@ async def begin_turn(
                 agents=agents.filter(),
                 until=options.after,
                 read_history=options.history is None,
+                dequeue=options.dequeue,
             )
         if isinstance(found, NotOpened):
             raise _why_not_opened(agents, found)

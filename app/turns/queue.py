@@ -4,8 +4,9 @@ answered after the running turn, in arrival order, on whichever replica received
 The message waits in `queued_messages` (not in `messages`: the history stays in turn order), its
 UUIDv7 id its place in line. Its request becomes a run owned by the app (so a client that leaves
 does not lose its turn): the run polls the conversation's lock with backoff, no connection held
-between polls, and goes once it holds the lock and its message is the conversation's oldest queued
-one. Its turn's phase 1 stores the user's message with a fresh id; the queued row then goes.
+between polls, and goes once it holds the lock and no older queued message of the conversation still
+waits. Its turn's phase 1 stores the user's message with a fresh id and removes the queued row in the
+same statement (`TurnOptions.dequeue`).
 """
 
 from __future__ import annotations

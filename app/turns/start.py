@@ -176,7 +176,11 @@ class TurnService:
             return request.conversation_id or await self._continues(owner, request.options, transactions, agents)
 
         async def phase_1_in(
-            transactions: Transactions, conversation_id: uuid.UUID | None, *, overlap: bool = True
+            transactions: Transactions,
+            conversation_id: uuid.UUID | None,
+            *,
+            overlap: bool = True,
+            dequeue: uuid.UUID | None = None,
         ) -> TurnStarted:
             started = await begin_turn(
                 transactions,
@@ -187,7 +191,7 @@ class TurnService:
                 conversation_id=conversation_id,
                 system=request.system,
                 incremental=request.incremental,
-                options=request.options,
+                options=dataclasses.replace(request.options, dequeue=dequeue) if dequeue else request.options,
                 # Only when no other turn is running: the overlap spends idle time on latency, and
                 # when the loop has other turns' work for that wait, its extra task costs throughput.
                 overlap=overlap and self.resources.lifecycle.in_flight == 0,
@@ -468,8 +472,8 @@ class TurnService:
                 try:
                     async with resources.db.transactions() as transactions:
                         # Not overlapped with the model call: this opener closes when phase 1 is done.
-                        started = await phase_1(transactions, conversation_id, overlap=False)
-                    await queue.dequeue(resources, queued_id)
+                        # Its statement stores the user's message and removes the queued row, together.
+                        started = await phase_1(transactions, conversation_id, overlap=False, dequeue=queued_id)
                 except BaseException as exc:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                         if lock is not None:

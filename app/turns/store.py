@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Uuid, bindparam, func, insert, null, select, update
+from sqlalchemy import Uuid, bindparam, delete, func, insert, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,7 +28,7 @@ from app.core.db import Driver, Tx
 from app.core.ids import uuid7
 from app.core.text import clean, clean_text
 from app.llm.base import Block
-from app.models import Conversation, Message
+from app.models import Conversation, Message, QueuedMessage
 from app.models.base import utcnow
 from app.models.conversations import MessageStatus
 from app.models.usage import ModelUsage
@@ -187,11 +187,13 @@ class TurnStore(Protocol):
         agents: AgentFilter,
         until: uuid.UUID | None = None,
         read_history: bool = True,
+        dequeue: uuid.UUID | None = None,
     ) -> OpenedTurn | NotOpened:
         """NotOpened when the conversation does not exist, is not this owner's or is bound to an agent
         outside `agents`: nothing is stored then, and it says which.
 
         The history read is the conversation's, or only up to `until`, or none (`read_history=False`).
+        `dequeue`: the queued message this turn stores, removed from the queue with it (or not at all).
         """
 
     async def record(
@@ -255,7 +257,7 @@ def _with_earlier(statement: str) -> str:
 _OPEN_NEW_EARLIER = _with_earlier(_OPEN_NEW)
 
 
-def _open_existing(history: str) -> str:
+def _open_existing(history: str, dequeue: str = "") -> str:
     # The final SELECT reads the snapshot from before the statement: the history without the new turn.
     # $9 the agents the turn may continue with, $10 the default agent (a conversation bound to none).
     return (
@@ -266,7 +268,9 @@ def _open_existing(history: str) -> str:
         RETURNING id, system, COALESCE(agent, $10::varchar) AS agent
     ), turn AS ("""
         + _MESSAGES_FROM_VALUES
-        + """)
+        + """)"""
+        + dequeue
+        + """
     SELECT conversation.system, conversation.agent, m.role, m.content,
         (SELECT COALESCE(c.agent, $10::varchar) FROM conversations AS c WHERE c.id = $1 AND c.owner_id = $2),
         m.id, m.status
@@ -285,6 +289,14 @@ def _open_existing(history: str) -> str:
 _OPEN_EXISTING = _open_existing("")
 _OPEN_EXISTING_UNTIL = _open_existing(" AND m.id <= $11::uuid")
 _OPEN_EXISTING_BARE = _open_existing(" AND false")
+# A queued message's turn (app/turns/queue.py): its queue row goes in the statement that stores it,
+# only if the conversation was opened. Its id is the last parameter ($11; $12 after `until`).
+_DEQUEUE = """, dequeued AS (
+        DELETE FROM queued_messages WHERE id = ${n}::uuid AND conversation_id IN (SELECT id FROM conversation)
+    )"""
+_OPEN_EXISTING_DEQUEUE = _open_existing("", _DEQUEUE.format(n=11))
+_OPEN_EXISTING_UNTIL_DEQUEUE = _open_existing(" AND m.id <= $11::uuid", _DEQUEUE.format(n=12))
+_OPEN_EXISTING_BARE_DEQUEUE = _open_existing(" AND false", _DEQUEUE.format(n=11))
 OUTCOME_COLUMNS = tuple(f.name for f in fields(Outcome))
 _SET_OUTCOME = ", ".join(
     f"{name} = ${n}{'::jsonb' if name in _JSONB else ''}" for n, name in enumerate(OUTCOME_COLUMNS, start=1)
@@ -394,10 +406,18 @@ class PostgresTurns:
         agents: AgentFilter,
         until: uuid.UUID | None = None,
         read_history: bool = True,
+        dequeue: uuid.UUID | None = None,
     ) -> OpenedTurn | NotOpened:
         messages = NewMessages.of(opening)
         args = (*self._messages(conversation_id, opening.owner_id, messages), agents.names, agents.default)
-        if not read_history:
+        if dequeue is not None:
+            if not read_history:
+                rows = await self.driver.fetch(_OPEN_EXISTING_BARE_DEQUEUE, *args, dequeue)
+            elif until is not None:
+                rows = await self.driver.fetch(_OPEN_EXISTING_UNTIL_DEQUEUE, *args, until, dequeue)
+            else:
+                rows = await self.driver.fetch(_OPEN_EXISTING_DEQUEUE, *args, dequeue)
+        elif not read_history:
             rows = await self.driver.fetch(_OPEN_EXISTING_BARE, *args)
         elif until is not None:
             rows = await self.driver.fetch(_OPEN_EXISTING_UNTIL, *args, until)
@@ -451,6 +471,7 @@ class SqliteTurns:
         agents: AgentFilter,
         until: uuid.UUID | None = None,
         read_history: bool = True,
+        dequeue: uuid.UUID | None = None,
     ) -> OpenedTurn | NotOpened:
         messages = NewMessages.of(opening)
         owned = Conversation.id == conversation_id, Conversation.owner_id == opening.owner_id
@@ -468,6 +489,8 @@ class SqliteTurns:
         earlier, superseded = _read_history(tuple(row) for row in rows)
         await self.conn.execute(update(Conversation).where(*owned).values(updated_at=messages.now))
         await self._insert_messages(conversation_id, messages)
+        if dequeue is not None:  # in the same transaction as the messages
+            await self.conn.execute(delete(QueuedMessage).where(QueuedMessage.id == dequeue))
         agent = found.agent or agents.default
         opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, found.system, earlier, agent)
         return replace(opened, superseded=superseded)

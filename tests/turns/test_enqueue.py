@@ -177,3 +177,37 @@ async def test_a_queued_message_whose_replica_stopped_does_not_hold_up_the_queue
         assert r.json()["message"]["content"] == "echo: now"
         assert await queued_count(state, cid) == 1  # still stored, never lost
         assert llm_server.state.rejections == []
+
+
+async def test_enqueue_on_the_embedded_default(tmp_path: Any, settings: Settings, llm_server: FakeLLMServer) -> None:
+    from app.core.db import create_engine
+    from app.models import Base
+
+    lite = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path}/queue.db", "redis_url": None})
+    engine = create_engine(lite)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    await engine.dispose()
+    async with running_app(lite) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        slow = asyncio.create_task(
+            client.post("/chat", json={"message": "first [[slow:0.5]]", "conversation_id": cid}, headers=auth)
+        )
+        await eventually(lambda: running(state, cid), timeout=5)
+        later = []
+        for i in range(2):
+            body = {"message": f"q{i}", "conversation_id": cid, "multitask": "enqueue"}
+            later.append(asyncio.create_task(client.post("/chat", json=body, headers=auth)))
+
+            async def stored(n: int = i + 1) -> bool:
+                return await queued_count(state, cid) == n
+
+            await eventually(stored, timeout=5)
+        assert (await slow).status_code == 200
+        assert [(await t).json()["message"]["content"] for t in later] == ["echo: q0", "echo: q1"]
+        rows = await history(state, cid)
+        assert_turn_order(rows)
+        assert [text for _, _, text in rows[2::2]] == ["first [[slow:0.5]]", "q0", "q1"]
+        assert await queued_count(state, cid) == 0  # removed in the transaction that stored each
+        assert llm_server.state.rejections == []
