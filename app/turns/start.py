@@ -396,7 +396,7 @@ class TurnService:
             idempotency = self.resources.idempotency
 
             async def settle_idempotency(done: Turn) -> None:
-                if done.status in (MessageStatus.COMPLETE, MessageStatus.AWAITING_APPROVAL):
+                if done.saved and done.status in (MessageStatus.COMPLETE, MessageStatus.AWAITING_APPROVAL):
                     await idempotency.complete(owner, key, fp, respond(done))
                 else:
                     await idempotency.abandon(owner, key)  # a retry should run the turn again
