@@ -9,8 +9,7 @@ CASCADE). Between batches it yields, so it never holds locks for long nor starve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import timedelta
 
 import anyio
@@ -20,6 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.locks import LockManager, kept
+from app.core.periodic import periodically
 from app.models import Conversation
 from app.models.base import utcnow
 
@@ -61,26 +61,10 @@ async def sweep_retention(
     return deleted
 
 
-@asynccontextmanager
-async def retention_sweeps(
+def retention_sweeps(
     sessions: async_sessionmaker[AsyncSession], locks: LockManager, days: int | None, every: float
-) -> AsyncIterator[None]:
-    """While the app runs: a sweep now and then (a task owned here); nothing when retention is off."""
+) -> AbstractAsyncContextManager[None]:
+    """While the app runs: a sweep now and then; nothing when retention is off."""
     if days is None:
-        yield
-        return
-
-    async def keep_sweeping() -> None:
-        while True:
-            try:
-                await sweep_retention(sessions, locks, days)
-            except Exception as exc:  # the database may be down for a while: the next pass catches up
-                log.warning("retention.sweep_failed", error=type(exc).__name__)
-            await anyio.sleep(every)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(keep_sweeping)
-        try:
-            yield
-        finally:
-            group.cancel_scope.cancel()
+        return nullcontext()
+    return periodically(lambda: sweep_retention(sessions, locks, days), every, failed="retention.sweep_failed")

@@ -12,13 +12,11 @@ message instead, has its pending calls denied and recorded (`deny_paused`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import anyio
 import structlog
 from sqlalchemy import select, update
 
@@ -28,6 +26,7 @@ from app.agents.errors import AgentNotFound, AgentUnavailable
 from app.conversations.errors import ConversationNotFound
 from app.core.config import Settings
 from app.core.db import Database, Transactions, Tx
+from app.core.periodic import periodically
 from app.llm.base import Block, LLMRequest, Usage
 from app.llm.summary import SUMMARY_ROLE
 from app.models import Conversation, Message
@@ -217,22 +216,7 @@ async def sweep_expired_approvals(db: Database, older_than: float, *, limit: int
     return denied_count
 
 
-@asynccontextmanager
-async def expiring_approvals(db: Database, after_seconds: float) -> AsyncIterator[None]:
-    """While the app runs: now and then, deny what waited past its timeout (a task owned here)."""
-
-    async def keep_sweeping() -> None:
-        every = min(60.0, max(after_seconds / 4, 0.05))
-        while True:
-            try:
-                await sweep_expired_approvals(db, after_seconds)
-            except Exception as exc:  # the database may be down for a while: the next pass catches up
-                log.warning("approval.sweep_failed", error=type(exc).__name__)
-            await anyio.sleep(every)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(keep_sweeping)
-        try:
-            yield
-        finally:
-            group.cancel_scope.cancel()
+def expiring_approvals(db: Database, after_seconds: float) -> AbstractAsyncContextManager[None]:
+    """While the app runs: now and then, deny what waited past its timeout."""
+    every = min(60.0, max(after_seconds / 4, 0.05))
+    return periodically(lambda: sweep_expired_approvals(db, after_seconds), every, failed="approval.sweep_failed")
