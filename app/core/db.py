@@ -189,9 +189,23 @@ class Transactions:
         self._open = False
 
     def __call__(self) -> AbstractAsyncContextManager[Tx]:
+        """One short transaction of a turn's phase (see `Database.tx`)."""
+        self._check()
+        return self.db.tx()
+
+    def statement(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for work that is one statement, which commits by itself."""
+        self._check()
+        return self.db.statement()
+
+    def atomic(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """Several statements, committed together when the block ends, rolled back on any error."""
+        self._check()
+        return self.db.transaction()
+
+    def _check(self) -> None:
         if not self._open:
             raise RuntimeError("a transaction was opened outside its owner's lifetime")
-        return self.db.tx()
 
 
 class Database:

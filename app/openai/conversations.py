@@ -18,6 +18,7 @@ from pydantic import Field, StringConstraints
 
 from app.auth.deps import CurrentPrincipal
 from app.conversations.errors import ConversationNotFound
+from app.core.db import Transactions
 from app.core.errors import Conflict, NotFound
 from app.models.conversations import MessageStatus
 from app.openai.conversation_items import (
@@ -41,7 +42,7 @@ from app.openai.conversation_store import (
 )
 from app.openai.errors import InvalidParam, OpenAIRoute, declared
 from app.openai.schemas import Loose
-from app.state import Resources, ResourcesDep
+from app.state import TransactionsDep
 from app.turns.begin import make_title
 
 router = APIRouter(prefix="/conversations", tags=["openai"], route_class=OpenAIRoute)
@@ -134,8 +135,8 @@ def _page(items: list[dict[str, Any]], has_more: bool = False) -> ConversationIt
     return ConversationItemList(data=items, first_id=first, last_id=last, has_more=has_more)
 
 
-async def _located(resources: Resources, id_: uuid.UUID, owner: uuid.UUID) -> list[Located]:
-    async with resources.db.statement() as conn:
+async def _located(transactions: Transactions, id_: uuid.UUID, owner: uuid.UUID) -> list[Located]:
+    async with transactions.statement() as conn:
         if await get_conversation(conn, id_, owner_id=owner) is None:
             raise ConversationNotFound()
         return items_of(await list_rows(conn, id_, owner_id=owner))
@@ -143,12 +144,12 @@ async def _located(resources: Resources, id_: uuid.UUID, owner: uuid.UUID) -> li
 
 @router.post("", response_model=ConversationOut, responses=declared(400, 401, 429))
 async def new_conversation(
-    body: ConversationCreate, principal: CurrentPrincipal, resources: ResourcesDep
+    body: ConversationCreate, principal: CurrentPrincipal, transactions: TransactionsDep
 ) -> ConversationOut:
     """A conversation, with optional first items and metadata."""
     rows, systems = rows_of(body.items or [], opening=True)
     first = next((blocks[0]["text"] for role, blocks in rows if role == "user" and blocks[0]["type"] == "text"), "")
-    async with resources.db.transaction() as conn:
+    async with transactions.atomic() as conn:
         found, _ = await create_conversation(
             conn,
             owner_id=principal.owner_id,
@@ -161,9 +162,11 @@ async def new_conversation(
 
 
 @router.get("/{conversation}", response_model=ConversationOut, responses=declared(401, 404, 429))
-async def read_conversation(conversation: str, principal: CurrentPrincipal, resources: ResourcesDep) -> ConversationOut:
+async def read_conversation(
+    conversation: str, principal: CurrentPrincipal, transactions: TransactionsDep
+) -> ConversationOut:
     """One conversation."""
-    async with resources.db.statement() as conn:
+    async with transactions.statement() as conn:
         found = await get_conversation(conn, _id(conversation), owner_id=principal.owner_id)
     if found is None:
         raise ConversationNotFound()
@@ -172,10 +175,10 @@ async def read_conversation(conversation: str, principal: CurrentPrincipal, reso
 
 @router.post("/{conversation}", response_model=ConversationOut, responses=declared(400, 401, 404, 429))
 async def update_conversation(
-    conversation: str, body: ConversationUpdate, principal: CurrentPrincipal, resources: ResourcesDep
+    conversation: str, body: ConversationUpdate, principal: CurrentPrincipal, transactions: TransactionsDep
 ) -> ConversationOut:
     """Replace a conversation's metadata."""
-    async with resources.db.transaction() as conn:
+    async with transactions.atomic() as conn:
         found = await set_metadata(conn, _id(conversation), body.metadata, owner_id=principal.owner_id)
     if found is None:
         raise ConversationNotFound()
@@ -184,11 +187,11 @@ async def update_conversation(
 
 @router.delete("/{conversation}", response_model=ConversationDeleted, responses=declared(401, 404, 429))
 async def remove_conversation(
-    conversation: str, principal: CurrentPrincipal, resources: ResourcesDep
+    conversation: str, principal: CurrentPrincipal, transactions: TransactionsDep
 ) -> ConversationDeleted:
     """Delete a conversation and its items for good (as `DELETE /conversations/{id}`)."""
     id_ = _id(conversation)
-    async with resources.db.transaction() as conn:
+    async with transactions.atomic() as conn:
         if not await delete_conversation(conn, id_, owner_id=principal.owner_id):
             raise ConversationNotFound()
     return ConversationDeleted(id=conversation_id(id_))
@@ -198,14 +201,14 @@ async def remove_conversation(
 async def list_items(
     conversation: str,
     principal: CurrentPrincipal,
-    resources: ResourcesDep,
+    transactions: TransactionsDep,
     after: Annotated[str | None, Query(max_length=300, description="List the items after this one.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
     include: Annotated[list[str] | None, Query(description="Accepted; nothing more is included.")] = None,
 ) -> ConversationItemList:
     """A conversation's items, newest first unless `order=asc`, `limit` at a time after `after`."""
-    items = [located.item for located in await _located(resources, _id(conversation), principal.owner_id)]
+    items = [located.item for located in await _located(transactions, _id(conversation), principal.owner_id)]
     if order == "desc":
         items.reverse()
     if after is not None:
@@ -218,11 +221,11 @@ async def list_items(
 
 @router.post("/{conversation}/items", response_model=ConversationItemList, responses=declared(400, 401, 404, 429))
 async def add_items(
-    conversation: str, body: ItemsCreate, principal: CurrentPrincipal, resources: ResourcesDep
+    conversation: str, body: ItemsCreate, principal: CurrentPrincipal, transactions: TransactionsDep
 ) -> ConversationItemList:
     """Append items to a conversation: the added items, as stored."""
     rows, _ = rows_of(body.items, opening=False)
-    async with resources.db.transaction() as conn:
+    async with transactions.atomic() as conn:
         stored = await add_rows(conn, _id(conversation), rows, owner_id=principal.owner_id)
     if stored is None:
         raise ConversationNotFound()
@@ -231,10 +234,10 @@ async def add_items(
 
 @router.get("/{conversation}/items/{item_id}", responses=declared(401, 404, 429))
 async def read_item(
-    conversation: str, item_id: str, principal: CurrentPrincipal, resources: ResourcesDep
+    conversation: str, item_id: str, principal: CurrentPrincipal, transactions: TransactionsDep
 ) -> dict[str, Any]:
     """One item of a conversation."""
-    for located in await _located(resources, _id(conversation), principal.owner_id):
+    for located in await _located(transactions, _id(conversation), principal.owner_id):
         if located.item["id"] == item_id:
             return located.item
     raise ItemNotFound()
@@ -244,11 +247,11 @@ async def read_item(
     "/{conversation}/items/{item_id}", response_model=ConversationOut, responses=declared(401, 404, 409, 429)
 )
 async def remove_item(
-    conversation: str, item_id: str, principal: CurrentPrincipal, resources: ResourcesDep
+    conversation: str, item_id: str, principal: CurrentPrincipal, transactions: TransactionsDep
 ) -> ConversationOut:
     """Delete one item: the conversation, as it is now. (An answer's later texts move up one index.)"""
     id_, owner = _id(conversation), principal.owner_id
-    async with resources.db.transaction() as conn:
+    async with transactions.atomic() as conn:
         found = await get_conversation(conn, id_, owner_id=owner)
         if found is None:
             raise ConversationNotFound()

@@ -14,7 +14,7 @@ import re
 import uuid
 from typing import Any
 
-from app.core.db import Database
+from app.core.db import Transactions
 from app.openai.errors import InvalidParam, ItemNotFound
 from app.openai.repository import StoredRow, referenced_rows
 from app.openai.response_objects import input_items, output_items
@@ -28,7 +28,9 @@ def rendered(row: StoredRow) -> list[dict[str, Any]]:
     return output_items(row.content, row.id) if row.role == "assistant" else input_items(row.id, row.content)
 
 
-async def resolve_references(db: Database, input_: str | list[dict[str, Any]], owner_id: uuid.UUID) -> Any:
+async def resolve_references(
+    transactions: Transactions, input_: str | list[dict[str, Any]], owner_id: uuid.UUID
+) -> Any:
     """The input with each `item_reference` replaced by the item it names (one statement, if any)."""
     if isinstance(input_, str):
         return input_
@@ -50,7 +52,7 @@ async def resolve_references(db: Database, input_: str | list[dict[str, Any]], o
         refs[i] = item_id
     if not refs:
         return input_
-    async with db.statement() as conn:
+    async with transactions.statement() as conn:
         rows = await referenced_rows(conn, message_ids=message_ids, call_ids=call_ids, owner_id=owner_id)
     items: dict[str, dict[str, Any]] = {}
     for row in rows:  # the newest first: it wins where two rows give the same id

@@ -60,7 +60,7 @@ from app.openai.schemas import InputItemList, ResponseCreateRequest, ResponseDel
 from app.openai.tools import client_tools, tool_choice
 from app.runs.manager import Run
 from app.runs.responses import RunStreamResponse, StoredRunStreamResponse
-from app.state import Resources, ResourcesDep, TransactionsDep
+from app.state import ResourcesDep, TransactionsDep
 from app.turns.approvals import continuation_run_id
 from app.turns.begin import TurnOptions
 from app.turns.errors import ToolResultUnmatched, UndecidedCalls
@@ -116,8 +116,8 @@ def _run_id(message_id: uuid.UUID, number: int) -> uuid.UUID:
     return continuation_run_id(message_id, number) if number else message_id
 
 
-async def _answer(resources: Resources, message_id: uuid.UUID, owner: uuid.UUID) -> StoredAnswer:
-    async with resources.db.statement() as conn:
+async def _answer(transactions: Transactions, message_id: uuid.UUID, owner: uuid.UUID) -> StoredAnswer:
+    async with transactions.statement() as conn:
         answer = await get_answer(conn, message_id, owner_id=owner)
     if answer is None:
         raise ResponseNotFound()
@@ -149,7 +149,7 @@ async def create_response(
     decisions = approval_decisions(body.input)
     if decisions is not None:
         return await _continue_paused(body, decisions, after, model, principal, turns, transactions, idempotency_key)
-    input_ = await resolve_references(resources.db, body.input, principal.owner_id)
+    input_ = await resolve_references(transactions, body.input, principal.owner_id)
     if isinstance(input_, list):  # input_image and input_file parts become the caller's stored files
         parts = [(f"input[{i}].content", item.get("content")) for i, item in enumerate(input_) if user_message(item)]
         await attach_parts(resources, principal.owner_id, parts, model=resources.agents.resolve(agent, None).model)
@@ -294,6 +294,7 @@ async def get_response(
     response_id: str,
     principal: CurrentPrincipal,
     resources: ResourcesDep,
+    transactions: TransactionsDep,
     stream: bool = False,
     starting_after: StartingAfter = None,
 ) -> Response:
@@ -309,7 +310,7 @@ async def get_response(
             if isinstance(run, Run):
                 return RunStreamResponse(run, ping_seconds=ping, after=after, cancel_on_disconnect=False, ticket=ticket)
             return StoredRunStreamResponse(run, run_id, ping_seconds=ping, after=after, ticket=ticket)
-    answer = await _answer(resources, message_id, owner)
+    answer = await _answer(transactions, message_id, owner)
     if not stream:
         return JSONResponse(stored_response(answer, number))
     if answer.running and _part(answer, number).end is None:
@@ -318,10 +319,12 @@ async def get_response(
 
 
 @router.post("/{response_id}/cancel", response_model=ResponseOut, responses=declared(401, 404, 409, 429, 503))
-async def cancel_response(response_id: str, principal: CurrentPrincipal, resources: ResourcesDep) -> JSONResponse:
+async def cancel_response(
+    response_id: str, principal: CurrentPrincipal, resources: ResourcesDep, transactions: TransactionsDep
+) -> JSONResponse:
     """Stop a background or streamed response, wherever it runs; its partial answer is kept."""
     (message_id, number), owner, runs = _segment(response_id), principal.owner_id, resources.runs
-    answer = await _answer(resources, message_id, owner)
+    answer = await _answer(transactions, message_id, owner)
     if answer.running and _part(answer, number).end is None:
         run_id = _run_id(message_id, number)
         if await run_of(runs, run_id, owner) is None:
@@ -331,16 +334,18 @@ async def cancel_response(response_id: str, principal: CurrentPrincipal, resourc
             await settled(runs, run_id)
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable("Could not reach the replica running this response.") from exc
-        answer = await _answer(resources, message_id, owner)
+        answer = await _answer(transactions, message_id, owner)
     return JSONResponse(stored_response(answer, number))
 
 
 @router.delete("/{response_id}", response_model=ResponseDeleted, responses=declared(401, 404, 409, 429))
-async def delete_response(response_id: str, principal: CurrentPrincipal, resources: ResourcesDep) -> ResponseDeleted:
+async def delete_response(
+    response_id: str, principal: CurrentPrincipal, transactions: TransactionsDep
+) -> ResponseDeleted:
     """Delete a response: its turn (input and answer) leaves the conversation (all of the answer's
     responses, when it was continued after approvals)."""
     message_id, _ = _segment(response_id)
-    async with resources.db.transaction() as conn:
+    async with transactions.atomic() as conn:
         answer = await get_answer(conn, message_id, owner_id=principal.owner_id)
         if answer is None:
             raise ResponseNotFound()
@@ -354,13 +359,13 @@ async def delete_response(response_id: str, principal: CurrentPrincipal, resourc
 async def list_input_items(
     response_id: str,
     principal: CurrentPrincipal,
-    resources: ResourcesDep,
+    transactions: TransactionsDep,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> InputItemList:
     """The input of a response: its user message and function_call_output items, after the history
     the client sent with it, if it sent one; of a continuation after approvals, its approval responses."""
     message_id, number = _segment(response_id)
-    async with resources.db.statement() as conn:
+    async with transactions.statement() as conn:
         answer = await get_answer(conn, message_id, owner_id=principal.owner_id)
         rows = await get_input(conn, answer) if answer is not None and not number else []
     if answer is None:
