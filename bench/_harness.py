@@ -662,6 +662,21 @@ def run_main(main: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(wrapper())
 
 
+def script_main(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]],
+    print_report: Callable[[dict[str, Any], argparse.Namespace], None],
+) -> int:
+    """A bench script's whole run: measure, then print the report (or the figures as JSON with --json)."""
+    raise_nofile()
+    result = run_or_exit(lambda: run(args))
+    if args.json:
+        print(json.dumps(jsonable(result), indent=2))
+    else:
+        print_report(result, args)
+    return 0
+
+
 def run_or_exit(main: Callable[[], Awaitable[T]]) -> T:
     """run_main for a script: Ctrl-C/SIGTERM exits 130, a set-up failure exits 2 with one line."""
     try:

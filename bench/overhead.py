@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import statistics
 import sys
@@ -47,15 +46,13 @@ from bench._harness import (
     check,
     cpu_seconds,
     fmt_ms,
-    jsonable,
     log,
     parse_env_overrides,
     percentile,
     print_checks,
     print_table,
-    raise_nofile,
     resolve_profile,
-    run_or_exit,
+    script_main,
     wait_for_quiet,
 )
 
@@ -549,14 +546,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    raise_nofile()
-    result = run_or_exit(lambda: run(args))
-    if args.json:
-        print(json.dumps(jsonable(result), indent=2))
-    else:
-        print_report(result, args)
-    return 0
+    return script_main(parse_args(argv), run, print_report)
 
 
 if __name__ == "__main__":

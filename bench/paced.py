@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import sys
 import time
@@ -39,15 +38,13 @@ from bench._harness import (
     bench_base,
     clean_env,
     cpu_seconds,
-    jsonable,
     log,
     percentile,
     print_checks,
     print_table,
-    raise_nofile,
     rss_kib,
-    run_or_exit,
     scan_log,
+    script_main,
     spawn,
     uvicorn_cmd,
     wait_for_quiet,
@@ -292,14 +289,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    raise_nofile()
-    result = run_or_exit(lambda: run(args))
-    if args.json:
-        print(json.dumps(jsonable(result), indent=2))
-    else:
-        print_report(result, args)
-    return 0
+    return script_main(parse_args(argv), run, print_report)
 
 
 if __name__ == "__main__":
