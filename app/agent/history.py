@@ -3,6 +3,10 @@
 Stored turns are (user row, assistant row). An assistant row's content may hold tool_use and
 tool_result blocks in the order they happened; replay splits them back into alternating
 assistant/user messages. Then one normalising pass repairs what interrupted turns leave behind.
+
+An answer the provider compacted (an agent's `compaction: provider`) holds its `compaction` block:
+the history starts there, with the assistant message that opens with it, since the provider reads
+nothing before it anyway (and the block must be sent back).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.llm.base import Block
+from app.llm.summary import COMPACTION
 
 Msg = dict[str, Any]
 
@@ -35,7 +40,23 @@ def _clean_blocks(blocks: Iterable[Block]) -> list[Block]:
             out.append(result)
         elif block.get("type") in ("attachment", "image", "document"):
             out.append(block)  # a file the user attached (app/files/attach.py), as it was stored
+        elif block.get("type") == COMPACTION:
+            out.append(block)  # the provider's, sent back as it came (app/llm/anthropic.py)
     return out
+
+
+def _compacted(message: Msg) -> bool:
+    return message["role"] == "assistant" and bool(message["content"]) and message["content"][0]["type"] == COMPACTION
+
+
+def _from_compaction(messages: list[Msg]) -> list[Msg]:
+    """The messages from the latest compaction block on (all of them when there is none)."""
+    for index in range(len(messages) - 1, -1, -1):
+        content = messages[index]["content"]
+        at = next((j for j in range(len(content) - 1, -1, -1) if content[j]["type"] == COMPACTION), None)
+        if at is not None:
+            return [{"role": messages[index]["role"], "content": content[at:]}, *messages[index + 1 :]]
+    return messages
 
 
 def split_assistant(content: Sequence[Block]) -> list[Msg]:
@@ -100,8 +121,8 @@ def _merge_same_role(messages: Iterable[Msg]) -> list[Msg]:
 
 def normalise(messages: Sequence[Msg]) -> list[Msg]:
     cleaned = [{"role": m["role"], "content": _clean_blocks(m["content"])} for m in messages]
-    merged = _merge_same_role(cleaned)
-    while merged and merged[0]["role"] != "user":
+    merged = _merge_same_role(_from_compaction(cleaned))
+    while merged and merged[0]["role"] != "user" and not _compacted(merged[0]):
         merged.pop(0)
     fixed = _merge_same_role(_close_tool_uses(merged))
     # A tool_result must lead its user message; merging can put text first.

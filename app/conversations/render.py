@@ -7,7 +7,7 @@ from typing import Any
 from app.conversations.schemas import MessageOut, PendingApprovalOut, SummaryOut, ToolCallOut, UsageOut
 from app.files.schemas import attachments_of
 from app.llm.base import Usage, text_of
-from app.llm.summary import SUMMARY_ROLE, compaction_of
+from app.llm.summary import PROVIDER_FIGURES, SUMMARY_ROLE, compaction_of, provider_compaction
 from app.models import Message
 
 
@@ -65,6 +65,23 @@ def summary_out(block: dict[str, Any]) -> SummaryOut:
     )
 
 
+def provider_summary_out(blocks: list[dict[str, Any]]) -> SummaryOut | None:
+    """An answer the provider compacted (`compaction: provider`): the compaction's figures, as a
+    summary item's (it folded all that came before it; the provider's summary text is not shown)."""
+    block = provider_compaction(blocks)
+    if block is None:
+        return None
+    figures = block.get(PROVIDER_FIGURES) or {}
+    return SummaryOut(
+        covers_from=None,
+        covers_to=None,
+        messages_summarized=figures.get("messages_summarized", 0),
+        tokens_before=figures.get("tokens_before", 0),
+        tokens_after=figures.get("tokens_after", 0),
+        fallback=False,
+    )
+
+
 def render_message(message: Message) -> MessageOut:
     blocks = message.content or []
     usage = None
@@ -99,5 +116,6 @@ def render_message(message: Message) -> MessageOut:
         attachments=attachments_of(blocks),
         pending_approvals=pending_of(blocks) if message.status == "awaiting_approval" else [],
         usage=usage,
+        summary=provider_summary_out(blocks) if message.role == "assistant" else None,
         created_at=message.created_at,
     )

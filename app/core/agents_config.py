@@ -23,6 +23,7 @@ AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_AGENT = "agentchat"  # the agent built from LLM_* when AGENTS is unset; the old /v1 model id
 
 Provider = Literal["anthropic", "openai", "offline"]
+Compaction = Literal["auto", "off", "provider"]
 
 
 class AgentConfig(BaseModel):
@@ -44,11 +45,12 @@ class AgentConfig(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=64000)  # None: LLM_MAX_TOKENS
     # Long conversations (app/turns/compaction.py): the model's window in tokens (None: known per
     # model), the fraction of it at which the history is compacted, the model that writes the
-    # summary (None: the agent's own), or `off` (the oldest turns are dropped past the budget).
+    # summary (None: the agent's own), or `off` (the oldest turns are dropped past the budget), or
+    # `provider`: Anthropic's server-side context editing and compaction instead of ours (Anthropic agents only).
     context_window: int | None = Field(default=None, ge=1000)
     compact_at: float = Field(default=0.75, gt=0, le=1)
     summary_model: str | None = None
-    compaction: Literal["auto", "off"] = "auto"
+    compaction: Compaction = "auto"
     # Attached images and PDFs go to the provider's files API once (Anthropic's Files API, beta) and
     # are named by its file id in every call, instead of sent base64 each time. Anthropic agents only.
     provider_files: bool = False
@@ -71,6 +73,8 @@ class AgentConfig(BaseModel):
     def _has_model(self) -> AgentConfig:
         if self.provider != "offline" and not self.model:
             raise ValueError(f"model: required for provider {self.provider}")
+        if self.compaction == "provider" and self.provider != "anthropic":
+            raise ValueError(f"compaction: provider needs provider anthropic (not {self.provider})")
         return self
 
     @property

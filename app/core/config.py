@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.core.agents_config import DEFAULT_AGENT, AgentConfig, AgentsConfig, parse_agents
+from app.core.agents_config import DEFAULT_AGENT, AgentConfig, AgentsConfig, Compaction, parse_agents
 from app.core.mcp_config import McpServerConfig, parse_mcp_servers
 from app.core.prices import PriceTable, parse_prices
 
@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     agent_context_window: int | None = Field(default=None, ge=1000)
     agent_compact_at: float = Field(default=0.75, gt=0, le=1)
     agent_summary_model: str | None = None
-    agent_compaction: Literal["auto", "off"] = "auto"
+    agent_compaction: Compaction = "auto"  # `provider`: Anthropic's server-side compaction (LLM_PROVIDER=anthropic)
     approval_timeout_seconds: float = Field(default=86400.0, gt=0)  # then pending calls are denied, recorded
     agent_tool_timeout: float = Field(default=15.0, gt=0)
     agent_tool_result_max_chars: int = Field(default=8000, ge=100)
@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     def _provider_has_credentials(self) -> Settings:
         if self.llm_provider == "anthropic" and self.anthropic_api_key is None:
             raise ValueError("LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+        if self.agents is None and self.agent_compaction == "provider" and self.provider != "anthropic":
+            raise ValueError(f"AGENT_COMPACTION=provider needs the anthropic provider (not {self.provider})")
         return self
 
     @property

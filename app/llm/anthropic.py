@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import aiohttp
 import anthropic
@@ -14,7 +14,17 @@ import httpx2
 
 from app.core.config import ModelHttpClientName, Settings
 from app.core.telemetry import trace_headers
-from app.llm.base import Block, Completed, LLMEvent, LLMRequest, Sampling, TextDelta, ToolCall, Usage
+from app.llm.base import (
+    Block,
+    Completed,
+    ContextManagement,
+    LLMEvent,
+    LLMRequest,
+    Sampling,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
 from app.llm.errors import (
     UpstreamError,
     UpstreamOverloaded,
@@ -23,11 +33,18 @@ from app.llm.errors import (
     UpstreamTimeout,
     retry_after,
 )
-from app.llm.summary import is_summary_block
+from app.llm.summary import COMPACTION, PROVIDER_FIGURES, is_summary_block, summary_text
 
 MESSAGES_PATH = "/v1/messages"
 FILES_BETA = "files-api-2025-04-14"
 FILE_IDS_KEPT = 10_000  # content hashes whose Files API id this client remembers
+# Server-side context management (an agent's `compaction: provider`): context editing's beta and
+# compaction's, sent together; the API refuses a compaction trigger under 50,000 input tokens.
+CONTEXT_BETA = "context-management-2025-06-27"
+COMPACT_BETA = "compact-2026-01-12"
+CLEAR_TOOL_USES = "clear_tool_uses_20250919"
+COMPACT = "compact_20260112"
+COMPACT_MIN_TRIGGER = 50_000
 # What `post(stream=True)` asks for; with `cast_to=httpx2.Response` the SDK hands back the response itself.
 _RawStream = anthropic.AsyncStream[Any]
 
@@ -75,6 +92,87 @@ def _usage(raw: dict[str, Any]) -> Usage:
         cache_read_input_tokens=raw.get("cache_read_input_tokens") or 0,
         cache_creation_input_tokens=raw.get("cache_creation_input_tokens") or 0,
     )
+
+
+def _prompt(raw: dict[str, Any]) -> int:
+    """The input a sampling read, cached or not."""
+    return sum(int(raw.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+
+
+def compact_trigger(context: ContextManagement) -> int:
+    return max(context.compact_at, COMPACT_MIN_TRIGGER)
+
+
+def context_params(context: ContextManagement) -> dict[str, Any]:
+    """`context_management` for a call: old tool results cleared first, then the context compacted."""
+    clear: dict[str, Any] = {
+        "type": CLEAR_TOOL_USES,
+        "trigger": {"type": "input_tokens", "value": context.clear_at},
+        "keep": {"type": "tool_uses", "value": context.keep_tool_uses},
+    }
+    if context.clear_at_least:
+        clear["clear_at_least"] = {"type": "input_tokens", "value": context.clear_at_least}
+    compact = {"type": COMPACT, "trigger": {"type": "input_tokens", "value": compact_trigger(context)}}
+    return {"edits": [clear, compact]}
+
+
+class _Sent(NamedTuple):
+    """What a call that manages its context sent: the figures of a compaction in its answer start there."""
+
+    messages: int
+    trigger: int
+
+
+def outgoing(request: LLMRequest) -> tuple[list[dict[str, Any]], list[str]]:
+    """The messages as the API takes them, and the betas the call opts in to. A Files API source
+    needs its beta. A provider's compaction block goes back as it came (our figures taken off) when
+    the call manages its context; otherwise (the agent's compaction changed since) as its summary's
+    text, first in the history as ours is."""
+    betas = [CONTEXT_BETA, COMPACT_BETA] if request.context is not None else []
+    files = compacted = False
+    for message in request.messages:
+        content = message.get("content")
+        for block in content if isinstance(content, list) else ():
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == COMPACTION:
+                compacted = True
+            elif isinstance(block.get("source"), dict) and block["source"].get("type") == "file":
+                files = True
+    if files:
+        betas.insert(0, FILES_BETA)
+    if not compacted:
+        return request.messages, betas
+    if request.context is not None:
+        return [_figures_off(message) for message in request.messages], betas
+    return _as_summary_text(request.messages), betas
+
+
+def _figures_off(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if not isinstance(content, list) or not any(isinstance(b, dict) and PROVIDER_FIGURES in b for b in content):
+        return message
+    blocks = [{k: v for k, v in b.items() if k != PROVIDER_FIGURES} if isinstance(b, dict) else b for b in content]
+    return {**message, "content": blocks}
+
+
+def _as_summary_text(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            out.append(message)
+            continue
+        summaries = [b for b in content if isinstance(b, dict) and b.get("type") == COMPACTION]
+        if not summaries:
+            out.append(message)
+            continue
+        rest = [b for b in content if not (isinstance(b, dict) and b.get("type") == COMPACTION)]
+        text = str(summaries[-1].get("content") or "")
+        if not out and message.get("role") == "assistant":  # the history starts at the compaction
+            out.append({"role": "user", "content": [{"type": "text", "text": summary_text(text or "(none)")}]})
+        out.append({**message, "content": rest or [{"type": "text", "text": "(compacted)"}]})
+    return out
 
 
 def mark_cache_prefix(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,10 +260,11 @@ class AnthropicModel:
 
     @asynccontextmanager
     async def stream(self, request: LLMRequest) -> AsyncIterator[AsyncIterator[LLMEvent]]:
+        messages, betas = outgoing(request)
         kwargs: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "messages": mark_cache_prefix(request.messages),
+            "messages": mark_cache_prefix(messages),
         }
         if request.system:
             # The system prompt (and tools) are the stable prefix: cache them.
@@ -175,6 +274,10 @@ class AnthropicModel:
             if request.tool_choice:
                 kwargs["tool_choice"] = request.tool_choice
         kwargs.update(sampling_params(request.sampling))
+        sent = None
+        if request.context is not None:  # the provider edits and compacts the context (compaction: provider)
+            kwargs["context_management"] = context_params(request.context)
+            sent = _Sent(len(messages), compact_trigger(request.context))
         # The SDK makes the call (auth, headers, retries before the first byte, status errors)
         # through its documented way in for any request (`post`, `cast_to=httpx2.Response`), with
         # the body encoded here: `messages.create` would walk and copy the whole body (history and
@@ -186,14 +289,14 @@ class AnthropicModel:
         body = json.dumps(kwargs, ensure_ascii=False, separators=(",", ":")).encode()
         # The trace goes on to the provider (traceparent; nothing when traces are off).
         options: anthropic.RequestOptions = {"headers": headers} if (headers := trace_headers()) else {}
-        if _names_files(request.messages):  # a block names a Files API upload: the call opts in to the beta
-            options = {"headers": {**(options.get("headers") or {}), "anthropic-beta": FILES_BETA}}
+        if betas:  # a Files API upload named, the context managed server-side: the call opts in to the betas
+            options = {"headers": {**(options.get("headers") or {}), "anthropic-beta": ",".join(betas)}}
         with map_errors():
             if not request.incremental:
                 response = await self._client.post(
                     MESSAGES_PATH, content=body, cast_to=httpx2.Response, options=options
                 )
-                yield _whole(json.loads(response.content))
+                yield _whole(json.loads(response.content), sent)
                 return
             # stream=True: the response comes back unread, its body ours to iterate and close.
             streamed = await self._client.post(
@@ -206,19 +309,9 @@ class AnthropicModel:
             )
             response = cast(httpx2.Response, streamed)
             try:
-                yield _events(response.aiter_raw() if _identity(response) else response.aiter_bytes())
+                yield _events(response.aiter_raw() if _identity(response) else response.aiter_bytes(), sent)
             finally:
                 await response.aclose()
-
-
-def _names_files(messages: list[dict[str, Any]]) -> bool:
-    """Whether a block names a Files API upload."""
-    return any(
-        isinstance(block, dict) and isinstance(block.get("source"), dict) and block["source"].get("type") == "file"
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for block in message["content"]
-    )
 
 
 def _identity(response: httpx2.Response) -> bool:
@@ -226,16 +319,45 @@ def _identity(response: httpx2.Response) -> bool:
     return response.headers.get("content-encoding", "identity").strip().lower() == "identity"
 
 
-async def _whole(message: dict[str, Any]) -> AsyncIterator[LLMEvent]:
+async def _whole(message: dict[str, Any], sent: _Sent | None = None) -> AsyncIterator[LLMEvent]:
     content = [_block(block) for block in message.get("content") or []]
     for block in content:
         if block["type"] == "text" and block["text"]:
             yield TextDelta(block["text"])
         elif block["type"] == "tool_use":
             yield ToolCall(id=block["id"], name=block["name"], input=block["input"])
-    yield Completed(
-        stop_reason=message.get("stop_reason") or "end_turn", usage=_usage(message.get("usage") or {}), content=content
-    )
+    stop_reason = message.get("stop_reason") or "end_turn"
+    yield _completed(stop_reason, message.get("usage") or {}, content, message.get("context_management"), sent)
+
+
+def _completed(
+    stop_reason: str, raw: dict[str, Any], content: list[Block], context: Any, sent: _Sent | None
+) -> Completed:
+    """The end of an answer. A compaction's own sampling is billed but left out of the top-level
+    usage (it is an `iterations` entry): it is added here, so the quota and GET /usage count it. A
+    compaction block gets our figures, the `context` event's: the messages it folded (all the call
+    sent: the provider drops what precedes the block), the context before (the compaction's input,
+    at least its trigger, plus what context editing cleared first) and after (the input of the
+    first sampling that read the compacted context)."""
+    usage = _usage(raw)
+    iterations = [i for i in raw.get("iterations") or () if isinstance(i, dict)]
+    compactions = [n for n, i in enumerate(iterations) if i.get("type") == "compaction"]
+    for n in compactions:
+        usage.add(_usage(iterations[n]))
+    block = next((b for b in reversed(content) if b.get("type") == COMPACTION), None)
+    if block is not None and sent is not None:
+        edits = context.get("applied_edits") if isinstance(context, dict) else None
+        edits = [e for e in edits or () if isinstance(e, dict)]
+        after = compactions[-1] + 1 if compactions else 0
+        read = next((i for i in iterations[after:] if i.get("type") == "message"), raw)
+        block[PROVIDER_FIGURES] = {
+            "messages_summarized": sent.messages,
+            "tokens_before": max(sum(_prompt(iterations[n]) for n in compactions), sent.trigger)
+            + sum(int(e.get("cleared_input_tokens") or 0) for e in edits),
+            "tokens_after": _prompt(read),
+            "cleared_tool_uses": sum(int(e.get("cleared_tool_uses") or 0) for e in edits),
+        }
+    return Completed(stop_reason=stop_reason, usage=usage, content=content)
 
 
 def _block(raw: dict[str, Any]) -> Block:
@@ -245,11 +367,12 @@ def _block(raw: dict[str, Any]) -> Block:
     return {k: v for k, v in raw.items() if v is not None}
 
 
-async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[LLMEvent]:
+async def _events(body: AsyncIterator[bytes], sent: _Sent | None = None) -> AsyncIterator[LLMEvent]:
     """The Messages API's event stream, read directly: one json.loads per event, nothing else."""
     blocks: dict[int, Block] = {}
     partial_json: dict[int, list[str]] = {}
     usage: dict[str, Any] = {}
+    context: Any = None  # what server-side context management did (in the last message_delta)
     stop_reason = "end_turn"
     async for data in _sse_data(body):
         event = json.loads(data)
@@ -262,6 +385,8 @@ async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[LLMEvent]:
                     yield TextDelta(text)
             elif delta["type"] == "input_json_delta":
                 partial_json.setdefault(index, []).append(delta["partial_json"])
+            elif delta["type"] == "compaction_delta":  # the whole summary, in one delta
+                blocks[index].update({k: v for k, v in delta.items() if k != "type" and v is not None})
         elif kind == "content_block_start":
             blocks[event["index"]] = _block(event["content_block"])
         elif kind == "content_block_stop":
@@ -275,9 +400,10 @@ async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[LLMEvent]:
         elif kind == "message_delta":
             stop_reason = event["delta"].get("stop_reason") or stop_reason
             usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+            context = event.get("context_management") or context
         elif kind == "message_stop":
             content = [blocks[i] for i in sorted(blocks)]
-            yield Completed(stop_reason=stop_reason, usage=_usage(usage), content=content)
+            yield _completed(stop_reason, usage, content, context, sent)
             return
         elif kind == "error":
             raise _stream_error(event.get("error"))

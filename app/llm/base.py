@@ -28,6 +28,20 @@ class Sampling:
 
 
 @dataclass(frozen=True, slots=True)
+class ContextManagement:
+    """Server-side context management for a call (an agent's `compaction: provider`; Anthropic's
+    context editing and compaction): past `clear_at` input tokens the oldest tool results are
+    cleared (the last `keep_tool_uses` kept, and only when at least `clear_at_least` tokens go); past
+    `compact_at` the provider summarizes the context into a compaction block, which later calls send
+    back in place of what it covers."""
+
+    clear_at: int
+    compact_at: int
+    keep_tool_uses: int = 3
+    clear_at_least: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class LLMRequest:
     model: str
     messages: list[dict[str, Any]]
@@ -40,6 +54,8 @@ class LLMRequest:
     # plain call, which costs far less to parse than a stream of events.
     incremental: bool = True
     sampling: Sampling = field(default_factory=Sampling)
+    # The provider manages the context (None: we do, app/turns/compaction.py).
+    context: ContextManagement | None = None
 
 
 def text_of(blocks: list[Block], partial: str = "") -> str:

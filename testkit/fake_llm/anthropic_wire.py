@@ -14,6 +14,7 @@ from testkit.fake_llm.content import (
     _split_json,
     _split_pieces,
 )
+from testkit.fake_llm.context_management import Managed
 from testkit.fake_llm.directives import Directives
 from testkit.fake_llm.responses import Abort, Pause, Step, _cut_after_deltas, _sse
 
@@ -82,8 +83,9 @@ def _anthropic_blocks(answer: Answer) -> list[JSONDict]:
     return blocks
 
 
-def anthropic_message(answer: Answer, model: str, usage: JSONDict) -> JSONDict:
-    return {
+def anthropic_message(answer: Answer, model: str, usage: JSONDict, managed: Managed | None = None) -> JSONDict:
+    """The JSON message; `managed`: what context management did (a compaction block first, applied_edits)."""
+    message = {
         "id": _new_id("msg_fake_"),
         "type": "message",
         "role": "assistant",
@@ -93,23 +95,40 @@ def anthropic_message(answer: Answer, model: str, usage: JSONDict) -> JSONDict:
         "stop_sequence": None,
         "usage": {**usage, "output_tokens": answer.output_tokens},
     }
+    if managed is not None:
+        if managed.compaction is not None:
+            message["content"] = [dict(managed.compaction), *message["content"]]
+        if (context := managed.context_management()) is not None:
+            message["context_management"] = context
+    return message
 
 
-def anthropic_stream(answer: Answer, model: str, usage: JSONDict, directives: Directives) -> list[Step]:
-    """The SSE event sequence of the real API for ``answer``, with directive effects applied."""
+def anthropic_stream(
+    answer: Answer, model: str, usage: JSONDict, directives: Directives, managed: Managed | None = None
+) -> list[Step]:
+    """The SSE event sequence of the real API for ``answer``, with directive effects applied. A
+    compaction block streams first: its start, one ``compaction_delta`` with the whole summary, its
+    stop; ``applied_edits`` and the usage iterations come in the ``message_delta``."""
     start = anthropic_message(answer, model, usage)
-    start.update(content=[], stop_reason=None, usage={**usage, "output_tokens": 1})
+    start.update(
+        content=[], stop_reason=None, usage={k: v for k, v in usage.items() if k != "iterations"} | {"output_tokens": 1}
+    )
     steps: list[Step] = [_sse("message_start", {"type": "message_start", "message": start})]
     if directives.hang:
         return [*steps, Pause(math.inf)]
 
     delta_positions: list[int] = []
     blocks = _anthropic_blocks(answer)
+    if managed is not None and managed.compaction is not None:
+        blocks = [managed.compaction, *blocks]
     if not blocks:
         steps.append(_sse("ping", {"type": "ping"}))
     for index, block in enumerate(blocks):
-        if block["type"] == "text":
-            opening: JSONDict = {"type": "text", "text": ""}
+        if block["type"] == "compaction":
+            opening: JSONDict = {"type": "compaction", "content": None}
+            deltas = [{"type": "compaction_delta", **{k: v for k, v in block.items() if k != "type"}}]
+        elif block["type"] == "text":
+            opening = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in _split_pieces(block["text"])]
         else:
             # Tool input arrives as JSON fragments; the start event carries an empty input.
@@ -123,19 +142,21 @@ def anthropic_stream(answer: Answer, model: str, usage: JSONDict, directives: Di
         for delta in deltas:
             if directives.slow:
                 steps.append(Pause(directives.slow))
-            delta_positions.append(len(steps))
+            if block["type"] != "compaction":
+                delta_positions.append(len(steps))
             steps.append(_sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
         steps.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
-    steps.append(
-        _sse(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": answer.stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": answer.output_tokens},
-            },
-        )
-    )
+    final: JSONDict = {
+        "type": "message_delta",
+        "delta": {"stop_reason": answer.stop_reason, "stop_sequence": None},
+        "usage": {"output_tokens": answer.output_tokens},
+    }
+    if managed is not None:
+        if "iterations" in usage:
+            final["usage"]["iterations"] = usage["iterations"]
+        if (context := managed.context_management()) is not None:
+            final["context_management"] = context
+    steps.append(_sse("message_delta", final))
     steps.append(_sse("message_stop", {"type": "message_stop"}))
 
     if directives.midstream_error:

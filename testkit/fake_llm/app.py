@@ -19,6 +19,7 @@ from testkit.fake_llm.anthropic_wire import (
     anthropic_stream,
 )
 from testkit.fake_llm.content import JSONDict, _last_user_text, _new_id
+from testkit.fake_llm.context_management import manage
 from testkit.fake_llm.directives import DirectiveError, Directives, parse_directives
 from testkit.fake_llm.openai_wire import (
     _openai_error_body,
@@ -126,6 +127,7 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
         try:
             validate_anthropic(body)
             check_file_sources(body, request.headers.get("anthropic-beta", ""), files)
+            managed = manage(body, request.headers.get("anthropic-beta", ""), fake.compactions)
             user_text = _last_user_text(body["messages"])
             directives, clean_text = parse_directives(user_text)
         except (InvalidRequest, DirectiveError) as exc:
@@ -142,12 +144,16 @@ def create_app(state: FakeLLMState | None = None, *, require_openai_key: bool = 
             return json_reply(none, anthropic_message(answer, body["model"], _anthropic_usage(body)))
         if failure := scripted_failure("anthropic", directives, user_text, stream):
             return failure
-        results, rounds = _anthropic_tool_results(body["messages"])
+        # The model reads the context as its management left it (from the latest compaction block on).
+        results, rounds = _anthropic_tool_results(managed.messages)
         answer = plan_answer(directives, clean_text, results, rounds, "toolu_fake")
-        usage = _anthropic_usage(body)
+        if managed.pause and managed.compaction is not None:  # pause_after_compaction: the block alone
+            answer = Answer("", [], "compaction")
+        usage = _anthropic_usage({**body, "messages": managed.messages})
+        usage = managed.usage(usage, body.get("system"), answer.output_tokens)
         if stream:
-            return sse_reply(directives, anthropic_stream(answer, body["model"], usage, directives))
-        return json_reply(directives, anthropic_message(answer, body["model"], usage))
+            return sse_reply(directives, anthropic_stream(answer, body["model"], usage, directives, managed))
+        return json_reply(directives, anthropic_message(answer, body["model"], usage, managed))
 
     async def chat_completions(request: Request) -> PlannedResponse:
         body = await read_body(request)

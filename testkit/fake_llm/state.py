@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from testkit.fake_llm.content import JSONDict
+from testkit.fake_llm.context_management import Compactions
 
 MAX_RECORDED_REQUESTS = 1000
 
@@ -27,6 +28,8 @@ class FakeLLMState:
     rejections: list[str] = field(default_factory=list)
     # How often each exact last-user text was seen, for [[fail_first]].
     fail_counts: dict[str, int] = field(default_factory=dict)
+    # The compaction blocks this fake returned (context management), to check them when sent back.
+    compactions: Compactions = field(default_factory=Compactions)
     # Set when the server shuts down, so hanging/slow responses give up promptly.
     stopping: threading.Event = field(default_factory=threading.Event)
     # The server runs on its own thread; tests read and reset from theirs.
@@ -84,3 +87,4 @@ class FakeLLMState:
             self.traceparents.clear()
             self.rejections.clear()
             self.fail_counts.clear()
+            self.compactions.clear()

@@ -40,7 +40,9 @@ def validate_anthropic(body: JSONDict) -> None:
         raise InvalidRequest("messages: at least one message is required")
     for i, message in enumerate(messages):
         _validate_message(i, message, is_final=i == len(messages) - 1)
-    if messages[0]["role"] != "user":
+    first = _blocks(messages[0]["content"])
+    # A history may start at a compaction block sent back (context management): the API reads from there.
+    if messages[0]["role"] != "user" and not (first and first[0].get("type") == "compaction"):
         raise InvalidRequest('messages: first message must use the "user" role')
     for i in range(1, len(messages)):
         if messages[i]["role"] == messages[i - 1]["role"]:
