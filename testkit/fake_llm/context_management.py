@@ -8,9 +8,10 @@ What the fake does, after the real API's documentation:
   ``compact-2026-01-12``), their fields and a compaction trigger of at least 50,000 input tokens.
 - A ``compaction`` block sent back (in an assistant message, with the compaction beta) drops
   everything before it. It must come back as it was returned: its ``encrypted_content`` is the
-  fake's own seal of its ``content``. A request that sends again the messages an earlier answer
-  compacted, without that answer's block, is refused (the real API would silently compact and bill
-  again; the fake makes the service's mistake visible).
+  fake's own seal of its ``content`` (checked without memory, so a ``reset`` keeps it valid). A
+  request that sends again the messages an earlier answer compacted, without that answer's block,
+  is refused (the real API would silently compact and bill again; the fake makes the service's
+  mistake visible).
 - Tool results are cleared, oldest first, past the trigger (all but the last ``keep`` tool uses, not
   ``exclude_tools``, only when at least ``clear_at_least`` tokens go): ``applied_edits`` says so.
 - Past the compaction trigger the answer opens with a ``compaction`` block whose summary keeps every
@@ -49,13 +50,11 @@ _FACT = re.compile(r"FACT:[^\n]*")
 
 @dataclass
 class Compactions:
-    """What the fake compacted: each block's seal -> its summary; the first message each folded."""
+    """What the fake compacted: the first message each compaction folded."""
 
-    sealed: dict[str, str] = field(default_factory=dict)
     folded: set[str] = field(default_factory=set)
 
     def clear(self) -> None:
-        self.sealed.clear()
         self.folded.clear()
 
 
@@ -169,7 +168,7 @@ def _check_compaction_blocks(messages: list[JSONDict], beta: str, known: Compact
             content = block.get("content")
             if content is not None and (not isinstance(content, str) or not content):
                 raise InvalidRequest(f"{where}.content: a non-empty string or null")
-            if content is not None and known.sealed.get(str(block.get("encrypted_content"))) != content:
+            if content is not None and block.get("encrypted_content") != _seal(content):
                 raise InvalidRequest(f"{where}: the compaction block must be sent back exactly as it was returned")
             latest = (i, j)
     return latest
@@ -249,7 +248,6 @@ def _compact(managed: Managed, known: Compactions, tokens: int, pause: bool) -> 
     facts = list(dict.fromkeys(match.group(0).strip() for match in _FACT.finditer(text)))
     content = "\n".join([f"Summary of the conversation so far ({len(managed.messages)} messages).", *facts])
     seal = _seal(content)
-    known.sealed[seal] = content
     known.folded.add(_fingerprint(managed.messages[0]))
     managed.compaction = {"type": "compaction", "content": content, "encrypted_content": seal}
     managed.compaction_usage = {
