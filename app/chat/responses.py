@@ -22,6 +22,7 @@ from app.conversations.schemas import PendingApprovalOut
 from app.core.asgi import send_body, start_sse
 from app.core.errors import AppError, envelope
 from app.llm.base import TextDelta, ToolCall
+from app.llm.summary import compaction_news
 from app.runs.events import RunEvent
 from app.runs.manager import Run
 from app.turns.answer import TurnJSONResponse
@@ -94,6 +95,8 @@ class ChatEvents:
                 "approval_required", {"tool_use_id": event.tool_use_id, "name": event.name, "input": event.input}
             )
         elif isinstance(event, TurnEnded):
+            if (news := compaction_news(turn.transcript.blocks)) is not None:  # the provider compacted (#27)
+                run.publish("context", news)
             usage = usage_out(event.usage).model_dump()
             data = {"message_id": str(turn.started.message_id), "stop_reason": event.stop_reason, "usage": usage}
             run.publish("end", data)
