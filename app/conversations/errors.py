@@ -11,3 +11,7 @@ class ConversationNotFound(NotFound):
 
 class ConversationBusy(Conflict):
     type, default_message = "conversation_busy", "A turn is already running in this conversation."
+
+
+class MessageNotFound(NotFound):
+    default_message = "Message not found in this conversation."

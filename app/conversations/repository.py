@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.pagination import Keyset, PageParams, Slice
+from app.llm.summary import SUMMARY_ROLE
 from app.models import Conversation, Message
 
 _RECENT = Keyset(Conversation.updated_at, Conversation.id)
@@ -54,3 +55,29 @@ class MessageRepository:
             .order_by(Message.id)
         )
         return (await self.session.execute(stmt)).scalars().all()
+
+
+async def delete_messages(conn: AsyncConnection, conversation_id: uuid.UUID, ids: Sequence[uuid.UUID]) -> None:
+    """Some messages of a conversation deleted (an item or a response taken out): what followed them
+    goes below their nearest remaining ancestor, so no branch loses the messages before them."""
+    gone = set(ids)
+    in_conversation = Message.conversation_id == conversation_id
+    parents = dict((await conn.execute(select(Message.id, Message.parent_id).where(in_conversation))).tuples().all())
+    for child, parent in parents.items():
+        if child in gone or parent not in gone:
+            continue
+        while parent in gone:
+            parent = parents.get(parent)
+        await conn.execute(update(Message).where(Message.id == child, in_conversation).values(parent_id=parent))
+    await conn.execute(delete(Message).where(Message.id.in_(list(gone)), in_conversation))
+
+
+async def latest_message(conn: AsyncConnection, conversation_id: uuid.UUID) -> uuid.UUID | None:
+    """The conversation's latest message, compaction rows aside: the leaf of its current branch."""
+    query = (
+        select(Message.id)
+        .where(Message.conversation_id == conversation_id, Message.role != SUMMARY_ROLE)
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    return (await conn.execute(query)).scalar_one_or_none()

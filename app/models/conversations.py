@@ -1,4 +1,5 @@
-"""Conversations and their messages: one `user` and one `assistant` message per turn."""
+"""Conversations and their messages: one `user` and one `assistant` message per turn, each below
+the message it follows (`parent_id`), so edits and regenerated answers are branches of one tree."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, text
+from sqlalchemy import ForeignKey, Index, String, Text, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, Timestamps, UUIDPrimaryKey
@@ -60,7 +61,8 @@ class Conversation(UUIDPrimaryKey, Timestamps, Base):
 
 
 class Message(UUIDPrimaryKey, Timestamps, Base):
-    """One user or assistant item of a turn. Ids are UUIDv7, so ordering by id is creation order."""
+    """One user or assistant item of a turn. Ids are UUIDv7, so ordering by id is creation order
+    (a message's ancestors always sort before it)."""
 
     __tablename__ = "messages"
     __table_args__ = (
@@ -89,6 +91,10 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     )
 
     conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    # The message this one follows in its branch (None: a conversation's first); a compaction row's
+    # is the message it was computed at (app/conversations/branches.py). No foreign key: phase 1's
+    # statement checks a parent it is given, and a key's trigger would cost every INSERT a lookup.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
     role: Mapped[str] = mapped_column(String(16))
     # Anthropic-style content blocks: [{"type": "text", "text": ...}, {"type": "tool_use", ...}, ...]
     content: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)

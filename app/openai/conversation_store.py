@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.conversations.branches import branch, latest_leaf
+from app.conversations.repository import delete_messages, latest_message
 from app.core.ids import uuid7
 from app.core.text import clean
 from app.models import Conversation, Message
@@ -46,10 +48,13 @@ async def _insert_rows(conn: AsyncConnection, conversation_id: uuid.UUID, rows: 
         return []
     now = utcnow()
     stored = [StoredRow(uuid7(), role, clean(blocks), MessageStatus.COMPLETE) for role, blocks in rows]
+    # Below the conversation's latest message, one after the other: they continue its current branch.
+    parents = [await latest_message(conn, conversation_id), *(row.id for row in stored[:-1])]
     values = [
         {
             "id": row.id,
             "conversation_id": conversation_id,
+            "parent_id": parent,
             "role": row.role,
             "content": row.content,
             "status": row.status,
@@ -62,7 +67,7 @@ async def _insert_rows(conn: AsyncConnection, conversation_id: uuid.UUID, rows: 
             "created_at": now,
             "updated_at": now,
         }
-        for row in stored
+        for row, parent in zip(stored, parents, strict=True)
     ]
     await conn.execute(insert(Message), values)
     return stored
@@ -114,13 +119,15 @@ async def delete_conversation(conn: AsyncConnection, conversation_id: uuid.UUID,
 
 
 async def list_rows(conn: AsyncConnection, conversation_id: uuid.UUID, *, owner_id: uuid.UUID) -> list[StoredRow]:
+    """The conversation's current branch (its latest message's, app/conversations/branches.py)."""
     query = (
-        select(Message.id, Message.role, Message.content, Message.status)
+        select(Message.id, Message.parent_id, Message.role, Message.content, Message.status)
         .join(Conversation, Conversation.id == Message.conversation_id)
         .where(Message.conversation_id == conversation_id, Conversation.owner_id == owner_id)
         .order_by(Message.id)
     )
-    return [StoredRow(r.id, r.role, r.content or [], r.status) for r in await conn.execute(query)]
+    rows = (await conn.execute(query)).all()
+    return [StoredRow(r.id, r.role, r.content or [], r.status) for r in branch(rows, latest_leaf(rows))]
 
 
 async def add_rows(
@@ -141,4 +148,4 @@ async def set_row_content(conn: AsyncConnection, row: StoredRow, conversation_id
     if row.content:
         await conn.execute(update(Message).where(*owned).values(content=row.content, updated_at=utcnow()))
     else:
-        await conn.execute(delete(Message).where(*owned))
+        await delete_messages(conn, conversation_id, [row.id])

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Row, Text, Uuid, bindparam, cast, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.conversations.repository import delete_messages
 from app.llm.base import Block, Usage
 from app.models import Conversation, Message
 from app.models.conversations import MessageStatus
@@ -114,7 +115,7 @@ async def referenced_rows(
 async def delete_turn(conn: AsyncConnection, answer: StoredAnswer) -> None:
     """The answer and its input go; so does the conversation if nothing else is left in it."""
     ids = [answer.id, *(row.id for row in await get_input(conn, answer))]
-    await conn.execute(delete(Message).where(Message.id.in_(ids), Message.conversation_id == answer.conversation_id))
+    await delete_messages(conn, answer.conversation_id, ids)
     left = select(func.count()).select_from(Message).where(Message.conversation_id == answer.conversation_id)
     if not (await conn.execute(left)).scalar_one():
         await conn.execute(delete(Conversation).where(Conversation.id == answer.conversation_id))

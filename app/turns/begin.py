@@ -18,14 +18,15 @@ import structlog
 from app.agent.history import build_history
 from app.agents.catalog import AgentCatalog, ServedAgent
 from app.agents.errors import AgentMismatch, AgentNotFound, AgentUnavailable
-from app.conversations.errors import ConversationNotFound
+from app.conversations.errors import ConversationNotFound, MessageNotFound
 from app.core.config import Settings
 from app.core.db import Transactions
 from app.core.errors import AppError
 from app.llm.base import Block, LLMRequest, Sampling
-from app.turns.compaction import Folded, history_budget, trimmed
+from app.turns.compaction import Folded, history_budget, provider_context, trimmed
 from app.turns.store import (
     AgentFilter,
+    Continues,
     NewConversation,
     NotOpened,
     OpenedTurn,
@@ -99,8 +100,11 @@ class TurnOptions:
     # The caller's own history before this turn (it owns the context), as conversation rows (role,
     # blocks); None: the conversation's. A turn that opens a conversation stores it ahead of its message.
     history: list[tuple[str, list[Block]]] | None = None
-    # Continue the conversation of this answer, reading its history only up to it (OpenAI's previous_response_id).
+    # Continue below this answer of the conversation: a branch from it, whose history ends with it
+    # (an edit; OpenAI's previous_response_id); ROOT: a new first message. None: below the latest.
     after: uuid.UUID | None = None
+    # Answer this answer's user message again, beside it (regenerate): no new user message.
+    regenerate: uuid.UUID | None = None
     # Continue the conversation whose answer has this history key, if this owner has one (else a new one).
     extends_key: str | None = None
     # True: the request's `system` applies to this turn only, instead of the conversation's.
@@ -171,13 +175,15 @@ async def begin_turn(
                 opening,
                 conversation_id=conversation_id,
                 agents=agents.filter(),
-                until=options.after,
+                continues=Continues(options.after, options.regenerate),
                 read_history=options.history is None,
                 dequeue=options.dequeue,
             )
         if isinstance(found, NotOpened):
             raise _why_not_opened(agents, found)
         opened = found
+        if opened.content is not None:  # a regenerated answer: its user message, as stored
+            content = opened.content
         for message_id, denied_content in opened.superseded:
             # This message supersedes a pause: its pending calls are recorded denied, as the model sees them.
             async with transactions() as tx:
@@ -199,6 +205,7 @@ async def begin_turn(
         tool_choice=options.tool_choice,
         incremental=incremental,
         sampling=options.sampling,
+        context=provider_context(agent, settings),  # `compaction: provider`: the provider manages the context
     )
     log.debug(
         "chat.turn.started",
@@ -214,6 +221,8 @@ async def begin_turn(
 def _why_not_opened(agents: AgentChoice, refused: NotOpened) -> AppError:
     """Phase 1 stored nothing: the conversation is not this owner's, or its agent is not this turn's."""
     bound = refused.bound
+    if refused.message:
+        return MessageNotFound()
     if bound is None:
         return ConversationNotFound()
     if bound not in agents.catalog:

@@ -10,20 +10,22 @@ field names are the columns they write; tests/turns pins those names to the mode
 
 from __future__ import annotations
 
+import functools
 import json
-import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from sqlalchemy import Uuid, bindparam, delete, func, insert, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.agent.loop import denied
+from app.conversations.branches import ROOT, branch, latest_leaf
 from app.conversations.errors import ConversationBusy
+from app.conversations.repository import latest_message
 from app.core.db import Driver, Tx
 from app.core.ids import uuid7
 from app.core.text import clean, clean_text
@@ -45,9 +47,11 @@ class OpenedTurn:
     system: str | None
     earlier: list[tuple[str, Any]]
     agent: str  # the agent the conversation is bound to
-    # Answers of the history that were paused for approval, their pending calls now denied (this new
-    # message supersedes them): (id, content with the denials), to be recorded so.
+    # Answers of the conversation that were paused for approval, their pending calls now denied (this
+    # new message supersedes them): (id, content with the denials), to be recorded so.
     superseded: list[tuple[uuid.UUID, list[Block]]] = field(default_factory=list)
+    # A regenerated answer's user message (its blocks), which phase 1 read rather than stored.
+    content: list[Block] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +77,20 @@ class NewMessages:
     model: str | None
     attributes: str | None  # as JSON
     now: datetime
-    earlier: str | None = None  # the client's history as rows, [{"id", "role", "content"}], as JSON
+    # The client's history as rows, [{"id", "parent_id", "role", "content"}] (one branch), as JSON,
+    # and the last of them: the user's message goes below it.
+    earlier: str | None = None
+    user_parent: uuid.UUID | None = None
 
     @classmethod
     def of(cls, opening: Opening) -> NewMessages:
         # UUIDv7, taken in this order: the user's message sorts before the assistant's. Requests are
         # validated (422); cleaning here keeps any other caller from a 500 in Postgres.
         attributes = opening.attributes
-        earlier = [{"id": str(uuid7()), "role": role, "content": blocks} for role, blocks in opening.earlier]
+        earlier: list[dict[str, Any]] = []
+        for role, blocks in opening.earlier:
+            parent = earlier[-1]["id"] if earlier else None
+            earlier.append({"id": str(uuid7()), "parent_id": parent, "role": role, "content": blocks})
         return cls(
             user_id=uuid7(),
             assistant_id=uuid7(),
@@ -89,6 +99,7 @@ class NewMessages:
             attributes=json.dumps(clean(attributes), ensure_ascii=False) if attributes is not None else None,
             now=utcnow(),
             earlier=json.dumps(clean(earlier), ensure_ascii=False) if earlier else None,
+            user_parent=uuid.UUID(earlier[-1]["id"]) if earlier else None,
         )
 
 
@@ -126,9 +137,32 @@ def new_conversation(
 @dataclass(frozen=True, slots=True)
 class NotOpened:
     """Phase 1 stored nothing: no such conversation of this owner (`bound` None), or one bound to
-    the agent `bound`, outside the turn's `AgentFilter`."""
+    the agent `bound`, outside the turn's `AgentFilter`; or (`message`) the answer it was to continue
+    from or regenerate is not in it."""
 
     bound: str | None
+    message: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Continues:
+    """Where in a conversation a turn goes: below its latest message (the default); below the answer
+    `parent` (an edit, or OpenAI's older previous_response_id; ROOT: a new first message); or as a
+    new answer to the user message of the answer `regenerate`, beside it."""
+
+    parent: uuid.UUID | None = None
+    regenerate: uuid.UUID | None = None
+
+    @property
+    def mode(self) -> Literal["latest", "parent", "regenerate"]:
+        return "regenerate" if self.regenerate is not None else "parent" if self.parent is not None else "latest"
+
+    @property
+    def named(self) -> uuid.UUID | None:
+        return self.regenerate if self.regenerate is not None else self.parent
+
+
+LATEST = Continues()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,15 +219,17 @@ class TurnStore(Protocol):
         *,
         conversation_id: uuid.UUID,
         agents: AgentFilter,
-        until: uuid.UUID | None = None,
+        continues: Continues = LATEST,
         read_history: bool = True,
         dequeue: uuid.UUID | None = None,
     ) -> OpenedTurn | NotOpened:
-        """NotOpened when the conversation does not exist, is not this owner's or is bound to an agent
-        outside `agents`: nothing is stored then, and it says which.
+        """NotOpened when the conversation does not exist, is not this owner's, is bound to an agent
+        outside `agents`, or does not hold the answer `continues` names: nothing is stored then, and
+        it says which.
 
-        The history read is the conversation's, or only up to `until`, or none (`read_history=False`).
-        `dequeue`: the queued message this turn stores, removed from the queue with it (or not at all).
+        The history read is the branch the turn continues (app/conversations/branches.py), or none
+        (`read_history=False`). `dequeue`: the queued message this turn stores, removed from the
+        queue with it (or not at all).
         """
 
     async def record(
@@ -210,93 +246,130 @@ def turn_store(tx: Tx) -> TurnStore:
 
 # The columns the written-out statements name (tests/turns pins them to the models).
 MESSAGE_COLUMNS = (
-    "id", "conversation_id", "role", "content", "status", "model", "attributes", "input_tokens", "output_tokens",
-    "cache_read_tokens", "cache_creation_tokens", "created_at", "updated_at",
+    "id", "conversation_id", "parent_id", "role", "content", "status", "model", "attributes", "input_tokens",
+    "output_tokens", "cache_read_tokens", "cache_creation_tokens", "created_at", "updated_at",
 )  # fmt: skip
 CONVERSATION_COLUMNS = (
     "id", "owner_id", "title", "system", "agent", "created_at", "updated_at", "external_id", "end_user",
 )  # fmt: skip
 _JSONB = {"content", "error"}
+_ROOT = f"'{ROOT}'::uuid"
 
-# Phase 1's messages: VALUES joined to the conversation row, so nothing is inserted unless that row
-# exists (and, continuing, is owned). $1 conversation, $2 owner, $3 now, $4-$8 the messages.
-_MESSAGES_FROM_VALUES = f"""
+# Phase 1's statements, written with named parameters ({name}), numbered per variant by `_numbered`.
+# The messages: rows joined to the conversation row, so nothing is inserted unless that row exists
+# (and, continuing, is owned and the message it continues from is in it). The user's message goes
+# below {user_parent} (an SQL expression), the answer below the user's message.
+_TURN_ROWS = """VALUES
+        ({user_id}::uuid, {user_parent}, 'user', {content}::jsonb, 'complete', NULL::varchar, NULL::jsonb),
+        ({assistant_id}::uuid, {user_id}::uuid, 'assistant', '[]'::jsonb, 'in_progress', {model}::varchar,
+            {attributes}::jsonb)"""
+# A regenerated answer: no user message; the answer goes below the user message of the one it replaces.
+_REGENERATED_ROWS = """VALUES
+        ({assistant_id}::uuid, (SELECT p.parent_id FROM messages AS p WHERE p.id = {parent}::uuid), 'assistant',
+            '[]'::jsonb, 'in_progress', {model}::varchar, {attributes}::jsonb)"""
+# A client's own history ahead of the turn's rows (a new conversation), as a JSON array of rows.
+_EARLIER_ROWS = """
+        SELECT e.id, e.parent_id, e.role, e.content, 'complete', NULL::varchar, NULL::jsonb
+        FROM jsonb_to_recordset({earlier}::jsonb) AS e(id uuid, parent_id uuid, role varchar, content jsonb)
+        UNION ALL """
+_INSERT_MESSAGES = f"""
     INSERT INTO messages ({", ".join(MESSAGE_COLUMNS)})
-    SELECT m.id, conversation.id, m.role, m.content, m.status, m.model, m.attributes, 0, 0, 0, 0, $3, $3
-    FROM conversation CROSS JOIN (VALUES
-        ($4::uuid, 'user', $5::jsonb, 'complete', NULL::varchar, NULL::jsonb),
-        ($6::uuid, 'assistant', '[]'::jsonb, 'in_progress', $7::varchar, $8::jsonb)
-    ) AS m(id, role, content, status, model, attributes)
+    SELECT m.id, conversation.id, m.parent_id, m.role, m.content, m.status, m.model, m.attributes, 0, 0, 0, 0,
+        {{now}}, {{now}}
+    FROM conversation CROSS JOIN ({{rows}}) AS m(id, parent_id, role, content, status, model, attributes)
 """
 _OPEN_NEW = (
     f"""
     WITH conversation AS (
         INSERT INTO conversations ({", ".join(CONVERSATION_COLUMNS)})
-        VALUES ($1, $2, $9, $10, $11, $3, $3, $12, $13)
+        VALUES ({{conversation}}, {{owner}}, {{title}}, {{system}}, {{agent}}, {{now}}, {{now}}, {{external_id}},
+            {{end_user}})
         RETURNING id
     )"""
-    + _MESSAGES_FROM_VALUES
+    + _INSERT_MESSAGES
 )
 
+# Where a continued turn's message goes: below the conversation's latest message (the latest
+# leaf), or below the answer it names (ROOT: a new first message, an edit of the first one).
+_LATEST_LEAF = """(SELECT l.id FROM messages AS l
+            WHERE l.conversation_id = {conversation}::uuid AND l.role <> 'summary' ORDER BY l.id DESC LIMIT 1)"""
+_PARENT_IS_AN_ANSWER = f"""
+            AND ({{parent}}::uuid = {_ROOT} OR EXISTS (SELECT 1 FROM messages AS p
+                WHERE p.id = {{parent}}::uuid AND p.conversation_id = {{conversation}}::uuid
+                    AND p.role = 'assistant'))"""
+_REGENERATES_AN_ANSWER = """
+            AND EXISTS (SELECT 1 FROM messages AS p JOIN messages AS u ON u.id = p.parent_id
+                WHERE p.id = {parent}::uuid AND p.conversation_id = {conversation}::uuid AND p.role = 'assistant'
+                    AND u.conversation_id = p.conversation_id AND u.role = 'user')"""
+# A queued message's turn (app/turns/queue.py): its queue row goes in the statement that stores it,
+# only if the conversation was opened.
+_DEQUEUE = """, dequeued AS (
+        DELETE FROM queued_messages WHERE id = {dequeue}::uuid AND conversation_id IN (SELECT id FROM conversation)
+    )"""
 
-def _with_earlier(statement: str) -> str:
-    """Phase 1's INSERT with a client's history ahead of the turn's rows: one more parameter, a JSON
-    array of rows, still one statement."""
-    extra = max(int(n) for n in re.findall(r"\$(\d+)", statement)) + 1
-    head = "FROM conversation CROSS JOIN (VALUES"
-    assert head in statement
-    return statement.replace(
-        head,
-        "FROM conversation CROSS JOIN (\n"
-        "        SELECT e.id, e.role, e.content, 'complete', NULL::varchar, NULL::jsonb\n"
-        f"        FROM jsonb_to_recordset(${extra}::jsonb) AS e(id uuid, role varchar, content jsonb)\n"
-        "        UNION ALL VALUES",
-    )
+
+def _numbered(template: str, names: Sequence[str]) -> str:
+    """A statement with its named parameters numbered in the order asyncpg is given them."""
+    return template.format(**{name: f"${n}" for n, name in enumerate(names, start=1)})
 
 
-_OPEN_NEW_EARLIER = _with_earlier(_OPEN_NEW)
+_MESSAGE_PARAMS = ("conversation", "owner", "now", "user_id", "content", "assistant_id", "model", "attributes")
+_NEW_PARAMS = (*_MESSAGE_PARAMS, "title", "system", "agent", "external_id", "end_user")
 
 
-def _open_existing(history: str, dequeue: str = "") -> str:
-    # The final SELECT reads the snapshot from before the statement: the history without the new turn.
-    # $9 the agents the turn may continue with, $10 the default agent (a conversation bound to none).
-    return (
+def _open_new(earlier: bool) -> str:
+    rows = (_EARLIER_ROWS if earlier else "") + _TURN_ROWS
+    user_parent = "{user_parent}::uuid" if earlier else "NULL::uuid"
+    template = _OPEN_NEW.replace("{rows}", rows).replace("{user_parent}", user_parent)
+    return _numbered(template, (*_NEW_PARAMS, "user_parent", "earlier") if earlier else _NEW_PARAMS)
+
+
+_OPEN_NEW_PLAIN, _OPEN_NEW_EARLIER = _open_new(False), _open_new(True)
+
+
+@functools.cache
+def _open_existing(mode: Literal["latest", "parent", "regenerate"], history: bool, dequeue: bool) -> tuple[str, ...]:
+    """Phase 1 of a continued turn: (statement, its parameters' names). The final SELECT reads the
+    snapshot from before the statement: the conversation's rows without the new turn (none with
+    `history` False), and why nothing was stored when nothing was (the conversation's agent)."""
+    condition = {"latest": "", "parent": _PARENT_IS_AN_ANSWER, "regenerate": _REGENERATES_AN_ANSWER}[mode]
+    rows = _REGENERATED_ROWS if mode == "regenerate" else _TURN_ROWS
+    user_parent = _LATEST_LEAF if mode == "latest" else f"NULLIF({{parent}}::uuid, {_ROOT})"
+    template = (
         """
     WITH conversation AS (
-        UPDATE conversations SET updated_at = $3::timestamptz
-        WHERE id = $1 AND owner_id = $2 AND COALESCE(agent, $10::varchar) = ANY($9::varchar[])
-        RETURNING id, system, COALESCE(agent, $10::varchar) AS agent
+        UPDATE conversations SET updated_at = {now}::timestamptz
+        WHERE id = {conversation}::uuid AND owner_id = {owner}::uuid
+            AND COALESCE(agent, {default_agent}::varchar) = ANY({agents}::varchar[])"""
+        + condition
+        + """
+        RETURNING id, system, COALESCE(agent, {default_agent}::varchar) AS agent
     ), turn AS ("""
-        + _MESSAGES_FROM_VALUES
-        + """)"""
-        + dequeue
+        + _INSERT_MESSAGES.replace("{rows}", rows).replace("{user_parent}", user_parent)
+        + ")"
+        + (_DEQUEUE if dequeue else "")
         + """
     SELECT conversation.system, conversation.agent, m.role, m.content,
-        (SELECT COALESCE(c.agent, $10::varchar) FROM conversations AS c WHERE c.id = $1 AND c.owner_id = $2),
-        m.id, m.status
+        (SELECT COALESCE(c.agent, {default_agent}::varchar) FROM conversations AS c
+            WHERE c.id = {conversation}::uuid AND c.owner_id = {owner}::uuid),
+        m.id, m.status, m.parent_id
     FROM (SELECT 1) AS one
         LEFT JOIN conversation ON true
         LEFT JOIN messages AS m ON m.conversation_id = conversation.id"""
-        + history
+        + ("" if history else " AND false")
         + """
     ORDER BY m.id
     """
     )
+    names = [*_MESSAGE_PARAMS, "agents", "default_agent"]
+    if mode == "regenerate":  # no user message
+        names.remove("user_id")
+        names.remove("content")
+    names += ["parent"] if mode != "latest" else []
+    names += ["dequeue"] if dequeue else []
+    return _numbered(template, names), *names
 
 
-# The history read with the new turn: all of it; up to a given message (a caller continuing from
-# an earlier answer); none (a caller that sends its own history).
-_OPEN_EXISTING = _open_existing("")
-_OPEN_EXISTING_UNTIL = _open_existing(" AND m.id <= $11::uuid")
-_OPEN_EXISTING_BARE = _open_existing(" AND false")
-# A queued message's turn (app/turns/queue.py): its queue row goes in the statement that stores it,
-# only if the conversation was opened. Its id is the last parameter ($11; $12 after `until`).
-_DEQUEUE = """, dequeued AS (
-        DELETE FROM queued_messages WHERE id = ${n}::uuid AND conversation_id IN (SELECT id FROM conversation)
-    )"""
-_OPEN_EXISTING_DEQUEUE = _open_existing("", _DEQUEUE.format(n=11))
-_OPEN_EXISTING_UNTIL_DEQUEUE = _open_existing(" AND m.id <= $11::uuid", _DEQUEUE.format(n=12))
-_OPEN_EXISTING_BARE_DEQUEUE = _open_existing(" AND false", _DEQUEUE.format(n=11))
 OUTCOME_COLUMNS = tuple(f.name for f in fields(Outcome))
 _SET_OUTCOME = ", ".join(
     f"{name} = ${n}{'::jsonb' if name in _JSONB else ''}" for n, name in enumerate(OUTCOME_COLUMNS, start=1)
@@ -343,19 +416,38 @@ def with_denials(content: list[Block], reason: str) -> list[Block]:
     return [*content, *(denied(call["id"], reason) for call in pending_calls(content))]
 
 
-def _read_history(
-    rows: Iterable[tuple[uuid.UUID, str, Any, str]],
-) -> tuple[list[tuple[str, Any]], list[tuple[uuid.UUID, list[Block]]]]:
-    """(role, content) rows for the model; a paused answer among them is superseded by the new message.
-    A compaction among them folds what it covers into its summary (app/turns/compaction.py)."""
-    earlier: list[tuple[Any, str, Any]] = []
-    superseded: list[tuple[uuid.UUID, list[Block]]] = []
-    for message_id, role, content, status in rows:
-        if status == MessageStatus.AWAITING_APPROVAL:
-            content = with_denials(_blocks(content), SUPERSEDED)
-            superseded.append((message_id, content))
-        earlier.append((message_id, role, content))
-    return fold(earlier), superseded
+class HistoryRow(NamedTuple):
+    id: uuid.UUID
+    parent_id: uuid.UUID | None
+    role: str
+    content: Any
+    status: str
+
+
+def _read_history(rows: Sequence[HistoryRow], continues: Continues) -> tuple[
+    list[tuple[str, Any]], list[tuple[uuid.UUID, list[Block]]], list[Block] | None
+]:  # fmt: skip
+    """The conversation's rows → the branch the turn continues, as (role, content) rows for the model;
+    the answers paused for approval anywhere in it, superseded by the new message; a regenerated
+    answer's user message (the last of its branch, sent as the turn's message).
+    A compaction on the branch folds what it covers into its summary (app/turns/compaction.py)."""
+    superseded: dict[uuid.UUID, list[Block]] = {}
+    for row in rows:
+        if row.status == MessageStatus.AWAITING_APPROVAL:
+            superseded[row.id] = with_denials(_blocks(row.content), SUPERSEDED)
+    if continues.regenerate is not None:
+        leaf = next((row.parent_id for row in rows if row.id == continues.regenerate), None)
+    elif continues.parent is not None:
+        leaf = None if continues.parent == ROOT else continues.parent
+    else:
+        leaf = latest_leaf(rows)
+    path = branch(rows, leaf)
+    content: list[Block] | None = None
+    if continues.regenerate is not None and (user := next((r for r in path if r.id == leaf), None)) is not None:
+        path.remove(user)  # compaction rows may sort after it
+        content = _blocks(user.content)
+    earlier = [(row.id, row.role, superseded.get(row.id, row.content)) for row in path]
+    return fold(earlier), list(superseded.items()), content
 
 
 def _blocks(content: Any) -> list[Block]:
@@ -388,13 +480,14 @@ class PostgresTurns:
         return (conversation_id, owner_id, m.now, m.user_id, m.content, m.assistant_id, m.model, m.attributes)
 
     async def open_new(self, new: NewConversation) -> None:
-        args = self._messages(new.opened.conversation_id, new.opening.owner_id, new.messages)
+        m = new.messages
+        args = self._messages(new.opened.conversation_id, new.opening.owner_id, m)
+        args += (new.title, new.system, new.agent, new.external_id, new.end_user)
         try:
-            earlier = new.messages.earlier
-            statement, more = (_OPEN_NEW, ()) if earlier is None else (_OPEN_NEW_EARLIER, (earlier,))
-            await self.driver.execute(
-                statement, *args, new.title, new.system, new.agent, new.external_id, new.end_user, *more
-            )
+            if m.earlier is None:
+                await self.driver.execute(_OPEN_NEW_PLAIN, *args)
+            else:
+                await self.driver.execute(_OPEN_NEW_EARLIER, *args, m.user_parent, m.earlier)
         except _unique_violation() as exc:  # only a client's id can collide: another turn just opened it
             raise ConversationBusy() from exc
 
@@ -404,31 +497,27 @@ class PostgresTurns:
         *,
         conversation_id: uuid.UUID,
         agents: AgentFilter,
-        until: uuid.UUID | None = None,
+        continues: Continues = LATEST,
         read_history: bool = True,
         dequeue: uuid.UUID | None = None,
     ) -> OpenedTurn | NotOpened:
-        messages = NewMessages.of(opening)
-        args = (*self._messages(conversation_id, opening.owner_id, messages), agents.names, agents.default)
-        if dequeue is not None:
-            if not read_history:
-                rows = await self.driver.fetch(_OPEN_EXISTING_BARE_DEQUEUE, *args, dequeue)
-            elif until is not None:
-                rows = await self.driver.fetch(_OPEN_EXISTING_UNTIL_DEQUEUE, *args, until, dequeue)
-            else:
-                rows = await self.driver.fetch(_OPEN_EXISTING_DEQUEUE, *args, dequeue)
-        elif not read_history:
-            rows = await self.driver.fetch(_OPEN_EXISTING_BARE, *args)
-        elif until is not None:
-            rows = await self.driver.fetch(_OPEN_EXISTING_UNTIL, *args, until)
-        else:
-            rows = await self.driver.fetch(_OPEN_EXISTING, *args)
+        assert read_history or continues.regenerate is None, "a regenerated answer's user message is read"
+        m = NewMessages.of(opening)
+        statement, *names = _open_existing(continues.mode, read_history, dequeue is not None)
+        values = {
+            "conversation": conversation_id, "owner": opening.owner_id, "now": m.now, "user_id": m.user_id,
+            "content": m.content, "assistant_id": m.assistant_id, "model": m.model, "attributes": m.attributes,
+            "agents": agents.names, "default_agent": agents.default, "parent": continues.named, "dequeue": dequeue,
+        }  # fmt: skip
+        rows = await self.driver.fetch(statement, *(values[name] for name in names))
         first = rows[0]  # always one row at least: the conversation's, or the reason there is none
         if first[1] is None:
-            return NotOpened(first[4])
-        earlier, superseded = _read_history((row[5], row[2], row[3], row[6]) for row in rows if row[2] is not None)
-        opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, first[0], earlier, first[1])
-        return replace(opened, superseded=superseded)
+            bound = first[4]
+            return NotOpened(bound, message=continues.named is not None and bound in agents.names)
+        history = [HistoryRow(row[5], row[7], row[2], row[3], row[6]) for row in rows if row[2] is not None]
+        earlier, superseded, content = _read_history(history, continues)
+        opened = OpenedTurn(conversation_id, m.assistant_id, m.now, first[0], earlier, first[1])
+        return replace(opened, superseded=superseded, content=content)
 
     async def record(
         self, message_id: uuid.UUID, *, conversation_id: uuid.UUID, outcome: Outcome, spent: Spent | None = None
@@ -469,33 +558,56 @@ class SqliteTurns:
         *,
         conversation_id: uuid.UUID,
         agents: AgentFilter,
-        until: uuid.UUID | None = None,
+        continues: Continues = LATEST,
         read_history: bool = True,
         dequeue: uuid.UUID | None = None,
     ) -> OpenedTurn | NotOpened:
-        messages = NewMessages.of(opening)
+        assert read_history or continues.regenerate is None, "a regenerated answer's user message is read"
+        m = NewMessages.of(opening)
         owned = Conversation.id == conversation_id, Conversation.owner_id == opening.owner_id
         found = (await self.conn.execute(select(Conversation.system, Conversation.agent).where(*owned))).first()
         if found is None:
             return NotOpened(None)
-        if (found.agent or agents.default) not in agents.names:
-            return NotOpened(found.agent or agents.default)
-        history = select(Message.id, Message.role, Message.content, Message.status).where(
-            Message.conversation_id == conversation_id
+        agent = found.agent or agents.default
+        if agent not in agents.names:
+            return NotOpened(agent)
+        in_conversation = Message.conversation_id == conversation_id
+        asked: uuid.UUID | None = None  # a regenerated answer's user message
+        if (named := continues.named) is not None and named != ROOT:
+            answer = Message.id == named, in_conversation, Message.role == "assistant"
+            parent = (await self.conn.execute(select(Message.parent_id).where(*answer))).first()
+            if parent is None:
+                return NotOpened(agent, message=True)
+            if continues.regenerate is not None:
+                user = Message.id == parent.parent_id, in_conversation, Message.role == "user"
+                asked = (await self.conn.execute(select(Message.id).where(*user))).scalar_one_or_none()
+                if asked is None:
+                    return NotOpened(agent, message=True)
+        history = select(Message.id, Message.parent_id, Message.role, Message.content, Message.status)
+        rows = (
+            [HistoryRow(*row) for row in await self.conn.execute(history.where(in_conversation).order_by(Message.id))]
+            if read_history
+            else []
         )
-        if until is not None:
-            history = history.where(Message.id <= until)
-        rows = (await self.conn.execute(history.order_by(Message.id))).all() if read_history else []
-        earlier, superseded = _read_history(tuple(row) for row in rows)
-        await self.conn.execute(update(Conversation).where(*owned).values(updated_at=messages.now))
-        await self._insert_messages(conversation_id, messages)
+        earlier, superseded, content = _read_history(rows, continues)
+        if continues.mode == "latest":
+            leaf = latest_leaf(rows) if read_history else await latest_message(self.conn, conversation_id)
+            m = replace(m, user_parent=leaf)
+        elif continues.parent is not None:
+            m = replace(m, user_parent=None if continues.parent == ROOT else continues.parent)
+        await self.conn.execute(update(Conversation).where(*owned).values(updated_at=m.now))
+        if asked is not None:
+            await self._insert_messages(conversation_id, replace(m, user_id=asked), answer_only=True)
+        else:
+            await self._insert_messages(conversation_id, m)
         if dequeue is not None:  # in the same transaction as the messages
             await self.conn.execute(delete(QueuedMessage).where(QueuedMessage.id == dequeue))
-        agent = found.agent or agents.default
-        opened = OpenedTurn(conversation_id, messages.assistant_id, messages.now, found.system, earlier, agent)
-        return replace(opened, superseded=superseded)
+        opened = OpenedTurn(conversation_id, m.assistant_id, m.now, found.system, earlier, agent)
+        return replace(opened, superseded=superseded, content=content)
 
-    async def _insert_messages(self, conversation_id: uuid.UUID, m: NewMessages) -> None:
+    async def _insert_messages(self, conversation_id: uuid.UUID, m: NewMessages, *, answer_only: bool = False) -> None:
+        """The turn's rows (and a client's history ahead of them); `answer_only`: the answer alone,
+        below `m.user_id`, a user message already stored (a regenerated answer)."""
         common = {
             "conversation_id": conversation_id,
             "created_at": m.now,
@@ -506,14 +618,19 @@ class SqliteTurns:
             "cache_creation_tokens": 0,
         }
         user = {"id": m.user_id, "role": "user", "status": "complete", "model": None, "attributes": None}
-        user["content"] = json.loads(m.content)
-        assistant = {"id": m.assistant_id, "role": "assistant", "status": "in_progress"}
+        user |= {"content": json.loads(m.content), "parent_id": m.user_parent}
+        assistant = {"id": m.assistant_id, "parent_id": m.user_id, "role": "assistant", "status": "in_progress"}
         attributes = json.loads(m.attributes) if m.attributes is not None else None
         assistant |= {"content": [], "model": m.model, "attributes": attributes}
+        if answer_only:
+            await self.conn.execute(insert(Message), [common | assistant])
+            return
         earlier = [
             common | row | {"id": uuid.UUID(row["id"]), "status": "complete", "model": None, "attributes": None}
             for row in (json.loads(m.earlier) if m.earlier is not None else [])
         ]
+        for row in earlier:
+            row["parent_id"] = uuid.UUID(row["parent_id"]) if row["parent_id"] is not None else None
         await self.conn.execute(insert(Message), [*earlier, common | user, common | assistant])
 
     async def record(

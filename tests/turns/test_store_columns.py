@@ -32,6 +32,10 @@ def test_phase_1_inserts_every_required_message_column() -> None:
         if not column.nullable and column.default is None and column.server_default is None
     }
     assert required <= set(MESSAGE_COLUMNS)
-    for column in MESSAGE_COLUMNS:
-        assert column in store._OPEN_NEW
-        assert column in store._OPEN_EXISTING
+    variants = [store._open_existing(mode, history, dequeue)[0] for mode in ("latest", "parent", "regenerate")
+                for history in (True, False) for dequeue in (True, False)]  # fmt: skip
+    for statement in [store._OPEN_NEW_PLAIN, store._OPEN_NEW_EARLIER, *variants]:
+        for column in MESSAGE_COLUMNS:
+            assert column in statement
+        # Every named parameter was numbered.
+        assert "{" not in statement
