@@ -95,7 +95,9 @@ class ChatEvents:
                 "approval_required", {"tool_use_id": event.tool_use_id, "name": event.name, "input": event.input}
             )
         elif isinstance(event, TurnEnded):
-            if (news := compaction_news(turn.transcript.blocks)) is not None:  # the provider compacted (#27)
+            # The provider compacted this execution's context (#27; a continued pause: since it went on).
+            blocks = turn.transcript.blocks[turn.resume.at if turn.resume is not None else 0 :]
+            if (news := compaction_news(blocks)) is not None:
                 run.publish("context", news)
             usage = usage_out(event.usage).model_dump()
             data = {"message_id": str(turn.started.message_id), "stop_reason": event.stop_reason, "usage": usage}

@@ -126,8 +126,9 @@ class _Sent(NamedTuple):
 def outgoing(request: LLMRequest) -> tuple[list[dict[str, Any]], list[str]]:
     """The messages as the API takes them, and the betas the call opts in to. A Files API source
     needs its beta. A provider's compaction block goes back as it came (our figures taken off) when
-    the call manages its context; otherwise (the agent's compaction changed since) as its summary's
-    text, first in the history as ours is."""
+    the call manages its context, the messages from it on (the API drops what precedes it: a later
+    step of the turn that compacted need not send it again); otherwise (the agent's compaction
+    changed since) as its summary's text, first in the history as ours is."""
     betas = [CONTEXT_BETA, COMPACT_BETA] if request.context is not None else []
     files = compacted = False
     for message in request.messages:
@@ -144,8 +145,18 @@ def outgoing(request: LLMRequest) -> tuple[list[dict[str, Any]], list[str]]:
     if not compacted:
         return request.messages, betas
     if request.context is not None:
-        return [_figures_off(message) for message in request.messages], betas
+        return [_figures_off(message) for message in _from_compaction(request.messages)], betas
     return _as_summary_text(request.messages), betas
+
+
+def _from_compaction(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for index in range(len(messages) - 1, -1, -1):
+        content = messages[index].get("content")
+        blocks = content if isinstance(content, list) else []
+        at = next((j for j in range(len(blocks) - 1, -1, -1) if blocks[j].get("type") == COMPACTION), None)
+        if at is not None:
+            return [{**messages[index], "content": blocks[at:]}, *messages[index + 1 :]]
+    return messages
 
 
 def _figures_off(message: dict[str, Any]) -> dict[str, Any]:

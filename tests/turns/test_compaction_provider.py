@@ -135,6 +135,39 @@ async def test_a_long_conversation_is_compacted_by_the_provider(
     assert ours == []
 
 
+async def test_a_turn_that_calls_a_tool_after_the_compaction_sends_the_block_on(
+    provider_settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    async with running_app(provider_settings) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        conversation_id: str | None = None
+        events: list[dict[str, Any]] = []
+        for n in range(1, 4):
+            ask = '[[tool:calculator {"expression": "6*7"}]]' if n == 3 else "[[reply:ok]]"
+            body: dict[str, Any] = {"message": f"{FACT} {ask}\n" + " ".join(["a"] * WORDS), "stream": True}
+            if conversation_id is not None:
+                body["conversation_id"] = conversation_id
+            r = await client.post("/chat", json=body, headers=auth)
+            assert r.status_code == 200, r.text
+            events = sse_events(r.text)
+            conversation_id = events[0]["data"]["conversation_id"]
+        kinds = [e["event"] for e in events]
+        assert kinds[-2:] == ["context", "end"]
+        assert "tool_result" in kinds
+        first, second = llm_server.state.request_bodies()[-2:]
+        assert first["messages"][0]["role"] == "user"  # the call that compacted
+        # The turn's next step sends the history from the compaction block on, not what it folded.
+        assert second["messages"][0]["content"][0]["type"] == "compaction"
+        assert PROVIDER_FIGURES not in second["messages"][0]["content"][0]
+        assert "a a a" not in json.dumps(second["messages"])
+        assert "42" in "".join(e["data"]["text"] for e in events if e["event"] == "delta")  # the tool's result
+        assert llm_server.state.rejections == []
+        assert conversation_id is not None
+        answer = (await _rows(state, conversation_id))[-1]
+        assert [b["type"] for b in answer.content][:1] == ["compaction"]
+        assert "tool_result" in [b["type"] for b in answer.content]
+
+
 def test_provider_compaction_on_another_provider_stops_start_up(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
