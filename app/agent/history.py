@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.llm.base import Block
-from app.llm.summary import COMPACTION
+from app.llm.summary import COMPACTION, is_compaction
 
 Msg = dict[str, Any]
 
@@ -46,14 +46,14 @@ def _clean_blocks(blocks: Iterable[Block]) -> list[Block]:
 
 
 def _compacted(message: Msg) -> bool:
-    return message["role"] == "assistant" and bool(message["content"]) and message["content"][0]["type"] == COMPACTION
+    return message["role"] == "assistant" and bool(message["content"]) and is_compaction(message["content"][0])
 
 
 def _from_compaction(messages: list[Msg]) -> list[Msg]:
     """The messages from the latest compaction block on (all of them when there is none)."""
     for index in range(len(messages) - 1, -1, -1):
         content = messages[index]["content"]
-        at = next((j for j in range(len(content) - 1, -1, -1) if content[j]["type"] == COMPACTION), None)
+        at = next((j for j in range(len(content) - 1, -1, -1) if is_compaction(content[j])), None)
         if at is not None:
             return [{"role": messages[index]["role"], "content": content[at:]}, *messages[index + 1 :]]
     return messages

@@ -33,7 +33,7 @@ from app.llm.errors import (
     UpstreamTimeout,
     retry_after,
 )
-from app.llm.summary import COMPACTION, PROVIDER_FIGURES, is_summary_block, summary_text
+from app.llm.summary import COMPACTION, PROVIDER_FIGURES, is_compaction, is_summary_block, summary_text
 
 MESSAGES_PATH = "/v1/messages"
 FILES_BETA = "files-api-2025-04-14"
@@ -153,7 +153,7 @@ def _from_compaction(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for index in range(len(messages) - 1, -1, -1):
         content = messages[index].get("content")
         blocks = content if isinstance(content, list) else []
-        at = next((j for j in range(len(blocks) - 1, -1, -1) if blocks[j].get("type") == COMPACTION), None)
+        at = next((j for j in range(len(blocks) - 1, -1, -1) if is_compaction(blocks[j])), None)
         if at is not None:
             return [{**messages[index], "content": blocks[at:]}, *messages[index + 1 :]]
     return messages
@@ -179,9 +179,9 @@ def _as_summary_text(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(message)
             continue
         rest = [b for b in content if not (isinstance(b, dict) and b.get("type") == COMPACTION)]
-        text = str(summaries[-1].get("content") or "")
-        if not out and message.get("role") == "assistant":  # the history starts at the compaction
-            out.append({"role": "user", "content": [{"type": "text", "text": summary_text(text or "(none)")}]})
+        done = [b for b in summaries if is_compaction(b)]
+        if done and not out and message.get("role") == "assistant":  # the history starts at the compaction
+            out.append({"role": "user", "content": [{"type": "text", "text": summary_text(str(done[-1]["content"]))}]})
         out.append({**message, "content": rest or [{"type": "text", "text": "(compacted)"}]})
     return out
 
@@ -355,7 +355,7 @@ def _completed(
     compactions = [n for n, i in enumerate(iterations) if i.get("type") == "compaction"]
     for n in compactions:
         usage.add(_usage(iterations[n]))
-    block = next((b for b in reversed(content) if b.get("type") == COMPACTION), None)
+    block = next((b for b in reversed(content) if is_compaction(b)), None)
     if block is not None and sent is not None:
         edits = context.get("applied_edits") if isinstance(context, dict) else None
         edits = [e for e in edits or () if isinstance(e, dict)]

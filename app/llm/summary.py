@@ -40,9 +40,15 @@ def is_summary_block(block: Block) -> bool:
     return kind == COMPACTION or (kind == "text" and str(block.get("text", "")).startswith(SUMMARY_OPEN))
 
 
+def is_compaction(block: Block) -> bool:
+    """A provider's compaction block that took effect (the provider ignores one whose content is
+    null, a failed compaction: it may go back, but nothing is dropped before it)."""
+    return block.get("type") == COMPACTION and block.get("content") is not None
+
+
 def provider_compaction(blocks: list[Block]) -> Block | None:
-    """The latest compaction block of an answer's content: the provider's (ours are summary rows)."""
-    return next((b for b in reversed(blocks) if isinstance(b, dict) and b.get("type") == COMPACTION), None)
+    """The latest compaction of an answer's content: the provider's (ours are summary rows)."""
+    return next((b for b in reversed(blocks) if isinstance(b, dict) and is_compaction(b)), None)
 
 
 def compaction_news(blocks: list[Block]) -> dict[str, Any] | None:

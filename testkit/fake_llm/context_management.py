@@ -168,7 +168,9 @@ def _check_compaction_blocks(messages: list[JSONDict], beta: str, known: Compact
             content = block.get("content")
             if content is not None and (not isinstance(content, str) or not content):
                 raise InvalidRequest(f"{where}.content: a non-empty string or null")
-            if content is not None and block.get("encrypted_content") != _seal(content):
+            if content is None:
+                continue  # a failed compaction sent back: a no-op
+            if block.get("encrypted_content") != _seal(content):
                 raise InvalidRequest(f"{where}: the compaction block must be sent back exactly as it was returned")
             latest = (i, j)
     return latest

@@ -230,3 +230,15 @@ def test_without_context_management_a_compaction_goes_as_summary_text() -> None:
     assert managed_betas == BETAS
     assert managed_sent[0]["content"][0] == {"type": "compaction", "content": "S", "encrypted_content": "x"}
     assert PROVIDER_FIGURES in messages[0]["content"][0]  # the caller's messages are not changed
+
+
+def test_a_failed_compaction_goes_back_but_cuts_nothing() -> None:
+    """A compaction block with no content (the provider's summary failed) is a no-op it accepts back."""
+    failed = {"type": "compaction"}
+    rows = [("user", [{"type": "text", "text": "one"}]), ("assistant", [failed, {"type": "text", "text": "noted"}])]
+    history = build_history(rows, "two", budget=10_000)
+    assert [m["role"] for m in history] == ["user", "assistant", "user"]
+    assert history[1]["content"][0] == failed
+    assert compaction_news(rows[1][1]) is None  # nothing to show
+    sent, _ = outgoing(LLMRequest(model="m", messages=history, max_tokens=10))
+    assert [b["type"] for b in sent[1]["content"]] == ["text"]  # without context management: dropped
