@@ -9,9 +9,10 @@ What the fake does, after the real API's documentation:
 - A ``compaction`` block sent back (in an assistant message, with the compaction beta) drops
   everything before it. It must come back as it was returned: its ``encrypted_content`` is the
   fake's own seal of its ``content`` (checked without memory, so a ``reset`` keeps it valid). A
-  request that sends again the messages an earlier answer compacted, without that answer's block,
-  is refused (the real API would silently compact and bill again; the fake makes the service's
-  mistake visible).
+  request that sends again the messages an earlier answer compacted and goes on past them (that
+  answer, a later turn) without a compaction block is refused: the block was not sent back (the
+  real API would silently compact and bill again; the fake makes the service's mistake visible).
+  The same messages alone (a regenerated answer) or fewer (an earlier branch) are compacted afresh.
 - Tool results are cleared, oldest first, past the trigger (all but the last ``keep`` tool uses, not
   ``exclude_tools``, only when at least ``clear_at_least`` tokens go): ``applied_edits`` says so.
 - Past the compaction trigger the answer opens with a ``compaction`` block whose summary keeps every
@@ -50,9 +51,9 @@ _FACT = re.compile(r"FACT:[^\n]*")
 
 @dataclass
 class Compactions:
-    """What the fake compacted: the first message each compaction folded."""
+    """What the fake compacted: the messages each compaction folded, as (how many, their fingerprint)."""
 
-    folded: set[str] = field(default_factory=set)
+    folded: set[tuple[int, str]] = field(default_factory=set)
 
     def clear(self) -> None:
         self.folded.clear()
@@ -85,7 +86,7 @@ class Managed:
         return {**message, "iterations": [self.compaction_usage, {"type": "message", **iteration}]}
 
 
-def _fingerprint(message: JSONDict) -> str:
+def _fingerprint(messages: list[JSONDict]) -> str:
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if k != "cache_control"}
@@ -93,7 +94,7 @@ def _fingerprint(message: JSONDict) -> str:
             return [strip(v) for v in value]
         return value
 
-    raw = json.dumps([message.get("role"), strip(_blocks(message.get("content")))], sort_keys=True)
+    raw = json.dumps([[m.get("role"), strip(_blocks(m.get("content")))] for m in messages], sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -222,7 +223,7 @@ def manage(body: JSONDict, beta: str, known: Compactions) -> Managed:
         return Managed(messages)
     edits = _check_edits(raw, beta)
     compact = next((e for e in edits if e["type"] == COMPACT), None)
-    if compact is not None and latest is None and _fingerprint(messages[0]) in known.folded:
+    if compact is not None and _sends_folded(messages, known):
         raise InvalidRequest(
             "messages: these messages were compacted by an earlier response; send its compaction block "
             "back (the response's content, as returned) instead of compacting them again"
@@ -236,11 +237,16 @@ def manage(body: JSONDict, beta: str, known: Compactions) -> Managed:
         elif edit["type"] == COMPACT:
             trigger = (edit.get("trigger") or {}).get("value", COMPACT_DEFAULT_TRIGGER)
             if tokens >= trigger:
-                _compact(managed, known, tokens, bool(edit.get("pause_after_compaction")))
+                _compact(managed, known, messages, tokens, bool(edit.get("pause_after_compaction")))
     return managed
 
 
-def _compact(managed: Managed, known: Compactions, tokens: int, pause: bool) -> None:
+def _sends_folded(messages: list[JSONDict], known: Compactions) -> bool:
+    """The messages begin with all an earlier compaction folded, and go on past them."""
+    return any(n < len(messages) and _fingerprint(messages[:n]) == print_ for n, print_ in known.folded)
+
+
+def _compact(managed: Managed, known: Compactions, messages: list[JSONDict], tokens: int, pause: bool) -> None:
     text = "\n".join(
         str(b.get("text") or b.get("content") or "")
         for m in managed.messages
@@ -250,7 +256,7 @@ def _compact(managed: Managed, known: Compactions, tokens: int, pause: bool) -> 
     facts = list(dict.fromkeys(match.group(0).strip() for match in _FACT.finditer(text)))
     content = "\n".join([f"Summary of the conversation so far ({len(managed.messages)} messages).", *facts])
     seal = _seal(content)
-    known.folded.add(_fingerprint(managed.messages[0]))
+    known.folded.add((len(messages), _fingerprint(messages)))
     managed.compaction = {"type": "compaction", "content": content, "encrypted_content": seal}
     managed.compaction_usage = {
         "type": "compaction",

@@ -150,7 +150,7 @@ async def test_the_sdks_beta_types_read_the_fakes_compaction(llm_server: FakeLLM
     }
     async with anthropic.AsyncAnthropic(base_url=llm_server.url, api_key="k", max_retries=0) as sdk:
         message = await sdk.beta.messages.create(**params)
-        llm_server.reset()  # the fake's memory of its compactions: the same messages compact again
+        # The same messages again (as a regenerated answer sends them) are compacted afresh.
         async with sdk.beta.messages.stream(**params) as stream:
             streamed = await stream.get_final_message()
     for answer in (message, streamed):
