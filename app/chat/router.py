@@ -18,8 +18,8 @@ from app.agent.loop import Decision
 from app.agents.errors import AgentMismatch, AgentNotFound, AgentUnavailable
 from app.auth.deps import CurrentPrincipal
 from app.chat.responses import ChatEvents, ChatJSONResponse, ReplayResponse, chat_body, chat_response
-from app.chat.schemas import ApprovalsRequest, ChatRequest, ChatResponse
-from app.conversations.errors import ConversationNotFound
+from app.chat.schemas import ApprovalsRequest, ChatRequest, ChatResponse, RegenerateRequest
+from app.conversations.errors import ConversationNotFound, MessageNotFound
 from app.core.db import Transactions
 from app.core.errors import DatabaseUnavailable, InvalidRequest, RateLimited, Unauthorized, envelope, responses
 from app.files.attach import check_model, resolve_attachments
@@ -111,10 +111,16 @@ async def chat(
     if body.system is not None and body.conversation_id is not None:
         # Silently ignoring it would leave the caller believing the prompt changed.
         raise InvalidRequest("`system` can only be set when a conversation starts (omit `conversation_id`).")
+    if body.parent_message_id is not None and body.conversation_id is None:
+        raise InvalidRequest("`parent_message_id` names an answer of the conversation `conversation_id`.")
+    if body.parent_message_id is not None and body.multitask == "enqueue":
+        raise InvalidRequest("A queued message goes after the latest one: omit `parent_message_id`.")
     stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
-    options = TurnOptions()
+    options = TurnOptions(after=body.parent_message_id)
     if body.attachments:
-        options = TurnOptions(content=await attached(body, principal, turns, transactions))
+        options = TurnOptions(
+            after=body.parent_message_id, content=await attached(body, principal, turns, transactions)
+        )
     # Phase 1 (the user's message stored) in a short transaction from `transactions`.
     started = await turns.enqueue(
         TurnRequest(
@@ -165,6 +171,45 @@ async def decide(
             if idempotency_key is not None
             else None,
             allowed_agents=principal.agents,
+        ),
+        transactions,
+        respond=chat_response,
+    )
+    return await answer(turns, started, stream=stream, cancel_on_disconnect=body.on_disconnect == "cancel")
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages/{message_id}/regenerate",
+    response_model=ChatResponse,
+    responses={**responses(*TURN_ERRORS, MessageNotFound), **SSE},
+)
+async def regenerate(
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    request: Request,
+    principal: CurrentPrincipal,
+    turns: TurnServiceDep,
+    transactions: TransactionsDep,
+    body: RegenerateRequest | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """A new answer to the user message of this answer, answered as POST /chat answers; the old one
+    stays, as its sibling (GET /conversations/{id}/messages?leaf=<id> shows either)."""
+    body = body or RegenerateRequest()
+    stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    started = await turns.start(
+        TurnRequest(
+            owner_id=principal.owner_id,
+            message="",  # the user message is the stored one
+            conversation_id=conversation_id,
+            allowed_agents=principal.agents,
+            multitask=body.multitask,
+            incremental=stream,
+            idempotency_key=idempotency_key,
+            fingerprint={**body.model_dump(mode="json"), "regenerate": str(message_id), "stream": stream}
+            if idempotency_key is not None
+            else None,
+            options=TurnOptions(regenerate=message_id),
         ),
         transactions,
         respond=chat_response,

@@ -13,6 +13,12 @@ from app.core.text import invalid_characters
 class ChatRequest(BaseModel):
     message: str = Field(min_length=1, description="The user's turn.")
     conversation_id: uuid.UUID | None = Field(default=None, description="Omit to start a new conversation.")
+    parent_message_id: uuid.UUID | None = Field(
+        default=None,
+        description="Continue from this answer of the conversation instead of its latest message: a new branch "
+        "(to edit a message, name the answer before it; the nil UUID 00000000-0000-0000-0000-000000000000 "
+        "edits the first one). The model sees only the branch it continues.",
+    )
     stream: bool = Field(default=False, description="Answer as Server-Sent Events.")
     on_disconnect: Literal["cancel", "continue"] = Field(
         default="cancel",
@@ -54,6 +60,15 @@ class ChatRequest(BaseModel):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+
+class RegenerateRequest(BaseModel):
+    stream: bool = Field(default=False, description="Answer as Server-Sent Events, as POST /chat does.")
+    on_disconnect: Literal["cancel", "continue"] = "cancel"
+    multitask: Literal["reject", "interrupt"] = Field(
+        default="reject",
+        description="While another turn of the conversation runs: refuse (409) or interrupt it, as POST /chat.",
+    )
 
 
 class AssistantMessageOut(BaseModel):

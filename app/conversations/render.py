@@ -91,6 +91,7 @@ def render_message(message: Message) -> MessageOut:
         )
         return MessageOut(
             id=message.id,
+            parent_id=message.parent_id,
             role="summary",
             content=block.get("text") or "",
             status=message.status,
@@ -106,6 +107,7 @@ def render_message(message: Message) -> MessageOut:
         usage = usage_out(stored)
     return MessageOut(
         id=message.id,
+        parent_id=message.parent_id,
         role=message.role,
         content=text_of(blocks),
         status=message.status,

@@ -62,7 +62,8 @@ async def delete_messages(conn: AsyncConnection, conversation_id: uuid.UUID, ids
     goes below their nearest remaining ancestor, so no branch loses the messages before them."""
     gone = set(ids)
     in_conversation = Message.conversation_id == conversation_id
-    parents = dict((await conn.execute(select(Message.id, Message.parent_id).where(in_conversation))).tuples().all())
+    found = await conn.execute(select(Message.id, Message.parent_id).where(in_conversation))
+    parents: dict[uuid.UUID, uuid.UUID | None] = {row.id: row.parent_id for row in found}
     for child, parent in parents.items():
         if child in gone or parent not in gone:
             continue

@@ -8,13 +8,15 @@ from starlette.responses import Response
 
 from app.auth.deps import CurrentPrincipal
 from app.auth.errors import KEY_RESPONSES
-from app.conversations.errors import ConversationNotFound
+from app.conversations.branches import branch, latest_leaf, leaf_below, siblings
+from app.conversations.errors import ConversationNotFound, MessageNotFound
 from app.conversations.render import render_message
 from app.conversations.repository import ConversationRepository, MessageRepository
 from app.conversations.schemas import ConversationOut, ConversationPage, MessagePage
 from app.core.config import Settings
 from app.core.errors import InvalidRequest, responses
 from app.core.pagination import PageParamsDep
+from app.llm.summary import SUMMARY_ROLE
 from app.models import Conversation
 from app.state import SessionDep, SettingsDep
 
@@ -58,14 +60,40 @@ async def get_conversation(
     return conversation_out(row, settings)
 
 
-@router.get("/{conversation_id}/messages", responses=responses(ConversationNotFound))
-async def list_messages(conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> MessagePage:
-    """A conversation's history: one user and one assistant item per turn, in order; a `summary` item
-    where the conversation was compacted (the model reads it instead of the messages it covers)."""
+Leaf = Annotated[
+    uuid.UUID | None,
+    Query(
+        description="Show the branch through this message, down to its latest message (default: the branch "
+        "of the conversation's latest message)."
+    ),
+]
+
+
+@router.get("/{conversation_id}/messages", responses=responses(ConversationNotFound, MessageNotFound))
+async def list_messages(
+    conversation_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal, leaf: Leaf = None
+) -> MessagePage:
+    """One branch of a conversation's history: one user and one assistant item per turn, in order; a
+    `summary` item where the branch was compacted (the model reads it instead of the messages it
+    covers). Each item names its parent and its siblings (edits, regenerated answers)."""
     if await ConversationRepository(session).get_owned(conversation_id, owner_id=principal.owner_id) is None:
         raise ConversationNotFound()
     rows = await MessageRepository(session).list_for_owned(conversation_id, owner_id=principal.owner_id)
-    return MessagePage(items=[render_message(r) for r in rows])
+    if leaf is None:
+        shown = latest_leaf(rows)
+    elif any(row.id == leaf and row.role != SUMMARY_ROLE for row in rows):
+        shown = leaf_below(rows, leaf)
+    else:
+        raise MessageNotFound()
+    groups = siblings(rows)
+    items = []
+    for row in branch(rows, shown):
+        item = render_message(row)
+        if row.role != SUMMARY_ROLE:
+            group = groups[row.parent_id]
+            item.siblings, item.sibling_ids = len(group) - 1, group
+        items.append(item)
+    return MessagePage(items=items, leaf_id=shown)
 
 
 @router.delete(

@@ -63,6 +63,18 @@ class SummaryOut(BaseModel):
 
 class MessageOut(BaseModel):
     id: uuid.UUID
+    parent_id: uuid.UUID | None = Field(
+        default=None,
+        description="The message this one follows in its branch (null: the first); a summary's: the message "
+        "it was computed at.",
+    )
+    siblings: int = Field(
+        default=0, description="How many other messages follow the same parent (edits, regenerated answers)."
+    )
+    sibling_ids: list[uuid.UUID] = Field(
+        default_factory=list,
+        description="This message and its siblings, oldest first: show another branch with `?leaf=<id>`.",
+    )
     role: Literal["user", "assistant", "summary"]
     content: str
     status: str
@@ -79,4 +91,7 @@ class MessageOut(BaseModel):
 
 
 class MessagePage(BaseModel):
+    """One branch of the conversation, first message first."""
+
     items: list[MessageOut]
+    leaf_id: uuid.UUID | None = Field(default=None, description="The last message of the branch shown.")

@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from app.agent.history import split_assistant
 from app.agent.loop import Decision
 from app.agents.errors import AgentNotFound, AgentUnavailable
+from app.conversations.branches import branch
 from app.conversations.errors import ConversationNotFound
 from app.core.config import Settings
 from app.core.db import Database, Transactions, Tx
@@ -126,7 +127,8 @@ async def claim_paused(
         if conversation is None:
             raise ConversationNotFound()
         columns = (
-            Message.id, Message.role, Message.content, Message.status, Message.created_at, Message.updated_at,
+            Message.id, Message.parent_id, Message.role, Message.content, Message.status, Message.created_at,
+            Message.updated_at,
             Message.input_tokens, Message.output_tokens, Message.cache_read_tokens, Message.cache_creation_tokens,
             Message.attributes,
         )  # fmt: skip
@@ -175,8 +177,8 @@ async def claim_paused(
         if not (await tx.conn.execute(claim)).rowcount:
             raise NotPending("These tool calls were decided meanwhile.")
     earlier: list[dict[str, Any]] = []
-    # Folded by the latest compaction, as phase 1 reads a history (app/turns/compaction.py).
-    for role, blocks in fold([(row.id, row.role, row.content) for row in rows if row is not last]):
+    # Its branch, folded by the latest compaction on it, as phase 1 reads a history (app/turns/compaction.py).
+    for role, blocks in fold([(row.id, row.role, row.content) for row in branch(rows, last.id) if row is not last]):
         if role == "user":
             earlier.append({"role": "user", "content": list(blocks or [])})
         else:

@@ -21,6 +21,11 @@ call (one short read, the call, one INSERT). Context editing comes first; if tha
 oldest turns are summarized. If the summarizer fails, those turns are dropped instead (logged once,
 recorded as a `fallback` compaction). Its tokens count against the key's quota and are stored on the
 compaction row (its usage in the history API).
+
+An agent with `compaction: provider` (Anthropic only) has none of this: its calls ask the provider
+to edit and compact the context server-side (`provider_context`, triggers from the same budget), and
+the history starts at the provider's latest compaction block (app/agent/history.py); nothing is
+summarized here, and turns are dropped only when even that history does not fit.
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agent.history import build_history, estimate_tokens
+from app.conversations.branches import branch, latest_leaf
 from app.core.config import Settings
 from app.core.ids import uuid7
 from app.core.locks import LockManager, kept
-from app.llm.base import Block, Completed, LLMRequest, Usage, text_of
+from app.llm.base import Block, Completed, ContextManagement, LLMRequest, Usage, text_of
 from app.llm.summary import COMPACTION, SUMMARY_ROLE, compaction_of, summary_text
 from app.models import Conversation, Message, ModelUsage
 from app.models.base import utcnow
@@ -66,6 +72,7 @@ TARGET = 0.5  # a summary leaves the history at about this share of the threshol
 SUMMARY_MAX_TOKENS = 2048
 MESSAGE_CHARS = 6000  # of each message, in the transcript the summarizer reads
 RESULT_CHARS = 800  # of each tool result, there
+KEEP_TOOL_USES = 3  # `compaction: provider`: the last tool uses the provider never clears
 
 SUMMARY_PROMPT = """You are summarizing the earlier part of a conversation between a user and an AI assistant, \
 so that the assistant can continue it without the original messages. Write a compact summary that keeps:
@@ -106,12 +113,14 @@ def known_window(model: str) -> int:
 @dataclass(frozen=True, slots=True)
 class Budget:
     """An agent's limits, in estimated tokens: compact past `threshold`; past `fits` (the history's
-    share of the window, or HISTORY_TOKEN_BUDGET) the oldest turns are dropped before the call."""
+    share of the window, or HISTORY_TOKEN_BUDGET) the oldest turns are dropped before the call.
+    `enabled`: our compaction runs; `provider`: the provider's does instead."""
 
     window: int
     threshold: int
     fits: int
     enabled: bool
+    provider: bool = False
 
 
 def budget_of(agent: ServedAgent, settings: Settings, *, system: str | None = None, tools: Any = ()) -> Budget:
@@ -120,14 +129,26 @@ def budget_of(agent: ServedAgent, settings: Settings, *, system: str | None = No
     fixed = estimate_text(system or "") + (estimate_text(json.dumps(tools)) if tools else 0)
     fits = max(100, min(settings.history_token_budget, window - agent.max_tokens - fixed))
     threshold = int(config.compact_at * min(window, settings.history_token_budget + agent.max_tokens))
-    return Budget(window, threshold, fits, config.compaction == "auto")
+    return Budget(window, threshold, fits, config.compaction == "auto", config.compaction == "provider")
+
+
+def provider_context(agent: ServedAgent, settings: Settings) -> ContextManagement | None:
+    """What an agent with `compaction: provider` asks of the provider on each call (None: another
+    agent): as ours, editing first (old tool results cleared past EDIT_ENOUGH of the threshold,
+    when that frees a tenth of it at least, so a broken cache prefix is worth it), then a summary
+    past the threshold (at least the provider's minimum, app/llm/anthropic.py)."""
+    budget = budget_of(agent, settings)
+    if not budget.provider:
+        return None
+    threshold = budget.threshold
+    return ContextManagement(int(threshold * EDIT_ENOUGH), threshold, KEEP_TOOL_USES, threshold // 10)
 
 
 def history_budget(agent: ServedAgent, settings: Settings, system: str | None, tools: Any) -> int:
-    """How many (estimated) tokens of history a call may send: what fits when compaction is on, else
-    HISTORY_TOKEN_BUDGET as before."""
+    """How many (estimated) tokens of history a call may send: what fits when compaction is on (ours
+    or the provider's), else HISTORY_TOKEN_BUDGET as before."""
     budget = budget_of(agent, settings, system=system, tools=tools)
-    return budget.fits if budget.enabled else settings.history_token_budget
+    return budget.fits if budget.enabled or budget.provider else settings.history_token_budget
 
 
 def estimate_text(text: str) -> int:
@@ -319,6 +340,9 @@ class Job:
     system: str | None
     tools: tuple[dict[str, Any], ...] = ()
     reported: int = 0  # the conversation's size as the provider last reported it (0: unknown)
+    # The branch to compact (app/conversations/branches.py): the one through this turn's answer
+    # (None: the latest). The compaction row hangs below its last message.
+    leaf: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +414,7 @@ class Compactor:
         if max(size, reported) > budget.threshold:
             self.schedule(
                 Job(started.conversation_id, turn.context.owner_id, started.agent.name, request.system,
-                    tuple(request.tools), reported)
+                    tuple(request.tools), reported, leaf=started.message_id)
             )  # fmt: skip
 
     def schedule(self, job: Job) -> bool:
@@ -421,7 +445,10 @@ class Compactor:
     async def before_call(self, started: TurnStarted, owner_id: uuid.UUID) -> TurnStarted:
         """A turn whose history does not fit at all: compact now, before its model call (phase 1 is
         done, no connection held), and send the compacted history. The turn as it was if that
-        cannot be done (the oldest turns are dropped then, as before)."""
+        cannot be done (the oldest turns are dropped then, as before). Never for an agent whose
+        provider compacts (`compaction: provider`): its history is cut at the provider's compaction."""
+        if started.agent.config.compaction != "auto":
+            return started
         request = started.request
         job = Job(started.conversation_id, owner_id, started.agent.name, request.system, tuple(request.tools))
         try:
@@ -455,9 +482,10 @@ class Compactor:
         if agent is None:
             return None
         budget = budget_of(agent, self.settings, system=job.system, tools=list(job.tools))
-        rows = await self._read(job, before)
-        if rows is None:
+        read = await self._read(job, before)
+        if read is None:
             return None
+        rows, anchor = read
         fixed = estimate_text(job.system or "") + (estimate_text(json.dumps(list(job.tools))) if job.tools else 0)
         # The provider's count stands for this history only until the next message (a turn's, or this compaction's).
         todo = plan(rows, budget.threshold, fixed=fixed, reported=job.reported if before is None else 0)
@@ -489,7 +517,7 @@ class Compactor:
             "tokens_after": done.tokens_after,
             "fallback": fallback,
         }
-        stored = await self._store(job, block, usage, model if todo.summarizes else None)
+        stored = await self._store(job, block, usage, model if todo.summarizes else None, anchor)
         if stored is None:
             return None
         if self.limits is not None and (used := usage.input_tokens + usage.output_tokens):
@@ -500,23 +528,25 @@ class Compactor:
         log.info("compaction.done", conversation_id=str(job.conversation_id), **done.event(), fallback=fallback)
         return done, view_of([*rows, stored])
 
-    async def _read(self, job: Job, before: uuid.UUID | None = None) -> list[Row] | None:
-        """The conversation's rows, in one short session (its connection given back before the call)."""
+    async def _read(self, job: Job, before: uuid.UUID | None = None) -> tuple[list[Row], uuid.UUID | None] | None:
+        """The branch to compact, in one short session (its connection given back before the call),
+        and its last message (the compaction row goes below it). `before`: a turn's answer
+        placeholder: its branch up to its user message, which stays verbatim after the compaction."""
         async with self.sessions() as session:
             owned = Conversation.id == job.conversation_id, Conversation.owner_id == job.owner_id
             if (await session.execute(select(Conversation.id).where(*owned))).first() is None:
                 return None
-            query = (
-                select(Message.id, Message.role, Message.content)
-                .where(Message.conversation_id == job.conversation_id)
-                .order_by(Message.id)
+            query = select(Message.id, Message.parent_id, Message.role, Message.content).where(
+                Message.conversation_id == job.conversation_id
             )
-            if before is not None:
-                query = query.where(Message.id < before)
-            rows: list[Row] = [(row.id, row.role, row.content) for row in (await session.execute(query)).all()]
-        if before is not None and rows and rows[-1][1] == "user":
-            rows.pop()  # the turn's own message: it stays verbatim, after whatever is compacted
-        return rows
+            rows = (await session.execute(query.order_by(Message.id))).all()
+        parents = {row.id: row.parent_id for row in rows}
+        if before is not None:
+            user = parents.get(before)
+            anchor = parents.get(user) if user is not None else None
+        else:
+            anchor = job.leaf if job.leaf in parents else latest_leaf(rows)
+        return [(row.id, row.role, row.content) for row in branch(rows, anchor)], anchor
 
     async def _summarize(
         self, agent: ServedAgent, model: str, previous: str | None, rows: list[Row]
@@ -538,11 +568,14 @@ class Compactor:
             raise SummaryFailed("the summarizer returned no text")
         return text, completed.usage
 
-    async def _store(self, job: Job, block: dict[str, Any], usage: Usage, model: str | None) -> Row | None:
+    async def _store(
+        self, job: Job, block: dict[str, Any], usage: Usage, model: str | None, anchor: uuid.UUID | None
+    ) -> Row | None:
         now = utcnow()
         row = {
             "id": uuid7(),
             "conversation_id": job.conversation_id,
+            "parent_id": anchor,
             "role": SUMMARY_ROLE,
             "content": [block],
             "status": MessageStatus.COMPLETE.value,

@@ -172,8 +172,16 @@ class TurnService:
         if key is not None and (replay := await self._claim_key(owner, key, fp)) is not None:
             return replay
 
+        options = request.options
+
         async def conversation() -> uuid.UUID | None:
-            return request.conversation_id or await self._continues(owner, request.options, transactions, agents)
+            nonlocal options
+            if request.conversation_id is not None:
+                return request.conversation_id
+            found, below = await self._continues(owner, options, transactions, agents)
+            if below is not None:  # a client's resent history ends with this answer: its branch goes on
+                options = dataclasses.replace(options, after=below)
+            return found
 
         async def phase_1_in(
             transactions: Transactions,
@@ -191,7 +199,7 @@ class TurnService:
                 conversation_id=conversation_id,
                 system=request.system,
                 incremental=request.incremental,
-                options=dataclasses.replace(request.options, dequeue=dequeue) if dequeue else request.options,
+                options=dataclasses.replace(options, dequeue=dequeue) if dequeue else options,
                 # Only when no other turn is running: the overlap spends idle time on latency, and
                 # when the loop has other turns' work for that wait, its extra task costs throughput.
                 overlap=overlap and self.resources.lifecycle.in_flight == 0,
@@ -405,8 +413,9 @@ class TurnService:
 
     async def _continues(
         self, owner: uuid.UUID, options: TurnOptions, transactions: Transactions, agents: AgentChoice
-    ) -> uuid.UUID | None:
-        """The conversation a turn continues without naming it: one indexed, owner-scoped statement.
+    ) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+        """The conversation a turn continues without naming it: one indexed, owner-scoped statement;
+        and, found by history key, the answer the client's history ends with (the turn goes below it).
 
         After an answer (`options.after`) that is not this owner's: ConversationNotFound. By history
         key: the conversation of this turn's agent whose answer has that key, or None (the turn opens a
@@ -415,7 +424,7 @@ class TurnService:
         under that id).
         """
         if options.after is None and options.extends_key is None and options.external_id is None:
-            return None
+            return None, None
         async with transactions() as tx:
             turns = TurnRepository(tx.conn)
             if options.after is not None:
@@ -429,11 +438,12 @@ class TurnService:
                         raise ToolResultUnmatched(unmatched)
                 if found is None:
                     raise ConversationNotFound()
-                return found
+                return found, None
             if options.external_id is not None:
-                return await turns.conversation_with_external_id(options.external_id, owner_id=owner)
+                return await turns.conversation_with_external_id(options.external_id, owner_id=owner), None
             assert options.extends_key is not None
-            return await turns.conversation_with_key(options.extends_key, owner_id=owner, agents=agents.filter())
+            keyed = await turns.conversation_with_key(options.extends_key, owner_id=owner, agents=agents.filter())
+            return keyed if keyed is not None else (None, None)
 
     async def _queued(
         self,

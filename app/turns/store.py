@@ -658,7 +658,7 @@ _ANSWER_CONTENT = select(Message.conversation_id, Message.content).where(
     Message.id == bindparam("message_id", type_=Uuid()), Message.role == "assistant", *_OWNED
 )
 _CONVERSATION_WITH_KEY = (
-    select(Message.conversation_id)
+    select(Message.conversation_id, Message.id)
     .where(
         Message.history_key == bindparam("history_key"),
         *_OWNED,
@@ -699,14 +699,16 @@ class TurnRepository:
 
     async def conversation_with_key(
         self, history_key: str, *, owner_id: uuid.UUID, agents: AgentFilter
-    ) -> uuid.UUID | None:
+    ) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """The conversation and the answer whose exchange has this key (the latest, if several do)."""
         params = {
             "history_key": history_key,
             "owner_id": owner_id,
             "agents": agents.names,
             "default_agent": agents.default,
         }
-        return (await self.conn.execute(_CONVERSATION_WITH_KEY, params)).scalar_one_or_none()
+        row = (await self.conn.execute(_CONVERSATION_WITH_KEY, params)).first()
+        return (row.conversation_id, row.id) if row is not None else None
 
     async def conversation_with_external_id(self, external_id: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
         params = {"external_id": clean_text(external_id), "owner_id": owner_id}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 from testkit.fake_llm.answers import Answer
 from testkit.fake_llm.content import (
@@ -97,7 +98,7 @@ def anthropic_message(answer: Answer, model: str, usage: JSONDict, managed: Mana
     }
     if managed is not None:
         if managed.compaction is not None:
-            message["content"] = [dict(managed.compaction), *message["content"]]
+            message["content"] = [dict(managed.compaction), *cast("list[Any]", message["content"])]
         if (context := managed.context_management()) is not None:
             message["context_management"] = context
     return message

@@ -10,6 +10,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types.beta import BetaCompactionBlock
 
 from app.agent.history import build_history
 from app.core.config import Settings
@@ -155,7 +156,7 @@ async def test_the_sdks_beta_types_read_the_fakes_compaction(llm_server: FakeLLM
             streamed = await stream.get_final_message()
     for answer in (message, streamed):
         compaction = answer.content[0]
-        assert compaction.type == "compaction"
+        assert isinstance(compaction, BetaCompactionBlock)
         assert compaction.content is not None
         assert "Bruno-1729" in compaction.content
         assert answer.usage.iterations is not None

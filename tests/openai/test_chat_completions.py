@@ -69,6 +69,13 @@ async def test_a_chat_is_one_conversation(oai: AsyncOpenAI, live: Live, llm_serv
     rows = await messages(live.state, conversation.id)
     assert [r.content[0]["text"] for r in rows] == ["one", "echo: one", "two", "echo: two", "three", "echo: three"]
     assert rows[-1].id == message_id(last.id)
+    # The client edits its last message (a UI's "edit"): the history up to the answer before it is
+    # this chat's, so the new message is a branch below that answer, beside the one it replaces.
+    await oai.chat.completions.create(model="agentchat", messages=[*history[:-1], {"role": "user", "content": "3!"}])
+    rows = await messages(live.state, conversation.id)
+    three, edit = [r for r in rows if r.role == "user" and r.content[0]["text"] in ("three", "3!")]
+    assert edit.parent_id == three.parent_id
+    assert rows[3].id == three.parent_id
     # A history the client changed is another chat: a new conversation.
     edited = [*history[:2], {"role": "assistant", "content": "something else"}, {"role": "user", "content": "x"}]
     await oai.chat.completions.create(model="agentchat", messages=edited)

@@ -52,10 +52,18 @@ async def test_a_chain_of_responses_is_one_conversation(
     sent = llm_server.state.request_bodies()[-1]["messages"]
     assert [m["content"][0]["text"] for m in sent] == ["one", "echo: one", "two", "echo: two", "three"]
     # From an earlier response: the history up to it (a branch), in the same conversation.
-    await oai.responses.create(model="agentchat", input="again", previous_response_id=first.id)
+    again = await oai.responses.create(model="agentchat", input="again", previous_response_id=first.id)
     sent = llm_server.state.request_bodies()[-1]["messages"]
     assert [m["content"][0]["text"] for m in sent] == ["one", "echo: one", "again"]
     assert len(await conversations(live.state)) == 1
+    # That branch goes on without the other one's turns, which stay on theirs.
+    await oai.responses.create(model="agentchat", input="on", previous_response_id=again.id)
+    sent = llm_server.state.request_bodies()[-1]["messages"]
+    assert [m["content"][0]["text"] for m in sent] == ["one", "echo: one", "again", "echo: again", "on"]
+    await oai.responses.create(model="agentchat", input="four", previous_response_id=third.id)
+    sent = llm_server.state.request_bodies()[-1]["messages"]
+    texts = ["one", "echo: one", "two", "echo: two", "three", "echo: three", "four"]
+    assert [m["content"][0]["text"] for m in sent] == texts
 
 
 async def test_streamed_response_events(oai: AsyncOpenAI, live: Live) -> None:

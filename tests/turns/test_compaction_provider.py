@@ -52,7 +52,12 @@ async def test_a_long_conversation_is_compacted_by_the_provider(
         compactor = state.compactor
         assert compactor is not None
         ours: list[str] = []  # our own compactor never runs for this agent
-        monkeypatch.setattr(compactor, "schedule", lambda job: ours.append("scheduled") or False)
+
+        def schedule(job: Any) -> bool:
+            ours.append("scheduled")
+            return False
+
+        monkeypatch.setattr(compactor, "schedule", schedule)
 
         async def compact(*args: Any, **kwargs: Any) -> None:
             ours.append("compacted")
