@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from app.agents.catalog import AgentCatalog, ServedAgent
 from app.auth.deps import CurrentPrincipal
+from app.conversations.branches import ROOT
 from app.openai.chat_wire import ChatChunks, CompletionJSONResponse, chunk_frames, completion, replay_chunks
 from app.openai.clients import ClientHeadersDep, answer_task, is_task_call, sampling_of
 from app.openai.errors import InvalidParam, ModelNotFound, OpenAIRoute, declared
@@ -115,7 +116,11 @@ async def chat_completions(
         content=call.content,
         # A chat id decides the conversation; the context is still the client's history, even none.
         history=call.history if call.history is not None or client.chat_id is None else [],
-        extends_key=call.extends_key if client.chat_id is None else None,
+        # The answer the client's history ends with, if stored (in its chat, given a chat id): the
+        # message goes below it, a branch when the client edited or regenerated; a chat id's history
+        # with no answer is a new first message (an edit of the first one).
+        extends_key=call.extends_key,
+        after=ROOT if client.chat_id is not None and call.extends_key is None else None,
         system_per_turn=True,
         tools=tools,
         tool_choice=tool_choice(body.tool_choice, [*ours, *(t["name"] for t in tools)]),

@@ -421,12 +421,17 @@ class TurnService:
         key: the conversation of this turn's agent whose answer has that key, or None (the turn opens a
         new one: a client that switched models mid-chat starts a conversation with the other agent).
         By the client's own id for it (`options.external_id`): that conversation, or None (a new one
-        under that id).
+        under that id); and its answer with the history key, if any.
         """
         if options.after is None and options.extends_key is None and options.external_id is None:
             return None, None
         async with transactions() as tx:
             turns = TurnRepository(tx.conn)
+            if options.external_id is not None:
+                found = await turns.conversation_with_external_id(options.external_id, owner_id=owner)
+                if found is None or options.extends_key is None:
+                    return found, None
+                return found, await turns.answer_with_key(options.extends_key, conversation_id=found)
             if options.after is not None:
                 results = [b["tool_use_id"] for b in options.content or () if b.get("type") == "tool_result"]
                 if not results:
@@ -439,8 +444,6 @@ class TurnService:
                 if found is None:
                     raise ConversationNotFound()
                 return found, None
-            if options.external_id is not None:
-                return await turns.conversation_with_external_id(options.external_id, owner_id=owner), None
             assert options.extends_key is not None
             keyed = await turns.conversation_with_key(options.extends_key, owner_id=owner, agents=agents.filter())
             return keyed if keyed is not None else (None, None)

@@ -669,6 +669,15 @@ _CONVERSATION_WITH_KEY = (
 )
 
 
+_ANSWER_WITH_KEY = (
+    select(Message.id)
+    .where(
+        Message.history_key == bindparam("history_key"),
+        Message.conversation_id == bindparam("conversation_id", type_=Uuid()),
+    )
+    .order_by(Message.id.desc())
+    .limit(1)
+)
 _CONVERSATION_WITH_EXTERNAL_ID = select(Conversation.id).where(
     Conversation.owner_id == bindparam("owner_id", type_=Uuid()), Conversation.external_id == bindparam("external_id")
 )
@@ -709,6 +718,11 @@ class TurnRepository:
         }
         row = (await self.conn.execute(_CONVERSATION_WITH_KEY, params)).first()
         return (row.conversation_id, row.id) if row is not None else None
+
+    async def answer_with_key(self, history_key: str, *, conversation_id: uuid.UUID) -> uuid.UUID | None:
+        """The answer of this conversation (its owner's: found by owner before) whose exchange has this key."""
+        params = {"history_key": history_key, "conversation_id": conversation_id}
+        return (await self.conn.execute(_ANSWER_WITH_KEY, params)).scalar_one_or_none()
 
     async def conversation_with_external_id(self, external_id: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
         params = {"external_id": clean_text(external_id), "owner_id": owner_id}

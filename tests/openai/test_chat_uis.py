@@ -87,12 +87,27 @@ async def test_a_chat_id_is_one_conversation_even_after_an_edit(
         "echo: one, edited",
     ]
     assert rows[-1].id == message_id(last[0].id)
+    # Stored as branches: the edited first message beside the first one; an edit of "two" beside it.
+    assert rows[4].parent_id is None
+    assert rows[2].parent_id == rows[1].id
+    await oai.chat.completions.create(
+        model="agentchat", messages=[*history[:2], {"role": "user", "content": "2"}], extra_headers=owui("chat-1")
+    )
+    rows = await messages(live.state, conversation.id)
+    assert rows[-2].content[0]["text"] == "2"
+    assert rows[-2].parent_id == rows[1].id  # below "echo: one", beside "two"
+    auth = {"Authorization": f"Bearer {live_key}"}
+    async with httpx.AsyncClient(base_url=live.url, headers=auth) as client:
+        page = (await client.get(f"/conversations/{conversation.id}/messages")).json()
+    assert [i["content"] for i in page["items"]] == ["one", "echo: one", "2", "echo: 2"]
+    assert page["items"][0]["siblings"] == 1  # "one, edited"
+    assert page["items"][2]["siblings"] == 1  # "two"
     # Another chat is another conversation; another key's chat with the same id is its own.
     await oai.chat.completions.create(model="agentchat", messages=edited, extra_headers=owui("chat-2"))
     async with sdk(live, await make_key(live.state, "other")) as other:
         await other.chat.completions.create(model="agentchat", messages=edited, extra_headers=owui("chat-1"))
     assert sorted(c.external_id or "" for c in await conversations(live.state)) == ["chat-1", "chat-1", "chat-2"]
-    assert len(await messages(live.state, conversation.id)) == 6
+    assert len(await messages(live.state, conversation.id)) == 8
 
 
 async def test_the_end_user_is_recorded_and_filterable(oai: AsyncOpenAI, live: Live, live_key: str) -> None:
