@@ -350,3 +350,36 @@ async def test_one_compaction_per_conversation_at_a_time_across_replicas(
         assert done[0].messages_summarized > 0
         assert await compactor.compact(job) is None  # compacted: nothing left to do
         assert sum(1 for r in await _rows(state, conversation_id) if r.role == SUMMARY_ROLE) == 1
+
+
+async def test_a_compaction_stays_on_its_branch(long_settings: Settings, llm_server: FakeLLMServer) -> None:
+    """A summary hangs below the message it was computed at: a regenerated last answer still reads
+    it; an edit of turn 2 (a branch that leaves before it) reads turns 1-2's own messages instead."""
+    async with running_app(long_settings) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        conversation_id, _ = await _converse(client, state, auth, 30, FACT)
+        rows = await _rows(state, conversation_id)
+        summaries = [r for r in rows if r.role == SUMMARY_ROLE]
+        assert summaries, "30 turns of ~1,200 characters compact a 12k window"
+        assert all(s.parent_id is not None and s.parent_id < s.id for s in summaries)
+        answers = [r for r in rows if r.role == "assistant"]
+
+        r = await client.post(f"/conversations/{conversation_id}/messages/{answers[-1].id}/regenerate", headers=auth)
+        assert r.status_code == 200, r.text
+        calls = [b for b in llm_server.state.request_bodies() if not _is_summary(b)]
+        assert calls[-1]["messages"][0]["content"][0]["text"].startswith(SUMMARY_OPEN)  # the summary, still
+
+        edit = {
+            "message": "turn 2, edited",
+            "conversation_id": conversation_id,
+            "parent_message_id": str(answers[0].id),
+        }
+        r = await client.post("/chat", json=edit, headers=auth)
+        assert r.status_code == 200, r.text
+        sent = [b for b in llm_server.state.request_bodies() if not _is_summary(b)][-1]["messages"]
+        assert len(sent) == 3  # turn 1's message and answer, then the edit: no summary, no later turn
+        assert "turn1-word0" in json.dumps(sent[0])
+        assert sent[-1]["content"][0]["text"] == "turn 2, edited"
+        page = (await client.get(f"/conversations/{conversation_id}/messages", headers=auth)).json()
+        assert [i["role"] for i in page["items"]] == ["user", "assistant", "user", "assistant"]
+        assert llm_server.state.rejections == []
