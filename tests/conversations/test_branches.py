@@ -16,7 +16,7 @@ from app.core.config import Settings
 from app.models import Message
 from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
-from tests.fixtures.app import make_key, running_app
+from tests.fixtures.app import embedded, make_key, running_app
 from tests.helpers import sse_events
 
 
@@ -106,14 +106,7 @@ async def test_regenerate_and_edit_make_branches(
 
 
 async def test_branches_on_the_embedded_default(tmp_path: Path, settings: Settings, llm_server: FakeLLMServer) -> None:
-    from app.core.db import create_engine
-    from app.models import Base
-
-    lite = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path}/b.db", "redis_url": None})
-    engine = create_engine(lite)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-    await engine.dispose()
+    lite = await embedded(settings, tmp_path / "b.db")
     async with running_app(lite) as (_, state, client):
         await branches_work(client, {"Authorization": f"Bearer {await make_key(state)}"}, llm_server)
     assert llm_server.state.rejections == []

@@ -19,7 +19,7 @@ from app.core import telemetry
 from app.core.config import Settings
 from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
-from tests.fixtures.app import make_key, running_app
+from tests.fixtures.app import embedded, make_key, running_app
 from tests.fixtures.otlp import OtlpReceiver, ReceivedSpan
 from tests.helpers import sse_events
 
@@ -358,15 +358,8 @@ async def test_a_turn_continued_after_an_approval_is_an_invoke_agent_span_of_its
 async def test_on_sqlite_the_statements_are_spans_of_the_turn(
     settings: Settings, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    from app.core.db import create_engine
-    from app.models import Base
-
     otel_env(monkeypatch, receiver)
-    lite = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path}/traced.db", "redis_url": None})
-    engine = create_engine(lite)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-    await engine.dispose()
+    lite = await embedded(settings, tmp_path / "traced.db")
     async with running_app(lite) as (_, state, client):
         auth = {"Authorization": f"Bearer {await make_key(state)}"}
         r = await client.post("/chat", json={"message": TWO_TOOLS}, headers=auth)

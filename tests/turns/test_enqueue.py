@@ -16,7 +16,7 @@ from app.main import create_app
 from app.models import Conversation, Message, QueuedMessage
 from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
-from tests.fixtures.app import make_key, running_app
+from tests.fixtures.app import embedded, make_key, running_app
 from tests.helpers import eventually, live_server, sse_events
 
 
@@ -180,14 +180,7 @@ async def test_a_queued_message_whose_replica_stopped_does_not_hold_up_the_queue
 
 
 async def test_enqueue_on_the_embedded_default(tmp_path: Any, settings: Settings, llm_server: FakeLLMServer) -> None:
-    from app.core.db import create_engine
-    from app.models import Base
-
-    lite = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path}/queue.db", "redis_url": None})
-    engine = create_engine(lite)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-    await engine.dispose()
+    lite = await embedded(settings, tmp_path / "queue.db")
     async with running_app(lite) as (_, state, client):
         auth = {"Authorization": f"Bearer {await make_key(state)}"}
         cid = await opened(client, auth)

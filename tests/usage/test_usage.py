@@ -19,7 +19,7 @@ from app.core.prices import parse_prices
 from app.models import Message
 from app.models.usage import ModelUsage
 from app.state import Resources
-from tests.fixtures.app import make_key, running_app
+from tests.fixtures.app import embedded, make_key, running_app
 
 TOOL = '[[tool:calculator {"expression": "2+2"}]]'
 TOKENS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -152,14 +152,7 @@ async def test_the_usage_row_is_written_by_the_statement_that_records_the_answer
 
 
 async def test_sqlite_records_usage_in_the_answer_transaction(tmp_path: Any, settings: Settings) -> None:
-    from app.core.db import create_engine
-    from app.models import Base
-
-    lite = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path}/usage.db", "redis_url": None})
-    engine = create_engine(lite)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-    await engine.dispose()
+    lite = await embedded(settings, tmp_path / "usage.db")
     async with running_app(lite) as (_, state, client):
         key = await make_key(state)
         await chat(client, key, f"tool {TOOL}", "agentchat")
