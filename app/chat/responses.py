@@ -23,7 +23,7 @@ from app.core.asgi import send_body, start_sse
 from app.core.errors import AppError, envelope
 from app.llm.base import TextDelta, ToolCall
 from app.llm.summary import compaction_news
-from app.runs.events import RunEvent
+from app.runs.events import RunEvent, text_payload
 from app.runs.manager import Run
 from app.turns.answer import TurnJSONResponse
 from app.turns.turn import ApprovalRequired, Turn, TurnEnded, TurnEvent, TurnFailed
@@ -84,7 +84,7 @@ class ChatEvents:
 
     def event(self, turn: Turn, event: TurnEvent, run: Run) -> None:
         if isinstance(event, TextDelta):
-            run.publish("delta", {"text": event.text})
+            run.publish("delta", {"text": event.text}, text_payload(event.text))
         elif isinstance(event, ToolCall):
             run.publish("tool_use", {"id": event.id, "name": event.name, "input": event.input})
         elif isinstance(event, ToolResultEvent):

@@ -92,7 +92,8 @@ def send_now(send: Send, message: Message) -> Awaitable[None] | None:
     per event; only a full socket buffer costs a task its wait.
     """
     coro = send(message)
-    if not isinstance(coro, Coroutine):
+    # The exact type first: an ABC's isinstance costs a Python call, and this runs once per write.
+    if not (type(coro) is types.CoroutineType or isinstance(coro, Coroutine)):
         return coro  # not started: awaiting it sends
     try:
         waits_on = coro.send(None)

@@ -26,7 +26,7 @@ from app.core.locks import Lock
 from app.core.metrics import Metrics
 from app.runs.events import RunEvent
 from app.runs.leases import Leases, keep_lease, keep_sweeping, settle_orphans, sweep_abandoned_answers
-from app.runs.store import RunStore
+from app.runs.store import MirrorKeys, RunStore
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +53,14 @@ class Run:
         self.scope = anyio.CancelScope()
         self._waiters: list[asyncio.Future[None]] = []
         self.unmirrored = 0  # index of the first event not yet in Redis
+        self.mirror_keys: MirrorKeys = store.mirror_keys(run_id) if store is not None else (b"", b"", b"")
         # One live local follower, caught up, is handed each event as it is published: no task is
         # woken per event to relay it. Any other follower waits (wait_beyond).
         self.direct: Sink | None = None
 
-    def publish(self, event: str, data: dict[str, Any]) -> RunEvent:
-        item = RunEvent(len(self.events) + 1, event, data)
+    def publish(self, event: str, data: dict[str, Any], payload: str | None = None) -> RunEvent:
+        """Append an event (`payload`: its data's JSON, when the caller has it from a template)."""
+        item = RunEvent(len(self.events) + 1, event, data, payload)
         self.events.append(item)
         if item.terminal:
             self.finished = True
@@ -118,8 +120,10 @@ class RunManager:
         self.runs: dict[uuid.UUID, Run] = {}
         self._group: TaskGroup | None = None
         self._stack = AsyncExitStack()
-        self._to_mirror: dict[uuid.UUID, Run] = {}
+        # Keyed by the run itself (identity-hashed), in publishing order: no UUID hash per event.
+        self._to_mirror: dict[Run, None] = {}
         self._mirror_wakeup = asyncio.Event()
+        self._mirror_armed = False  # the wakeup is set (or the loop is about to take the slice)
         self._mirror_now = False
 
     async def __aenter__(self) -> RunManager:
@@ -162,10 +166,14 @@ class RunManager:
                 await anyio.sleep(0.05)
 
     def mirror_soon(self, run: Run) -> None:
-        self._to_mirror[run.id] = run
-        # A run's end goes out at once: other replicas read "finished" from it (cancel, follow).
-        self._mirror_now = self._mirror_now or run.finished
-        self._mirror_wakeup.set()
+        """Called for every published event: a dict store and two flag checks, the wakeup set once per slice."""
+        self._to_mirror[run] = None
+        if run.finished:
+            # A run's end goes out at once: other replicas read "finished" from it (cancel, follow).
+            self._mirror_now = True
+        if not self._mirror_armed:
+            self._mirror_armed = True
+            self._mirror_wakeup.set()
 
     async def _mirror_loop(self) -> None:
         while True:
@@ -173,18 +181,18 @@ class RunManager:
             if not self._mirror_now:
                 await asyncio.sleep(MIRROR_INTERVAL)  # let the slice fill
             self._mirror_wakeup.clear()
-            self._mirror_now = False
+            self._mirror_armed = self._mirror_now = False
             await self._mirror()
 
     async def _mirror(self) -> None:
-        """Copy every run's new events to Redis in one pipeline, in order."""
+        """Copy every run's new events to Redis in one round trip, in order."""
         pending, self._to_mirror = self._to_mirror, {}
-        batch = [(run, run.events[run.unmirrored :]) for run in pending.values() if run.store is not None]
+        batch = [(run, run.events[run.unmirrored :]) for run in pending if run.store is not None]
         batch = [(run, events) for run, events in batch if events]
         if not batch or self.store is None:
             return
         try:
-            await self.store.append_many([(run.id, events, run.finished) for run, events in batch])
+            await self.store.append_many([(run.mirror_keys, events, run.finished) for run, events in batch])
         except (RedisError, OSError) as exc:
             # Streaming goes on locally; only resuming elsewhere is lost for these runs. Said once per slice.
             log.warning("run.mirror_failed", runs=len(batch), error=type(exc).__name__)
