@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -42,8 +43,11 @@ def _mask(text: str) -> str:
     return _SECRET_VALUE.sub(_keep_prefix, text)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
-    """A field whose value is a secret whatever it looks like: openai_api_key, db_password, set-cookie…"""
+    """A field whose value is a secret whatever it looks like: openai_api_key, db_password, set-cookie…
+
+    Cached: a log line asks it of each of its fields, and a service's field names are few."""
     key = name.lower().replace("-", "_")
     return key in _SECRET_KEYS or key.endswith(_SECRET_KEY_SUFFIXES) or any(p in key for p in _SECRET_KEY_PARTS)
 

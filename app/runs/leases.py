@@ -31,6 +31,15 @@ from app.runs.repository import settle_interrupted, sweep_abandoned
 log = structlog.get_logger(__name__)
 
 
+# A run's meta and its entry among the running, atomically: one EVALSHA per streamed turn instead of
+# a MULTI/EXEC of three commands (redis-py's per-command cost, paid on every turn's start; issue #28).
+REGISTER = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Orphan:
     """A run whose replica stopped: what settling it needs."""
@@ -47,6 +56,7 @@ class Leases:
         self.redis, self.prefix, self.replica_id = redis, prefix, replica_id
         self.lease_ms, self.retention = int(lease_seconds * 1000), retention
         self.running_key = f"{prefix}runs:running"
+        self._register = redis.register_script(REGISTER)
 
     def _replica(self, replica_id: str) -> str:
         return f"{self.prefix}replica:{replica_id}"
@@ -78,11 +88,9 @@ class Leases:
             meta |= {"lock": f"{self.prefix}lock:{lock.name}", "lock_token": lock.token}
         if traceparent := trace_headers().get("traceparent"):  # traces on: followers' spans link to the run's
             meta["traceparent"] = traceparent
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._meta(run_id), mapping=meta)
-            pipe.expire(self._meta(run_id), self.retention)
-            pipe.hset(self.running_key, str(run_id), self.replica_id)
-            await pipe.execute()
+        fields = [item for pair in meta.items() for item in pair]
+        args = [self.retention, str(run_id), self.replica_id, *fields]
+        await self._register(keys=[self._meta(run_id), self.running_key], args=args)
 
     async def unregister(self, run_id: uuid.UUID) -> None:
         await self.redis.hdel(self.running_key, str(run_id))
