@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from app.core.errors import AppError, InvalidRequest, NotFound, PayloadTooLarge
+from app.core.errors import AppError, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 
 
 class FileNotFound(NotFound):
@@ -45,3 +45,10 @@ class TooManyAttachments(InvalidRequest):
 
 class RemoteFileRefused(InvalidRequest):
     type, default_message = "remote_file_refused", "The file at that URL could not be fetched."
+
+
+class StorageUnavailable(ServiceUnavailable):
+    type, default_message = "storage_unavailable", "File storage is temporarily unavailable."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "2"})

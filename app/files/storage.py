@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import codecs
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import urlparse
 
@@ -22,6 +22,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app.core.db import Database
+from app.files.errors import StorageUnavailable
 from app.models import FileChunk
 
 if TYPE_CHECKING:
@@ -115,9 +116,21 @@ class DatabaseStorage:
             await conn.execute(delete(FileChunk).where(FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256))
 
 
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """The bucket's failures (unreachable, refused, missing) as a 503, not a 500."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError, OSError) as exc:
+        raise StorageUnavailable() from exc
+
+
 class S3Storage:
     """An S3-compatible bucket through aiobotocore (credentials, region and endpoint from the usual
-    AWS_* variables; AWS_ENDPOINT_URL for MinIO, R2, moto…). Keys: `<prefix>/<owner>/<sha256>`."""
+    AWS_* variables; AWS_ENDPOINT_URL for MinIO, R2, moto…). Keys: `<prefix>/<owner>/<sha256>`.
+    Its failures are StorageUnavailable (503, Retry-After)."""
 
     def __init__(self, client: S3Client, bucket: str, prefix: str) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
@@ -126,6 +139,10 @@ class S3Storage:
         return "/".join(part for part in (self.prefix, str(owner_id), sha256) if part)
 
     async def put(self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int) -> None:
+        with _unavailable():
+            await self._put(owner_id, sha256, source, size)
+
+    async def _put(self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int) -> None:
         key = self.key(owner_id, sha256)
         await anyio.to_thread.run_sync(source.seek, 0)
         if size <= PART:
@@ -152,16 +169,18 @@ class S3Storage:
             raise
 
     async def chunks(self, owner_id: uuid.UUID, sha256: str) -> AsyncIterator[bytes]:
-        try:
-            found = await self.client.get_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
-        except self.client.exceptions.NoSuchKey:
-            return
-        async with found["Body"] as body:
-            async for chunk in body.iter_chunks(CHUNK):
-                yield chunk
+        with _unavailable():
+            try:
+                found = await self.client.get_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
+            except self.client.exceptions.NoSuchKey:
+                return
+            async with found["Body"] as body:
+                async for chunk in body.iter_chunks(CHUNK):
+                    yield chunk
 
     async def delete(self, owner_id: uuid.UUID, sha256: str) -> None:
-        await self.client.delete_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
+        with _unavailable():
+            await self.client.delete_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
 
 
 async def open_storage(url: str | None, db: Database, stack: AsyncExitStack) -> FileStorage:

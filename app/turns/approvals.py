@@ -51,6 +51,9 @@ class Paused:
     usage: Usage
     segment: int  # this continuation's number: 1 for the first, more when the answer paused again
     claimed_at: datetime
+    # The pause as it was before the claim (its updated_at and attributes), to give it back.
+    paused_at: datetime
+    attributes: dict[str, Any] | None
 
 
 def continuation_run_id(message_id: uuid.UUID, segment: int) -> uuid.UUID:
@@ -191,7 +194,27 @@ async def claim_paused(
         incremental=incremental,
     )
     started = TurnStarted(conversation_id, last.id, last.created_at, agent, request)
-    return Paused(started, content, pending, usage, len(resumptions), now)
+    return Paused(started, content, pending, usage, len(resumptions), now, last.updated_at, last.attributes)
+
+
+async def unclaim(transactions: Transactions, paused: Paused) -> bool:
+    """A claimed pause given back as it was (something failed before its turn could run: reading
+    its attachments): its decisions may be sent again, here or on another replica. False if the
+    claim had moved on meanwhile."""
+    message_id = paused.started.message_id
+    give_back = (
+        update(Message)
+        .where(
+            Message.id == message_id,
+            Message.status == MessageStatus.IN_PROGRESS,
+            Message.updated_at == paused.claimed_at,
+        )
+        .values(status=MessageStatus.AWAITING_APPROVAL, updated_at=paused.paused_at, attributes=paused.attributes)
+    )
+    async with transactions() as tx:
+        done = bool((await tx.conn.execute(give_back)).rowcount)
+    log.info("approval.unclaimed", message_id=str(message_id), given_back=done)
+    return done
 
 
 def _updated(value: datetime) -> datetime:

@@ -29,12 +29,12 @@ from app.core.db import Transactions
 from app.core.degraded import degraded
 from app.core.errors import AppError, PayloadTooLarge, ServiceBusy, ShuttingDown, envelope
 from app.core.locks import Lock, LockManager
-from app.files.attach import with_files
+from app.files.attach import has_attachments, with_files
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
 from app.turns import multitask, queue
-from app.turns.approvals import Paused, claim_paused, continuation_run_id
+from app.turns.approvals import Paused, claim_paused, continuation_run_id, unclaim
 from app.turns.begin import AgentChoice, TurnOptions, TurnStarted, begin_turn
 from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
 from app.turns.gate import KeyGate
@@ -159,7 +159,6 @@ class TurnService:
         publisher: RunPublisher | None,
     ) -> Turn | Replay | Queued:
         owner, settings = request.owner_id, self.settings
-        text_only = settings.file_text_only_models
         self._admit()
         if len(request.message) > settings.max_message_chars:
             raise PayloadTooLarge(f"The message is longer than {settings.max_message_chars} characters.")
@@ -206,8 +205,7 @@ class TurnService:
             )
             if started.overflow and self.resources.compactor is not None:  # it does not fit: compact now
                 started = await self.resources.compactor.before_call(started, owner)
-            # Attached files' content for the model (read from their storage; none: unchanged).
-            return await with_files(started, self.resources.files, owner_id=owner, text_only_models=text_only)
+            return started
 
         phase_1 = functools.partial(phase_1_in, transactions)
         interrupt = request.multitask == "interrupt"
@@ -255,9 +253,18 @@ class TurnService:
                 message_id=request.message_id,
                 response=request.attributes,
             )
-            paused.append(found)
             text_only = self.settings.file_text_only_models
-            return await with_files(found.started, self.resources.files, owner_id=owner, text_only_models=text_only)
+            try:
+                started = await with_files(
+                    found.started, self.resources.files, owner_id=owner, text_only_models=text_only
+                )
+            except BaseException:
+                # The turn cannot run: the pause goes back as it was, for the decisions to be sent again.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await unclaim(transactions, found)
+                raise
+            paused.append(found)
+            return started
 
         started, lock, slot = await self._opened(owner, key, conversation, phase_1)
         turn = self._turn(started, transactions, owner, gated_offered=True, lock=lock)
@@ -378,6 +385,12 @@ class TurnService:
         )
         held = (resources.locks, lock) if lock is not None else None
         turn = Turn(started, agent, context, transactions, settings, resources.lifecycle, metrics, lock=held)
+        if has_attachments(started.request.messages):
+            # Attached files' content is read as the turn's first step: a storage failure is then the
+            # turn's (its answer recorded `error`, the client told), not an answer left in progress.
+            turn.prepare = functools.partial(
+                with_files, storage=resources.files, owner_id=owner, text_only_models=settings.file_text_only_models
+            )
         if resources.compactor is not None:  # once recorded: a compaction if its history grew past compact_at
             turn.after_record.append(resources.compactor.after_turn)
         return turn

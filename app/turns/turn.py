@@ -115,6 +115,8 @@ class Turn:
     # Why an interrupted turn stopped ("cancelled", "client_disconnected"), recorded as its stop reason.
     interrupted_by: str | None = None
     resume: Resumption | None = None  # a paused turn, continued: its calls are decided first
+    # The turn's first step in phase 2, its failures the turn's: its attachments' content read.
+    prepare: Callable[[TurnStarted], Awaitable[TurnStarted]] | None = None
     _held: Held | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _shutdown: bool = False
@@ -269,6 +271,8 @@ class Turn:
                     # Let the overlapped INSERT go out first: Postgres then commits it (a WAL flush)
                     # while we build the model request, and it is done before the model answers.
                     await asyncio.sleep(0)
+                if self.prepare is not None:
+                    self.started = await self.prepare(self.started)
                 request = self.started.request
                 if self.resume is not None:
                     await self.agent.decide(

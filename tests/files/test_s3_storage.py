@@ -98,3 +98,50 @@ async def test_files_live_in_the_bucket(s3: str, settings: Settings, llm_server:
 def test_a_bad_storage_url_stops_start_up() -> None:
     with pytest.raises(ValueError, match="FILE_STORAGE_URL"):
         Settings(file_storage_url="ftp://nope")
+
+
+async def test_a_bucket_outage_is_a_503_and_a_paused_turn_keeps_its_decisions(
+    s3: str, settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    """The bucket gone (refused, unreachable): a turn that must read an attachment is a 503 with
+    Retry-After, nothing half-done; a paused turn whose continuation cannot read its attachment gives
+    its claim back, so the same decisions go through once the bucket answers again."""
+    gated = settings.model_copy(update={"file_storage_url": f"s3://{BUCKET}/uploads", "agent_approval_tools": "calc*"})
+    async with running_app(gated) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        image = (await client.post("/files", files={"file": ("a.png", samples.png(32, 32))}, headers=auth)).json()
+        ask = {"message": '[[tool:calculator {"expression": "2+2"}]] see', "attachments": [image["id"]]}
+        paused = (await client.post("/chat", json=ask, headers=auth)).json()
+        assert paused["stop_reason"] == "awaiting_approval"
+        cid = paused["conversation_id"]
+        decision = {"decisions": [{"tool_use_id": paused["pending_approvals"][0]["tool_use_id"], "approve": True}]}
+
+        async with get_session().create_client("s3") as s3_client:
+            for key in await keys_in_bucket():
+                await s3_client.delete_object(Bucket=BUCKET, Key=key)
+            await s3_client.delete_bucket(Bucket=BUCKET)
+            try:
+                for _ in range(2):  # the claim was given back: the same decisions are not "decided meanwhile"
+                    r = await client.post(f"/conversations/{cid}/approvals", json=decision, headers=auth)
+                    assert r.status_code == 503, r.text
+                    assert r.json()["error"]["type"] == "storage_unavailable"
+                    assert r.headers["retry-after"] == "2"
+                history = (await client.get(f"/conversations/{cid}/messages", headers=auth)).json()["items"]
+                assert history[-1]["status"] == "awaiting_approval"
+                # A new turn that must read the image: its message kept, its answer recorded as failed.
+                r = await client.post("/chat", json={"message": "look", "attachments": [image["id"]]}, headers=auth)
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["type"] == "storage_unavailable"
+                [failed] = [
+                    c for c in (await client.get("/conversations", headers=auth)).json()["items"] if c["id"] != cid
+                ]
+                items = (await client.get(f"/conversations/{failed['id']}/messages", headers=auth)).json()["items"]
+                assert [(i["role"], i["status"]) for i in items] == [("user", "complete"), ("assistant", "error")]
+                assert items[1]["error"]["type"] == "storage_unavailable"
+            finally:
+                await s3_client.create_bucket(Bucket=BUCKET)
+        # The bucket is back (empty: the image's bytes are gone, which the model is told).
+        r = await client.post(f"/conversations/{cid}/approvals", json=decision, headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json()["message"]["status"] == "complete"
+        assert llm_server.state.rejections == []
