@@ -61,7 +61,7 @@ from app.openai.tools import client_tools, tool_choice
 from app.runs.manager import Run
 from app.runs.responses import RunStreamResponse, StoredRunStreamResponse
 from app.state import ResourcesDep, TransactionsDep
-from app.turns.approvals import continuation_run_id
+from app.turns.approvals import CallOptions, continuation_run_id
 from app.turns.begin import TurnOptions
 from app.turns.errors import ToolResultUnmatched, UndecidedCalls
 from app.turns.start import Replay, ResumeRequest, TurnRequest, TurnService, TurnServiceDep
@@ -258,6 +258,18 @@ async def _continue_paused(
         **body.model_dump(include={"max_output_tokens", "background", "store", "user"}),
     }
 
+    ours = turns.resources.tools.names
+    tools = client_tools(body.tools, ours, nested=False)
+    # As any response: its own tools, instructions and sampling, none carried over from the paused one.
+    calls = CallOptions(
+        tools=tuple(tools),
+        tool_choice=tool_choice(body.tool_choice, [*ours, *(t["name"] for t in tools)]),
+        system=body.instructions if body.instructions and body.instructions.strip() else None,
+        system_per_turn=True,
+        max_tokens=body.max_output_tokens,
+        sampling=sampling_of(body.model_extra),
+    )
+
     def respond(turn: Turn) -> dict[str, Any]:
         return response_of(turn, attributes)
 
@@ -273,6 +285,7 @@ async def _continue_paused(
                 allowed_agents=principal.agents,
                 message_id=after,
                 attributes=attributes,
+                calls=calls,
             ),
             transactions,
             respond=respond,

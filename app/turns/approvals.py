@@ -28,7 +28,7 @@ from app.conversations.errors import ConversationNotFound
 from app.core.config import Settings
 from app.core.db import Database, Transactions, Tx
 from app.core.periodic import periodically
-from app.llm.base import Block, LLMRequest, Usage
+from app.llm.base import Block, LLMRequest, Sampling, Usage
 from app.llm.summary import SUMMARY_ROLE
 from app.models import Conversation, Message
 from app.models.base import utcnow
@@ -41,6 +41,20 @@ from app.turns.store import pending_calls, record_denied, with_denials
 log = structlog.get_logger(__name__)
 
 TIMED_OUT = "no decision came in time"
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """What a continuing request brings for the model calls that follow the decisions: the caller's
+    own tools, per-request instructions (`system_per_turn`: they replace the conversation's), a cap
+    on the answer and sampling. None of it: the conversation's and the agent's, as /chat continues."""
+
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: dict[str, Any] | None = None
+    system: str | None = None
+    system_per_turn: bool = False
+    max_tokens: int | None = None
+    sampling: Sampling = Sampling()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +133,14 @@ async def claim_paused(
     incremental: bool,
     message_id: uuid.UUID | None = None,
     response: dict[str, Any] | None = None,
+    calls: CallOptions | None = None,
 ) -> Paused:
     """The continuation's phase 1: the paused answer, its decisions checked, claimed for this replica.
 
     `message_id`: the answer the caller means (a Responses `previous_response_id`), which must be the
-    paused one; `response`: that door's attributes for the continuation, kept with it."""
+    paused one; `response`: that door's attributes for the continuation, kept with it; `calls`: what
+    its request brings for the model calls that follow (Responses: each request its own tools and
+    instructions)."""
     owned = Conversation.id == conversation_id, Conversation.owner_id == owner_id
     async with transactions() as tx:
         conversation = (await tx.conn.execute(select(Conversation.system, Conversation.agent).where(*owned))).first()
@@ -186,12 +203,16 @@ async def claim_paused(
             earlier.append({"role": "user", "content": list(blocks or [])})
         else:
             earlier.extend(split_assistant(list(blocks or [])))
+    calls = calls or CallOptions()
     request = LLMRequest(
         model=agent.model,
         messages=earlier,
-        max_tokens=agent.max_tokens,
-        system=agent.system_prompt(conversation.system),
+        max_tokens=min(calls.max_tokens or agent.max_tokens, agent.max_tokens),
+        system=agent.system_prompt(calls.system if calls.system_per_turn else conversation.system),
+        tools=list(calls.tools),
+        tool_choice=calls.tool_choice,
         incremental=incremental,
+        sampling=calls.sampling,
     )
     started = TurnStarted(conversation_id, last.id, last.created_at, agent, request)
     return Paused(started, content, pending, usage, len(resumptions), now, last.updated_at, last.attributes)

@@ -34,7 +34,7 @@ from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
 from app.turns import multitask, queue
-from app.turns.approvals import Paused, claim_paused, continuation_run_id, unclaim
+from app.turns.approvals import CallOptions, Paused, claim_paused, continuation_run_id, unclaim
 from app.turns.begin import AgentChoice, TurnOptions, TurnStarted, begin_turn
 from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
 from app.turns.gate import KeyGate
@@ -97,6 +97,7 @@ class ResumeRequest:
     # for this continuation (the Responses door's request fields: its response is the continuation).
     message_id: uuid.UUID | None = None
     attributes: dict[str, Any] | None = None
+    calls: CallOptions | None = None  # the continuing request's tools, instructions… (None: the conversation's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +253,7 @@ class TurnService:
                 incremental=request.incremental,
                 message_id=request.message_id,
                 response=request.attributes,
+                calls=request.calls,
             )
             text_only = self.settings.file_text_only_models
             try:

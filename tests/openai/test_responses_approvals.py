@@ -180,3 +180,29 @@ async def test_a_background_continuation_is_followed_by_its_own_id(gated: tuple[
     first = [event async for event in again]
     assert first[-1].type == "response.completed"
     assert [item.type for item in first[-1].response.output] == kinds(paused)
+
+
+async def test_the_continuation_brings_its_own_tools_and_instructions(
+    gated: tuple[Live, AsyncOpenAI], llm_server: FakeLLMServer
+) -> None:
+    """As any response, the one that answers the approvals sends its own tools, instructions and
+    sampling to the model (the Agents SDK resends its function tools on every call)."""
+    _, oai = gated
+    weather = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+    paused = await oai.responses.create(model="agentchat", input=CALC, tools=[weather])  # type: ignore[list-item]
+    done = await oai.responses.create(
+        model="agentchat",
+        previous_response_id=paused.id,
+        input=approval(paused, approve=True),
+        tools=[weather],  # type: ignore[list-item]
+        instructions="Answer in one word.",
+        max_output_tokens=64,
+        temperature=0.2,
+    )
+    assert done.status == "completed"
+    sent = llm_server.state.request_bodies()[-1]
+    assert "get_weather" in [t["name"] for t in sent["tools"]]
+    assert "Answer in one word." in json.dumps(sent["system"])
+    assert sent["max_tokens"] == 64
+    assert sent["temperature"] == 0.2
+    assert llm_server.state.rejections == []
