@@ -443,7 +443,10 @@ class TurnService:
         async with transactions() as tx:
             turns = TurnRepository(tx.conn)
             if options.external_id is not None:
-                found = await turns.conversation_with_external_id(options.external_id, owner_id=owner)
+                named = agents.named.name if agents.named is not None else None
+                found = await turns.conversation_with_external_id(
+                    options.external_id, owner_id=owner, agents=agents.filter(), rebind=named
+                )
                 if found is None or options.extends_key is None:
                     return found, None
                 return found, await turns.answer_with_key(options.extends_key, conversation_id=found)

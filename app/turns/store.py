@@ -678,7 +678,7 @@ _ANSWER_WITH_KEY = (
     .order_by(Message.id.desc())
     .limit(1)
 )
-_CONVERSATION_WITH_EXTERNAL_ID = select(Conversation.id).where(
+_CONVERSATION_WITH_EXTERNAL_ID = select(Conversation.id, Conversation.agent).where(
     Conversation.owner_id == bindparam("owner_id", type_=Uuid()), Conversation.external_id == bindparam("external_id")
 )
 
@@ -724,6 +724,17 @@ class TurnRepository:
         params = {"history_key": history_key, "conversation_id": conversation_id}
         return (await self.conn.execute(_ANSWER_WITH_KEY, params)).scalar_one_or_none()
 
-    async def conversation_with_external_id(self, external_id: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
+    async def conversation_with_external_id(
+        self, external_id: str, *, owner_id: uuid.UUID, agents: AgentFilter, rebind: str | None = None
+    ) -> uuid.UUID | None:
+        """The owner's conversation with the client's id; `rebind`: the agent the client now names,
+        which the conversation is bound to from this turn on (a chat UI's user switched models: the
+        client holds the history, so the chat follows its choice)."""
         params = {"external_id": clean_text(external_id), "owner_id": owner_id}
-        return (await self.conn.execute(_CONVERSATION_WITH_EXTERNAL_ID, params)).scalar_one_or_none()
+        found = (await self.conn.execute(_CONVERSATION_WITH_EXTERNAL_ID, params)).first()
+        if found is None:
+            return None
+        if rebind is not None and (found.agent or agents.default) != rebind:
+            owned = Conversation.id == found.id, Conversation.owner_id == owner_id
+            await self.conn.execute(update(Conversation).where(*owned).values(agent=rebind))
+        return found.id  # type: ignore[no-any-return]

@@ -208,6 +208,35 @@ async def test_v1_models_list_the_agents_and_model_selects_one(
         await sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
 
 
+async def test_a_chat_ui_chat_follows_the_model_its_user_picks(
+    agents_app: tuple[Resources, httpx.AsyncClient], llm_server: FakeLLMServer, openai_upstream: FakeLLMServer
+) -> None:
+    """Open WebUI: one chat id, the user switches models mid-chat: the chat (the client holds its
+    history) goes on with the agent now named, instead of a 409; /chat still sticks to its agent."""
+    state, client = agents_app
+    key = await make_key(state)
+    asgi = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=client.app))  # type: ignore[attr-defined]
+    sdk = openai.AsyncOpenAI(api_key=key, base_url="http://test/v1", http_client=asgi, max_retries=0)
+    chat = {"X-OpenWebUI-Chat-Id": "switching", "X-OpenWebUI-User-Id": "u1"}
+    history: list[Any] = [{"role": "user", "content": "hi"}]
+    first = await sdk.chat.completions.create(model="assistant", messages=history, extra_headers=chat)
+    history += [{"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "more"}]
+    second = await sdk.chat.completions.create(model="triage", messages=history, extra_headers=chat)
+    assert second.model == "triage"
+    assert openai_upstream.state.request_bodies()[-1]["model"] == "qwen-triage"
+    auth = {"Authorization": f"Bearer {key}"}
+    [conversation] = (await client.get("/conversations", headers=auth)).json()["items"]
+    assert conversation["agent"] == "triage"
+    items = (await client.get(f"/conversations/{conversation['id']}/messages", headers=auth)).json()["items"]
+    assert [i["model"] for i in items if i["role"] == "assistant"] == ["claude-assistant", "qwen-triage"]
+    # POST /chat names the conversation itself: another agent there is still a mismatch.
+    r = await client.post(
+        "/chat", json={"message": "x", "conversation_id": conversation["id"], "agent": "assistant"}, headers=auth
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["type"] == "agent_mismatch"
+
+
 async def test_a_conversation_whose_agent_was_removed_is_409_and_stays_readable(
     settings: Settings, openai_upstream: FakeLLMServer
 ) -> None:
