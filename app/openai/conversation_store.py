@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.conversations.branches import branch, latest_leaf
 from app.conversations.repository import delete_messages, latest_message
+from app.core.db import Transactions
 from app.core.ids import uuid7
 from app.core.text import clean
 from app.models import Conversation, Message
@@ -149,3 +150,14 @@ async def set_row_content(conn: AsyncConnection, row: StoredRow, conversation_id
         await conn.execute(update(Message).where(*owned).values(content=row.content, updated_at=utcnow()))
     else:
         await delete_messages(conn, conversation_id, [row.id])
+
+
+async def bind_unanswered(
+    transactions: Transactions, conversation_id: uuid.UUID, *, owner_id: uuid.UUID, agent: str
+) -> bool:
+    """Bind the owner's conversation to `agent` if it has no answer yet (made by POST /v1/conversations,
+    bound to the default agent until a response names its own); False if it has one or is not found."""
+    answered = exists().where(Message.conversation_id == conversation_id, Message.role == "assistant")
+    bind = update(Conversation).where(*_owned(conversation_id, owner_id), ~answered).values(agent=agent)
+    async with transactions() as tx:
+        return bool((await tx.conn.execute(bind)).rowcount)

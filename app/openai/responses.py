@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 
 from app.agent.loop import Decision
+from app.agents.errors import AgentMismatch
 from app.auth.deps import CurrentPrincipal, Principal
 from app.conversations.errors import ConversationNotFound
 from app.core.db import Transactions
@@ -32,6 +33,7 @@ from app.openai.approvals import approval_decisions, approval_input_items
 from app.openai.chat import STREAM, IdempotencyKey, pick_agent
 from app.openai.clients import sampling_of
 from app.openai.conversation_items import conversation_id
+from app.openai.conversation_store import bind_unanswered
 from app.openai.conversations import ConversationNotFoundHere, conversation_param
 from app.openai.errors import (
     InvalidParam,
@@ -182,23 +184,29 @@ async def create_response(
     def respond(turn: Turn) -> dict[str, Any]:
         return response_of(turn, attributes)
 
+    request = TurnRequest(
+        owner_id=principal.owner_id,
+        message=call.text,
+        conversation_id=conversation,
+        system="\n\n".join(s for s in (body.instructions, call.system) if s and s.strip()) or None,
+        incremental=follow,
+        idempotency_key=idempotency_key,
+        fingerprint={"api": "responses", **body.model_dump(mode="json")},
+        options=options,
+        agent=agent,
+        allowed_agents=principal.agents,
+    )
     try:
-        started = await turns.start(
-            TurnRequest(
-                owner_id=principal.owner_id,
-                message=call.text,
-                conversation_id=conversation,
-                system="\n\n".join(s for s in (body.instructions, call.system) if s and s.strip()) or None,
-                incremental=follow,
-                idempotency_key=idempotency_key,
-                fingerprint={"api": "responses", **body.model_dump(mode="json")},
-                options=options,
-                agent=agent,
-                allowed_agents=principal.agents,
-            ),
-            transactions,
-            respond=respond,
-        )
+        try:
+            started = await turns.start(request, transactions, respond=respond)
+        except AgentMismatch:
+            # A conversation made by POST /v1/conversations is bound to the default agent until its
+            # first answer: the first response names its agent (nothing was stored by the refusal).
+            if conversation is None or not await bind_unanswered(
+                transactions, conversation, owner_id=principal.owner_id, agent=agent
+            ):
+                raise
+            started = await turns.start(request, transactions, respond=respond)
     except ConversationNotFound:
         if conversation is not None:
             raise ConversationNotFoundHere("conversation") from None

@@ -237,6 +237,24 @@ async def test_a_chat_ui_chat_follows_the_model_its_user_picks(
     assert r.json()["error"]["type"] == "agent_mismatch"
 
 
+async def test_a_v1_conversation_is_bound_by_its_first_response(
+    agents_app: tuple[Resources, httpx.AsyncClient], openai_upstream: FakeLLMServer
+) -> None:
+    """POST /v1/conversations names no agent: the first response on it does; after an answer it sticks."""
+    state, client = agents_app
+    key = await make_key(state)
+    asgi = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=client.app))  # type: ignore[attr-defined]
+    sdk = openai.AsyncOpenAI(api_key=key, base_url="http://test/v1", http_client=asgi, max_retries=0)
+    made = await sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "context"}])
+    answer = await sdk.responses.create(model="triage", conversation=made.id, input="hi")
+    assert answer.model == "triage"
+    assert openai_upstream.state.request_bodies()[-1]["model"] == "qwen-triage"
+    with pytest.raises(openai.APIStatusError) as refused:
+        await sdk.responses.create(model="assistant", conversation=made.id, input="again")
+    assert refused.value.status_code == 400  # OpenAI's invalid request: bound to triage now
+    assert len(openai_upstream.state.request_bodies()) == 1
+
+
 async def test_a_conversation_whose_agent_was_removed_is_409_and_stays_readable(
     settings: Settings, openai_upstream: FakeLLMServer
 ) -> None:
