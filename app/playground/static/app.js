@@ -7,6 +7,7 @@
 const KEY_STORAGE = "agentchat.apiKey";
 const CONVERSATION_PAGE = 30;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const ROOT = "00000000-0000-0000-0000-000000000000"; // parent_message_id of an edited first message
 
 const els = {};
 
@@ -17,6 +18,8 @@ const state = {
   agents: null, // GET /agents: the agents this key may use (null until loaded)
   nextCursor: null,
   stream: null, // the AbortController of the answer being streamed
+  running: 0, // turns streaming into this page (a queued one too): branch controls wait for them
+  pickedBranch: false, // the thread shows a branch picked with a switcher, not the latest one
   viewTicket: 0, // bumps whenever the thread shows something else, so late loads are dropped
 };
 
@@ -454,23 +457,34 @@ function errorNotice(error) {
   return box;
 }
 
+// What the page knows of each message on screen, for its branch controls: its id (an answer's from
+// its `start` event, a user message's once the history lists it), the answer it follows, its siblings.
+const messageMeta = new WeakMap();
+
 function messageShell(role) {
   const article = el("article", `message ${role}`);
   article.setAttribute("aria-label", role === "user" ? "You" : "Assistant");
   if (role === "assistant") article.append(el("div", "avatar"));
   const body = article.appendChild(el("div", "message-body"));
+  // Icon buttons named by aria-label: the message's own text stays all the text it holds.
+  const actions = article.appendChild(el("div", "message-actions"));
+  actions.hidden = true;
+  messageMeta.set(article, { role, id: null, parentId: null, siblingIds: [], actions, editing: false });
   keepPinned(() => els.thread.append(article));
   return { article, body };
 }
 
 function appendUserMessage(text, attachments = []) {
   els.welcome.hidden = true;
-  const { body } = messageShell("user");
+  const { article, body } = messageShell("user");
   if (attachments.length) {
     const list = body.appendChild(el("ul", "message-attachments"));
     for (const file of attachments) list.append(attachmentChip(file, file.preview));
   }
   body.append(el("div", "user-text", text));
+  Object.assign(messageMeta.get(article), { text, attachments });
+  renderActions(article);
+  return article;
 }
 
 // ---------------------------------------------------------------- attachments
@@ -619,6 +633,15 @@ class AnswerView {
   startStreaming() {
     this.article.classList.add("streaming");
     this.article.setAttribute("aria-busy", "true");
+    renderActions(this.article);
+  }
+
+  // The answer's id, from its `start` event: what Regenerate and a later edit's parent name.
+  setMessageId(id) {
+    const meta = messageMeta.get(this.article);
+    if (meta.id === id) return;
+    Object.assign(meta, { id, siblingIds: [id] });
+    this.article.dataset.id = id;
   }
 
   // Sent while another turn ran: stored, and answered after the turns ahead of it.
@@ -704,6 +727,7 @@ class AnswerView {
     if (!this.body.hasChildNodes()) this.note("(no text)");
     this.article.classList.remove("streaming");
     this.article.removeAttribute("aria-busy");
+    renderActions(this.article);
   }
 }
 
@@ -843,6 +867,7 @@ class ApprovalPanel {
     view.resumeStreaming();
     const controller = new AbortController();
     setStreaming(controller);
+    turnRunning(1);
     try {
       await streamDecisions(view, this.conversationId, decisions, controller.signal);
     } catch (error) {
@@ -851,6 +876,7 @@ class ApprovalPanel {
     } finally {
       view.finish();
       if (state.stream === controller) setStreaming(null);
+      turnRunning(-1);
       refreshConversations();
     }
   }
@@ -879,18 +905,8 @@ class ApprovalPanel {
 }
 
 async function streamDecisions(view, conversationId, decisions, signal) {
-  const response = await request(`conversations/${encodeURIComponent(conversationId)}/approvals`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-    body: JSON.stringify({ decisions, stream: true }),
-    signal,
-  });
-  for await (const event of readEvents(response.body)) {
-    if (handleEvent(view, event)) return;
-  }
-  throw new ApiError("The connection closed before the answer was complete.", {
-    requestId: response.headers.get("X-Request-ID"),
-  });
+  const path = `conversations/${encodeURIComponent(conversationId)}/approvals`;
+  await streamTurn(view, path, { decisions, stream: true }, signal);
 }
 
 const STOP_NOTES = {
@@ -915,19 +931,32 @@ function renderStoredAnswer(item) {
   if (item.status === "error") view.showError(ApiError.fromEnvelope(item.error || {}));
   view.finish();
   if (item.model) els.modelName.textContent = item.model;
+  return view;
 }
 
 function renderHistory(items) {
   for (const item of items) {
-    if (item.role === "user") appendUserMessage(item.content, item.attachments || []);
-    else renderStoredAnswer(item);
+    if (item.role === "user") placeInTree(appendUserMessage(item.content, item.attachments || []), item);
+    else placeInTree(renderStoredAnswer(item).article, item);
   }
   els.welcome.hidden = items.length > 0;
   scrollToBottom();
 }
 
+// A history item's place in the conversation's tree, on its message (and its switcher, if it has siblings).
+function placeInTree(article, item) {
+  const meta = messageMeta.get(article);
+  meta.role = item.role; // a `summary` item (a compaction) gets no branch controls
+  meta.id = item.id;
+  meta.parentId = item.parent_id || ROOT;
+  meta.siblingIds = item.sibling_ids && item.sibling_ids.length ? item.sibling_ids : [item.id];
+  article.dataset.id = item.id;
+  renderActions(article);
+}
+
 function clearThread() {
   state.viewTicket++;
+  state.pickedBranch = false;
   openApprovals = null;
   els.thread.replaceChildren();
   els.welcome.hidden = false;
@@ -1135,6 +1164,7 @@ function handleEvent(view, { event, data }) {
       return false;
     case "start":
       view.unqueue();
+      if (data.message_id) view.setMessageId(data.message_id);
       if (!state.conversationId) {
         setConversation(data.conversation_id, data.agent || null);
         refreshConversations(); // it exists now: list it while the answer streams in
@@ -1168,8 +1198,9 @@ function handleEvent(view, { event, data }) {
   }
 }
 
-async function streamAnswer(view, body, signal) {
-  const response = await request("chat", {
+// POST /chat, a regenerate or the approvals of a paused turn: each streams the same events into `view`.
+async function streamTurn(view, path, body, signal) {
+  const response = await request(path, {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
     body: JSON.stringify(body),
@@ -1183,28 +1214,225 @@ async function streamAnswer(view, body, signal) {
   });
 }
 
-async function sendMessage(text, attachments = []) {
-  const body = { message: text, stream: true };
-  if (attachments.length) body.attachments = attachments.map((file) => file.id);
-  if (state.conversationId) {
-    body.conversation_id = state.conversationId;
-    body.multitask = "enqueue"; // while a turn runs, this one waits its turn (a `queued` event)
-  } else if (chosenAgent()) body.agent = chosenAgent(); // a continued conversation keeps its own
-  if (openApprovals) openApprovals.close("Not decided: your new message denies it.");
-  appendUserMessage(text, attachments);
-  const view = new AnswerView();
+// A turn's branch controls wait while any turn streams into the page (a queued one too).
+function turnRunning(delta) {
+  state.running += delta;
+  for (const article of els.thread.querySelectorAll(".message")) renderActions(article);
+}
+
+async function runTurn(view, path, body) {
   view.startStreaming();
   const controller = new AbortController();
   if (!state.stream) setStreaming(controller); // else Stop stays with the turn that runs
+  turnRunning(1);
   try {
-    await streamAnswer(view, body, controller.signal);
+    await streamTurn(view, path, body, controller.signal);
   } catch (error) {
     if (error.name === "AbortError") view.note("Stopped.");
     else view.showError(error);
   } finally {
     view.finish();
     if (state.stream === controller) setStreaming(null);
+    turnRunning(-1);
     refreshConversations();
+  }
+}
+
+async function sendMessage(text, attachments = []) {
+  const body = { message: text, stream: true };
+  if (attachments.length) body.attachments = attachments.map((file) => file.id);
+  if (state.conversationId) {
+    body.conversation_id = state.conversationId;
+    // On a branch picked with a switcher the message continues that branch; else it goes after the
+    // latest message, and while a turn runs it waits its turn (a `queued` event).
+    const parent = state.pickedBranch && !state.running ? lastAnswerId() : null;
+    if (parent) body.parent_message_id = parent;
+    else body.multitask = "enqueue";
+  } else if (chosenAgent()) body.agent = chosenAgent(); // a continued conversation keeps its own
+  state.pickedBranch = false; // the new message is the latest now
+  if (openApprovals) openApprovals.close("Not decided: your new message denies it.");
+  appendUserMessage(text, attachments);
+  await runTurn(new AnswerView(), "chat", body);
+}
+
+// ---------------------------------------------------------------- branches: regenerate, edit, switch
+
+function actionButton(className, label, onClick) {
+  const button = el("button", `message-action ${className}`);
+  button.type = "button";
+  button.title = label;
+  button.setAttribute("aria-label", label);
+  button.disabled = state.running > 0;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+// "‹ 2/3 ›": the other versions of this message (edits of it, or regenerated answers).
+function siblingSwitcher(meta) {
+  const ids = meta.siblingIds;
+  const at = ids.indexOf(meta.id);
+  const group = el("div", "sibling-switcher");
+  group.setAttribute("role", "group");
+  group.setAttribute("aria-label", `Version ${at + 1} of ${ids.length}`);
+  const previous = actionButton("sibling-previous", "Previous version", () => showBranch(ids[at - 1], "previous"));
+  const next = actionButton("sibling-next", "Next version", () => showBranch(ids[at + 1], "next"));
+  previous.disabled ||= at <= 0;
+  next.disabled ||= at >= ids.length - 1;
+  group.append(previous, el("span", "sibling-count", `${at + 1}/${ids.length}`), next);
+  return group;
+}
+
+function renderActions(article) {
+  const meta = messageMeta.get(article);
+  if (!meta) return;
+  const controls = [];
+  if (meta.id && meta.siblingIds.length > 1) controls.push(siblingSwitcher(meta));
+  if (meta.role === "assistant" && meta.id && state.conversationId) {
+    controls.push(actionButton("regenerate", "Regenerate", () => regenerate(article)));
+  } else if (meta.role === "user" && state.conversationId) {
+    controls.push(actionButton("edit", "Edit", () => startEdit(article)));
+  }
+  meta.actions.replaceChildren(...controls);
+  meta.actions.hidden = !controls.length || meta.editing || article.classList.contains("streaming");
+}
+
+function answerArticles() {
+  return [...els.thread.querySelectorAll(".message.assistant")].filter((article) => {
+    const meta = messageMeta.get(article);
+    return meta.role === "assistant" && meta.id;
+  });
+}
+
+function lastAnswerId() {
+  const last = answerArticles().at(-1);
+  return last ? messageMeta.get(last).id : null;
+}
+
+// The answer a user message follows: an edit of it goes below that answer (ROOT: a new first message).
+function editParent(article) {
+  const meta = messageMeta.get(article);
+  if (meta.id) return meta.parentId; // listed by the history: its parent is known
+  const before = answerArticles().filter(
+    (answer) => answer.compareDocumentPosition(article) & Node.DOCUMENT_POSITION_FOLLOWING,
+  );
+  return before.length ? messageMeta.get(before.at(-1)).id : ROOT;
+}
+
+// A new version replaces this message and what follows it on screen (the old ones stay, as siblings).
+function cutThreadAt(article) {
+  while (article.nextSibling) article.nextSibling.remove();
+  article.remove();
+  if (openApprovals && !openApprovals.view.article.isConnected) openApprovals = null;
+  state.pickedBranch = false; // what comes next is the conversation's latest message
+}
+
+// Once a new version is stored: its id and siblings, and those of the user message it answers.
+async function placeNewVersion(view, ticket) {
+  const meta = messageMeta.get(view.article);
+  if (!meta.id || ticket !== state.viewTicket) return;
+  const path = `conversations/${encodeURIComponent(state.conversationId)}/messages`;
+  const page = await getJSON(`${path}?${new URLSearchParams({ leaf: meta.id })}`);
+  if (ticket !== state.viewTicket) return;
+  const at = page.items.findIndex((item) => item.id === meta.id);
+  if (at < 0) return;
+  placeInTree(view.article, page.items[at]);
+  const user = page.items.slice(0, at).findLast((item) => item.role === "user");
+  let asked = view.article.previousElementSibling;
+  while (asked && !asked.classList.contains("user")) asked = asked.previousElementSibling;
+  if (user && asked && [null, user.id].includes(messageMeta.get(asked).id)) placeInTree(asked, user);
+}
+
+async function regenerate(article) {
+  const meta = messageMeta.get(article);
+  if (state.running || !meta.id || !state.conversationId) return;
+  const ticket = state.viewTicket;
+  const conversation = encodeURIComponent(state.conversationId);
+  const path = `conversations/${conversation}/messages/${encodeURIComponent(meta.id)}/regenerate`;
+  cutThreadAt(article);
+  const view = new AnswerView();
+  await runTurn(view, path, { stream: true });
+  await placeNewVersion(view, ticket).catch(() => {}); // without it, only the switcher is missing
+}
+
+function startEdit(article) {
+  const meta = messageMeta.get(article);
+  if (state.running || meta.editing) return;
+  meta.editing = true;
+  article.classList.add("editing");
+  const text = article.querySelector(".user-text");
+  text.hidden = true;
+  const form = el("form", "message-editor");
+  const input = form.appendChild(el("textarea", "message-editor-input"));
+  input.value = meta.text;
+  input.rows = Math.min(10, meta.text.split("\n").length + 1);
+  input.setAttribute("aria-label", "Edited text");
+  const buttons = form.appendChild(el("div", "message-editor-actions"));
+  const cancel = buttons.appendChild(el("button", "ghost-button", "Cancel"));
+  cancel.type = "button";
+  buttons.appendChild(el("button", "primary-button", "Save")).type = "submit";
+  const close = () => {
+    form.remove();
+    text.hidden = false;
+    meta.editing = false;
+    article.classList.remove("editing");
+    renderActions(article);
+  };
+  cancel.addEventListener("click", close);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const edited = input.value.trim();
+    if (!edited || state.running) return;
+    close();
+    submitEdit(article, edited);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    } else if (event.key === "Escape") {
+      close();
+    }
+  });
+  text.after(form);
+  renderActions(article);
+  input.focus();
+}
+
+// The edited message goes below the answer before the original (with the original's attachments):
+// a new branch, whose answer streams in where the old thread was.
+async function submitEdit(article, text) {
+  const meta = messageMeta.get(article);
+  const parent = editParent(article);
+  const attachments = meta.attachments || [];
+  const ticket = state.viewTicket;
+  if (openApprovals) openApprovals.close("Not decided: your edit denies it.");
+  cutThreadAt(article);
+  appendUserMessage(text, attachments);
+  const body = { message: text, stream: true, conversation_id: state.conversationId, parent_message_id: parent };
+  if (attachments.length) body.attachments = attachments.map((file) => file.id);
+  const view = new AnswerView();
+  await runTurn(view, "chat", body);
+  await placeNewVersion(view, ticket).catch(() => {});
+}
+
+// Another version of a message: the thread shows the branch through it, down to its latest answer.
+async function showBranch(messageId, focus) {
+  if (state.running || !state.conversationId) return;
+  const ticket = state.viewTicket;
+  const path = `conversations/${encodeURIComponent(state.conversationId)}/messages`;
+  try {
+    const page = await getJSON(`${path}?${new URLSearchParams({ leaf: messageId })}`);
+    if (ticket !== state.viewTicket) return;
+    clearThread();
+    renderHistory(page.items);
+    state.pickedBranch = true;
+    const shown = els.thread.querySelector(`.message[data-id="${CSS.escape(messageId)}"]`);
+    if (!shown) return;
+    shown.scrollIntoView({ block: "nearest" });
+    const button = shown.querySelector(`.sibling-${focus}`);
+    (button && !button.disabled ? button : shown.querySelector(".sibling-switcher button:not(:disabled)"))?.focus();
+  } catch (error) {
+    if (ticket === state.viewTicket && error.status !== 401) keepPinned(() => els.thread.append(errorNotice(error)));
   }
 }
 
