@@ -4,7 +4,9 @@ A gated tool's call (an agent's `approval`) ends its response `completed` with a
 `mcp_approval_request` item, `mcpr_<tool_use id>`. The client answers with `mcp_approval_response`
 input items (`approval_request_id`, `approve`, `reason`) and `previous_response_id`: that continues
 the same paused turn (TurnService.resume) as a new response, `resp_<answer id>_<k>`
-(app/openai/response_objects.py).
+(app/openai/response_objects.py). A client that keeps the context itself (the Agents SDK's default)
+sends the whole history before its approval responses, and no `previous_response_id`: the history
+is the paused turn's already (it is not stored again), and the approval requests name the turn.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def approval_decisions(input_: str | list[dict[str, Any]]) -> list[Decision] | N
     if isinstance(input_, str) or not any(is_approval(item) for item in input_):
         return None
     decisions: list[Decision] = []
+    first = next(i for i, item in enumerate(input_) if is_approval(item))
     for i, item in enumerate(input_):
         param = f"input[{i}]"
-        if _echo(item):
+        if _echo(item) or i < first:  # the history the client resends: the paused turn holds it
             continue
         if not is_approval(item):
             raise InvalidParam(

@@ -119,3 +119,24 @@ async def delete_turn(conn: AsyncConnection, answer: StoredAnswer) -> None:
     left = select(func.count()).select_from(Message).where(Message.conversation_id == answer.conversation_id)
     if not (await conn.execute(left)).scalar_one():
         await conn.execute(delete(Conversation).where(Conversation.id == answer.conversation_id))
+
+
+async def paused_answer_with_call(conn: AsyncConnection, call_id: str, *, owner_id: uuid.UUID) -> uuid.UUID | None:
+    """The owner's answer paused for approval that holds this call (an mcp_approval_request's
+    `mcpr_<call id>`): a text search among paused answers only (a partial index holds them), then
+    checked block by block. Call ids are 1-256 letters, digits, '_' and '-'."""
+    query = (
+        select(Message.id, Message.content)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(
+            Conversation.owner_id == owner_id,
+            Message.status == MessageStatus.AWAITING_APPROVAL,
+            cast(Message.content, Text).contains(f'"{call_id}"', autoescape=True),
+        )
+        .order_by(Message.id.desc())
+        .limit(_REFERENCED_LIMIT)
+    )
+    for row in await conn.execute(query):
+        if any(isinstance(b, dict) and b.get("type") == "tool_use" and b.get("id") == call_id for b in row.content):
+            return row.id  # type: ignore[no-any-return]
+    return None

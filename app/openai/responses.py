@@ -46,7 +46,7 @@ from app.openai.errors import (
 from app.openai.files import attach_parts, user_message
 from app.openai.history import check_characters, responses_turn
 from app.openai.items import rendered, resolve_references
-from app.openai.repository import StoredAnswer, delete_turn, get_answer, get_input
+from app.openai.repository import StoredAnswer, delete_turn, get_answer, get_input, paused_answer_with_call
 from app.openai.response_events import IN_PROGRESS, ResponseEvents, ResponseJSONResponse, replayed, response_of
 from app.openai.response_objects import (
     Segment,
@@ -247,7 +247,11 @@ async def _continue_paused(
     transactions: Transactions,
     idempotency_key: str | None,
 ) -> Response:
-    """mcp_approval_response items: the paused turn `previous_response_id` names goes on, as a new response."""
+    """mcp_approval_response items: the paused turn `previous_response_id` names (or, a client that
+    resends the whole context, the one its approval requests name) goes on, as a new response."""
+    if after is None:
+        async with transactions() as tx:
+            after = await paused_answer_with_call(tx.conn, decisions[0].tool_use_id, owner_id=principal.owner_id)
     if after is None:
         raise InvalidParam(
             "previous_response_id", "mcp_approval_response items continue a response: name it in previous_response_id."

@@ -130,8 +130,11 @@ async def test_a_streamed_denial_carries_the_reason(gated: tuple[Live, AsyncOpen
 async def test_approval_responses_that_cannot_continue(gated: tuple[Live, AsyncOpenAI]) -> None:
     _, oai = gated
     paused = await oai.responses.create(model="agentchat", input=CALC)
+    unknown: ResponseInputParam = [
+        {"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}
+    ]
     with pytest.raises(BadRequestError) as missing:  # what would it continue?
-        await oai.responses.create(model="agentchat", input=approval(paused, approve=True))
+        await oai.responses.create(model="agentchat", input=unknown)
     assert missing.value.body["param"] == "previous_response_id"  # type: ignore[index]
     stray: ResponseInputParam = [
         *approval(paused, approve=True),
@@ -206,3 +209,33 @@ async def test_the_continuation_brings_its_own_tools_and_instructions(
     assert sent["max_tokens"] == 64
     assert sent["temperature"] == 0.2
     assert llm_server.state.rejections == []
+
+
+async def test_a_client_that_resends_the_whole_context_continues_the_paused_turn(
+    gated: tuple[Live, AsyncOpenAI], llm_server: FakeLLMServer
+) -> None:
+    """The Agents SDK's default: no previous_response_id, the whole history (its input, the paused
+    response's output items) then the approval responses. The approval requests name the paused turn,
+    the history is not stored again, and the model sees it once."""
+    live, oai = gated
+    paused = await oai.responses.create(model="agentchat", input=CALC)
+    context: list[Any] = [
+        {"type": "message", "role": "user", "content": CALC},
+        *[item.model_dump(exclude_none=True) for item in paused.output],
+        *approval(paused, approve=True),
+    ]
+    done = await oai.responses.create(model="agentchat", input=context)
+    assert done.id == f"{paused.id}_1"
+    assert done.status == "completed"
+    assert kinds(done) == ["mcp_call", "message"]
+    [conversation] = await conversations(live.state)
+    rows = await messages(live.state, conversation.id)
+    assert [r.role for r in rows] == ["user", "assistant"]  # one turn, its history stored once
+    sent = llm_server.state.request_bodies()[-1]["messages"]
+    assert json.dumps(sent).count("compute") == 1
+    assert llm_server.state.rejections == []
+    # A stray message after the approvals is still refused: it would be a new turn.
+    stray = [*context, {"role": "user", "content": "and this"}]
+    with pytest.raises(BadRequestError) as refused:
+        await oai.responses.create(model="agentchat", input=stray)
+    assert refused.value.body["param"] == f"input[{len(context)}]"  # type: ignore[index]
