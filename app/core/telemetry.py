@@ -312,6 +312,11 @@ def link_current_span(traceparent: str | None, why: str) -> None:
         trace.get_current_span().add_link(linked.get_span_context(), {"agentchat.link": why})
 
 
+def current_traceparent() -> str | None:
+    """The current span's W3C traceparent (None when tracing is off), to link to it later."""
+    return trace_headers().get("traceparent") if _active is not None else None
+
+
 def trace_headers() -> dict[str, str]:
     """The current trace context as headers (`traceparent`, `tracestate`) for an outgoing request;
     empty when tracing is off."""

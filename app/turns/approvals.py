@@ -41,6 +41,7 @@ from app.turns.store import pending_calls, record_denied, with_denials
 log = structlog.get_logger(__name__)
 
 TIMED_OUT = "no decision came in time"
+PAUSED_TRACE = "traceparent"  # in a paused answer's attributes: the trace its continuation links to
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,18 @@ async def claim_paused(
     )
     started = TurnStarted(conversation_id, last.id, last.created_at, agent, request)
     return Paused(started, content, pending, usage, len(resumptions), now, last.updated_at, last.attributes)
+
+
+async def keep_paused_trace(transactions: Transactions, message_id: uuid.UUID, traceparent: str) -> None:
+    """A paused answer notes its execution's trace, for the continuation's to link to (tracing on;
+    a rare path, a statement of its own). Its updated_at stays: a claim compares it."""
+    paused = Message.id == message_id, Message.status == MessageStatus.AWAITING_APPROVAL
+    async with transactions.atomic() as conn:
+        row = (await conn.execute(select(Message.attributes).where(*paused).with_for_update())).first()
+        if row is None:  # continued (or denied) already
+            return
+        attributes = {**(row.attributes or {}), PAUSED_TRACE: traceparent}
+        await conn.execute(update(Message).where(*paused).values(attributes=attributes, updated_at=Message.updated_at))
 
 
 async def unclaim(transactions: Transactions, paused: Paused) -> bool:

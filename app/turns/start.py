@@ -34,7 +34,15 @@ from app.models.conversations import MessageStatus
 from app.runs.manager import Run
 from app.state import Resources, ResourcesDep
 from app.turns import multitask, queue
-from app.turns.approvals import CallOptions, Paused, claim_paused, continuation_run_id, unclaim
+from app.turns.approvals import (
+    PAUSED_TRACE,
+    CallOptions,
+    Paused,
+    claim_paused,
+    continuation_run_id,
+    keep_paused_trace,
+    unclaim,
+)
 from app.turns.begin import AgentChoice, TurnOptions, TurnStarted, begin_turn
 from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
 from app.turns.gate import KeyGate
@@ -280,6 +288,7 @@ class TurnService:
             segment=found.segment,
             created_at=found.claimed_at,
             before=found.usage,
+            traceparent=(found.attributes or {}).get(PAUSED_TRACE),
         )
         self._settle_claims(turn, owner, slot, key, fp, respond)
         return turn
@@ -393,6 +402,12 @@ class TurnService:
             turn.prepare = functools.partial(
                 with_files, storage=resources.files, owner_id=owner, text_only_models=settings.file_text_only_models
             )
+
+        async def keep_trace(done: Turn) -> None:
+            if done.saved and done.status == MessageStatus.AWAITING_APPROVAL and done.traceparent is not None:
+                await keep_paused_trace(done.transactions, done.started.message_id, done.traceparent)
+
+        turn.after_record.append(keep_trace)
         if resources.compactor is not None:  # once recorded: a compaction if its history grew past compact_at
             turn.after_record.append(resources.compactor.after_turn)
         return turn

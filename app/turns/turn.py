@@ -83,6 +83,7 @@ class Resumption:
     segment: int = 0  # which continuation of the answer this is (1, 2…: it may pause again)
     created_at: datetime | None = None  # when the decisions came
     before: Usage = field(default_factory=Usage)  # the answer's usage when it paused
+    traceparent: str | None = None  # the paused execution's invoke_agent span, linked from this one's
 
 
 Emit = Callable[[TurnEvent], Awaitable[None]]
@@ -117,6 +118,7 @@ class Turn:
     resume: Resumption | None = None  # a paused turn, continued: its calls are decided first
     # The turn's first step in phase 2, its failures the turn's: its attachments' content read.
     prepare: Callable[[TurnStarted], Awaitable[TurnStarted]] | None = None
+    traceparent: str | None = None  # this execution's invoke_agent span (tracing on), kept if it pauses
     _held: Held | None = None
     _scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _shutdown: bool = False
@@ -228,6 +230,10 @@ class Turn:
                 owner_id=self.context.owner_id,
                 request_id=current_request_id(),
             ) as span:
+                if span is not None:
+                    self.traceparent = telemetry.current_traceparent()
+                    if self.resume is not None:  # the decisions' trace, linked to the one that paused
+                        telemetry.link_current_span(self.resume.traceparent, "paused_turn")
                 # The agent emits each text delta and tool call before anything follows from it (a
                 # tool runs after its call is emitted): gating the events gates the turn's effects.
                 await self._execute(emit if self.started.stored is None else self._after_stored(emit))

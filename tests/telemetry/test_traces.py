@@ -345,6 +345,7 @@ async def test_a_turn_continued_after_an_approval_is_an_invoke_agent_span_of_its
     assert first.attributes["agentchat.request_id"] == paused.headers["x-request-id"]
     assert second.attributes["agentchat.request_id"] == done.headers["x-request-id"]
     assert first.trace_id != second.trace_id  # each its own request's trace
+    assert list(second.links) == [(first.trace_id, first.span_id)]  # the decisions' trace leads to the pause's
     assert first.attributes["gen_ai.conversation.id"] == second.attributes["gen_ai.conversation.id"] == cid
     assert first.attributes["gen_ai.response.finish_reasons"] == ["awaiting_approval"]
     assert second.attributes["gen_ai.response.finish_reasons"] == ["end_turn"]
