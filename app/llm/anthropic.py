@@ -379,60 +379,89 @@ def _block(raw: dict[str, Any]) -> Block:
 
 
 async def _events(body: AsyncIterator[bytes], sent: _Sent | None = None) -> AsyncIterator[LLMEvent]:
-    """The Messages API's event stream, read directly: one json.loads per event, nothing else."""
+    """The Messages API's event stream, read directly: one JSON decode per event, nothing else.
+
+    One async generator from the body's chunks to our events, the SSE split a plain call: at real
+    speed each event comes on its own read, so every layer here is paid once per delta (issue #28).
+    """
     blocks: dict[int, Block] = {}
+    texts: dict[int, list[str]] = {}  # a text block's deltas, joined once at its end (not a copy per delta)
     partial_json: dict[int, list[str]] = {}
     usage: dict[str, Any] = {}
     context: Any = None  # what server-side context management did (in the last message_delta)
     stop_reason = "end_turn"
-    async for data in _sse_data(body):
-        event = json.loads(data)
-        kind = event.get("type")
-        if kind == "content_block_delta":
-            delta, index = event["delta"], event["index"]
-            if delta["type"] == "text_delta":
-                if text := delta["text"]:
-                    blocks[index]["text"] += text
-                    yield TextDelta(text)
-            elif delta["type"] == "input_json_delta":
-                partial_json.setdefault(index, []).append(delta["partial_json"])
-            elif delta["type"] == "compaction_delta":  # the whole summary, in one delta
-                blocks[index].update({k: v for k, v in delta.items() if k != "type" and v is not None})
-        elif kind == "content_block_start":
-            blocks[event["index"]] = _block(event["content_block"])
-        elif kind == "content_block_stop":
-            block = blocks[event["index"]]
-            if block["type"] == "tool_use":
-                raw_input = "".join(partial_json.pop(event["index"], []))
-                block["input"] = json.loads(raw_input) if raw_input else block["input"]
-                yield ToolCall(id=block["id"], name=block["name"], input=block["input"])
-        elif kind == "message_start":
-            usage.update(event["message"].get("usage") or {})
-        elif kind == "message_delta":
-            stop_reason = event["delta"].get("stop_reason") or stop_reason
-            usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
-            context = event.get("context_management") or context
-        elif kind == "message_stop":
-            content = [blocks[i] for i in sorted(blocks)]
-            yield _completed(stop_reason, usage, content, context, sent)
-            return
-        elif kind == "error":
-            raise _stream_error(event.get("error"))
+    sse = _SSEData()
+    async for chunk in body:
+        for data in sse.feed(chunk):
+            event = _decode(data.decode())
+            kind = event.get("type")
+            if kind == "content_block_delta":
+                delta, index = event["delta"], event["index"]
+                if delta["type"] == "text_delta":
+                    if text := delta["text"]:
+                        texts[index].append(text)
+                        yield TextDelta(text)
+                elif delta["type"] == "input_json_delta":
+                    partial_json.setdefault(index, []).append(delta["partial_json"])
+                elif delta["type"] == "compaction_delta":  # the whole summary, in one delta
+                    blocks[index].update({k: v for k, v in delta.items() if k != "type" and v is not None})
+            elif kind == "content_block_start":
+                block = blocks[event["index"]] = _block(event["content_block"])
+                if block["type"] == "text":
+                    texts[event["index"]] = []
+            elif kind == "content_block_stop":
+                block = blocks[event["index"]]
+                _join_text(block, texts.pop(event["index"], None))
+                if block["type"] == "tool_use":
+                    raw_input = "".join(partial_json.pop(event["index"], []))
+                    block["input"] = json.loads(raw_input) if raw_input else block["input"]
+                    yield ToolCall(id=block["id"], name=block["name"], input=block["input"])
+            elif kind == "message_start":
+                usage.update(event["message"].get("usage") or {})
+            elif kind == "message_delta":
+                stop_reason = event["delta"].get("stop_reason") or stop_reason
+                usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+                context = event.get("context_management") or context
+            elif kind == "message_stop":
+                for index, parts in texts.items():  # text blocks the stream did not close
+                    _join_text(blocks[index], parts)
+                content = [blocks[i] for i in sorted(blocks)]
+                yield _completed(stop_reason, usage, content, context, sent)
+                return
+            elif kind == "error":
+                raise _stream_error(event.get("error"))
     raise UpstreamError("The model's answer ended before it was complete.")
 
 
-async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The `data` of each Server-Sent Event (events end with a blank line; other fields are unused)."""
-    buffer = b""
-    async for chunk in body:
-        buffer += chunk
+_decode = json.JSONDecoder().decode  # json.loads less its encoding sniffing: SSE is UTF-8
+
+
+def _join_text(block: Block, parts: list[str] | None) -> None:
+    if parts:
+        block["text"] = block.get("text", "") + "".join(parts)
+
+
+class _SSEData:
+    """The `data` of each Server-Sent Event, fed the body's chunks (events end with a blank line;
+    other fields are unused)."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buffer = self.buffer + chunk if self.buffer else chunk
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
+        found: list[bytes] = []
         while (end := buffer.find(b"\n\n")) >= 0:
             block, buffer = buffer[:end], buffer[end + 2 :]
             lines = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
             if lines:
-                yield lines[0] if len(lines) == 1 else b"\n".join(lines)
+                found.append(lines[0] if len(lines) == 1 else b"\n".join(lines))
+        self.buffer = buffer
+        return found
 
 
 def _stream_error(error: object) -> UpstreamError:
