@@ -5,16 +5,22 @@ stalls nobody but that follower, and what was written replays byte for byte afte
 from __future__ import annotations
 
 import asyncio
+import json
 import types
 import uuid
 from collections.abc import Generator
 from typing import Any, cast
 
+from redis.asyncio import Redis
 from starlette.types import Message
 
 from app.core.asgi import PING
-from app.runs.manager import Run, RunManager
+from app.core.lifecycle import Lifecycle
+from app.core.metrics import Metrics
+from app.runs.events import RunEvent, text_payload
+from app.runs.manager import MIRROR_INTERVAL, Run, RunManager
 from app.runs.responses import RunStreamResponse
+from app.runs.store import RunStore
 
 SCOPE: dict[str, Any] = {"type": "http", "method": "GET", "path": "/"}
 
@@ -206,3 +212,74 @@ async def test_a_client_that_leaves_detaches_its_follower() -> None:
     assert run.direct is None
     run.publish("delta", {"text": "nobody hears this"})  # and publishing goes on regardless
     assert ids(client.body) == [1]
+
+
+# --------------------------------------------------------------------------- the Redis mirror
+
+
+class Counted:
+    """Wraps the store's one mirror command: per call, how many runs it carried and its arguments."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self._append = store._append
+        store._append = self  # type: ignore[assignment]
+
+    async def __call__(self, *, keys: list[bytes], args: list[bytes]) -> Any:
+        self.calls.append(((len(keys) - 1) // 2, len(args)))
+        return await self._append(keys=keys, args=args)
+
+
+def stored_run(manager: RunManager, store: RunStore) -> Run:
+    run = Run(uuid.uuid4(), uuid.uuid4(), store, manager)
+    manager.runs[run.id] = run
+    return run
+
+
+async def test_paced_runs_are_mirrored_one_command_per_slice_and_replay_exactly(redis_client: Redis) -> None:
+    store = RunStore(redis_client, f"test-relay-{uuid.uuid4().hex[:8]}:", retention_seconds=60, max_events=10_000)
+    mirror = Counted(store)
+    deltas, texts = 12, ["é\n", 'say "hi"', "\\", "\x00\x1f", "\u2028", "🙂", "<b>", "plain"]
+    async with RunManager(store, Lifecycle(1.0), Metrics()) as manager:
+        runs = [stored_run(manager, store) for _ in range(3)]
+        for run in runs:
+            run.publish("start", {"run_id": str(run.id)})
+        for i in range(deltas):
+            for run in runs:  # three streams, each delta on its own, as a model paces them
+                text = texts[i % len(texts)] + str(i)
+                run.publish("delta", {"text": text}, text_payload(text))
+            await asyncio.sleep(MIRROR_INTERVAL * 1.5)
+        for run in runs:
+            run.publish("end", {"stop_reason": "end_turn"})
+        await asyncio.sleep(MIRROR_INTERVAL * 3)
+    # One command per time slice for every run with news: never one per event, nor one per run.
+    assert len(mirror.calls) <= deltas + 3, mirror.calls
+    assert sum(carried == len(runs) for carried, _ in mirror.calls) >= deltas
+    # Its arguments: 2, then 4 per run with news and 2 per event (ids follow from each run's first).
+    events = sum(len(run.events) for run in runs)
+    assert sum(args for _, args in mirror.calls) == sum(2 + 4 * carried for carried, _ in mirror.calls) + 2 * events
+    for run in runs:
+        for after in range(len(run.events) + 1):  # another replica's Last-Event-ID: any of them
+            again = await store.read(run.id, after, 0)
+            assert [e.seq for e in again] == list(range(after + 1, deltas + 3))
+            assert [e.frame for e in again] == [e.frame for e in run.events[after:]]
+            assert [e.data for e in again] == [e.data for e in run.events[after:]]
+    await redis_client.delete(*[key for run in runs for key in store.mirror_keys(run.id)[:2]])
+
+
+def test_a_delta_payload_from_its_template_is_what_json_dumps_writes() -> None:
+    for text in [
+        "",
+        "plain",
+        'q"uote',
+        "back\\slash",
+        "new\nline\ttab\r",
+        "\x00\x01\x1f\x7f",
+        "é ü 中文 🙂",
+        "\u2028\u2029",
+    ]:
+        expected = json.dumps({"text": text}, separators=(",", ":"), ensure_ascii=False)
+        assert text_payload(text) == expected
+        event = RunEvent(7, "delta", {"text": text}, text_payload(text))
+        assert event.frame == RunEvent(7, "delta", {"text": text}).frame
+        assert json.loads(event.payload) == {"text": text}
