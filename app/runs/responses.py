@@ -81,24 +81,28 @@ class RunStreamResponse(_Follower):
                 if index < len(run.events):
                     fresh = run.events[index:]
                     index += len(fresh)
-                    await send_body(send, self.encode(fresh))
                     if fresh[-1].terminal:
-                        break
+                        await send_body(send, self.encode(fresh), more=False)  # with the body's end: one write
+                        return
+                    await send_body(send, self.encode(fresh))
                 elif run.finished:
                     break
                 elif run.direct is None:
                     # Caught up and the run's only live follower here: its events come to this
                     # socket as they are published, and this task sleeps until the run ends, the
                     # client's buffer fills, or a ping is due.
-                    index = await self._live(run, send, index)
+                    index, ended = await self._live(run, send, index)
+                    if ended:
+                        return
                 else:
                     await run.wait_beyond(index, self.ping_seconds)
                     if index == len(run.events) and not run.finished:
                         await send_body(send, PING)
             await send_body(send, b"", more=False)
 
-    async def _live(self, run: Run, send: Send, index: int) -> int:
-        """Follow as the run's direct sink; returns the index it got to (what was written)."""
+    async def _live(self, run: Run, send: Send, index: int) -> tuple[int, bool]:
+        """Follow as the run's direct sink; returns the index it got to (what was written), and
+        whether that ended the body (the run's last event went out with it)."""
         sink = Direct(send, self.encode, index)
         run.direct = sink
         try:
@@ -113,7 +117,7 @@ class RunStreamResponse(_Follower):
             await sink.pending  # a write that waits for the client to drain its buffer
         elif sink.ping_due:
             await send_body(send, PING)
-        return sink.index
+        return sink.index, sink.ended
 
 
 class Direct:
@@ -125,7 +129,20 @@ class Direct:
     then, or on any failure, or at the run's last event, the follower's task takes over again.
     """
 
-    __slots__ = ("send", "encode", "index", "frames", "last", "done", "pending", "error", "ping_due", "_loop", "_open")
+    __slots__ = (
+        "send",
+        "encode",
+        "index",
+        "frames",
+        "last",
+        "done",
+        "pending",
+        "error",
+        "ping_due",
+        "ended",
+        "_loop",
+        "_open",
+    )
 
     def __init__(self, send: Send, encode: Callable[[list[RunEvent]], bytes], index: int) -> None:
         self.send, self.encode, self.index = send, encode, index  # index: events written so far
@@ -136,6 +153,7 @@ class Direct:
         self.pending: Awaitable[None] | None = None
         self.error: Exception | None = None
         self.ping_due = False
+        self.ended = False  # the run's last event was written, and with it the body's end
         self._open = True
 
     def push(self, item: RunEvent) -> None:
@@ -148,7 +166,8 @@ class Direct:
         if not self._open or not frames:
             return  # the follower took over: it writes from `index` on
         try:
-            message: Message = {"type": "http.response.body", "body": self.encode(frames), "more_body": True}
+            last = frames[-1].terminal  # then the body ends with these frames: one write, not two
+            message: Message = {"type": "http.response.body", "body": self.encode(frames), "more_body": not last}
             pending = send_now(self.send, message)
         except Exception as exc:  # the server's own failure: the follower raises it
             self.error = exc
@@ -156,10 +175,11 @@ class Direct:
             return
         self.index = frames[-1].seq
         self.last = self._loop.time()
+        self.ended = last
         if pending is not None:
             self.pending = pending
             self._end()
-        elif frames[-1].terminal:
+        elif last:
             self._end()
 
     def _end(self) -> None:

@@ -35,6 +35,7 @@ class Client:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.sends = 0  # body messages, empty ones too (each is a socket write on a real server)
         self.ended = False
         self.gone = asyncio.Event()
         self.paused: asyncio.Event | None = None  # set: the next body write waits for it (a full buffer)
@@ -46,6 +47,7 @@ class Client:
     async def send(self, message: Message) -> None:
         if message["type"] != "http.response.body":
             return
+        self.sends += 1
         if self.paused is not None:
             await self.paused.wait()
         if message["body"]:
@@ -113,8 +115,9 @@ async def test_a_paced_stream_wakes_its_follower_a_bounded_number_of_times() -> 
         await asyncio.wait_for(task, 5)
         assert client.ended
         assert ids(client.body) == list(range(1, n + 3))
-        # One write per delta (each came alone), plus `start` and `end`: none per event beyond that.
-        assert len(client.writes) == n + 2
+        # One write per delta (each came alone), plus `start` and `end`: none per event beyond that,
+        # and the body's end goes with `end` (no empty write of its own).
+        assert len(client.writes) == client.sends == n + 2
         # The follower's task is not woken per event: the same few steps for 20 deltas as for 200.
         assert steps.count <= 6, (n, steps.count)
 
