@@ -22,6 +22,7 @@ from app.agents.catalog import build_catalog
 from app.agents.router import router as agents_router
 from app.auth.cache import KeyCache
 from app.auth.limits import Counters, Limits, LocalCounters, RedisCounters
+from app.chat.router import EVENTS as CHAT_EVENTS
 from app.chat.router import router as chat_router
 from app.conversations.retention import retention_sweeps
 from app.conversations.router import router as conversations_router
@@ -53,6 +54,8 @@ from app.state import Resources
 from app.turns.approvals import expiring_approvals
 from app.turns.compaction import Compactor
 from app.turns.idempotency import IdempotencyStore, LocalIdempotency, RedisIdempotency
+from app.turns.queue import adoption_sweeps
+from app.turns.start import TurnService
 from app.turns.turn import RECORD_DEADLINE
 from app.usage.router import router as usage_router
 
@@ -182,7 +185,7 @@ def build_lifespan(
                 log.warning("app.offline_model", hint="set ANTHROPIC_API_KEY to use Claude")
             # Typed, on app.state, read only through app/state.py's dependencies; taken off first
             # at shutdown, so nothing reaches a resource being released.
-            app.state.resources = Resources(
+            app.state.resources = resources = Resources(
                 settings=settings,
                 engine=engine,
                 sessions=sessions,
@@ -204,6 +207,14 @@ def build_lifespan(
                 files=files,
             )
             stack.callback(delattr, app.state, "resources")
+            # Queued messages whose replica stopped are adopted here, answered as /chat answers them.
+            await stack.enter_async_context(
+                adoption_sweeps(
+                    resources,
+                    lambda queued: TurnService(resources).adopt(queued, CHAT_EVENTS),
+                    settings.queue_adoption_seconds,
+                )
+            )
             yield
             log.info("app.stopping")
 

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     run_max_events: int = Field(default=10_000, ge=100)
     run_max_followers_per_key: int = Field(default=20, ge=1)  # concurrent GET /runs/{id}/events per key; then 429
     run_lease_seconds: float = Field(default=10.0, ge=1)  # a replica silent this long has its runs settled
+    # How often each replica adopts queued messages whose replica stopped (app/turns/queue.py).
+    queue_adoption_seconds: float = Field(default=5.0, gt=0)
 
     auth_cache_seconds: float = Field(default=5.0, ge=0)  # a revoked key is refused within this; 0 = off
     auth_cache_size: int = Field(default=10_000, ge=1)

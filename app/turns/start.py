@@ -493,9 +493,77 @@ class TurnService:
         resources, owner = self.resources, request.owner_id
         queued_id = await queue.enqueue(resources, owner, conversation_id, request.message)
         log.info("chat.turn.queued", conversation_id=str(conversation_id), queued_id=str(queued_id))
+        # Not overlapped with the model call: its opener closes when phase 1 is done. Its statement
+        # stores the user's message and removes the queued row, together.
+        stored = functools.partial(phase_1, conversation_id=conversation_id, overlap=False, dequeue=queued_id)
+        return await self._queued_run(
+            owner,
+            conversation_id,
+            queued_id,
+            stored,
+            publisher,
+            gated_offered=request.options.approvals,
+            history_key=request.history_key,
+        )
+
+    async def adopt(self, queued_ids: list[uuid.UUID], publisher: RunPublisher) -> list[Queued]:
+        """Queued messages whose run stopped with its replica (`queue.stranded`), each one's turn a run
+        here under its queued id, as a queued turn runs (its place in line kept); one replica wins each
+        (`queue.claim`). The model sees the stored text as the user's message (the original request's
+        attachments and door options went with its replica)."""
+        resources, adopted = self.resources, list[Queued]()
+        if resources.lifecycle.draining:
+            return adopted  # its runs are about to stop: another replica adopts
+        for orphan in await queue.orphans(resources, queued_ids):
+            if not await queue.claim(resources, orphan.id):
+                continue  # alive after all, or another replica's
+            # No await between the claim and the run's start (without Redis, they are one step).
+            log.warning("chat.queue.adopted", queued_id=str(orphan.id), conversation_id=str(orphan.conversation_id))
+            stored = functools.partial(self._adopted_phase_1, orphan)
+            adopted.append(
+                await self._queued_run(orphan.owner_id, orphan.conversation_id, orphan.id, stored, publisher)
+            )
+        return adopted
+
+    async def _adopted_phase_1(self, orphan: queue.Orphan, transactions: Transactions) -> TurnStarted:
+        """An adopted message's phase 1: a queued turn's (below the latest answer, the row removed with it)."""
+        settings, owner = self.settings, orphan.owner_id
+        started = await begin_turn(
+            transactions,
+            settings,
+            owner,
+            agents=AgentChoice(self.resources.agents, None, orphan.allowed_agents),  # the conversation's agent
+            message=orphan.content,
+            conversation_id=orphan.conversation_id,
+            system=None,
+            options=TurnOptions(dequeue=orphan.id),
+            overlap=False,
+        )
+        if started.overflow and self.resources.compactor is not None:
+            started = await self.resources.compactor.before_call(started, owner)
+        text_only = settings.file_text_only_models
+        return await with_files(started, self.resources.files, owner_id=owner, text_only_models=text_only)
+
+    async def _queued_run(
+        self,
+        owner: uuid.UUID,
+        conversation_id: uuid.UUID,
+        queued_id: uuid.UUID,
+        phase_1: Callable[[Transactions], Awaitable[TurnStarted]],
+        publisher: RunPublisher,
+        *,
+        gated_offered: bool = True,
+        history_key: Callable[[Turn], str | None] | None = None,
+    ) -> Queued:
+        """The run (its id the queued id) of a queued message's turn: it waits until it holds the lock
+        and is next (adopting orphans ahead of it), then stores the message and runs the turn."""
+        resources = self.resources
 
         async def acquire() -> Lock | None:
             return await acquire_conversation(resources.locks, owner, conversation_id)
+
+        async def adopt(queued_ids: list[uuid.UUID]) -> None:
+            await self.adopt(queued_ids, publisher)
 
         class Recording:
             """The door's publisher, keeping the turn's failure for a JSON client."""
@@ -514,12 +582,21 @@ class TurnService:
         async def drive(run: Run) -> None:
             try:
                 run.publish("queued", {"queued_id": str(queued_id), "conversation_id": str(conversation_id)})
-                lock = await queue.wait_turn(resources, owner, conversation_id, queued_id, acquire, BUSY)
+                try:
+                    lock = await queue.wait_turn(resources, owner, conversation_id, queued_id, acquire, BUSY, adopt)
+                except (queue.NoLongerQueued, queue.StaysQueued) as exc:
+                    # Another run of it (adopted twice) answered it; or this replica drains: another adopts it.
+                    holder.error = exc
+                    run.publish("error", envelope(exc.type, exc.message))
+                    return
+                except anyio.get_cancelled_exc_class():
+                    # Only a shutdown cancels a run waiting in line: its message is adopted elsewhere.
+                    holder.error = queue.StaysQueued()
+                    run.publish("error", envelope(holder.error.type, holder.error.message))
+                    raise
                 try:
                     async with resources.db.transactions() as transactions:
-                        # Not overlapped with the model call: this opener closes when phase 1 is done.
-                        # Its statement stores the user's message and removes the queued row, together.
-                        started = await phase_1(transactions, conversation_id, overlap=False, dequeue=queued_id)
+                        started = await phase_1(transactions)
                 except BaseException as exc:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                         if lock is not None:
@@ -531,8 +608,8 @@ class TurnService:
                     holder.error = exc
                     run.publish("error", envelope(exc.type, exc.message))
                     return
-                turn = self._turn(started, transactions, owner, gated_offered=request.options.approvals, lock=lock)
-                turn.history_key = request.history_key
+                turn = self._turn(started, transactions, owner, gated_offered=gated_offered, lock=lock)
+                turn.history_key = history_key
                 holder.turn = turn
                 await as_run(turn, Recording())(run)
             finally:

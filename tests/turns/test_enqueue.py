@@ -5,19 +5,23 @@ order (user, answer, user, answer…) and valid for the model."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 import httpx
 from sqlalchemy import func, select
 
+from app.chat.router import EVENTS
 from app.core.config import Settings
 from app.main import create_app
 from app.models import Conversation, Message, QueuedMessage
 from app.state import Resources
+from app.turns import queue
+from app.turns.start import TurnService
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import embedded, make_key, running_app
-from tests.helpers import eventually, live_server, sse_events
+from tests.helpers import eventually, live_server, sse_events, statements_sent
 
 
 async def history(state: Resources, conversation_id: str) -> list[tuple[str, str, str]]:
@@ -160,23 +164,116 @@ async def test_a_queued_request_whose_client_leaves_still_gets_its_turn(
         assert llm_server.state.rejections == []
 
 
-async def test_a_queued_message_whose_replica_stopped_does_not_hold_up_the_queue(
+def stored_ago(seconds: float) -> uuid.UUID:
+    """A queued id (UUIDv7) as a message stored `seconds` ago gets."""
+    ms = int((time.time() - seconds) * 1000)
+    return uuid.UUID(int=(ms << 80) | (0x7 << 76) | (0b10 << 62) | uuid.uuid4().int & ((1 << 62) - 1))
+
+
+async def queue_lost(state: Resources, conversation_id: str, content: str, seconds_ago: float = 60) -> uuid.UUID:
+    """A message queued on a replica that stopped before its turn: stored, no run anywhere."""
+    async with state.sessions() as session, session.begin():
+        conversation = await session.get(Conversation, uuid.UUID(conversation_id))
+        assert conversation is not None
+        queued_id = stored_ago(seconds_ago)
+        session.add(
+            QueuedMessage(
+                id=queued_id, owner_id=conversation.owner_id, conversation_id=conversation.id, content=content
+            )
+        )
+    return queued_id
+
+
+async def test_a_queued_message_whose_replica_stopped_is_adopted_and_answered_in_its_place(
     settings: Settings, llm_server: FakeLLMServer
 ) -> None:
-    async with running_app(settings) as (_, state, client):
+    # No sweep during the test: the next message in line finds the orphan and adopts it.
+    async with running_app(settings.model_copy(update={"queue_adoption_seconds": 3600})) as (_, state, client):
         auth = {"Authorization": f"Bearer {await make_key(state)}"}
         cid = await opened(client, auth)
-        async with state.sessions() as session, session.begin():
-            conversation = await session.get(Conversation, uuid.UUID(cid))
-            assert conversation is not None
-            # Queued on a replica that died before its turn came: no run anywhere waits for it.
-            session.add(QueuedMessage(owner_id=conversation.owner_id, conversation_id=conversation.id, content="lost"))
+        lost = await queue_lost(state, cid, "lost")
         body = {"message": "now", "conversation_id": cid, "multitask": "enqueue"}
-        r = await asyncio.wait_for(client.post("/chat", json=body, headers=auth), timeout=5)
+        r = await asyncio.wait_for(client.post("/chat", json=body, headers=auth), timeout=10)
         assert r.status_code == 200, r.text
         assert r.json()["message"]["content"] == "echo: now"
-        assert await queued_count(state, cid) == 1  # still stored, never lost
+        rows = await history(state, cid)
+        assert_turn_order(rows)
+        assert [text for _, _, text in rows[::2]] == ["hello", "lost", "now"]  # the orphan kept its place
+        assert await queued_count(state, cid) == 0
+        # Its run has its queued id: a client can follow it to its end.
+        followed = await client.get(f"/runs/{lost}/events", headers=auth)
+        events = sse_events(followed.text)
+        assert [e["event"] for e in events][:2] == ["queued", "start"]
+        assert events[-1]["event"] == "end"
+        assert "".join(e["data"]["text"] for e in events if e["event"] == "delta") == "echo: lost"
         assert llm_server.state.rejections == []
+
+
+async def test_a_live_queued_message_is_never_adopted(settings: Settings, llm_server: FakeLLMServer) -> None:
+    short = settings.model_copy(update={"run_lease_seconds": 2.0, "queue_adoption_seconds": 0.1})
+    async with running_app(short) as (_, state, client), running_app(short) as (_, other, _b):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        slow = asyncio.create_task(
+            client.post("/chat", json={"message": "first [[slow:3]]", "conversation_id": cid}, headers=auth)
+        )
+        await eventually(lambda: running(state, cid), timeout=5)
+        body = {"message": "waits", "conversation_id": cid, "multitask": "enqueue"}
+        queued = asyncio.create_task(client.post("/chat", json=body, headers=auth))
+
+        async def stored() -> bool:
+            return await queued_count(state, cid) == 1
+
+        await eventually(stored, timeout=5)
+        async with state.sessions() as session:
+            (queued_id,) = (await session.execute(select(QueuedMessage.id))).scalars()
+        await asyncio.sleep(2.5)  # older than a lease: its age no longer protects it, its run's liveness does
+        assert await queued_count(state, cid) == 1  # still waiting behind the slow turn
+        for replica in (state, other):  # running here; alive on the other's view (its lease holds)
+            assert await queue.stranded(replica, [queued_id]) == []
+            assert await TurnService(replica).adopt([queued_id], EVENTS) == []
+        assert (await slow).status_code == 200
+        r = await queued
+        assert r.status_code == 200, r.text
+        rows = await history(state, cid)
+        assert_turn_order(rows)
+        assert [text for _, _, text in rows[::2]] == ["hello", "first [[slow:3]]", "waits"]  # answered once
+
+
+async def test_the_sweep_costs_one_statement_when_nothing_is_queued(settings: Settings) -> None:
+    async with running_app(settings.model_copy(update={"queue_adoption_seconds": 3600})) as (_, state, _client):
+        adopted: list[list[uuid.UUID]] = []
+
+        async def adopt(queued: list[uuid.UUID]) -> None:
+            adopted.append(queued)
+
+        before = statements_sent(state)
+        await queue.sweep(state, adopt)
+        assert statements_sent(state) - before == 1
+        assert adopted == []
+
+
+async def test_a_restarted_process_without_redis_adopts_what_it_left(
+    tmp_path: Any, settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    """The embedded default (one process, no Redis): a message queued before a restart is answered by
+    the process that comes back (its sweep at start-up): nothing but this process could be running it."""
+    lite = await embedded(settings, tmp_path / "restart.db")
+    async with running_app(lite) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        await queue_lost(state, cid, "left behind")
+    async with running_app(lite) as (_, state, client):
+
+        async def answered() -> bool:
+            rows = await history(state, cid)
+            return len(rows) == 4 and rows[-1][1] == "complete"
+
+        await eventually(answered, timeout=10)
+        rows = await history(state, cid)
+        assert_turn_order(rows)
+        assert [text for _, _, text in rows[::2]] == ["hello", "left behind"]
+        assert await queued_count(state, cid) == 0
 
 
 async def test_enqueue_on_the_embedded_default(tmp_path: Any, settings: Settings, llm_server: FakeLLMServer) -> None:
