@@ -228,7 +228,7 @@ class Agent:
             telemetry.chat_completed(
                 span, model=request.model, stop_reason=completed.stop_reason, usage=usage, content=completed.content
             )
-        tokens = self.metrics.gen_ai_tokens
+        metrics, tokens = self.metrics, self.metrics.gen_ai_tokens
         for kind, count in (
             ("input", usage.input_tokens),
             ("output", usage.output_tokens),
@@ -236,7 +236,7 @@ class Agent:
             ("cache_creation", usage.cache_creation_input_tokens),
         ):
             if count:
-                tokens.labels(kind, self.name, request.model).inc(count)
+                metrics.labelled(tokens, kind, self.name, request.model).inc(count)
         return completed
 
     async def _stream_model(self, request: LLMRequest, transcript: Transcript, emit: Emit) -> Completed:
@@ -254,7 +254,8 @@ class Agent:
                         if first_token:
                             elapsed = time.perf_counter() - started
                             self.metrics.ttft.observe(elapsed)
-                            self.metrics.gen_ai_first_chunk.labels(self.name, request.model).observe(elapsed)
+                            first_chunk = self.metrics.gen_ai_first_chunk
+                            self.metrics.labelled(first_chunk, self.name, request.model).observe(elapsed)
                             first_token = False
                         transcript.partial.append(event.text)
                         await emit(event)
@@ -272,8 +273,9 @@ class Agent:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.upstream_latency.labels(self.llm.provider).observe(elapsed)
-            self.metrics.gen_ai_duration.labels(self.name, request.model, outcome).observe(elapsed)
+            metrics = self.metrics
+            metrics.labelled(metrics.upstream_latency, self.llm.provider).observe(elapsed)
+            metrics.labelled(metrics.gen_ai_duration, self.name, request.model, outcome).observe(elapsed)
             if self.budget is not None:
                 # Shielded: a cancelled call (client left) still gives back what it did not use.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # Waits that should be ~0 on a healthy replica: fine buckets at the bottom, saturation at the top.
@@ -14,6 +18,7 @@ WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._labelled: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         r = self.registry
         self.http_latency = Histogram(
             "agentchat_http_request_duration_seconds",
@@ -150,6 +155,15 @@ class Metrics:
             ["tool", "type"],
             registry=r,
         )
+
+    def labelled(self, metric: M, *values: str) -> M:
+        """`metric.labels(*values)`, remembered: prometheus_client's labels() validates and copies
+        the values and takes a lock on every call, a few µs each, several times per turn."""
+        key = (metric, values)
+        child = self._labelled.get(key)
+        if child is None:
+            child = self._labelled[key] = metric.labels(*values)
+        return cast(M, child)
 
     def watch_pool(self, checked_out: Callable[[], int]) -> None:
         self.pool_checked_out.set_function(checked_out)

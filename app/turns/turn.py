@@ -378,14 +378,15 @@ class Turn:
         if self._reported:
             return
         self._reported = True
-        self.metrics.turns.labels(self.status).inc()
-        self.metrics.tokens.labels("in").inc(self.usage.input_tokens)
-        self.metrics.tokens.labels("out").inc(self.usage.output_tokens)
+        metrics = self.metrics
+        metrics.labelled(metrics.turns, self.status).inc()
+        metrics.labelled(metrics.tokens, "in").inc(self.usage.input_tokens)
+        metrics.labelled(metrics.tokens, "out").inc(self.usage.output_tokens)
         if self.transcript.steps:
             u, model = self._spent_usage(), self.started.model
             tokens = Tokens(u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens)
             if (cost := self.settings.model_prices.cost(model, tokens)) is not None:
-                self.metrics.gen_ai_cost.labels(self.started.agent.name, model).inc(cost)
+                metrics.labelled(metrics.gen_ai_cost, self.started.agent.name, model).inc(cost)
         if self.saved:
             log.info(
                 "chat.turn.finished",
