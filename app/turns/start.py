@@ -212,9 +212,7 @@ class TurnService:
                 # when the loop has other turns' work for that wait, its extra task costs throughput.
                 overlap=overlap and self.resources.lifecycle.in_flight == 0,
             )
-            if started.overflow and self.resources.compactor is not None:  # it does not fit: compact now
-                started = await self.resources.compactor.before_call(started, owner)
-            return started
+            return await self._fitting(started, owner)
 
         phase_1 = functools.partial(phase_1_in, transactions)
         interrupt = request.multitask == "interrupt"
@@ -539,10 +537,14 @@ class TurnService:
             options=TurnOptions(dequeue=orphan.id),
             overlap=False,
         )
+        return await self._fitting(started, owner)
+
+    async def _fitting(self, started: TurnStarted, owner: uuid.UUID) -> TurnStarted:
+        """A started turn whose history does not fit at all, compacted now (before its model call);
+        its attachments are read as the turn's first step (`Turn.prepare`)."""
         if started.overflow and self.resources.compactor is not None:
-            started = await self.resources.compactor.before_call(started, owner)
-        text_only = settings.file_text_only_models
-        return await with_files(started, self.resources.files, owner_id=owner, text_only_models=text_only)
+            return await self.resources.compactor.before_call(started, owner)
+        return started
 
     async def _queued_run(
         self,
