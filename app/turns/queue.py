@@ -65,6 +65,12 @@ class NoLongerQueued(AppError):
     default_message = "The message is no longer queued: another run answered it, or its conversation was deleted."
 
 
+FAILED_FOR_NOW = (
+    "The message's turn could not start (the service was unavailable): it stays queued, and a replica answers it"
+    " in its place shortly. Follow GET /runs/{queued_id}/events, or read the conversation."
+)
+
+
 class StaysQueued(AppError):
     status_code, type = 503, "stays_queued"
     default_message = (

@@ -27,7 +27,7 @@ from app.auth.errors import TokenQuotaExceeded, TooManyTurns
 from app.conversations.errors import ConversationBusy, ConversationNotFound
 from app.core.db import Transactions
 from app.core.degraded import degraded
-from app.core.errors import AppError, PayloadTooLarge, ServiceBusy, ShuttingDown, envelope
+from app.core.errors import AppError, PayloadTooLarge, ServiceBusy, ServiceUnavailable, ShuttingDown, envelope
 from app.core.locks import Lock, LockManager
 from app.files.attach import has_attachments, with_files
 from app.models.conversations import MessageStatus
@@ -600,15 +600,18 @@ class TurnService:
                     async with resources.db.transactions() as transactions:
                         started = await phase_1(transactions)
                 except BaseException as exc:
+                    # Refused for good (its client is told why): out of the queue. Failed for now (the
+                    # database, a drain: a 503) or unexpectedly: it stays queued, adopted by a sweep.
+                    refused = isinstance(exc, AppError) and not isinstance(exc, ServiceUnavailable)
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                         if lock is not None:
                             await degraded(resources.locks.release(lock), None, "conversation_lock")
-                        if isinstance(exc, AppError):  # refused (its client is told): out of the queue
+                        if refused:
                             await queue.forget(resources, queued_id)
                     if not isinstance(exc, AppError):
                         raise
-                    holder.error = exc
-                    run.publish("error", envelope(exc.type, exc.message))
+                    holder.error = exc if refused else queue.StaysQueued(queue.FAILED_FOR_NOW)
+                    run.publish("error", envelope(holder.error.type, holder.error.message))
                     return
                 turn = self._turn(started, transactions, owner, gated_offered=gated_offered, lock=lock)
                 turn.history_key = history_key

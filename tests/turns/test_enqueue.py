@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from app.chat.router import EVENTS
@@ -300,4 +301,45 @@ async def test_enqueue_on_the_embedded_default(tmp_path: Any, settings: Settings
         assert_turn_order(rows)
         assert [text for _, _, text in rows[2::2]] == ["first [[slow:0.5]]", "q0", "q1"]
         assert await queued_count(state, cid) == 0  # removed in the transaction that stored each
+        assert llm_server.state.rejections == []
+
+
+async def test_a_queued_turn_that_cannot_start_for_now_stays_queued_and_is_answered(
+    settings: Settings, llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database unavailable just as a queued message's turn starts: its client hears 503
+    `stays_queued`, the message is not dropped, and a sweep answers it in its place."""
+    from app.core.errors import DatabaseUnavailable
+    from app.turns import begin
+
+    quick = settings.model_copy(update={"queue_adoption_seconds": 0.2, "run_lease_seconds": 1.0})
+    async with running_app(quick) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        slow = asyncio.create_task(
+            client.post("/chat", json={"message": "first [[slow:0.5]]", "conversation_id": cid}, headers=auth)
+        )
+        await eventually(lambda: running(state, cid), timeout=5)
+        real, failed = begin.begin_turn, list[bool]()
+
+        async def unavailable_once(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("options") is not None and kwargs["options"].dequeue is not None and not failed:
+                failed.append(True)
+                raise DatabaseUnavailable()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr("app.turns.start.begin_turn", unavailable_once)
+        body = {"message": "kept", "conversation_id": cid, "multitask": "enqueue"}
+        r = await asyncio.wait_for(client.post("/chat", json=body, headers=auth), timeout=10)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["type"] == "stays_queued"
+        assert (await slow).status_code == 200
+
+        async def answered() -> bool:
+            return await queued_count(state, cid) == 0 and len(await history(state, cid)) == 6
+
+        await eventually(answered, timeout=15)
+        rows = await history(state, cid)
+        assert_turn_order(rows)
+        assert [text for _, _, text in rows[::2]] == ["hello", "first [[slow:0.5]]", "kept"]
         assert llm_server.state.rejections == []
