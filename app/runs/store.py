@@ -14,22 +14,23 @@ from app.runs.events import RunEvent
 
 # Explicit ids 0-<seq>: a reader resumes with XRANGE/XREAD from the last sequence it saw. An id
 # already there (a slice retried after Redis applied it) is skipped, not an error that would stop
-# the rest of the batch: pcall. Per run: finished, its id, the first new event's sequence and how
-# many; then per event its name and data (a run's new events are consecutive: their ids follow).
+# the rest of the batch: pcall. Per run, one argument: "<first new sequence> <how many>", and its
+# id after them when it finished (a run's new events are consecutive: their ids follow); then per
+# event its name and data.
 APPEND = """
 local retention, maxlen, a = ARGV[1], ARGV[2], 3
 for k = 2, #KEYS, 2 do
   local events, meta = KEYS[k], KEYS[k + 1]
-  local finished, run_id, seq, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  a = a + 4
+  local seq, n, finished = string.match(ARGV[a], '^(%d+) (%d+) ?(.*)$')
+  seq, n, a = tonumber(seq), tonumber(n), a + 1
   for i = 0, n - 1 do
     redis.pcall('XADD', events, 'MAXLEN', '~', maxlen, '0-' .. (seq + i), 'event', ARGV[a], 'data', ARGV[a + 1])
     a = a + 2
   end
   redis.call('EXPIRE', events, retention)
-  if finished == '1' then
+  if finished ~= '' then
     redis.call('HSET', meta, 'state', 'finished')
-    redis.call('HDEL', KEYS[1], run_id)
+    redis.call('HDEL', KEYS[1], finished)
   end
   redis.call('EXPIRE', meta, retention)
 end
@@ -77,14 +78,18 @@ class RunStore:
         per-command cost (building, packing, parsing each reply) was most of the mirror's CPU, which
         was a sixth of the service's with 100 streams at real speed (issue #28). Every argument goes
         as bytes (redis-py's encoder passes bytes through at its first check), the keys encoded once
-        per run, and an event costs two arguments: at real speed a slice carries about one event
-        per run, so the per-run and per-event arguments are the mirror's cost per delta.
+        per run, a run costs one argument beside its two keys and an event two: at real speed a slice
+        carries about one event per run, so these arguments are the mirror's cost per delta.
         """
         keys: list[bytes] = [self._running]
         args: list[bytes] = [self._retention, self._max_events]
         for (events_key, meta_key, run_id), events, finished in batch:
             keys += (events_key, meta_key)
-            args += (b"1" if finished else b"0", run_id, b"%d" % events[0].seq, b"%d" % len(events))
+            args.append(
+                b"%d %d %s" % (events[0].seq, len(events), run_id)
+                if finished
+                else b"%d %d" % (events[0].seq, len(events))
+            )
             for event in events:
                 args += (event.event.encode(), event.payload.encode())
         await self._append(keys=keys, args=args)

@@ -221,7 +221,7 @@ async def test_a_client_that_leaves_detaches_its_follower() -> None:
 
 
 class Counted:
-    """Wraps the store's one mirror command: per call, how many runs it carried and its arguments."""
+    """Wraps the store's one mirror command: per call, how many runs it carried and how many arguments."""
 
     def __init__(self, store: RunStore) -> None:
         self.calls: list[tuple[int, int]] = []
@@ -246,6 +246,8 @@ async def test_paced_runs_are_mirrored_one_command_per_slice_and_replay_exactly(
     async with RunManager(store, Lifecycle(1.0), Metrics()) as manager:
         runs = [stored_run(manager, store) for _ in range(3)]
         for run in runs:
+            await store.create(run.id, run.owner_id)
+            await redis_client.hset(store.running_key, str(run.id), "this replica")  # as Leases.register does
             run.publish("start", {"run_id": str(run.id)})
         for i in range(deltas):
             for run in runs:  # three streams, each delta on its own, as a model paces them
@@ -258,15 +260,17 @@ async def test_paced_runs_are_mirrored_one_command_per_slice_and_replay_exactly(
     # One command per time slice for every run with news: never one per event, nor one per run.
     assert len(mirror.calls) <= deltas + 3, mirror.calls
     assert sum(carried == len(runs) for carried, _ in mirror.calls) >= deltas
-    # Its arguments: 2, then 4 per run with news and 2 per event (ids follow from each run's first).
+    # Its arguments: 2, then 1 per run with news and 2 per event (ids follow from each run's first).
     events = sum(len(run.events) for run in runs)
-    assert sum(args for _, args in mirror.calls) == sum(2 + 4 * carried for carried, _ in mirror.calls) + 2 * events
+    assert sum(args for _, args in mirror.calls) == sum(2 + carried for carried, _ in mirror.calls) + 2 * events
     for run in runs:
         for after in range(len(run.events) + 1):  # another replica's Last-Event-ID: any of them
             again = await store.read(run.id, after, 0)
             assert [e.seq for e in again] == list(range(after + 1, deltas + 3))
             assert [e.frame for e in again] == [e.frame for e in run.events[after:]]
             assert [e.data for e in again] == [e.data for e in run.events[after:]]
+        assert await store.owner(run.id) == (run.owner_id, "finished")  # and no longer listed as running
+        assert await redis_client.hget(store.running_key, str(run.id)) is None
     await redis_client.delete(*[key for run in runs for key in store.mirror_keys(run.id)[:2]])
 
 
