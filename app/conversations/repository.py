@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.conversations.branches import ROOT
+from app.conversations.branches import parents as branch_parents
 from app.core.pagination import Keyset, PageParams, Slice
 from app.llm.summary import SUMMARY_ROLE
 from app.models import Conversation, Message
@@ -62,14 +64,15 @@ async def delete_messages(conn: AsyncConnection, conversation_id: uuid.UUID, ids
     goes below their nearest remaining ancestor, so no branch loses the messages before them."""
     gone = set(ids)
     in_conversation = Message.conversation_id == conversation_id
-    found = await conn.execute(select(Message.id, Message.parent_id).where(in_conversation))
-    parents: dict[uuid.UUID, uuid.UUID | None] = {row.id: row.parent_id for row in found}
+    found = (await conn.execute(select(Message.id, Message.parent_id, Message.role).where(in_conversation))).all()
+    parents = branch_parents(found)  # a row from before branches follows the one before it
     for child, parent in parents.items():
         if child in gone or parent not in gone:
             continue
         while parent in gone:
             parent = parents.get(parent)
-        await conn.execute(update(Message).where(Message.id == child, in_conversation).values(parent_id=parent))
+        above = parent if parent is not None else ROOT  # none left: a first message (NULL would mean "the one before")
+        await conn.execute(update(Message).where(Message.id == child, in_conversation).values(parent_id=above))
     await conn.execute(delete(Message).where(Message.id.in_(list(gone)), in_conversation))
 
 

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from app.auth.deps import CurrentPrincipal
 from app.auth.errors import KEY_RESPONSES
-from app.conversations.branches import branch, latest_leaf, leaf_below, siblings
+from app.conversations.branches import branch, latest_leaf, leaf_below, parents, siblings
 from app.conversations.errors import ConversationNotFound, MessageNotFound
 from app.conversations.render import render_message
 from app.conversations.repository import ConversationRepository, MessageRepository
@@ -85,12 +85,13 @@ async def list_messages(
         shown = leaf_below(rows, leaf)
     else:
         raise MessageNotFound()
-    groups = siblings(rows)
+    groups, parent = siblings(rows), parents(rows)
     items = []
     for row in branch(rows, shown):
         item = render_message(row)
+        item.parent_id = parent[row.id]  # as branches read it: a row from before them has none stored
         if row.role != SUMMARY_ROLE:
-            group = groups[row.parent_id]
+            group = groups[parent[row.id]]
             item.siblings, item.sibling_ids = len(group) - 1, group
         items.append(item)
     return MessagePage(items=items, leaf_id=shown)

@@ -91,9 +91,10 @@ class Message(UUIDPrimaryKey, Timestamps, Base):
     )
 
     conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
-    # The message this one follows in its branch (None: a conversation's first); a compaction row's
-    # is the message it was computed at (app/conversations/branches.py). No foreign key: phase 1's
-    # statement checks a parent it is given, and a key's trigger would cost every INSERT a lookup.
+    # The message this one follows in its branch (ROOT: a first message of its own; NULL: a row from
+    # before branches, which follows the one before it by id); a compaction row's is the message it
+    # acts on last (app/conversations/branches.py). No foreign key: phase 1's statement checks a parent
+    # it is given, and a key's trigger would cost every INSERT a lookup.
     parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid())
     role: Mapped[str] = mapped_column(String(16))
     # Anthropic-style content blocks: [{"type": "text", "text": ...}, {"type": "tool_use", ...}, ...]

@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agent.history import build_history, estimate_tokens
 from app.conversations.branches import branch, latest_leaf
+from app.conversations.branches import parents as branch_parents
 from app.core.config import Settings
 from app.core.ids import uuid7
 from app.core.locks import LockManager, kept
@@ -540,7 +541,7 @@ class Compactor:
                 Message.conversation_id == job.conversation_id
             )
             rows = (await session.execute(query.order_by(Message.id))).all()
-        parents = {row.id: row.parent_id for row in rows}
+        parents = branch_parents(rows)
         if before is not None:
             user = parents.get(before)
             anchor = parents.get(user) if user is not None else None

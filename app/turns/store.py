@@ -23,13 +23,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.agent.loop import denied
-from app.conversations.branches import ROOT, branch, latest_leaf
+from app.conversations.branches import ROOT, branch, latest_leaf, parents
 from app.conversations.errors import ConversationBusy
 from app.conversations.repository import latest_message
 from app.core.db import Driver, Tx
 from app.core.ids import uuid7
 from app.core.text import clean, clean_text
 from app.llm.base import Block
+from app.llm.summary import SUMMARY_ROLE
 from app.models import Conversation, Message, QueuedMessage
 from app.models.base import utcnow
 from app.models.conversations import MessageStatus
@@ -263,10 +264,15 @@ _TURN_ROWS = """VALUES
         ({user_id}::uuid, {user_parent}, 'user', {content}::jsonb, 'complete', NULL::varchar, NULL::jsonb),
         ({assistant_id}::uuid, {user_id}::uuid, 'assistant', '[]'::jsonb, 'in_progress', {model}::varchar,
             {attributes}::jsonb)"""
+# The parent of the message `p` as branches read it (app/conversations/branches.py): a NULL parent
+# (a row from before branches) is the message before it by id, compaction rows aside.
+_PARENT_OF_P = """COALESCE(p.parent_id, (SELECT l.id FROM messages AS l
+                WHERE l.conversation_id = p.conversation_id AND l.id < p.id AND l.role <> 'summary'
+                ORDER BY l.id DESC LIMIT 1))"""
 # A regenerated answer: no user message; the answer goes below the user message of the one it replaces.
-_REGENERATED_ROWS = """VALUES
-        ({assistant_id}::uuid, (SELECT p.parent_id FROM messages AS p WHERE p.id = {parent}::uuid), 'assistant',
-            '[]'::jsonb, 'in_progress', {model}::varchar, {attributes}::jsonb)"""
+_REGENERATED_ROWS = f"""VALUES
+        ({{assistant_id}}::uuid, (SELECT {_PARENT_OF_P} FROM messages AS p WHERE p.id = {{parent}}::uuid),
+            'assistant', '[]'::jsonb, 'in_progress', {{model}}::varchar, {{attributes}}::jsonb)"""
 # A client's own history ahead of the turn's rows (a new conversation), as a JSON array of rows.
 _EARLIER_ROWS = """
         SELECT e.id, e.parent_id, e.role, e.content, 'complete', NULL::varchar, NULL::jsonb
@@ -297,10 +303,10 @@ _PARENT_IS_AN_ANSWER = f"""
             AND ({{parent}}::uuid = {_ROOT} OR EXISTS (SELECT 1 FROM messages AS p
                 WHERE p.id = {{parent}}::uuid AND p.conversation_id = {{conversation}}::uuid
                     AND p.role = 'assistant'))"""
-_REGENERATES_AN_ANSWER = """
-            AND EXISTS (SELECT 1 FROM messages AS p JOIN messages AS u ON u.id = p.parent_id
-                WHERE p.id = {parent}::uuid AND p.conversation_id = {conversation}::uuid AND p.role = 'assistant'
-                    AND u.conversation_id = p.conversation_id AND u.role = 'user')"""
+_REGENERATES_AN_ANSWER = f"""
+            AND EXISTS (SELECT 1 FROM messages AS p JOIN messages AS u ON u.id = {_PARENT_OF_P}
+                WHERE p.id = {{parent}}::uuid AND p.conversation_id = {{conversation}}::uuid
+                    AND p.role = 'assistant' AND u.conversation_id = p.conversation_id AND u.role = 'user')"""
 # A queued message's turn (app/turns/queue.py): its queue row goes in the statement that stores it,
 # only if the conversation was opened.
 _DEQUEUE = """, dequeued AS (
@@ -334,7 +340,7 @@ def _open_existing(mode: Literal["latest", "parent", "regenerate"], history: boo
     `history` False), and why nothing was stored when nothing was (the conversation's agent)."""
     condition = {"latest": "", "parent": _PARENT_IS_AN_ANSWER, "regenerate": _REGENERATES_AN_ANSWER}[mode]
     rows = _REGENERATED_ROWS if mode == "regenerate" else _TURN_ROWS
-    user_parent = _LATEST_LEAF if mode == "latest" else f"NULLIF({{parent}}::uuid, {_ROOT})"
+    user_parent = _LATEST_LEAF if mode == "latest" else "{parent}::uuid"  # ROOT stays: a first message
     template = (
         """
     WITH conversation AS (
@@ -436,7 +442,7 @@ def _read_history(rows: Sequence[HistoryRow], continues: Continues) -> tuple[
         if row.status == MessageStatus.AWAITING_APPROVAL:
             superseded[row.id] = with_denials(_blocks(row.content), SUPERSEDED)
     if continues.regenerate is not None:
-        leaf = next((row.parent_id for row in rows if row.id == continues.regenerate), None)
+        leaf = parents(rows).get(continues.regenerate)  # its user message
     elif continues.parent is not None:
         leaf = None if continues.parent == ROOT else continues.parent
     else:
@@ -579,7 +585,13 @@ class SqliteTurns:
             if parent is None:
                 return NotOpened(agent, message=True)
             if continues.regenerate is not None:
-                user = Message.id == parent.parent_id, in_conversation, Message.role == "user"
+                above = parent.parent_id
+                if above is None:  # a row from before branches: the message before it
+                    before = select(Message.id).where(
+                        in_conversation, Message.id < named, Message.role != SUMMARY_ROLE
+                    )
+                    above = (await self.conn.execute(before.order_by(Message.id.desc()).limit(1))).scalar()
+                user = Message.id == above, in_conversation, Message.role == "user"
                 asked = (await self.conn.execute(select(Message.id).where(*user))).scalar_one_or_none()
                 if asked is None:
                     return NotOpened(agent, message=True)
@@ -594,7 +606,7 @@ class SqliteTurns:
             leaf = latest_leaf(rows) if read_history else await latest_message(self.conn, conversation_id)
             m = replace(m, user_parent=leaf)
         elif continues.parent is not None:
-            m = replace(m, user_parent=None if continues.parent == ROOT else continues.parent)
+            m = replace(m, user_parent=continues.parent)  # ROOT stays: a first message
         await self.conn.execute(update(Conversation).where(*owned).values(updated_at=m.now))
         if asked is not None:
             await self._insert_messages(conversation_id, replace(m, user_id=asked), answer_only=True)

@@ -198,3 +198,31 @@ def test_a_compaction_belongs_to_the_branches_through_its_message() -> None:
     assert groups[a1] == [u2, u2b]
     assert groups[a2] == [u3, u3c]
     assert groups[None] == [u1]
+
+
+async def test_rows_without_parents_read_as_one_branch(
+    client: httpx.AsyncClient, auth: dict[str, str], state: Resources, llm_server: FakeLLMServer
+) -> None:
+    """Rows from before branches, or written by a replica still on the old code during a rolling
+    deploy, have no parent: each follows the one before it, so nothing before them is cut off."""
+    from sqlalchemy import update
+
+    first = await send(client, auth, message="one")
+    cid = first["conversation_id"]
+    await send(client, auth, message="two", conversation_id=cid)
+    await send(client, auth, message="three", conversation_id=cid)
+    async with state.db.statement() as conn:
+        await conn.execute(update(Message).where(Message.conversation_id == uuid.UUID(cid)).values(parent_id=None))
+    page = await history(client, auth, cid)
+    assert [i["content"] for i in page["items"]] == ["one", "echo: one", "two", "echo: two", "three", "echo: three"]
+    assert [i["parent_id"] for i in page["items"]] == [None, *(i["id"] for i in page["items"][:-1])]
+    answers = [i["id"] for i in page["items"] if i["role"] == "assistant"]
+    await send(client, auth, message="four", conversation_id=cid)
+    assert seen(llm_server) == ["one", "echo: one", "two", "echo: two", "three", "echo: three", "four"]
+    r = await client.post(f"/conversations/{cid}/messages/{answers[1]}/regenerate", headers=auth)
+    assert r.status_code == 200, r.text
+    assert seen(llm_server) == ["one", "echo: one", "two"]
+    await send(client, auth, message="2!", conversation_id=cid, parent_message_id=answers[0])
+    assert seen(llm_server) == ["one", "echo: one", "2!"]
+    groups = {i["content"]: i["siblings"] for i in (await history(client, auth, cid))["items"]}
+    assert groups == {"one": 0, "echo: one": 0, "2!": 1, "echo: 2!": 0}

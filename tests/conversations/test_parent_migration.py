@@ -1,17 +1,21 @@
-"""The migration that gives messages their parents: each existing conversation becomes one branch
-(a message below the one before it, compaction rows aside), then reverses cleanly. On SQLite and
-Postgres, through Alembic as deployments run it."""
+"""The migration that gives messages their parents adds a nullable column and rewrites nothing: the
+rows from before it keep a NULL parent, which the branches read as one branch (each message below
+the one before it, compaction rows aside); it reverses cleanly. On SQLite and Postgres, through
+Alembic as deployments run it."""
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no stubs or py.typed
 import pytest
 
+from app.conversations.branches import parents
 from tests.fixtures.services import admin_database_url, asyncpg_dsn
 from tests.migrations_check import _admin, alembic
 
@@ -23,6 +27,18 @@ def rows() -> tuple[uuid.UUID, list[tuple[uuid.UUID, str]]]:
     conversation = uuid.UUID(int=1)
     roles = ["user", "assistant", "user", "assistant", "summary", "user", "assistant"]
     return conversation, [(uuid.UUID(int=100 + n), role) for n, role in enumerate(roles)]
+
+
+@dataclass(frozen=True)
+class Row:
+    id: uuid.UUID
+    parent_id: uuid.UUID | None
+    role: str
+
+
+def read_as_branches(found: dict[uuid.UUID, uuid.UUID | None], roles: dict[uuid.UUID, str]) -> Any:
+    assert all(parent is None for parent in found.values())  # nothing was rewritten
+    return parents([Row(message_id, parent, roles[message_id]) for message_id, parent in found.items()])
 
 
 def expected(messages: list[tuple[uuid.UUID, str]]) -> dict[uuid.UUID, uuid.UUID | None]:
@@ -57,7 +73,7 @@ def test_sqlite(tmp_path: Path) -> None:
             uuid.UUID(hex=m): uuid.UUID(hex=p) if p else None
             for m, p in db.execute("SELECT id, parent_id FROM messages")
         }
-    assert found == expected(messages)
+    assert read_as_branches(found, dict(messages)) == expected(messages)
     alembic(url, "downgrade", BEFORE)
 
 
@@ -103,5 +119,5 @@ async def test_postgres(pg_url: str) -> None:
         found = {row["id"]: row["parent_id"] for row in await conn.fetch("SELECT id, parent_id FROM messages")}
     finally:
         await conn.close()
-    assert found == expected(messages)
+    assert read_as_branches(found, dict(messages)) == expected(messages)
     alembic(pg_url, "downgrade", BEFORE)

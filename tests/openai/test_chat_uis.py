@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from openai import AsyncOpenAI
 
+from app.conversations.branches import ROOT
 from testkit.fake_llm import FakeLLMServer
 from tests.fixtures.app import make_key
 from tests.helpers import Live
@@ -88,7 +89,7 @@ async def test_a_chat_id_is_one_conversation_even_after_an_edit(
     ]
     assert rows[-1].id == message_id(last[0].id)
     # Stored as branches: the edited first message beside the first one; an edit of "two" beside it.
-    assert rows[4].parent_id is None
+    assert rows[4].parent_id == ROOT  # a first message of its own
     assert rows[2].parent_id == rows[1].id
     await oai.chat.completions.create(
         model="agentchat", messages=[*history[:2], {"role": "user", "content": "2"}], extra_headers=owui("chat-1")
