@@ -309,6 +309,18 @@ def plan(rows: Sequence[Row], threshold: int, *, fixed: int = 0, reported: int =
     return Plan(view, cleared_before, summarize, (first, str(kept[cut - 1][0])), before, sum(sizes[cut:]))
 
 
+def acted_on_last(rows: Sequence[Row], cleared_before: str | None) -> Any:
+    """The last message a compaction acts on: the one before the first of the turns it keeps as they
+    are (`cleared_before`); None when there is none."""
+    last = None
+    for message_id, role, _ in rows:
+        if str(message_id) == cleared_before:
+            return last
+        if role != SUMMARY_ROLE:
+            last = message_id
+    return None
+
+
 def transcript(previous: str | None, rows: Sequence[Row]) -> str:
     """The summarizer's input: the summary so far, then the messages to fold in, as plain text."""
     lines: list[str] = []
@@ -518,7 +530,10 @@ class Compactor:
             "tokens_after": done.tokens_after,
             "fallback": fallback,
         }
-        stored = await self._store(job, block, usage, model if todo.summarizes else None, anchor)
+        # Below the last message it acts on (the one before the turns it keeps): every branch through
+        # that message reads it — a regenerated last answer, an edit of the last message too.
+        below = acted_on_last(rows, todo.cleared_before) or anchor
+        stored = await self._store(job, block, usage, model if todo.summarizes else None, below)
         if stored is None:
             return None
         if self.limits is not None and (used := usage.input_tokens + usage.output_tokens):

@@ -353,21 +353,35 @@ async def test_one_compaction_per_conversation_at_a_time_across_replicas(
 
 
 async def test_a_compaction_stays_on_its_branch(long_settings: Settings, llm_server: FakeLLMServer) -> None:
-    """A summary hangs below the message it was computed at: a regenerated last answer still reads
-    it; an edit of turn 2 (a branch that leaves before it) reads turns 1-2's own messages instead."""
+    """A summary hangs below the last message it acts on: a regenerated last answer right after the
+    compaction its turn started still reads it; an edit of turn 2 (a branch that leaves before it)
+    reads turns 1-2's own messages instead."""
     async with running_app(long_settings) as (_, state, client):
         auth = {"Authorization": f"Bearer {await make_key(state)}"}
-        conversation_id, _ = await _converse(client, state, auth, 30, FACT)
-        rows = await _rows(state, conversation_id)
+        conversation_id, _ = await _converse(client, state, auth, 20, FACT)
+        for n in range(21, 60):  # on until a turn starts a compaction (its answer the last message)
+            count = len([r for r in await _rows(state, conversation_id) if r.role == SUMMARY_ROLE])
+            body = {"message": f"Message {n}: " + " ".join(f"turn{n}-word{i}" for i in range(100))}
+            r = await client.post("/chat", json={**body, "conversation_id": conversation_id}, headers=auth)
+            assert r.status_code == 200, r.text
+            assert state.compactor is not None
+            await state.compactor.idle()
+            rows = await _rows(state, conversation_id)
+            if len([r for r in rows if r.role == SUMMARY_ROLE]) > count:
+                break
         summaries = [r for r in rows if r.role == SUMMARY_ROLE]
-        assert summaries, "30 turns of ~1,200 characters compact a 12k window"
+        assert summaries, "turns of ~1,200 characters compact a 12k window"
         assert all(s.parent_id is not None and s.parent_id < s.id for s in summaries)
         answers = [r for r in rows if r.role == "assistant"]
 
         r = await client.post(f"/conversations/{conversation_id}/messages/{answers[-1].id}/regenerate", headers=auth)
         assert r.status_code == 200, r.text
         calls = [b for b in llm_server.state.request_bodies() if not _is_summary(b)]
-        assert calls[-1]["messages"][0]["content"][0]["text"].startswith(SUMMARY_OPEN)  # the summary, still
+        first = calls[-1]["messages"][0]["content"][0]["text"]
+        assert first == summary_text(summaries[-1].content[0]["text"])  # the latest summary, still
+        # It hangs below the last message it acts on, before the turns it keeps: an edit of the
+        # last message reads it too.
+        assert summaries[-1].parent_id in {r.id for r in rows[:-2]}
 
         edit = {
             "message": "turn 2, edited",
