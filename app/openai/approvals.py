@@ -35,15 +35,32 @@ def _echo(item: Any) -> bool:
     return item.get("type") == "item_reference" and str(item.get("id", "")).startswith("mcpr_")
 
 
-def approval_decisions(input_: str | list[dict[str, Any]]) -> list[Decision] | None:
-    """The decisions an input's mcp_approval_response items carry; None when it has none (a new turn)."""
+def _output(item: Any) -> bool:
+    """An item of a response's own output (what a client resends of the paused response), not input."""
+    if not isinstance(item, dict):
+        return False
+    if item.get("type") in ("mcp_call", "mcp_approval_request", "function_call", "reasoning", "mcp_list_tools"):
+        return True
+    return item.get("role") == "assistant" and item.get("type", "message") == "message"
+
+
+def approval_decisions(input_: str | list[dict[str, Any]], *, chained: bool = True) -> list[Decision] | None:
+    """The decisions an input's mcp_approval_response items carry; None when it has none (a new turn).
+
+    Not `chained` (no previous_response_id): the client may resend the whole context first, which
+    must end with the paused response's output, approval requests included (so nothing new hides
+    before the decisions)."""
     if isinstance(input_, str) or not any(is_approval(item) for item in input_):
         return None
     decisions: list[Decision] = []
     first = next(i for i, item in enumerate(input_) if is_approval(item))
+    resent = 0
+    echoes = [i for i in range(first) if _echo(input_[i])]
+    if not chained and echoes and all(_output(item) for item in input_[echoes[-1] : first]):
+        resent = first  # the history the client resends, up to the paused output: the paused turn holds it
     for i, item in enumerate(input_):
         param = f"input[{i}]"
-        if _echo(item) or i < first:  # the history the client resends: the paused turn holds it
+        if _echo(item) or i < resent:
             continue
         if not is_approval(item):
             raise InvalidParam(

@@ -148,7 +148,7 @@ async def create_response(
     if body.background and not body.store:
         raise InvalidParam("store", "A background response is stored: it cannot have store=false.")
     check_characters(body.instructions, "instructions")
-    decisions = approval_decisions(body.input)
+    decisions = approval_decisions(body.input, chained=previous is not None)
     if decisions is not None:
         return await _continue_paused(body, decisions, after, model, principal, turns, transactions, idempotency_key)
     input_ = await resolve_references(transactions, body.input, principal.owner_id)

@@ -234,6 +234,18 @@ async def test_a_client_that_resends_the_whole_context_continues_the_paused_turn
     sent = llm_server.state.request_bodies()[-1]["messages"]
     assert json.dumps(sent).count("compute") == 1
     assert llm_server.state.rejections == []
+    # Anything new before the decisions is refused, never dropped: after the resent requests, or
+    # with previous_response_id (which chains: nothing is resent).
+    paused = await oai.responses.create(model="agentchat", input=CALC)
+    output = [item.model_dump(exclude_none=True) for item in paused.output]
+    hidden: list[Any] = [*output, {"role": "user", "content": "also this"}, *approval(paused, True)]
+    with pytest.raises(BadRequestError) as refused:
+        await oai.responses.create(model="agentchat", input=hidden)
+    assert refused.value.body["param"] == "input[0]"  # type: ignore[index]
+    chained: list[Any] = [{"role": "user", "content": "also this"}, *approval(paused, True)]
+    with pytest.raises(BadRequestError) as refused:
+        await oai.responses.create(model="agentchat", previous_response_id=paused.id, input=chained)
+    assert refused.value.body["param"] == "input[0]"  # type: ignore[index]
     # A stray message after the approvals is still refused: it would be a new turn.
     stray = [*context, {"role": "user", "content": "and this"}]
     with pytest.raises(BadRequestError) as refused:
