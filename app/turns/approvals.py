@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Uuid, bindparam, select, text, update
 
 from app.agent.history import split_assistant
 from app.agent.loop import Decision
@@ -219,16 +219,25 @@ async def claim_paused(
     return Paused(started, content, pending, usage, len(resumptions), now, last.updated_at, last.attributes)
 
 
+# One statement, the other keys kept: JSONB's merge on Postgres, json_set on SQLite.
+# (attributes may be SQL NULL or JSON null: both read as no keys.)
+_KEEP_TRACE = {
+    "postgresql": "attributes = (CASE WHEN jsonb_typeof(attributes) = 'object' THEN attributes ELSE '{}'::jsonb END)"
+    " || jsonb_build_object(CAST(:key AS text), CAST(:value AS text))",
+    "sqlite": "attributes = json_set(CASE WHEN json_type(attributes) = 'object' THEN attributes ELSE '{}' END,"
+    " '$.' || :key, :value)",
+}
+
+
 async def keep_paused_trace(transactions: Transactions, message_id: uuid.UUID, traceparent: str) -> None:
-    """A paused answer notes its execution's trace, for the continuation's to link to (tracing on;
-    a rare path, a statement of its own). Its updated_at stays: a claim compares it."""
-    paused = Message.id == message_id, Message.status == MessageStatus.AWAITING_APPROVAL
-    async with transactions.atomic() as conn:
-        row = (await conn.execute(select(Message.attributes).where(*paused).with_for_update())).first()
-        if row is None:  # continued (or denied) already
-            return
-        attributes = {**(row.attributes or {}), PAUSED_TRACE: traceparent}
-        await conn.execute(update(Message).where(*paused).values(attributes=attributes, updated_at=Message.updated_at))
+    """A paused answer notes its execution's trace, for the continuation's to link to (tracing on,
+    paused turns only: one statement). Its updated_at stays: a claim compares it."""
+    async with transactions.statement() as conn:
+        merge = _KEEP_TRACE[conn.dialect.name]
+        statement = text(
+            f"UPDATE messages SET {merge} WHERE id = :id AND status = '{MessageStatus.AWAITING_APPROVAL.value}'"
+        ).bindparams(bindparam("id", type_=Uuid()))
+        await conn.execute(statement, {"id": message_id, "key": PAUSED_TRACE, "value": traceparent})
 
 
 async def unclaim(transactions: Transactions, paused: Paused) -> bool:

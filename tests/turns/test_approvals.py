@@ -234,3 +234,26 @@ async def test_chat_completions_never_offers_a_gated_tool(
     offered = [t["name"] for t in llm_server.state.request_bodies()[-1]["tools"]]
     assert "calculator" not in offered
     assert "current_time" in offered
+
+
+async def test_a_paused_answer_keeps_its_trace_on_both_databases(
+    settings: Settings, llm_server: FakeLLMServer, tmp_path: Any
+) -> None:
+    """The traceparent a continuation links to is merged into the paused answer's attributes in one
+    statement, its other keys and its updated_at (a claim compares it) kept; Postgres and SQLite."""
+    from app.turns.approvals import PAUSED_TRACE, keep_paused_trace
+    from tests.fixtures.app import embedded
+
+    for config in (settings, await embedded(settings, tmp_path / "trace.db")):
+        gated = config.model_copy(update={"agent_approval_tools": "calc*"})
+        async with running_app(gated) as (_, state, client):
+            auth = {"Authorization": f"Bearer {await make_key(state)}"}
+            paused = await pause(client, auth)
+            before = await answer_row(state, paused["message"]["id"])
+            async with state.db.transactions() as transactions:
+                await keep_paused_trace(transactions, before.id, "00-0123-4567-01")
+            after = await answer_row(state, paused["message"]["id"])
+            assert (after.attributes or {})[PAUSED_TRACE] == "00-0123-4567-01"
+            assert {k: v for k, v in (after.attributes or {}).items() if k != PAUSED_TRACE} == (before.attributes or {})
+            assert after.updated_at == before.updated_at
+            assert after.status == "awaiting_approval"
