@@ -14,7 +14,7 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import anyio
 import structlog
@@ -27,7 +27,15 @@ from app.auth.errors import TokenQuotaExceeded, TooManyTurns
 from app.conversations.errors import ConversationBusy, ConversationNotFound
 from app.core.db import Transactions
 from app.core.degraded import degraded
-from app.core.errors import AppError, PayloadTooLarge, ServiceBusy, ServiceUnavailable, ShuttingDown, envelope
+from app.core.errors import (
+    AppError,
+    PayloadTooLarge,
+    ServiceBusy,
+    ServiceUnavailable,
+    ShuttingDown,
+    envelope,
+    is_db_unavailable,
+)
 from app.core.locks import Lock, LockManager
 from app.files.attach import has_attachments, with_files
 from app.models.conversations import MessageStatus
@@ -600,17 +608,19 @@ class TurnService:
                     async with resources.db.transactions() as transactions:
                         started = await phase_1(transactions)
                 except BaseException as exc:
-                    # Refused for good (its client is told why): out of the queue. Failed for now (the
-                    # database, a drain: a 503) or unexpectedly: it stays queued, adopted by a sweep.
-                    refused = isinstance(exc, AppError) and not isinstance(exc, ServiceUnavailable)
+                    # Failed for now (the database unreachable, a 503, a shutdown): it stays queued, for
+                    # a sweep to adopt. Refused for good (its client is told why), or failed by a bug
+                    # (which a retry would only repeat, holding up the queue behind it): out of the queue.
+                    cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+                    for_now = cancelled or isinstance(exc, ServiceUnavailable) or is_db_unavailable(exc)
                     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                         if lock is not None:
                             await degraded(resources.locks.release(lock), None, "conversation_lock")
-                        if refused:
+                        if not for_now:
                             await queue.forget(resources, queued_id)
-                    if not isinstance(exc, AppError):
+                    if cancelled or (not isinstance(exc, AppError) and not for_now):
                         raise
-                    holder.error = exc if refused else queue.StaysQueued(queue.FAILED_FOR_NOW)
+                    holder.error = queue.StaysQueued(queue.FAILED_FOR_NOW) if for_now else cast(AppError, exc)
                     run.publish("error", envelope(holder.error.type, holder.error.message))
                     return
                 turn = self._turn(started, transactions, owner, gated_offered=gated_offered, lock=lock)

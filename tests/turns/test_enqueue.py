@@ -343,3 +343,39 @@ async def test_a_queued_turn_that_cannot_start_for_now_stays_queued_and_is_answe
         assert_turn_order(rows)
         assert [text for _, _, text in rows[::2]] == ["hello", "first [[slow:0.5]]", "kept"]
         assert llm_server.state.rejections == []
+
+
+async def test_a_queued_turn_that_fails_by_a_bug_leaves_the_queue(
+    settings: Settings, llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error as a queued turn starts is not retried forever (a retry would only repeat
+    it, and the messages behind it would wait): its message leaves the queue, the next ones go on."""
+    from app.turns import begin
+
+    quick = settings.model_copy(update={"queue_adoption_seconds": 0.2, "run_lease_seconds": 1.0})
+    async with running_app(quick) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        slow = asyncio.create_task(
+            client.post("/chat", json={"message": "first [[slow:0.5]]", "conversation_id": cid}, headers=auth)
+        )
+        await eventually(lambda: running(state, cid), timeout=5)
+        real, failed = begin.begin_turn, list[bool]()
+
+        async def broken_once(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("options") is not None and kwargs["options"].dequeue is not None and not failed:
+                failed.append(True)
+                raise RuntimeError("a bug")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr("app.turns.start.begin_turn", broken_once)
+        body = {"message": "broken", "conversation_id": cid, "multitask": "enqueue"}
+        r = await asyncio.wait_for(client.post("/chat", json=body, headers=auth), timeout=10)
+        assert r.status_code >= 500
+        assert (await slow).status_code == 200
+        assert await queued_count(state, cid) == 0
+        await asyncio.sleep(1.5)  # past a lease and several sweeps: nothing adopts it again
+        later = {"message": "later", "conversation_id": cid, "multitask": "enqueue"}
+        r = await asyncio.wait_for(client.post("/chat", json=later, headers=auth), timeout=10)
+        assert r.status_code == 200, r.text
+        assert [text for _, _, text in (await history(state, cid))[::2]] == ["hello", "first [[slow:0.5]]", "later"]
