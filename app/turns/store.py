@@ -587,9 +587,7 @@ class SqliteTurns:
             if continues.regenerate is not None:
                 above = parent.parent_id
                 if above is None:  # a row from before branches: the message before it
-                    before = select(Message.id).where(
-                        in_conversation, Message.id < named, Message.role != SUMMARY_ROLE
-                    )
+                    before = select(Message.id).where(in_conversation, Message.id < named, Message.role != SUMMARY_ROLE)
                     above = (await self.conn.execute(before.order_by(Message.id.desc()).limit(1))).scalar()
                 user = Message.id == above, in_conversation, Message.role == "user"
                 asked = (await self.conn.execute(select(Message.id).where(*user))).scalar_one_or_none()
