@@ -24,6 +24,7 @@ from app.core.db import Transactions
 from app.core.errors import AppError
 from app.llm.base import Block, LLMRequest, Sampling
 from app.turns.compaction import Folded, history_budget, provider_context, trimmed
+from app.turns.errors import NoLongerQueued
 from app.turns.store import (
     AgentFilter,
     Continues,
@@ -221,6 +222,8 @@ async def begin_turn(
 def _why_not_opened(agents: AgentChoice, refused: NotOpened) -> AppError:
     """Phase 1 stored nothing: the conversation is not this owner's, or its agent is not this turn's."""
     bound = refused.bound
+    if refused.unqueued:
+        return NoLongerQueued()
     if refused.message:
         return MessageNotFound()
     if bound is None:

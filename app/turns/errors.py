@@ -33,3 +33,8 @@ class NotPending(Conflict):
 class UndecidedCalls(AppError):
     status_code, type = 422, "undecided_calls"
     default_message = "Every pending tool call needs a decision."
+
+
+class NoLongerQueued(AppError):
+    status_code, type = 409, "no_longer_queued"
+    default_message = "The message is no longer queued: another run answered it, or its conversation was deleted."

@@ -32,6 +32,7 @@ from app.core.periodic import periodically
 from app.models import ApiKey, QueuedMessage
 from app.runs.manager import Run
 from app.state import Resources
+from app.turns.errors import NoLongerQueued
 from app.turns.turn import Turn
 
 log = structlog.get_logger(__name__)
@@ -58,11 +59,6 @@ return 1
 # Above: alive (listed on a replica whose lease holds) is not an orphan; a claim held by another adopter,
 # or by a settler still closing the dead run's log (it is still listed), wins. The dead run's log (its
 # `queued` event, perhaps a settler's `interrupted`) goes: the adopted run writes its own from the start.
-
-
-class NoLongerQueued(AppError):
-    status_code, type = 409, "no_longer_queued"
-    default_message = "The message is no longer queued: another run answered it, or its conversation was deleted."
 
 
 FAILED_FOR_NOW = (

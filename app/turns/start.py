@@ -52,7 +52,7 @@ from app.turns.approvals import (
     unclaim,
 )
 from app.turns.begin import AgentChoice, TurnOptions, TurnStarted, begin_turn
-from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, ToolResultUnmatched
+from app.turns.errors import IdempotencyInProgress, IdempotencyKeyReused, NoLongerQueued, ToolResultUnmatched
 from app.turns.gate import KeyGate
 from app.turns.idempotency import Claim, fingerprint
 from app.turns.queue import Queued
@@ -594,7 +594,7 @@ class TurnService:
                 run.publish("queued", {"queued_id": str(queued_id), "conversation_id": str(conversation_id)})
                 try:
                     lock = await queue.wait_turn(resources, owner, conversation_id, queued_id, acquire, BUSY, adopt)
-                except (queue.NoLongerQueued, queue.StaysQueued) as exc:
+                except (NoLongerQueued, queue.StaysQueued) as exc:
                     # Another run of it (adopted twice) answered it; or this replica drains: another adopts it.
                     holder.error = exc
                     run.publish("error", envelope(exc.type, exc.message))

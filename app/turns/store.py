@@ -143,6 +143,8 @@ class NotOpened:
 
     bound: str | None
     message: bool = False
+    # The queued message the turn was to store is not queued any more (another run of it stored it).
+    unqueued: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,10 +310,14 @@ _REGENERATES_AN_ANSWER = f"""
                 WHERE p.id = {{parent}}::uuid AND p.conversation_id = {{conversation}}::uuid
                     AND p.role = 'assistant' AND u.conversation_id = p.conversation_id AND u.role = 'user')"""
 # A queued message's turn (app/turns/queue.py): its queue row goes in the statement that stores it,
-# only if the conversation was opened.
-_DEQUEUE = """, dequeued AS (
+# only if the conversation was opened, and the turn's rows only if the row was still queued: two runs
+# of one message (a replica cut off from Redis, its message adopted elsewhere) store it once — the
+# second DELETE waits on the first's row lock, then finds nothing.
+_DEQUEUE = """
+    dequeued AS (
         DELETE FROM queued_messages WHERE id = {dequeue}::uuid AND conversation_id IN (SELECT id FROM conversation)
-    )"""
+        RETURNING id
+    ),"""
 
 
 def _numbered(template: str, names: Sequence[str]) -> str:
@@ -339,6 +345,9 @@ def _open_existing(mode: Literal["latest", "parent", "regenerate"], history: boo
     snapshot from before the statement: the conversation's rows without the new turn (none with
     `history` False), and why nothing was stored when nothing was (the conversation's agent)."""
     condition = {"latest": "", "parent": _PARENT_IS_AN_ANSWER, "regenerate": _REGENERATES_AN_ANSWER}[mode]
+    insert = _INSERT_MESSAGES
+    if dequeue:
+        insert = insert.replace("FROM conversation CROSS JOIN", "FROM conversation CROSS JOIN dequeued CROSS JOIN")
     rows = _REGENERATED_ROWS if mode == "regenerate" else _TURN_ROWS
     user_parent = _LATEST_LEAF if mode == "latest" else "{parent}::uuid"  # ROOT stays: a first message
     template = (
@@ -350,15 +359,18 @@ def _open_existing(mode: Literal["latest", "parent", "regenerate"], history: boo
         + condition
         + """
         RETURNING id, system, COALESCE(agent, {default_agent}::varchar) AS agent
-    ), turn AS ("""
-        + _INSERT_MESSAGES.replace("{rows}", rows).replace("{user_parent}", user_parent)
-        + ")"
+    ),"""
         + (_DEQUEUE if dequeue else "")
+        + """ turn AS ("""
+        + insert.replace("{rows}", rows).replace("{user_parent}", user_parent)
+        + ")"
         + """
     SELECT conversation.system, conversation.agent, m.role, m.content,
         (SELECT COALESCE(c.agent, {default_agent}::varchar) FROM conversations AS c
             WHERE c.id = {conversation}::uuid AND c.owner_id = {owner}::uuid),
-        m.id, m.status, m.parent_id
+        m.id, m.status, m.parent_id"""
+        + (", (SELECT count(*) FROM dequeued)" if dequeue else "")
+        + """
     FROM (SELECT 1) AS one
         LEFT JOIN conversation ON true
         LEFT JOIN messages AS m ON m.conversation_id = conversation.id"""
@@ -520,6 +532,8 @@ class PostgresTurns:
         if first[1] is None:
             bound = first[4]
             return NotOpened(bound, message=continues.named is not None and bound in agents.names)
+        if dequeue is not None and not first[8]:
+            return NotOpened(first[1], unqueued=True)
         history = [HistoryRow(row[5], row[7], row[2], row[3], row[6]) for row in rows if row[2] is not None]
         earlier, superseded, content = _read_history(history, continues)
         opened = OpenedTurn(conversation_id, m.assistant_id, m.now, first[0], earlier, first[1])
@@ -605,13 +619,15 @@ class SqliteTurns:
             m = replace(m, user_parent=leaf)
         elif continues.parent is not None:
             m = replace(m, user_parent=continues.parent)  # ROOT stays: a first message
+        if dequeue is not None:  # in the same transaction as the messages, and only if still queued
+            gone = await self.conn.execute(delete(QueuedMessage).where(QueuedMessage.id == dequeue))
+            if not gone.rowcount:
+                return NotOpened(agent, unqueued=True)
         await self.conn.execute(update(Conversation).where(*owned).values(updated_at=m.now))
         if asked is not None:
             await self._insert_messages(conversation_id, replace(m, user_id=asked), answer_only=True)
         else:
             await self._insert_messages(conversation_id, m)
-        if dequeue is not None:  # in the same transaction as the messages
-            await self.conn.execute(delete(QueuedMessage).where(QueuedMessage.id == dequeue))
         opened = OpenedTurn(conversation_id, m.assistant_id, m.now, found.system, earlier, agent)
         return replace(opened, superseded=superseded, content=content)
 

@@ -379,3 +379,40 @@ async def test_a_queued_turn_that_fails_by_a_bug_leaves_the_queue(
         r = await asyncio.wait_for(client.post("/chat", json=later, headers=auth), timeout=10)
         assert r.status_code == 200, r.text
         assert [text for _, _, text in (await history(state, cid))[::2]] == ["hello", "first [[slow:0.5]]", "later"]
+
+
+async def test_two_runs_of_one_queued_message_store_it_once(
+    settings: Settings, llm_server: FakeLLMServer, tmp_path: Any
+) -> None:
+    """Phase 1 stores a queued message only if its row was still queued (the DELETE's result, in the
+    same statement on Postgres, the same transaction on SQLite): two runs of it — a replica cut off
+    from Redis while another adopted its message — store it once, even at the same moment."""
+    for config in (settings, await embedded(settings, tmp_path / "twice.db")):
+        await stored_once(config)
+
+
+async def stored_once(config: Settings) -> None:
+    from app.turns.begin import AgentChoice
+    from app.turns.store import NotOpened, OpenedTurn, Opening, turn_store
+
+    async with running_app(config) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        cid = await opened(client, auth)
+        queued_id = await queue_lost(state, cid, "once")
+        async with state.sessions() as session:
+            conversation = await session.get(Conversation, uuid.UUID(cid))
+            assert conversation is not None
+        opening = Opening(conversation.owner_id, [{"type": "text", "text": "once"}], None)
+        agents = AgentChoice(state.agents, None, None).filter()
+
+        async def store() -> OpenedTurn | NotOpened:
+            async with state.db.transactions() as transactions, transactions() as tx:
+                return await turn_store(tx).open_existing(
+                    opening, conversation_id=conversation.id, agents=agents, dequeue=queued_id
+                )
+
+        results = await asyncio.gather(store(), store())
+        assert sorted(type(r).__name__ for r in results) == ["NotOpened", "OpenedTurn"]
+        assert [r.unqueued for r in results if isinstance(r, NotOpened)] == [True]
+        assert [text for _, _, text in (await history(state, cid))].count("once") == 1
+        assert await queued_count(state, cid) == 0
