@@ -75,12 +75,22 @@ class AgentConfig(BaseModel):
             raise ValueError(f"model: required for provider {self.provider}")
         if self.compaction == "provider" and self.provider != "anthropic":
             raise ValueError(f"compaction: provider needs provider anthropic (not {self.provider})")
+        if (
+            self.compaction == "provider"
+            and self.context_window is not None
+            and (self.context_window < PROVIDER_COMPACTION_MIN)
+        ):
+            raise ValueError(f"compaction: provider needs a context_window of at least {PROVIDER_COMPACTION_MIN:,}")
         return self
 
     @property
     def model_name(self) -> str:
         """The model that answers, as answers show it: never a real model's name for the offline demo."""
         return "offline" if self.provider == "offline" else self.model
+
+
+# Anthropic refuses a compaction trigger under this many input tokens (`compaction: provider`).
+PROVIDER_COMPACTION_MIN = 50_000
 
 
 class AgentsConfig(BaseModel):

@@ -8,7 +8,14 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.core.agents_config import DEFAULT_AGENT, AgentConfig, AgentsConfig, Compaction, parse_agents
+from app.core.agents_config import (
+    DEFAULT_AGENT,
+    PROVIDER_COMPACTION_MIN,
+    AgentConfig,
+    AgentsConfig,
+    Compaction,
+    parse_agents,
+)
 from app.core.mcp_config import McpServerConfig, parse_mcp_servers
 from app.core.prices import PriceTable, parse_prices
 
@@ -168,6 +175,13 @@ class Settings(BaseSettings):
             raise ValueError("LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
         if self.agents is None and self.agent_compaction == "provider" and self.provider != "anthropic":
             raise ValueError(f"AGENT_COMPACTION=provider needs the anthropic provider (not {self.provider})")
+        provider = [a.name for a in self.agent_set.agents if a.compaction == "provider"]
+        if provider and self.history_token_budget < PROVIDER_COMPACTION_MIN:
+            # Our trimming would keep every history under the provider's least trigger: it would never compact.
+            raise ValueError(
+                f"compaction: provider (agent {provider[0]!r}) needs HISTORY_TOKEN_BUDGET of at least "
+                f"{PROVIDER_COMPACTION_MIN:,} (the provider compacts past that many tokens at the least)"
+            )
         return self
 
     @property

@@ -12,6 +12,7 @@ import aiohttp
 import anthropic
 import httpx2
 
+from app.core.agents_config import PROVIDER_COMPACTION_MIN
 from app.core.config import ModelHttpClientName, Settings
 from app.core.telemetry import trace_headers
 from app.llm.base import (
@@ -44,7 +45,7 @@ CONTEXT_BETA = "context-management-2025-06-27"
 COMPACT_BETA = "compact-2026-01-12"
 CLEAR_TOOL_USES = "clear_tool_uses_20250919"
 COMPACT = "compact_20260112"
-COMPACT_MIN_TRIGGER = 50_000
+COMPACT_MIN_TRIGGER = PROVIDER_COMPACTION_MIN
 # What `post(stream=True)` asks for; with `cast_to=httpx2.Response` the SDK hands back the response itself.
 _RawStream = anthropic.AsyncStream[Any]
 

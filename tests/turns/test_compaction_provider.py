@@ -192,3 +192,22 @@ def test_provider_compaction_on_another_provider_stops_start_up(
         load_settings()
     assert stopped.value.code == 2
     assert "AGENT_COMPACTION=provider needs the anthropic provider" in capsys.readouterr().err
+
+
+def test_provider_compaction_that_could_never_trigger_stops_start_up(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider compacts past 50,000 input tokens at the least: a window, or a HISTORY_TOKEN_BUDGET
+    that keeps every history smaller, would mean it never does (turns dropped instead)."""
+    small = [{"name": "small", "provider": "anthropic", "model": "claude-x", "compaction": "provider"}]
+    with pytest.raises(ValueError, match="agent 'small': compaction: provider needs a context_window of at least"):
+        parse_agents([{**small[0], "context_window": 32_000}])
+    monkeypatch.setenv("AGENTS", json.dumps(small))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
+    monkeypatch.setenv("HISTORY_TOKEN_BUDGET", "20000")
+    with pytest.raises(ConfigError) as stopped:
+        load_settings()
+    assert stopped.value.code == 2
+    assert "needs HISTORY_TOKEN_BUDGET of at least 50,000" in capsys.readouterr().err
+    monkeypatch.setenv("HISTORY_TOKEN_BUDGET", "60000")
+    assert load_settings().history_token_budget == 60_000
