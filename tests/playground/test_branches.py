@@ -111,6 +111,14 @@ async def test_regenerate_streams_a_new_answer_and_the_switcher_shows_the_old_on
     await expect(connected.last_answer.locator(".sibling-count")).to_have_text("2/2")
     await expect(connected.answers.first.locator(".sibling-switcher")).to_have_count(0)
 
+    # A branch picked with the switcher survives a reload too: the address names it.
+    await connected.last_answer.get_by_role("button", name="Previous version").click()
+    await expect(connected.last_answer).to_have_attribute("data-id", old_id)
+    assert await page.evaluate("location.hash") == f"#{conversation_id}/{old_id}"
+    await page.reload()
+    await expect(connected.last_answer).to_have_attribute("data-id", old_id)
+    await expect(connected.last_answer.locator(".sibling-count")).to_have_text("1/2")
+
 
 async def test_edit_a_message_makes_a_new_branch_that_survives_a_reload(
     connected: Playground,  # noqa: F811 (a fixture)

@@ -1113,19 +1113,35 @@ function showSidebarError(error) {
   els.conversationList.replaceChildren(item);
 }
 
-async function openConversation(id) {
+// The address names the branch shown when it is not the latest (`#<conversation>/<its last message>`),
+// so a reload shows the same one.
+function markBranch(leaf) {
+  if (!state.conversationId) return;
+  history.replaceState(null, "", leaf ? `#${state.conversationId}/${leaf}` : `#${state.conversationId}`);
+}
+
+async function openConversation(id, leaf = null) {
   stopStreaming();
   closeSidebar();
   clearThread();
   setConversation(id);
   const ticket = state.viewTicket;
   const path = `conversations/${encodeURIComponent(id)}`;
+  const branch = (through) =>
+    getJSON(through ? `${path}/messages?${new URLSearchParams({ leaf: through })}` : `${path}/messages`);
   try {
-    const [conversation, page] = await Promise.all([getJSON(path), getJSON(`${path}/messages`)]);
+    const [conversation, page] = await Promise.all([
+      getJSON(path),
+      branch(leaf).catch((error) => (leaf && error.status === 404 ? branch(null) : Promise.reject(error))),
+    ]);
     if (ticket !== state.viewTicket) return;
     state.conversationAgent = conversation.agent || null;
     renderAgentBar();
     renderHistory(page.items);
+    if (leaf && page.items.some((item) => item.id === leaf)) {
+      state.pickedBranch = true; // a message sent now continues this branch
+      markBranch(leaf);
+    }
   } catch (error) {
     if (ticket !== state.viewTicket) return;
     if (error.status === 404) setConversation(null);
@@ -1250,6 +1266,7 @@ async function sendMessage(text, attachments = []) {
     else body.multitask = "enqueue";
   } else if (chosenAgent()) body.agent = chosenAgent(); // a continued conversation keeps its own
   state.pickedBranch = false; // the new message is the latest now
+  markBranch(null);
   if (openApprovals) openApprovals.close("Not decided: your new message denies it.");
   appendUserMessage(text, attachments);
   await runTurn(new AnswerView(), "chat", body);
@@ -1324,6 +1341,7 @@ function cutThreadAt(article) {
   article.remove();
   if (openApprovals && !openApprovals.view.article.isConnected) openApprovals = null;
   state.pickedBranch = false; // what comes next is the conversation's latest message
+  markBranch(null);
 }
 
 // Once a new version is stored: its id and siblings, and those of the user message it answers.
@@ -1426,6 +1444,7 @@ async function showBranch(messageId, focus) {
     clearThread();
     renderHistory(page.items);
     state.pickedBranch = true;
+    markBranch(page.leaf_id || messageId);
     const shown = els.thread.querySelector(`.message[data-id="${CSS.escape(messageId)}"]`);
     if (!shown) return;
     shown.scrollIntoView({ block: "nearest" });
@@ -1473,8 +1492,8 @@ async function connect(key) {
   showChatView();
   loadAgents().catch(showAgentsError);
   loadMemories().catch(showMemoryError);
-  const id = location.hash.slice(1);
-  if (UUID.test(id)) await openConversation(id);
+  const [id, leaf] = location.hash.slice(1).split("/");
+  if (UUID.test(id)) await openConversation(id, UUID.test(leaf || "") ? leaf : null);
   else newChat();
 }
 
