@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -304,12 +306,12 @@ async def test_enqueue_on_the_embedded_default(tmp_path: Any, settings: Settings
         assert llm_server.state.rejections == []
 
 
-async def test_a_queued_turn_that_cannot_start_for_now_stays_queued_and_is_answered(
-    settings: Settings, llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The database unavailable just as a queued message's turn starts: its client hears 503
-    `stays_queued`, the message is not dropped, and a sweep answers it in its place."""
-    from app.core.errors import DatabaseUnavailable
+@asynccontextmanager
+async def queued_behind_a_failure(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, failure: Exception, message: str
+) -> AsyncIterator[tuple[Resources, httpx.AsyncClient, dict[str, str], str, httpx.Response]]:
+    """A message queued behind a slow turn whose phase 1 fails once with `failure`: (state, client,
+    auth, its conversation, the queued request's response), the slow turn answered."""
     from app.turns import begin
 
     quick = settings.model_copy(update={"queue_adoption_seconds": 0.2, "run_lease_seconds": 1.0})
@@ -322,18 +324,29 @@ async def test_a_queued_turn_that_cannot_start_for_now_stays_queued_and_is_answe
         await eventually(lambda: running(state, cid), timeout=5)
         real, failed = begin.begin_turn, list[bool]()
 
-        async def unavailable_once(*args: Any, **kwargs: Any) -> Any:
+        async def failing_once(*args: Any, **kwargs: Any) -> Any:
             if kwargs.get("options") is not None and kwargs["options"].dequeue is not None and not failed:
                 failed.append(True)
-                raise DatabaseUnavailable()
+                raise failure
             return await real(*args, **kwargs)
 
-        monkeypatch.setattr("app.turns.start.begin_turn", unavailable_once)
-        body = {"message": "kept", "conversation_id": cid, "multitask": "enqueue"}
+        monkeypatch.setattr("app.turns.start.begin_turn", failing_once)
+        body = {"message": message, "conversation_id": cid, "multitask": "enqueue"}
         r = await asyncio.wait_for(client.post("/chat", json=body, headers=auth), timeout=10)
+        assert (await slow).status_code == 200
+        yield state, client, auth, cid, r
+
+
+async def test_a_queued_turn_that_cannot_start_for_now_stays_queued_and_is_answered(
+    settings: Settings, llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database unavailable just as a queued message's turn starts: its client hears 503
+    `stays_queued`, the message is not dropped, and a sweep answers it in its place."""
+    from app.core.errors import DatabaseUnavailable
+
+    async with queued_behind_a_failure(settings, monkeypatch, DatabaseUnavailable(), "kept") as (state, _, _, cid, r):
         assert r.status_code == 503, r.text
         assert r.json()["error"]["type"] == "stays_queued"
-        assert (await slow).status_code == 200
 
         async def answered() -> bool:
             return await queued_count(state, cid) == 0 and len(await history(state, cid)) == 6
@@ -350,29 +363,14 @@ async def test_a_queued_turn_that_fails_by_a_bug_leaves_the_queue(
 ) -> None:
     """An unexpected error as a queued turn starts is not retried forever (a retry would only repeat
     it, and the messages behind it would wait): its message leaves the queue, the next ones go on."""
-    from app.turns import begin
-
-    quick = settings.model_copy(update={"queue_adoption_seconds": 0.2, "run_lease_seconds": 1.0})
-    async with running_app(quick) as (_, state, client):
-        auth = {"Authorization": f"Bearer {await make_key(state)}"}
-        cid = await opened(client, auth)
-        slow = asyncio.create_task(
-            client.post("/chat", json={"message": "first [[slow:0.5]]", "conversation_id": cid}, headers=auth)
-        )
-        await eventually(lambda: running(state, cid), timeout=5)
-        real, failed = begin.begin_turn, list[bool]()
-
-        async def broken_once(*args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("options") is not None and kwargs["options"].dequeue is not None and not failed:
-                failed.append(True)
-                raise RuntimeError("a bug")
-            return await real(*args, **kwargs)
-
-        monkeypatch.setattr("app.turns.start.begin_turn", broken_once)
-        body = {"message": "broken", "conversation_id": cid, "multitask": "enqueue"}
-        r = await asyncio.wait_for(client.post("/chat", json=body, headers=auth), timeout=10)
+    async with queued_behind_a_failure(settings, monkeypatch, RuntimeError("a bug"), "broken") as (
+        state,
+        client,
+        auth,
+        cid,
+        r,
+    ):
         assert r.status_code >= 500
-        assert (await slow).status_code == 200
         assert await queued_count(state, cid) == 0
         await asyncio.sleep(1.5)  # past a lease and several sweeps: nothing adopts it again
         later = {"message": "later", "conversation_id": cid, "multitask": "enqueue"}
