@@ -450,6 +450,16 @@ class LogReport:
         }
 
 
+def stop_and_scan(procs: Sequence[Proc]) -> dict[str, dict[str, int]]:
+    """Stop each server, then count the errors and tracebacks its log holds, by server name."""
+    logs: dict[str, dict[str, int]] = {}
+    for proc in procs:
+        proc.stop()
+        report = scan_log(proc.log_path)
+        logs[proc.name] = {"errors": report.errors, "tracebacks": report.tracebacks}
+    return logs
+
+
 def scan_log(path: Path, max_samples: int = 5) -> LogReport:
     report = LogReport()
     try:

@@ -43,9 +43,9 @@ from bench._harness import (
     print_checks,
     print_table,
     rss_kib,
-    scan_log,
     script_main,
     spawn,
+    stop_and_scan,
     uvicorn_cmd,
     wait_for_quiet,
     wait_http_ok,
@@ -182,11 +182,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for server in servers:
                 await server.http.aclose()
-        result["logs"] = {}
-        for proc in base.procs:
-            proc.stop()
-            report = scan_log(proc.log_path)
-            result["logs"][proc.name] = {"errors": report.errors, "tracebacks": report.tracebacks}
+        result["logs"] = stop_and_scan(base.procs)
     result["servers"] = {
         s.name: {
             **s.totals.figures(),

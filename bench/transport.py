@@ -45,8 +45,8 @@ from bench._harness import (
     log,
     print_checks,
     print_table,
-    scan_log,
     script_main,
+    stop_and_scan,
     wait_for_quiet,
 )
 from bench.overhead import CallFailed, Conversation, concurrent
@@ -169,11 +169,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for server in servers:
                 await server.http.aclose()
-        result["logs"] = {}
-        for proc in base.procs:
-            proc.stop()
-            report = scan_log(proc.log_path)
-            result["logs"][proc.name] = {"errors": report.errors, "tracebacks": report.tracebacks}
+        result["logs"] = stop_and_scan(base.procs)
     result["servers"] = {
         s.name: {
             **s.totals.figures(),

@@ -61,6 +61,11 @@ SSE: dict[int | str, dict[str, Any]] = {
 }
 
 
+def wants_stream(asked: bool, request: Request) -> bool:
+    """SSE when the body asks for it (`stream`) or the client accepts only it."""
+    return asked or "text/event-stream" in request.headers.get("accept", "")
+
+
 async def answer(
     turns: TurnService, started: Turn | Replay | Queued, *, stream: bool, cancel_on_disconnect: bool
 ) -> Response:
@@ -115,7 +120,7 @@ async def chat(
         raise InvalidRequest("`parent_message_id` names an answer of the conversation `conversation_id`.")
     if body.parent_message_id is not None and body.multitask == "enqueue":
         raise InvalidRequest("A queued message goes after the latest one: omit `parent_message_id`.")
-    stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    stream = wants_stream(body.stream, request)
     options = TurnOptions(after=body.parent_message_id)
     if body.attachments:
         options = TurnOptions(
@@ -159,7 +164,7 @@ async def decide(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Decide the tool calls a paused turn waits on; the same turn goes on, answered as POST /chat answers."""
-    stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    stream = wants_stream(body.stream, request)
     started = await turns.resume(
         ResumeRequest(
             owner_id=principal.owner_id,
@@ -196,7 +201,7 @@ async def regenerate(
     """A new answer to the user message of this answer, answered as POST /chat answers; the old one
     stays, as its sibling (GET /conversations/{id}/messages?leaf=<id> shows either)."""
     body = body or RegenerateRequest()
-    stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    stream = wants_stream(body.stream, request)
     started = await turns.start(
         TurnRequest(
             owner_id=principal.owner_id,

@@ -90,14 +90,15 @@ class Run:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
-        timer = loop.call_later(at_most, _wake, waiter)
+        timer = loop.call_later(at_most, wake, waiter)
         try:
             await waiter
         finally:
             timer.cancel()
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
+def wake(waiter: asyncio.Future[None]) -> None:
+    """Resolve a waiter unless it is done already (a timer's callback, or an early wake)."""
     if not waiter.done():
         waiter.set_result(None)
 

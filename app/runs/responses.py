@@ -21,7 +21,7 @@ from app.core.errors import envelope
 from app.core.redis import FOLLOW_BLOCK_SECONDS
 from app.runs.events import RunEvent
 from app.runs.followers import Ticket
-from app.runs.manager import Run
+from app.runs.manager import Run, wake
 from app.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
@@ -184,7 +184,7 @@ class Direct:
 
     def _end(self) -> None:
         self._open = False
-        _wake(self.done)
+        wake(self.done)
 
     def close(self) -> None:
         self._open = False
@@ -199,16 +199,11 @@ class Direct:
                 return
             # One timer per ping period, not one per event: woken early only by the sink's end.
             waiter = self.done = self._loop.create_future()
-            timer = self._loop.call_later(ping_seconds - quiet, _wake, waiter)
+            timer = self._loop.call_later(ping_seconds - quiet, wake, waiter)
             try:
                 await waiter
             finally:
                 timer.cancel()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class StoredRunStreamResponse(_Follower):

@@ -25,6 +25,7 @@ from app.agent.loop import Agent, Decision, Transcript
 from app.agent.tools.base import ToolContext
 from app.auth.errors import TokenQuotaExceeded, TooManyTurns
 from app.conversations.errors import ConversationBusy, ConversationNotFound
+from app.core import telemetry
 from app.core.db import Transactions
 from app.core.degraded import degraded
 from app.core.errors import (
@@ -408,12 +409,13 @@ class TurnService:
             turn.prepare = functools.partial(
                 with_files, storage=resources.files, owner_id=owner, text_only_models=settings.file_text_only_models
             )
+        if telemetry.active() is not None:  # a paused turn keeps its trace for its continuation to link to
 
-        async def keep_trace(done: Turn) -> None:
-            if done.saved and done.status == MessageStatus.AWAITING_APPROVAL and done.traceparent is not None:
-                await keep_paused_trace(done.transactions, done.started.message_id, done.traceparent)
+            async def keep_trace(done: Turn) -> None:
+                if done.saved and done.status == MessageStatus.AWAITING_APPROVAL and done.traceparent is not None:
+                    await keep_paused_trace(done.transactions, done.started.message_id, done.traceparent)
 
-        turn.after_record.append(keep_trace)
+            turn.after_record.append(keep_trace)
         if resources.compactor is not None:  # once recorded: a compaction if its history grew past compact_at
             turn.after_record.append(resources.compactor.after_turn)
         return turn
