@@ -6,10 +6,11 @@ Each pair is what the service used to do and what it does now, run in the same p
 rounds that alternate (this box's speed drifts by seconds): the model call through the SDK
 (httpx2's default client vs the service's, the SDK's aiohttp client, against the fake model), a turn's model
 call with its tool schemas (`messages.create` vs `post` with the body encoded once), one statement on
-Postgres (SQLAlchemy's execution layer vs asyncpg through `Database.tx()`), one INFO log line (through a stdlib
-LogRecord and formatter vs structlog straight to stderr; the same processors, redaction included),
-and the disconnect watch (an anyio task group vs one asyncio task). Prints the median of five
-rounds, in µs of this process's CPU per operation.
+Postgres (SQLAlchemy's execution layer vs asyncpg through `Database.tx()`), a phase's connection
+(a SQLAlchemy Connection around the pooled one vs the pooled one, as `Database.tx()` checks out),
+one INFO log line (through a stdlib LogRecord and formatter vs structlog straight to stderr; the
+same processors, redaction included), and the disconnect watch (an anyio task group vs one asyncio
+task). Prints the median of five rounds, in µs of this process's CPU per operation.
 """
 
 from __future__ import annotations
@@ -126,6 +127,24 @@ def statement_ops(db: Database) -> tuple[Op, Op]:
     return before, after
 
 
+def checkout_ops(db: Database) -> tuple[Op, Op]:
+    """A phase's connection: a SQLAlchemy Connection around the pooled one (what `Database.tx` did),
+    against the pooled connection itself (what it does)."""
+    engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def before() -> None:
+        conn = engine.connect()
+        await conn.start()
+        assert (await conn.get_raw_connection()).driver_connection is not None
+        await conn.close()
+
+    async def after() -> None:
+        async with db.tx() as tx:
+            assert tx.driver is not None
+
+    return before, after
+
+
 def log_ops() -> tuple[Op, Op]:
     fields = {"conversation_id": str(uuid.uuid4()), "message_id": str(uuid.uuid4()), "status": "complete"}
     sink = io.StringIO()
@@ -201,6 +220,7 @@ async def main() -> None:
             "model call (SDK, raw response, fake model)": model_call_ops(url),
             "turn's model call: create() → post(bytes)": request_building_ops(url),
             "one statement on Postgres": statement_ops(db),
+            "a phase's checkout: Connection → pooled": checkout_ops(db),
             "one INFO log line": log_ops(),
             "disconnect watch around a block": watch_ops(),
         }
