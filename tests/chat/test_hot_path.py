@@ -50,6 +50,9 @@ async def test_json_and_streamed_turns_cost_two_statements_and_no_commit(
     first = await turn(client, auth, message="warm up")
     assert spent(before, counts(state))["statements"] == 3
 
+    # A phase uses the pooled connection itself: no SQLAlchemy Connection is built around it.
+    wrapped: list[int] = []
+    event.listen(state.engine.sync_engine, "engine_connect", lambda *_: wrapped.append(1))
     for body in [
         {"message": "new, json"},
         {"message": "continued, json", "conversation_id": first["conversation_id"]},
@@ -61,6 +64,7 @@ async def test_json_and_streamed_turns_cost_two_statements_and_no_commit(
         used = spent(before, counts(state))
         # Phase 1 and phase 3, one statement each, each its own transaction: nothing idles in one.
         assert (used["statements"], used["checkouts"], used["commits"]) == (2, 2, 0), body
+    assert wrapped == []
 
     r = await client.get(f"/conversations/{first['conversation_id']}/messages", headers=auth)
     items = r.json()["items"]
