@@ -88,6 +88,8 @@ class CallGuard(Protocol):
     """
 
     async def reserve(self, request: LLMRequest) -> int: ...
+    @property
+    def settles(self) -> bool: ...  # whether settle() has anything to do
     async def settle(self, reserved: int, usage: Usage) -> None: ...
     def due(self) -> bool: ...
     async def check(self) -> None: ...
@@ -276,7 +278,7 @@ class Agent:
             metrics = self.metrics
             metrics.labelled(metrics.upstream_latency, self.llm.provider).observe(elapsed)
             metrics.labelled(metrics.gen_ai_duration, self.name, request.model, outcome).observe(elapsed)
-            if self.budget is not None:
+            if self.budget is not None and self.budget.settles:
                 # Shielded: a cancelled call (client left) still gives back what it did not use.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await self.budget.settle(reserved, completed.usage if completed is not None else Usage())

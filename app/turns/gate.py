@@ -60,6 +60,12 @@ class KeyGate:
             raise TokenQuotaExceeded(headers=decision.headers())
         return worst
 
+    @property
+    def settles(self) -> bool:
+        """Whether `settle` has anything to do (a token quota is on): without one, a call's end
+        enters no shielded scope for it."""
+        return bool(self.limits.tokens_per_day)
+
     async def settle(self, reserved: int, usage: Usage) -> None:
         if self.limits.tokens_per_day:
             used = usage.input_tokens + usage.output_tokens
