@@ -40,7 +40,11 @@ def _keep_prefix(match: re.Match[str]) -> str:
 
 
 def _mask(text: str) -> str:
-    return _SECRET_VALUE.sub(_keep_prefix, text)
+    # Each alternative of the pattern needs one of these: most strings (ids, names, statuses) skip
+    # the regex, a tenth of its cost (every string field of every line comes here).
+    if "ak_" in text or "sk-" in text or "://" in text or "bearer" in text.lower():
+        return _SECRET_VALUE.sub(_keep_prefix, text)
+    return text
 
 
 @functools.lru_cache(maxsize=4096)

@@ -56,6 +56,7 @@ def assert_no_secret(line: dict[str, Any]) -> None:
         ("redis redis://:s3cr3t-redis@redis:6379/0 down", "redis redis://:***@redis:6379/0 down"),
         ("rediss://default:hunter2@cache.example:6380", "rediss://default:***@cache.example:6380"),
         ("header Authorization: Bearer tok-value", "header Authorization: Bearer ***"),
+        ("authorization: bEaReR tok-value", "authorization: bEaReR ***"),  # any case, as HTTP allows
     ],
 )
 def test_secrets_in_messages_are_masked(lines: Any, message: str, shown: str) -> None:
