@@ -21,7 +21,7 @@ async def run_of(runs: RunManager, message_id: uuid.UUID, owner: uuid.UUID) -> R
     if runs.store is None:
         return None
     try:
-        found = await runs.store.owner(message_id)
+        found = await runs.find(message_id)
     except (RedisError, OSError):
         return None  # the stored answer still answers
     return runs.store if found is not None and found[0] == owner else None
@@ -37,7 +37,7 @@ async def settled(runs: RunManager, message_id: uuid.UUID) -> None:
                     return
                 await local.wait_beyond(len(local.events), 0.5)
                 continue
-            found = await runs.store.owner(message_id) if runs.store is not None else None
+            found = await runs.find(message_id)
             if found is None or found[1] == "finished":
                 return
             await anyio.sleep(0.05)

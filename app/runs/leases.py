@@ -2,10 +2,16 @@
 node), another one settles its runs.
 
 Each replica renews a lease (`replica:<id>`, a key with a TTL) and lists its running runs in one
-hash. Every replica sweeps that hash now and then; a run whose replica's lease has lapsed is
-claimed (SET NX, so one replica settles it) and settled: the answer recorded `incomplete` with the
-partial text the run log holds, a final `error` event of type `interrupted` for every follower,
-the conversation's lock freed (compare-and-delete with the dead turn's token).
+hash (a run is listed, and its meta written, by the mirror's first slice that carries it: see
+app/runs/store.py). Every replica sweeps that hash now and then; a run whose replica's lease has
+lapsed is claimed (SET NX, so one replica settles it) and settled: the answer recorded `incomplete`
+with the partial text the run log holds, a final `error` event of type `interrupted` for every
+follower, the conversation's lock freed (compare-and-delete with the dead turn's token).
+
+A replica that dies before its first slice (within MIRROR_INTERVAL of a run's start) leaves no
+meta and no entry to sweep: its answer, still `in_progress`, is settled by the abandoned-answer
+sweep (keep_sweeping, after the longest a turn can take), and its conversation lock, no longer
+renewed, lapses by its TTL (app/core/locks.py).
 """
 
 from __future__ import annotations
@@ -24,20 +30,10 @@ from app.core.db import Database
 from app.core.errors import envelope, is_db_unavailable
 from app.core.locks import RELEASE_SCRIPT, Lock
 from app.core.metrics import Metrics
-from app.core.telemetry import trace_headers
 from app.runs.events import RunEvent
 from app.runs.repository import settle_interrupted, sweep_abandoned
 
 log = structlog.get_logger(__name__)
-
-
-# A run's meta and its entry among the running, atomically: one EVALSHA per streamed turn instead of
-# a MULTI/EXEC of three commands (redis-py's per-command cost, paid on every turn's start; issue #28).
-REGISTER = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +52,6 @@ class Leases:
         self.redis, self.prefix, self.replica_id = redis, prefix, replica_id
         self.lease_ms, self.retention = int(lease_seconds * 1000), retention
         self.running_key = f"{prefix}runs:running"
-        self._register = redis.register_script(REGISTER)
 
     def _replica(self, replica_id: str) -> str:
         return f"{self.prefix}replica:{replica_id}"
@@ -74,23 +69,12 @@ class Leases:
         """At a clean shutdown: every run here has finished, so no one need wait for the lease to lapse."""
         await self.redis.delete(self._replica(self.replica_id))
 
-    async def register(
-        self, run_id: uuid.UUID, owner_id: uuid.UUID, conversation_id: uuid.UUID | None, lock: Lock | None
-    ) -> None:
-        """The run's meta (who owns it, where it runs, what settling it would need), in one round trip."""
-        meta: dict[Any, Any] = {
-            "owner": str(owner_id),
-            "state": "running",
-            "replica": self.replica_id,
-            "conversation": str(conversation_id or ""),
-        }
+    def settling(self, conversation_id: uuid.UUID | None, lock: Lock | None) -> dict[str, str]:
+        """A run's meta beside its owner and state: where it runs and what settling it would need."""
+        meta = {"replica": self.replica_id, "conversation": str(conversation_id or "")}
         if lock is not None:
             meta |= {"lock": f"{self.prefix}lock:{lock.name}", "lock_token": lock.token}
-        if traceparent := trace_headers().get("traceparent"):  # traces on: followers' spans link to the run's
-            meta["traceparent"] = traceparent
-        fields = [item for pair in meta.items() for item in pair]
-        args = [self.retention, str(run_id), self.replica_id, *fields]
-        await self._register(keys=[self._meta(run_id), self.running_key], args=args)
+        return meta
 
     async def unregister(self, run_id: uuid.UUID) -> None:
         await self.redis.hdel(self.running_key, str(run_id))

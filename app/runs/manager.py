@@ -4,6 +4,11 @@ can leave, come back on any replica with Last-Event-ID, and miss nothing.
 A run's HTTP stream is one follower among many. With `on_disconnect: "cancel"` (the default) the
 last word of its client cancels it; with `"continue"` it runs to the end regardless. Any replica
 can cancel a run: the request is published on Redis, and the replica that runs it acts.
+
+Starting a run sends nothing to Redis: its registration (meta, entry among the running) goes with
+the mirror's next slice, the one command per slice for every run's events (app/runs/store.py).
+So a client may hear `start` up to a slice before another replica can find the run: `find`
+asks Redis once more a little later before it concludes the run is unknown.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from app.core.db import Database
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Lock
 from app.core.metrics import Metrics
+from app.core.telemetry import trace_headers
 from app.runs.events import RunEvent
 from app.runs.leases import Leases, keep_lease, keep_sweeping, settle_orphans, sweep_abandoned_answers
-from app.runs.store import MirrorKeys, RunStore
+from app.runs.store import MirrorKeys, Registration, RunStore
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +40,8 @@ KEEP_FINISHED_SECONDS = 60.0
 # Events are mirrored to Redis in time slices: one pipeline per slice for every run that has news,
 # so the Redis cost follows time, not the number of deltas (or of runs).
 MIRROR_INTERVAL = 0.02
+# A run unknown to Redis is asked for once more after this: by then its first slice has gone out.
+FIND_AGAIN_AFTER = 2.5 * MIRROR_INTERVAL
 Driver = Callable[["Run"], Awaitable[None]]
 CANCEL_REASONS = ("cancelled", "interrupted")  # what a cancel request from another replica may say
 
@@ -53,6 +61,8 @@ class Run:
         self.scope = anyio.CancelScope()
         self._waiters: list[asyncio.Future[None]] = []
         self.unmirrored = 0  # index of the first event not yet in Redis
+        self.registration: Registration | None = None  # until the first slice has carried it
+        self.traceparent: str | None = None  # the trace that started it (traces on, with Redis)
         self.mirror_keys: MirrorKeys = store.mirror_keys(run_id) if store is not None else (b"", b"", b"")
         # One live local follower, caught up, is handed each event as it is published: no task is
         # woken per event to relay it. Any other follower waits (wait_beyond).
@@ -167,7 +177,8 @@ class RunManager:
                 await anyio.sleep(0.05)
 
     def mirror_soon(self, run: Run) -> None:
-        """Called for every published event: a dict store and two flag checks, the wakeup set once per slice."""
+        """Called for every published event (and a run's start): a dict store and two flag checks, the
+        wakeup set once per slice."""
         self._to_mirror[run] = None
         if run.finished:
             # A run's end goes out at once: other replicas read "finished" from it (cancel, follow).
@@ -186,14 +197,16 @@ class RunManager:
             await self._mirror()
 
     async def _mirror(self) -> None:
-        """Copy every run's new events to Redis in one round trip, in order."""
+        """Copy every run's new events (and new runs' registrations) to Redis in one round trip, in order."""
         pending, self._to_mirror = self._to_mirror, {}
         batch = [(run, run.events[run.unmirrored :]) for run in pending if run.store is not None]
-        batch = [(run, events) for run, events in batch if events]
+        batch = [(run, events) for run, events in batch if events or run.registration is not None]
         if not batch or self.store is None:
             return
         try:
-            await self.store.append_many([(run.mirror_keys, events, run.finished) for run, events in batch])
+            await self.store.append_many(
+                [(run.mirror_keys, run.registration, events, run.finished) for run, events in batch]
+            )
         except (RedisError, OSError) as exc:
             # Streaming goes on locally; only resuming elsewhere is lost for these runs. Said once per slice.
             log.warning("run.mirror_failed", runs=len(batch), error=type(exc).__name__)
@@ -203,7 +216,8 @@ class RunManager:
         finally:
             self.metrics.mirror_writes.inc()
         for run, events in batch:
-            run.unmirrored = events[-1].seq
+            run.registration = None
+            run.unmirrored += len(events)
 
     async def start(
         self,
@@ -215,18 +229,23 @@ class RunManager:
         lock: Lock | None = None,
     ) -> Run:
         """Start `driver` as a run. The conversation and its lock are what another replica needs to
-        settle the run should this one die."""
+        settle the run should this one die. No Redis command of its own: the run is registered by the
+        mirror's next slice (a Redis error there leaves it streaming here only, as for its events)."""
         assert self._group is not None
         run = Run(run_id, owner_id, self.store, self)
         if self.store is not None:
-            try:
-                if self.leases is not None:
-                    await self.leases.register(run_id, owner_id, conversation_id, lock)
-                else:
-                    await self.store.create(run_id, owner_id)
-            except (RedisError, OSError) as exc:
-                log.warning("run.store_unavailable", run_id=str(run_id), error=type(exc).__name__)
-                run.store = None
+            run.traceparent = trace_headers().get("traceparent")
+            if self.leases is not None:
+                run.registration = self.store.registration(
+                    run_id,
+                    owner_id,
+                    replica=self.leases.replica_id,
+                    settling=self.leases.settling(conversation_id, lock),
+                    traceparent=run.traceparent,
+                )
+            else:
+                run.registration = self.store.registration(run_id, owner_id, traceparent=run.traceparent)
+            self.mirror_soon(run)
         self.runs[run_id] = run
         self._group.start_soon(self._drive, run, driver)
         return run
@@ -243,6 +262,18 @@ class RunManager:
             if not run.finished:
                 run.publish("error", {"error": {"type": "cancelled", "message": "The run was cancelled."}})
             asyncio.get_running_loop().call_later(KEEP_FINISHED_SECONDS, self.runs.pop, run.id, None)
+
+    async def find(self, run_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
+        """(owner, state) of a run this replica does not hold, from Redis; None: unknown there (or no
+        Redis). A miss is asked once more a little later: a run started on another replica is known
+        to Redis only from that replica's next slice, and its client may have heard `start` already."""
+        if self.store is None:
+            return None
+        found = await self.store.owner(run_id)
+        if found is None:
+            await anyio.sleep(FIND_AGAIN_AFTER)
+            found = await self.store.owner(run_id)
+        return found
 
     async def cancel(self, run_id: uuid.UUID, reason: str) -> None:
         """Cancel a run (or a turn answered as JSON, by its answer's id) here, or ask every replica to."""

@@ -34,7 +34,7 @@ async def _locate(runs: RunManager, run_id: uuid.UUID, owner: uuid.UUID) -> tupl
     if runs.store is None:
         raise RunNotFound()
     try:
-        found = await runs.store.owner(run_id)
+        found = await runs.find(run_id)
     except (RedisError, OSError) as exc:
         raise ServiceUnavailable("The run's event log is unavailable.") from exc
     if found is None or found[0] != owner:
@@ -76,7 +76,9 @@ async def run_events(
     here, _ = await _locate(runs, run_id, principal.owner_id)
     if telemetry.active() is not None and runs.store is not None:  # this span links to the run's trace
         with contextlib.suppress(RedisError, OSError):
-            telemetry.link_current_span(await runs.store.traceparent(run_id), "run")
+            # A run held here carries its trace: its registration may not have reached Redis yet.
+            traceparent = runs.runs[run_id].traceparent if here else await runs.store.traceparent(run_id)
+            telemetry.link_current_span(traceparent, "run")
     start = after if after is not None else int(last_event_id or 0)
     ticket = followers.admit(principal.owner_id, remote=not here)  # released when the stream ends
     if here:

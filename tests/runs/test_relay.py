@@ -233,21 +233,24 @@ class Counted:
         return await self._append(keys=keys, args=args)
 
 
-def stored_run(manager: RunManager, store: RunStore) -> Run:
-    run = Run(uuid.uuid4(), uuid.uuid4(), store, manager)
-    manager.runs[run.id] = run
-    return run
-
-
 async def test_paced_runs_are_mirrored_one_command_per_slice_and_replay_exactly(redis_client: Redis) -> None:
     store = RunStore(redis_client, f"test-relay-{uuid.uuid4().hex[:8]}:", retention_seconds=60, max_events=10_000)
     mirror = Counted(store)
     deltas, texts = 12, ["é\n", 'say "hi"', "\\", "\x00\x1f", "\u2028", "🙂", "<b>", "plain"]
+    released = asyncio.Event()
+
+    async def held(run: Run) -> None:  # the test publishes the run's events
+        await released.wait()
+
     async with RunManager(store, Lifecycle(1.0), Metrics()) as manager:
-        runs = [stored_run(manager, store) for _ in range(3)]
+        runs = [await manager.start(uuid.uuid4(), uuid.uuid4(), held) for _ in range(3)]
+        await asyncio.sleep(MIRROR_INTERVAL * 3)
+        # Their registrations, in one slice: per run its head and meta (owner, state), and its one argument.
+        assert mirror.calls == [(len(runs), 2 + len(runs) * (1 + 4 + 1))]
+        mirror.calls.clear()
+        # Listed among the running, as their registration lists them on a replica with leases.
+        await redis_client.hset(store.running_key, mapping={str(run.id): "this replica" for run in runs})
         for run in runs:
-            await store.create(run.id, run.owner_id)
-            await redis_client.hset(store.running_key, str(run.id), "this replica")  # as Leases.register does
             run.publish("start", {"run_id": str(run.id)})
         for i in range(deltas):
             for run in runs:  # three streams, each delta on its own, as a model paces them
@@ -256,11 +259,13 @@ async def test_paced_runs_are_mirrored_one_command_per_slice_and_replay_exactly(
             await asyncio.sleep(MIRROR_INTERVAL * 1.5)
         for run in runs:
             run.publish("end", {"stop_reason": "end_turn"})
+        released.set()
         await asyncio.sleep(MIRROR_INTERVAL * 3)
     # One command per time slice for every run with news: never one per event, nor one per run.
     assert len(mirror.calls) <= deltas + 3, mirror.calls
     assert sum(carried == len(runs) for carried, _ in mirror.calls) >= deltas
-    # Its arguments: 2, then 1 per run with news and 2 per event (ids follow from each run's first).
+    # Its arguments: 2, then 1 per run with news and 2 per event (ids follow from each run's first):
+    # a registered run costs nothing more after its first slice.
     events = sum(len(run.events) for run in runs)
     assert sum(args for _, args in mirror.calls) == sum(2 + carried for carried, _ in mirror.calls) + 2 * events
     for run in runs:
