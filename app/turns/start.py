@@ -653,8 +653,11 @@ class TurnService:
 
     async def _take_slot(self, owner: uuid.UUID) -> uuid.UUID | None:
         """One of the key's MAX_TURNS_IN_FLIGHT_PER_KEY slots, or TooManyTurns (None: off or Redis down)."""
+        limits = self.resources.limits
+        if not limits.turns_in_flight:
+            return None  # off: no slot to take (nor an id for one)
         slot = uuid.uuid4()
-        decision = await degraded(self.resources.limits.acquire_turn(owner, slot), None, "turns_in_flight")
+        decision = await degraded(limits.acquire_turn(owner, slot), None, "turns_in_flight")
         if decision is None:
             return None
         if not decision.allowed:
