@@ -229,6 +229,7 @@ class Database:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._driver_error: Any = engine.dialect.loaded_dbapi.Error  # the adapter's base class (PEP 249)
         self._pool_wait = metrics.db_pool_wait
         self._statements = metrics.db_statements
 
@@ -257,7 +258,16 @@ class Database:
         # autocommit characteristic set and reset) double a phase's checkout (52 → 24 µs of CPU,
         # `python -m bench.micro`).
         # Closed by hand, not `async with`: close() here finishes without yielding.
-        pooled = await self.engine.raw_connection()
+        try:
+            pooled = await self.engine.raw_connection()
+        except self._driver_error as exc:
+            # As a Connection's checkout raises it: SQLAlchemy's class for it (OperationalError,
+            # InterfaceError…), which is_db_unavailable knows, not the driver adapter's own.
+            dialect = self.engine.dialect
+            raise DBAPIError.instance(
+                None, None, exc, self._driver_error, hide_parameters=True,
+                connection_invalidated=dialect.is_disconnect(exc, None, None), dialect=dialect,
+            ) from exc  # fmt: skip
         self._pool_wait.observe(time.perf_counter() - started)
         tx = Tx(None, Driver(pooled.driver_connection, self._statements), partial(self._core, pooled))
         try:

@@ -12,6 +12,11 @@ _last_ms = 0
 _counter = 0
 
 
+def created_ms(value: uuid.UUID) -> int | None:
+    """When a UUIDv7 was taken, in ms since the epoch (by its process's clock); None for another version."""
+    return value.int >> 80 if value.version == 7 else None
+
+
 def uuid7() -> uuid.UUID:
     """A UUIDv7, strictly increasing within this process (a 12-bit counter breaks ties)."""
     global _last_ms, _counter

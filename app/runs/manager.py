@@ -7,13 +7,14 @@ can cancel a run: the request is published on Redis, and the replica that runs i
 
 Starting a run sends nothing to Redis: its registration (meta, entry among the running) goes with
 the mirror's next slice, the one command per slice for every run's events (app/runs/store.py).
-So a client may hear `start` up to a slice before another replica can find the run: `find`
-asks Redis once more a little later before it concludes the run is unknown.
+So a client may hear `start` before another replica can find the run: `find` asks Redis again,
+for a run started a moment ago, before it concludes the run is unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -26,6 +27,7 @@ from anyio.abc import TaskGroup
 from redis.exceptions import RedisError
 
 from app.core.db import Database
+from app.core.ids import created_ms
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Lock
 from app.core.metrics import Metrics
@@ -37,11 +39,14 @@ from app.runs.store import MirrorKeys, Registration, RunStore
 log = structlog.get_logger(__name__)
 
 KEEP_FINISHED_SECONDS = 60.0
-# Events are mirrored to Redis in time slices: one pipeline per slice for every run that has news,
+# Events are mirrored to Redis in time slices: one EVALSHA per slice for every run that has news,
 # so the Redis cost follows time, not the number of deltas (or of runs).
 MIRROR_INTERVAL = 0.02
-# A run unknown to Redis is asked for once more after this: by then its first slice has gone out.
+# A run is known to Redis from its replica's first slice: a slice after its start, later when that
+# replica's loop or Redis is slow. A miss for a run whose id was taken less than REGISTERED_WITHIN
+# ago is asked again every FIND_AGAIN_AFTER until then; an older one is a miss at once.
 FIND_AGAIN_AFTER = 2.5 * MIRROR_INTERVAL
+REGISTERED_WITHIN = 2.0
 Driver = Callable[["Run"], Awaitable[None]]
 CANCEL_REASONS = ("cancelled", "interrupted")  # what a cancel request from another replica may say
 
@@ -125,8 +130,10 @@ class RunManager:
         leases: Leases | None = None,
         db: Database | None = None,
         abandoned_after: float | None = None,
+        mirror_interval: float = MIRROR_INTERVAL,
     ) -> None:
         self.store, self.lifecycle, self.metrics = store, lifecycle, metrics
+        self.mirror_interval = mirror_interval
         self.leases, self.db, self.abandoned_after = leases, db, abandoned_after
         self.runs: dict[uuid.UUID, Run] = {}
         self._group: TaskGroup | None = None
@@ -191,7 +198,7 @@ class RunManager:
         while True:
             await self._mirror_wakeup.wait()
             if not self._mirror_now:
-                await asyncio.sleep(MIRROR_INTERVAL)  # let the slice fill
+                await asyncio.sleep(self.mirror_interval)  # let the slice fill
             self._mirror_wakeup.clear()
             self._mirror_armed = self._mirror_now = False
             await self._mirror()
@@ -265,12 +272,22 @@ class RunManager:
 
     async def find(self, run_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
         """(owner, state) of a run this replica does not hold, from Redis; None: unknown there (or no
-        Redis). A miss is asked once more a little later: a run started on another replica is known
-        to Redis only from that replica's next slice, and its client may have heard `start` already."""
+        Redis). A run started on another replica is known to Redis only from that replica's first
+        slice, and its client may have heard `start` already: a miss for a run started less than
+        REGISTERED_WITHIN ago (its id, a UUIDv7, says when) is asked again until then. An id without
+        a time (a continuation's) is asked once more; an older one is a miss at once."""
         if self.store is None:
             return None
         found = await self.store.owner(run_id)
-        if found is None:
+        if found is not None:
+            return found
+        taken = created_ms(run_id)
+        if taken is None:
+            await anyio.sleep(FIND_AGAIN_AFTER)
+            return await self.store.owner(run_id)
+        age = max(0.0, time.time() - taken / 1000)  # an id from a replica whose clock is ahead: from now
+        deadline = time.monotonic() + REGISTERED_WITHIN - age
+        while found is None and time.monotonic() < deadline:
             await anyio.sleep(FIND_AGAIN_AFTER)
             found = await self.store.owner(run_id)
         return found

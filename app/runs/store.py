@@ -4,8 +4,9 @@ replica can ask the one running a turn to cancel it.
 
 A run is registered (its meta, and its entry among the running) by the mirror's slice that first
 carries it, in the same command as every run's events: a streamed turn sends no Redis command of
-its own (issue #28). Until that slice, up to one MIRROR_INTERVAL after `start`, Redis does not know
-the run: remote lookups ask twice (RunManager.find)."""
+its own (issue #28). Until that slice (a MIRROR_INTERVAL after `start`, more when the loop or Redis
+is slow) Redis does not know the run: remote lookups of a run started a moment ago ask again until
+it is known (RunManager.find)."""
 
 from __future__ import annotations
 

@@ -134,3 +134,18 @@ async def test_a_block_that_ends_with_our_error_or_a_statement_error_gives_its_c
         async with db.tx() as tx:
             await tx.conn.execute(text("SELECT 1 / 0"))  # Postgres's error, wrapped by SQLAlchemy
     assert await backend(db) == first  # the one pooled connection, reused every time
+
+
+async def test_a_checkout_that_fails_raises_sqlalchemys_error_as_a_connection_would(settings: Settings) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    # The database does not exist: the driver's connect fails, and the phase sees SQLAlchemy's class
+    # for it (what is_db_unavailable and the error handlers know), not the driver adapter's own.
+    url = settings.database_url.rsplit("/", 1)[0] + "/agentchat_no_such_database"
+    engine = create_engine(settings.model_copy(update={"database_url": url}))
+    try:
+        with pytest.raises(DBAPIError):
+            async with Database(engine, Metrics()).tx():
+                pass
+    finally:
+        await engine.dispose()

@@ -8,6 +8,7 @@ Commands are counted by the connection class redis-py sends them through (agains
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.typing import EncodableT
 
+from app.core.ids import uuid7
 from app.core.lifecycle import Lifecycle
 from app.core.locks import Lock
 from app.core.metrics import Metrics
@@ -26,7 +28,7 @@ from app.core.telemetry import Telemetry, activate
 from app.openai.runs import run_of
 from app.runs.errors import RunNotFound
 from app.runs.leases import Leases
-from app.runs.manager import Run, RunManager
+from app.runs.manager import MIRROR_INTERVAL, Run, RunManager
 from app.runs.router import _locate
 from app.runs.store import APPEND, RunStore
 from tests.fixtures.services import redis_url
@@ -56,11 +58,14 @@ async def held(run: Run) -> None:
 
 
 @asynccontextmanager
-async def replica(prefix: str, name: str, redis: Redis) -> AsyncIterator[RunManager]:
+async def replica(
+    prefix: str, name: str, redis: Redis, mirror_interval: float = MIRROR_INTERVAL
+) -> AsyncIterator[RunManager]:
     """A replica's RunManager with leases (registrations list runs among the running), on `redis`."""
     store = RunStore(redis, prefix, retention_seconds=60, max_events=1000)
     leases = Leases(redis, prefix, name, LEASE, 60)
-    async with RunManager(store, Lifecycle(0.1), Metrics(), leases=leases) as manager:
+    manager = RunManager(store, Lifecycle(0.1), Metrics(), leases=leases, mirror_interval=mirror_interval)
+    async with manager:
         try:
             yield manager
         finally:
@@ -201,6 +206,29 @@ async def test_another_replica_finds_a_run_started_a_moment_ago(redis_client: Re
         with pytest.raises(RunNotFound):
             await _locate(b, run.id, uuid.uuid4())
         assert await run_of(b, uuid.uuid4(), owner) is None
+
+
+async def test_a_run_whose_first_slice_is_late_is_still_found(redis_client: Redis, prefix: str) -> None:
+    # Replica A's slices go out half a second apart (its loop or Redis slow): B is asked at once.
+    async with (
+        replica(prefix, "replica-a", redis_client, mirror_interval=0.5) as a,
+        replica(prefix, "replica-b", redis_client) as b,
+    ):
+        owner = uuid.uuid4()
+        run = await a.start(uuid7(), owner, held)  # run ids are answers' ids: UUIDv7, they tell their age
+        assert await _locate(b, run.id, owner) == (False, "running")
+        assert await run_of(b, (await a.start(uuid7(), owner, held)).id, owner) is b.store
+
+
+async def test_a_miss_for_a_run_long_gone_is_answered_at_once(redis_client: Redis, prefix: str) -> None:
+    redis, sent = counting_redis()
+    async with replica(prefix, "replica-b", redis) as b:
+        await quiet(b, redis_client, redis)
+        ten_minutes_ago = int((time.time() - 600) * 1000)
+        old = uuid.UUID(int=(uuid7().int & ((1 << 80) - 1)) | (ten_minutes_ago << 80))
+        sent.clear()
+        assert await b.find(old) is None
+        assert [c for c in sent if c[0] == "HGETALL"] == [("HGETALL", 1)]  # asked once: no wait for a slice
 
 
 async def test_a_registration_redis_refused_leaves_the_run_streaming_here(prefix: str) -> None:
