@@ -98,13 +98,21 @@ async def quiet(manager: RunManager, redis_client: Redis, redis: Redis) -> None:
     await redis.ping()
 
 
-async def test_starting_runs_sends_nothing_and_one_slice_registers_them_all(redis_client: Redis, prefix: str) -> None:
+@asynccontextmanager
+async def counted(
+    prefix: str, redis_client: Redis, name: str = "replica-a"
+) -> AsyncIterator[tuple[RunManager, RunStore, list[tuple[str, int]]]]:
+    """A replica on a counting client, its start-up commands done and forgotten: (it, its store, what it sends)."""
     redis, sent = counting_redis()
-    async with replica(prefix, "replica-a", redis) as manager:
+    async with replica(prefix, name, redis) as manager:
         await quiet(manager, redis_client, redis)
-        store = manager.store
-        assert store is not None
+        assert manager.store is not None
         sent.clear()
+        yield manager, manager.store, sent
+
+
+async def test_starting_runs_sends_nothing_and_one_slice_registers_them_all(redis_client: Redis, prefix: str) -> None:
+    async with counted(prefix, redis_client) as (manager, store, sent):
         owner, conversations = uuid.uuid4(), [uuid.uuid4() for _ in range(3)]
         locks = [Lock(f"conversation:{c}", uuid.uuid4().hex) for c in conversations]
         runs = [
@@ -146,12 +154,7 @@ async def test_starting_runs_sends_nothing_and_one_slice_registers_them_all(redi
 async def test_a_run_that_ends_within_its_first_slice_is_finished_and_never_listed(
     redis_client: Redis, prefix: str
 ) -> None:
-    redis, sent = counting_redis()
-    async with replica(prefix, "replica-a", redis) as manager:
-        await quiet(manager, redis_client, redis)
-        store = manager.store
-        assert store is not None
-        sent.clear()
+    async with counted(prefix, redis_client) as (manager, store, sent):
         owner, conversation = uuid.uuid4(), uuid.uuid4()
         fast = await manager.start(uuid.uuid4(), owner, held, conversation_id=conversation)
         fast.publish("start", {"run_id": str(fast.id)})  # a fast turn: all of it before the slice
@@ -221,12 +224,9 @@ async def test_a_run_whose_first_slice_is_late_is_still_found(redis_client: Redi
 
 
 async def test_a_miss_for_a_run_long_gone_is_answered_at_once(redis_client: Redis, prefix: str) -> None:
-    redis, sent = counting_redis()
-    async with replica(prefix, "replica-b", redis) as b:
-        await quiet(b, redis_client, redis)
+    async with counted(prefix, redis_client, "replica-b") as (b, _, sent):
         ten_minutes_ago = int((time.time() - 600) * 1000)
         old = uuid.UUID(int=(uuid7().int & ((1 << 80) - 1)) | (ten_minutes_ago << 80))
-        sent.clear()
         assert await b.find(old) is None
         assert [c for c in sent if c[0] == "HGETALL"] == [("HGETALL", 1)]  # asked once: no wait for a slice
 
