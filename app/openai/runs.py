@@ -37,7 +37,8 @@ async def settled(runs: RunManager, message_id: uuid.UUID) -> None:
                     return
                 await local.wait_beyond(len(local.events), 0.5)
                 continue
-            found = await runs.find(message_id)
+            # Found before it was cancelled: its meta is in Redis (no need to wait for a first slice).
+            found = await runs.store.owner(message_id) if runs.store is not None else None
             if found is None or found[1] == "finished":
                 return
             await anyio.sleep(0.05)

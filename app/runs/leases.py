@@ -9,9 +9,9 @@ with the partial text the run log holds, a final `error` event of type `interrup
 follower, the conversation's lock freed (compare-and-delete with the dead turn's token).
 
 A replica that dies before its first slice (a slice after a run's start, more if its loop or Redis
-was slow) leaves no meta and no entry to sweep: its answer, still `in_progress`, is settled by the abandoned-answer
-sweep (keep_sweeping, after the longest a turn can take), and its conversation lock, no longer
-renewed, lapses by its TTL (app/core/locks.py).
+was slow) leaves no meta and no entry to sweep: its answer, still `in_progress`, is settled by the
+abandoned-answer sweep (keep_sweeping, after the longest a turn can take), and its conversation
+lock, no longer renewed, lapses by its TTL (app/core/locks.py).
 """
 
 from __future__ import annotations

@@ -241,17 +241,14 @@ class RunManager:
         assert self._group is not None
         run = Run(run_id, owner_id, self.store, self)
         if self.store is not None:
-            run.traceparent = trace_headers().get("traceparent")
-            if self.leases is not None:
-                run.registration = self.store.registration(
-                    run_id,
-                    owner_id,
-                    replica=self.leases.replica_id,
-                    settling=self.leases.settling(conversation_id, lock),
-                    traceparent=run.traceparent,
-                )
-            else:
-                run.registration = self.store.registration(run_id, owner_id, traceparent=run.traceparent)
+            run.traceparent, leases = trace_headers().get("traceparent"), self.leases
+            run.registration = self.store.registration(
+                run_id,
+                owner_id,
+                replica=leases.replica_id if leases is not None else None,
+                settling=leases.settling(conversation_id, lock) if leases is not None else None,
+                traceparent=run.traceparent,
+            )
             self.mirror_soon(run)
         self.runs[run_id] = run
         self._group.start_soon(self._drive, run, driver)

@@ -67,6 +67,6 @@ class KeyGate:
         return bool(self.limits.tokens_per_day)
 
     async def settle(self, reserved: int, usage: Usage) -> None:
-        if self.limits.tokens_per_day:
+        if self.settles:
             used = usage.input_tokens + usage.output_tokens
             await degraded(self.limits.settle_tokens(self.owner_id, reserved, used), None, "token_quota")
