@@ -155,7 +155,8 @@ async def test_replicas_racing_to_adopt_answer_once(settings: Settings, llm_serv
                 )
 
             async def answered() -> bool:
-                return [len(await history(a.state, cid)) for cid in cids] == [4, 4]
+                rows = [await history(a.state, cid) for cid in cids]
+                return [(len(r), r[-1][1]) for r in rows] == [(4, "complete")] * 2
 
             await eventually(answered, timeout=20)
             await asyncio.sleep(0.5)  # many more sweeps on each

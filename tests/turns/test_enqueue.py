@@ -349,7 +349,8 @@ async def test_a_queued_turn_that_cannot_start_for_now_stays_queued_and_is_answe
         assert r.json()["error"]["type"] == "stays_queued"
 
         async def answered() -> bool:
-            return await queued_count(state, cid) == 0 and len(await history(state, cid)) == 6
+            rows = await history(state, cid)
+            return await queued_count(state, cid) == 0 and len(rows) == 6 and rows[-1][1] == "complete"
 
         await eventually(answered, timeout=15)
         rows = await history(state, cid)
