@@ -1,9 +1,12 @@
 """What the app holds for its lifetime, and the one way routes reach it: typed dependencies.
 
-The lifespan (app/main.py) builds one `Resources` and puts it on `app.state.resources`. Routes and
-dependencies never read `app.state` themselves: they declare what they use (`SettingsDep`,
-`SessionDep`, `ResourcesDep`, …), so the types are checked, the uses are visible in signatures,
-and a test can build an app around any resources it likes (`app.state.resources = …`).
+The lifespan (app/main.py) builds one `Resources` and puts it on `app.state.resources`. Routes
+never read `app.state` themselves: they declare what they use (`SettingsDep`, `SessionDep`,
+`ResourcesDep`, …), so the types are checked, the uses are visible in signatures, and a test can
+build an app around any resources it likes (`app.state.resources = …`). The dependencies every turn
+resolves (the key, the turn service, the transaction opener) take the request and read it through
+`resources_of` rather than depending on `ResourcesDep`: FastAPI resolves a nested dependency again
+on every request, cached or not, a pass that cost a turn more than the dependency's own work.
 """
 
 from __future__ import annotations
@@ -112,11 +115,11 @@ async def get_session(sessions: SessionsDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def get_transactions(resources: ResourcesDep) -> AsyncIterator[Transactions]:
+async def get_transactions(request: Request) -> AsyncIterator[Transactions]:
     """A transaction opener for the request: each `async with transactions() as tx` is one short
     transaction. Open until the response has been sent, streaming included; a turn that outlives
     its request (a run) opens its own."""
-    async with resources.db.transactions() as transactions:
+    async with resources_of(request.app).db.transactions() as transactions:
         yield transactions
 
 

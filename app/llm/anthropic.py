@@ -298,11 +298,19 @@ class AnthropicModel:
         # relayed delta together, and we keep only a few fields.
         if request.incremental:
             kwargs["stream"] = True
-        body = json.dumps(kwargs, ensure_ascii=False, separators=(",", ":")).encode()
-        # The trace goes on to the provider (traceparent; nothing when traces are off).
-        options: anthropic.RequestOptions = {"headers": headers} if (headers := trace_headers()) else {}
-        if betas:  # a Files API upload named, the context managed server-side: the call opts in to the betas
-            options = {"headers": {**(options.get("headers") or {}), "anthropic-beta": ",".join(betas)}}
+        body = _encode(kwargs).encode()
+        # The trace goes on to the provider (traceparent; nothing when traces are off); a Files API
+        # upload named, the context managed server-side: the call opts in to the betas.
+        headers = trace_headers()
+        if betas:
+            headers = {**headers, "anthropic-beta": ",".join(betas)}
+        # Every option given, the client's own where we have nothing to add: the SDK deep-copies
+        # each default it fills in for one left out (`FinalRequestOptions.construct`), per call.
+        options: anthropic.RequestOptions = {
+            "headers": headers,
+            "max_retries": self._client.max_retries,
+            "timeout": self._client.timeout,
+        }
         with map_errors():
             if not request.incremental:
                 response = await self._client.post(
@@ -434,6 +442,8 @@ async def _events(body: AsyncIterator[bytes], sent: _Sent | None = None) -> Asyn
     raise UpstreamError("The model's answer ended before it was complete.")
 
 
+# json.dumps with non-default arguments builds a new encoder per call: one encoder, built once.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode  # json.loads less its encoding sniffing: SSE is UTF-8
 
 

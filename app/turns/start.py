@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, cast
 
 import anyio
 import structlog
-from fastapi import Depends
+from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
 from app.agent.loop import Agent, Decision, Transcript
@@ -41,7 +41,7 @@ from app.core.locks import Lock, LockManager
 from app.files.attach import has_attachments, with_files
 from app.models.conversations import MessageStatus
 from app.runs.manager import Run
-from app.state import Resources, ResourcesDep
+from app.state import Resources, resources_of
 from app.turns import multitask, queue
 from app.turns.approvals import (
     PAUSED_TRACE,
@@ -679,8 +679,8 @@ class TurnService:
         )
 
 
-async def get_turn_service(resources: ResourcesDep) -> TurnService:
-    return TurnService(resources)
+async def get_turn_service(request: Request) -> TurnService:
+    return TurnService(resources_of(request.app))
 
 
 TurnServiceDep = Annotated[TurnService, Depends(get_turn_service)]
