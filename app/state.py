@@ -115,13 +115,13 @@ async def get_session(sessions: SessionsDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def get_transactions(request: Request) -> AsyncIterator[Transactions]:
+async def get_transactions(request: Request) -> Transactions:
     """A transaction opener for the request: each `async with transactions() as tx` is one short
-    transaction. Open until the response has been sent, streaming included; a turn that outlives
-    its request (a run) opens its own."""
-    async with resources_of(request.app).db.transactions() as transactions:
-        yield transactions
+    transaction. Open until the response has been sent, streaming included (the request's
+    middleware closes it, app/core/middleware.py); a turn that outlives its request (a run) opens
+    its own. A plain dependency, not one that yields: FastAPI's set-up for a yielding dependency
+    (a shielded cancel scope, an exit stack entry) cost a turn more than the rest of its dependencies."""
+    return Transactions.for_request(request.scope, resources_of(request.app).db)
 
 
-# scope="request": exited after the response is sent, so a JSON turn's phase 3 still has it.
-TransactionsDep = Annotated[Transactions, Depends(get_transactions, scope="request")]
+TransactionsDep = Annotated[Transactions, Depends(get_transactions)]

@@ -12,7 +12,7 @@ and tools use ORM sessions, where the unit of work earns its keep.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -182,18 +182,37 @@ class Tx:
         return self._conn
 
 
+REQUEST_OPENER = "agentchat.transactions"  # a request's opener, in its ASGI scope
+
+
 class Transactions:
     """Opens short transactions: `async with transactions() as tx:`, one per phase of a turn.
 
-    Its owner enters it for as long as it may open them: the `TransactionsDep` dependency for a
-    request (the whole response, streaming included), a run for a turn that outlives its request.
-    Opening one outside that lifetime is a bug, and raises.
+    Its owner holds it open for as long as it may open them: a request (the whole response,
+    streaming included: `for_request`, closed by `end_request`), a run for a turn that outlives its
+    request (`async with`). Opening one outside that lifetime is a bug, and raises.
     """
 
     __slots__ = ("_open", "db")
 
     def __init__(self, db: Database) -> None:
         self.db, self._open = db, False
+
+    @classmethod
+    def for_request(cls, scope: MutableMapping[str, Any], db: Database) -> Transactions:
+        """The request's opener, open until `end_request` (the request's middleware, once the
+        response has been sent)."""
+        opener: Transactions | None = scope.get(REQUEST_OPENER)
+        if opener is None:
+            opener = scope[REQUEST_OPENER] = cls(db)
+            opener._open = True
+        return opener
+
+    @staticmethod
+    def end_request(scope: MutableMapping[str, Any]) -> None:
+        opener: Transactions | None = scope.get(REQUEST_OPENER)
+        if opener is not None:
+            opener._open = False
 
     async def __aenter__(self) -> Transactions:
         self._open = True

@@ -18,6 +18,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.context import request_id_var
+from app.core.db import Transactions
 from app.core.errors import ServiceBusy, db_unavailable, envelope, is_db_unavailable
 from app.core.metrics import Metrics
 from app.core.telemetry import mark_request
@@ -137,6 +138,7 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
             )
+            Transactions.end_request(scope)  # the response is sent: its transaction opener is closed
             self._reset(token)
 
     @staticmethod

@@ -12,13 +12,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg  # type: ignore[import-untyped]
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from app.core import db as db_module
 from app.core.config import Settings
-from app.core.db import Database, Driver, create_engine
+from app.core.db import Database, Driver, Transactions, create_engine
 from app.core.errors import is_db_unavailable
 from app.core.metrics import Metrics
+from app.state import Resources, TransactionsDep
 from tests.fixtures.services import admin_database_url
 from tests.resilience.server import kill_pg_connections
 
@@ -149,3 +152,27 @@ async def test_a_checkout_that_fails_raises_sqlalchemys_error_as_a_connection_wo
                 pass
     finally:
         await engine.dispose()
+
+
+async def test_a_requests_opener_is_open_for_its_response_and_closed_after(
+    served: tuple[FastAPI, Resources, httpx.AsyncClient],
+) -> None:
+    """The route's opener works while it answers (and is the same one for each of its uses); once
+    the response is sent, opening a transaction from it raises (a turn that outlives its request
+    uses its run's own)."""
+    app, _, client = served
+    kept: list[Transactions] = []
+
+    async def answer(transactions: TransactionsDep, again: TransactionsDep) -> dict[str, int]:
+        assert transactions is again
+        kept.append(transactions)
+        async with transactions() as tx:
+            assert tx.driver is not None
+            return {"one": (await tx.driver.fetch("SELECT 1"))[0][0]}
+
+    app.add_api_route("/test/opener", answer)
+    r = await client.get("/test/opener")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"one": 1}
+    with pytest.raises(RuntimeError, match="outside its owner's lifetime"):
+        kept[0]()
