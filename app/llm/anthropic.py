@@ -250,6 +250,9 @@ class AnthropicModel:
             open_telemetry=_sdk_spans(),
         )
         self._file_ids: dict[str, str] = {}  # a file's content hash -> its Files API id, for this key
+        # The Messages API's URL, whole: the SDK takes an absolute URL as it is, where a path is
+        # parsed and joined to the base URL again on every call (two URL parses and a copy).
+        self._messages_url = str(self._client.base_url).rstrip("/") + MESSAGES_PATH
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -314,13 +317,13 @@ class AnthropicModel:
         with map_errors():
             if not request.incremental:
                 response = await self._client.post(
-                    MESSAGES_PATH, content=body, cast_to=httpx2.Response, options=options
+                    self._messages_url, content=body, cast_to=httpx2.Response, options=options
                 )
                 yield _whole(json.loads(response.content), sent)
                 return
             # stream=True: the response comes back unread, its body ours to iterate and close.
             streamed = await self._client.post(
-                MESSAGES_PATH,
+                self._messages_url,
                 content=body,
                 cast_to=httpx2.Response,
                 stream=True,

@@ -81,6 +81,7 @@ class Server:
         self.connections = 0
         self.requests = 0
         self.bodies: list[bytes] = []
+        self.request_lines: list[bytes] = []
         self.closed = asyncio.Event()  # set each time a connection ends
         self.url = ""
 
@@ -89,6 +90,7 @@ class Server:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.request_lines.append(head.split(b"\r\n", 1)[0])
                 lines = head.lower().split(b"\r\n")
                 length = next((int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length")), 0)
                 self.bodies.append(await reader.readexactly(length))
@@ -331,6 +333,20 @@ async def test_a_proxy_in_the_environment_is_followed(
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     async with _http_client(10, kind) as http:
         assert any(mount is not None for mount in http._mounts.values())  # the proxy, as httpx2 mounts it
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize("prefix", ["", "/", "/gateway/anthropic", "/gateway/anthropic/"])
+async def test_the_messages_url_keeps_the_base_urls_path(kind: str, prefix: str) -> None:
+    """The call goes to the base URL's path + /v1/messages, as the SDK joins them (a gateway's
+    prefix kept), streamed or not."""
+    async with serving(reply(with_length())) as server, model(server.url + prefix, kind) as client:
+        assert text_of(await answer_of(client)) == "Hello there"
+    async with serving(reply(with_length(STREAM_HEAD + STREAM_TAIL, content_type=b"text/event-stream"))) as server:
+        async with model(server.url + prefix, kind) as client:
+            assert text_of(await answer_of(client, incremental=True)) == "Hello"
+    path = prefix.rstrip("/") + "/v1/messages"
+    assert server.request_lines == [b"POST %s HTTP/1.1" % path.encode()]
 
 
 async def test_the_default_client_is_the_sdks_aiohttp_one() -> None:
