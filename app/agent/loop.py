@@ -280,7 +280,7 @@ class Agent:
             metrics.labelled(metrics.gen_ai_duration, self.name, request.model, outcome).observe(elapsed)
             if self.budget is not None and self.budget.settles:
                 # Shielded: a cancelled call (client left) still gives back what it did not use.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                with anyio.move_on_after(2, shield=True):
                     await self.budget.settle(reserved, completed.usage if completed is not None else Usage())
         if completed is None:
             raise RuntimeError("The model stream ended without a final message.")

@@ -97,7 +97,7 @@ class Held:
         if self.released:
             return
         self.released = True
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        with anyio.move_on_after(2, shield=True):
             try:
                 await self.manager.release(self.lock)
             except (RedisError, OSError) as exc:

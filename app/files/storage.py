@@ -164,7 +164,7 @@ class S3Storage:
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            with anyio.move_on_after(5, shield=True):
                 await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
 

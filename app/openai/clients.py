@@ -178,7 +178,7 @@ async def answer_task(
     except TimeoutError:
         raise UpstreamTimeout("The task did not finish within its deadline.") from None
     finally:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        with anyio.move_on_after(2, shield=True):
             await gate.settle(reserved, completed.usage if completed is not None else Usage())
     if completed is None:
         raise UpstreamError("The model's answer ended without a final message.")

@@ -169,7 +169,7 @@ class RunManager:
         await self._wait_finished(10)
         self._group.cancel_scope.cancel()
         await self._stack.__aexit__(exc_type, exc, tb)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        with anyio.move_on_after(5, shield=True):
             await self._mirror()  # the last slice, so replicas see every run's end
             if self.leases is not None and not any(not run.finished for run in self.runs.values()):
                 try:

@@ -261,7 +261,7 @@ async def wait_turn(
                     return lock
             except BaseException:
                 if lock is not None:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    with anyio.move_on_after(2, shield=True):
                         await resources.locks.release(lock)
                 raise
             if lock is not None:  # an earlier message goes first

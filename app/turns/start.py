@@ -277,7 +277,7 @@ class TurnService:
                 )
             except BaseException:
                 # The turn cannot run: the pause goes back as it was, for the decisions to be sent again.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                with anyio.move_on_after(5, shield=True):
                     await unclaim(transactions, found)
                 raise
             paused.append(found)
@@ -364,7 +364,7 @@ class TurnService:
             return await phase_1(conversation_id), lock, slot
         except BaseException:
             # Undo the claims, even on cancellation (shielded, bounded); then let the error go on.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            with anyio.move_on_after(2, shield=True):
                 if slot is not None:
                     await degraded(resources.limits.release_turn(owner, slot), None, "turns_in_flight")
                 if lock is not None:
@@ -615,7 +615,7 @@ class TurnService:
                     # (which a retry would only repeat, holding up the queue behind it): out of the queue.
                     cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
                     for_now = cancelled or isinstance(exc, ServiceUnavailable) or is_db_unavailable(exc)
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    with anyio.move_on_after(2, shield=True):
                         if lock is not None:
                             await degraded(resources.locks.release(lock), None, "conversation_lock")
                         if not for_now:

@@ -354,7 +354,7 @@ class Turn:
     async def _after_record(self) -> None:
         if not self.after_record:
             return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        with anyio.move_on_after(5, shield=True):
             for hook in self.after_record:
                 try:
                     await hook(self)
@@ -427,7 +427,7 @@ class Turn:
             history_key=self._history_key(),
         )
         spent = self._spent()  # the usage row, written by the same statement
-        with anyio.CancelScope(shield=True), anyio.move_on_after(RECORD_DEADLINE):
+        with anyio.move_on_after(RECORD_DEADLINE, shield=True):
             attempt, bug = 0, False
             while not self.saved:
                 attempt += 1
