@@ -32,6 +32,7 @@ from app.core.locks import RELEASE_SCRIPT, Lock
 from app.core.metrics import Metrics
 from app.runs.events import RunEvent
 from app.runs.repository import settle_interrupted, sweep_abandoned
+from app.runs.store import running_key
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +52,7 @@ class Leases:
     def __init__(self, redis: Redis, prefix: str, replica_id: str, lease_seconds: float, retention: int) -> None:
         self.redis, self.prefix, self.replica_id = redis, prefix, replica_id
         self.lease_ms, self.retention = int(lease_seconds * 1000), retention
-        self.running_key = f"{prefix}runs:running"
+        self.running_key = running_key(prefix)  # what the mirror's slices list runs in
 
     def _replica(self, replica_id: str) -> str:
         return f"{self.prefix}replica:{replica_id}"

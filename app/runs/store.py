@@ -58,6 +58,12 @@ MirrorKeys = tuple[bytes, bytes, bytes]  # a run's events key, meta key and id, 
 Registration = tuple[bytes, ...]  # a run's registration as APPEND takes it, encoded once per run
 
 
+def running_key(prefix: str) -> str:
+    """The hash of runs running (run id -> replica): the mirror lists a run there, the leases'
+    sweep (app/runs/leases.py) settles what a dead replica left in it."""
+    return prefix + "runs:running"
+
+
 class RunStore:
     def __init__(
         self, redis: Redis, prefix: str, retention_seconds: int, max_events: int, *, reader: Redis | None = None
@@ -67,7 +73,7 @@ class RunStore:
         self.reader = reader if reader is not None else redis
         self.retention, self.max_events = retention_seconds, max_events
         self.cancel_channel = prefix + "runs:cancel"
-        self.running_key = prefix + "runs:running"  # run id -> replica, while it runs (app/runs/leases.py)
+        self.running_key = running_key(prefix)
         self._append = redis.register_script(APPEND)
         self._running = self.running_key.encode()
         self._retention, self._max_events = b"%d" % retention_seconds, b"%d" % max_events
