@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, false, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.pagination import Keyset, PageParams, Slice
@@ -16,6 +16,18 @@ _NEWEST = Keyset(StoredFile.id)
 class FileRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    async def lock_owner(self, owner_id: uuid.UUID) -> None:
+        """Hold the owner's file writes back until this transaction ends, so that the reads after it
+        (the quota's sum, whether some file has these bytes) stay true until it commits: without
+        it, concurrent uploads each see the quota free and together overrun it, and a delete can
+        remove the bytes that an upload of the same content counted on. Postgres: an advisory lock
+        on the owner; SQLite: its one writer's lock, taken now (a write that matches no row)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            key = func.hashtextextended(literal(f"agentchat.files:{owner_id}"), 0)
+            await self.session.execute(select(func.pg_advisory_xact_lock(key)))
+        else:
+            await self.session.execute(delete(StoredFile).where(false()))
 
     async def add(self, row: StoredFile) -> StoredFile:
         self.session.add(row)

@@ -55,13 +55,14 @@ async def store_file(
     """Inspect, check and store a seekable file; its metadata row is flushed in `session`'s transaction."""
     found = await anyio.to_thread.run_sync(inspect, source, filename or "", limits_of(settings))
     files = FileRepository(session)
+    await files.lock_owner(owner_id)  # until the row is committed: the quota's check and the write are one step
     stored = await files.has_content(owner_id, found.sha256)
     quota = settings.file_storage_quota_bytes
     if quota and not stored and await files.stored_bytes(owner_id) + found.bytes > quota:
         log.info("files.quota_exceeded", bytes=found.bytes, quota=quota)
         raise QuotaExceeded()
     if not stored:
-        await storage.put(owner_id, found.sha256, source, found.bytes)
+        await storage.put(owner_id, found.sha256, source, found.bytes, within=session)
     row = await files.add(
         StoredFile(
             owner_id=owner_id,
@@ -100,10 +101,11 @@ async def delete_file(session: AsyncSession, storage: FileStorage, file_id: uuid
     """The file's metadata goes; its bytes too once no other file of the owner has them. Messages that
     attached it keep their reference (the history shows it as deleted)."""
     files = FileRepository(session)
+    await files.lock_owner(owner_id)  # no upload of the same bytes between the check and the bytes' delete
     row = await files.delete_owned(file_id, owner_id=owner_id)
     if row is None:
         return False
     if not await files.has_content(owner_id, row.sha256):
-        await storage.delete(owner_id, row.sha256)
+        await storage.delete(owner_id, row.sha256, within=session)
     log.info("files.deleted", file_id=str(file_id))
     return True

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import anyio
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.db import Database
 from app.files.errors import StorageUnavailable
@@ -37,14 +38,17 @@ PART = 8 * 1024 * 1024
 class FileStorage(Protocol):
     """The bytes of an owner's files, by SHA-256."""
 
-    async def put(self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int) -> None:
-        """Store `size` bytes read from `source` (seekable, blocking: read in a thread), if not stored yet."""
+    async def put(
+        self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int, *, within: AsyncSession | None = None
+    ) -> None:
+        """Store `size` bytes read from `source` (seekable, blocking: read in a thread), if not stored yet.
+        `within`: the caller's transaction, for a storage that keeps the bytes in the database."""
 
     def chunks(self, owner_id: uuid.UUID, sha256: str) -> AsyncIterator[bytes]:
         """The bytes, in order, a chunk at a time (nothing if they are gone)."""
         ...
 
-    async def delete(self, owner_id: uuid.UUID, sha256: str) -> None: ...
+    async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> None: ...
 
 
 async def read_base64(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> str | None:
@@ -89,14 +93,29 @@ class DatabaseStorage:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def put(self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int) -> None:
+    async def put(
+        self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int, *, within: AsyncSession | None = None
+    ) -> None:
+        if within is not None:
+            # In the caller's transaction, which holds the owner's file lock (app/files/service.py):
+            # no second connection taken while it holds one (uploads as many as the pool would wait on
+            # each other for good), and the bytes commit or roll back with their file's row. Chunks no
+            # file has (a failed upload's, before this) go first.
+            conn = await within.connection()
+            await conn.execute(delete(FileChunk).where(FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256))
+            await self._write(conn, owner_id, sha256, source, size)
+            return
         try:
             async with self.db.transaction() as conn:
-                for seq, offset in enumerate(range(0, max(size, 1), CHUNK)):
-                    data = await anyio.to_thread.run_sync(_read_at, source, offset, CHUNK)
-                    await conn.execute(insert(FileChunk).values(owner_id=owner_id, sha256=sha256, seq=seq, data=data))
+                await self._write(conn, owner_id, sha256, source, size)
         except IntegrityError:
             return  # the same bytes stored by a concurrent upload of the owner's, committed first
+
+    @staticmethod
+    async def _write(conn: AsyncConnection, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int) -> None:
+        for seq, offset in enumerate(range(0, max(size, 1), CHUNK)):
+            data = await anyio.to_thread.run_sync(_read_at, source, offset, CHUNK)
+            await conn.execute(insert(FileChunk).values(owner_id=owner_id, sha256=sha256, seq=seq, data=data))
 
     async def chunks(self, owner_id: uuid.UUID, sha256: str) -> AsyncIterator[bytes]:
         owned = FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256
@@ -111,9 +130,13 @@ class DatabaseStorage:
                 return
             seq += 1
 
-    async def delete(self, owner_id: uuid.UUID, sha256: str) -> None:
+    async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> None:
+        owned = FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256
+        if within is not None:
+            await (await within.connection()).execute(delete(FileChunk).where(*owned))
+            return
         async with self.db.transaction() as conn:
-            await conn.execute(delete(FileChunk).where(FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256))
+            await conn.execute(delete(FileChunk).where(*owned))
 
 
 @contextmanager
@@ -138,7 +161,9 @@ class S3Storage:
     def key(self, owner_id: uuid.UUID, sha256: str) -> str:
         return "/".join(part for part in (self.prefix, str(owner_id), sha256) if part)
 
-    async def put(self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int) -> None:
+    async def put(
+        self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int, *, within: AsyncSession | None = None
+    ) -> None:  # `within` unused: the bucket is not in the database
         with _unavailable():
             await self._put(owner_id, sha256, source, size)
 
@@ -178,7 +203,7 @@ class S3Storage:
                 async for chunk in body.iter_chunks(CHUNK):
                     yield chunk
 
-    async def delete(self, owner_id: uuid.UUID, sha256: str) -> None:
+    async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> None:
         with _unavailable():
             await self.client.delete_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 
@@ -121,6 +122,40 @@ async def test_quota_counts_each_content_once(settings: Settings) -> None:
         # Another key has its own quota.
         other = {"Authorization": f"Bearer {await make_key(state)}"}
         assert (await upload(client, other, samples.png(600, 400), "c.png")).status_code == 201
+
+
+async def test_concurrent_uploads_cannot_overrun_the_quota_together(settings: Settings) -> None:
+    # Six different images at once, room for two: each upload must see the others' bytes. Checked
+    # then written without the owner's lock, every one of them read the quota as free.
+    images = [samples.png(600 + n, 400) for n in range(6)]
+    quota = sum(sorted(len(i) for i in images)[-2:])
+    async with running_app(replace_settings(settings, file_storage_quota_bytes=quota)) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        results = await asyncio.gather(*(upload(client, auth, image, f"{n}.png") for n, image in enumerate(images)))
+        assert sorted(r.status_code for r in results) == [201, 201, 413, 413, 413, 413]
+        assert all(r.json()["error"]["type"] == "quota_exceeded" for r in results if r.status_code == 413)
+        async with state.sessions() as session:
+            stored = (await session.execute(select(func.sum(StoredFile.bytes)))).scalar_one()
+        assert stored <= quota
+
+
+async def test_an_upload_beside_a_delete_of_the_same_bytes_keeps_them(
+    client: httpx.AsyncClient, auth: dict[str, str], state: Resources
+) -> None:
+    # The delete removes the last file with these bytes, the upload counted on them being stored:
+    # one of the two goes first, and the bytes stay with the file that is left.
+    image = samples.png(320, 240)
+    for attempt in range(5):
+        first = (await upload(client, auth, image, f"a{attempt}.png")).json()
+        deleted, again = await asyncio.gather(
+            client.delete(f"/files/{first['id']}", headers=auth), upload(client, auth, image, f"b{attempt}.png")
+        )
+        assert deleted.status_code == 204
+        assert again.status_code == 201
+        content = await client.get(f"/files/{again.json()['id']}/content", headers=auth)
+        assert content.status_code == 200
+        assert content.content == image
+        assert (await client.delete(f"/files/{again.json()['id']}", headers=auth)).status_code == 204
 
 
 async def test_another_key_sees_none_of_it(client: httpx.AsyncClient, auth: dict[str, str], state: Resources) -> None:

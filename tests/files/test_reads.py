@@ -20,7 +20,9 @@ class Chunked:
     def __init__(self, data: bytes, sizes: list[int]) -> None:
         self.data, self.sizes = data, sizes
 
-    async def put(self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int) -> None:
+    async def put(
+        self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int, *, within: object = None
+    ) -> None:
         raise NotImplementedError
 
     async def chunks(self, owner_id: uuid.UUID, sha256: str) -> AsyncIterator[bytes]:
@@ -31,7 +33,7 @@ class Chunked:
             yield self.data[at : at + size]
             at += size
 
-    async def delete(self, owner_id: uuid.UUID, sha256: str) -> None:
+    async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: object = None) -> None:
         raise NotImplementedError
 
 

@@ -32,3 +32,18 @@ async def test_upload_download_attach_and_delete_on_sqlite(tmp_path: Path) -> No
         assert [a["id"] for a in items[0]["attachments"]] == [first["id"]]
         assert (await client.delete(f"/files/{first['id']}", headers=auth)).status_code == 204
         assert (await client.get(f"/files/{again['id']}/content", headers=auth)).content == image
+
+
+async def test_concurrent_uploads_keep_to_the_quota_on_sqlite(tmp_path: Path) -> None:
+    # SQLite's one writer: each upload takes its lock before reading the quota's sum, so none of
+    # them reads it stale (nor fails on a snapshot another upload's commit made old).
+    url = f"sqlite+aiosqlite:///{tmp_path}/files.db"
+    await asyncio.to_thread(run_migrations, url)
+    images = [samples.png(600 + n, 400) for n in range(4)]
+    quota = sum(sorted(len(i) for i in images)[-2:])
+    settings = Settings(database_url=url, llm_provider="offline", log_format="json", file_storage_quota_bytes=quota)
+    async with running_app(settings) as (_, state, client):
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        sent = (client.post("/files", files={"file": (f"{n}.png", i)}, headers=auth) for n, i in enumerate(images))
+        results = await asyncio.gather(*sent)
+        assert sorted(r.status_code for r in results) == [201, 201, 413, 413], [r.text for r in results]
