@@ -217,11 +217,24 @@ def sampling_params(sampling: Sampling) -> dict[str, Any]:
     return params
 
 
+# Idle pooled connections go after 4 s, before the upstream's keep-alive closes them (uvicorn, Node,
+# Apache: 5 s; nginx 75 s; cloud balancers 60 s). A POST sent on a connection just as the server
+# closes it fails, and neither aiohttp (it resends idempotent methods only) nor httpcore2 resends
+# it: a 502 with LLM_MAX_RETRIES=0, a wasted attempt otherwise. httpx2's default, 5 s (the aiohttp
+# client's connector takes it as its keepalive_timeout), is uvicorn's own deadline; the spare second
+# covers our idle clock starting after the server's (the answer's last bytes in flight, a busy loop).
+# nginx in front of us does the same (deploy/nginx: 4 s). Test: tests/llm/test_keepalive.py.
+KEEPALIVE_EXPIRY = 4.0
+
+
 def _http_client(max_connections: int, kind: ModelHttpClientName = "aiohttp") -> httpx2.AsyncClient:
     """One pool for every stream in flight (the SDK's default caps it at 1,000). The SDK's aiohttp
     client by default: its httpx2 default costs a fifth more CPU per turn and a third more per
-    streamed delta (`python -m bench.transport`). Both follow HTTP(S)_PROXY."""
-    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=100)
+    streamed delta (`python -m bench.transport`). Both follow HTTP(S)_PROXY and expire idle
+    connections after KEEPALIVE_EXPIRY."""
+    limits = httpx2.Limits(
+        max_connections=max_connections, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_EXPIRY
+    )
     if kind == "httpx":
         return anthropic.DefaultAsyncHttpxClient(limits=limits)
     return anthropic.DefaultAioHttpClient(limits=limits)
