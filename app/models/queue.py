@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ForeignKey, Index, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, UUIDPrimaryKey, utcnow
+from app.models.base import Base, NullableJSON, UUIDPrimaryKey, utcnow
 
 
 class QueuedMessage(UUIDPrimaryKey, Base):
@@ -23,4 +24,7 @@ class QueuedMessage(UUIDPrimaryKey, Base):
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
     conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     content: Mapped[str] = mapped_column(Text)
+    # The user's turn as blocks when it is more than its text (its attachments' references first):
+    # whichever replica answers it stores and sends what the client sent.
+    blocks: Mapped[list[dict[str, Any]] | None] = mapped_column(NullableJSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -29,6 +29,7 @@ from sqlalchemy import delete, insert, select
 from app.core.errors import AppError
 from app.core.locks import Lock
 from app.core.periodic import periodically
+from app.llm.base import Block
 from app.models import ApiKey, QueuedMessage
 from app.runs.manager import Run
 from app.state import Resources
@@ -95,16 +96,24 @@ class Orphan:
     conversation_id: uuid.UUID
     content: str
     allowed_agents: tuple[str, ...] | None  # its key's (None: all)
+    blocks: list[Block] | None = None  # the turn as the client sent it, when more than its text
 
 
 Adopt = Callable[[list[uuid.UUID]], Awaitable[object]]
 
 
-async def enqueue(resources: Resources, owner_id: uuid.UUID, conversation_id: uuid.UUID, message: str) -> uuid.UUID:
-    """Store the message in the conversation's queue (one statement, committed): its id."""
+async def enqueue(
+    resources: Resources,
+    owner_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    message: str,
+    blocks: list[Block] | None = None,
+) -> uuid.UUID:
+    """Store the message (and its blocks: its attachments' references, then its text) in the
+    conversation's queue (one statement, committed): its id."""
     query = (
         insert(QueuedMessage)
-        .values(owner_id=owner_id, conversation_id=conversation_id, content=message)
+        .values(owner_id=owner_id, conversation_id=conversation_id, content=message, blocks=blocks)
         .returning(QueuedMessage.id)
     )
     async with resources.db.statement() as conn:
@@ -184,6 +193,7 @@ async def orphans(resources: Resources, queued_ids: Sequence[uuid.UUID]) -> list
             QueuedMessage.conversation_id,
             QueuedMessage.content,
             ApiKey.agents,
+            QueuedMessage.blocks,
         )
         .join(ApiKey, ApiKey.id == QueuedMessage.owner_id)
         .where(QueuedMessage.id.in_(queued_ids))
@@ -191,7 +201,7 @@ async def orphans(resources: Resources, queued_ids: Sequence[uuid.UUID]) -> list
     )
     async with resources.db.statement() as conn:
         rows = (await conn.execute(query)).all()
-    return [Orphan(r[0], r[1], r[2], r[3], tuple(r[4]) if r[4] is not None else None) for r in rows]
+    return [Orphan(r[0], r[1], r[2], r[3], tuple(r[4]) if r[4] is not None else None, r[5]) for r in rows]
 
 
 async def sweep(resources: Resources, adopt: Adopt) -> None:

@@ -499,7 +499,7 @@ class TurnService:
         """The message stored in the conversation's queue now; its turn a run owned by the app that
         waits (no connection held) until it holds the lock and is next, then runs as a stream would."""
         resources, owner = self.resources, request.owner_id
-        queued_id = await queue.enqueue(resources, owner, conversation_id, request.message)
+        queued_id = await queue.enqueue(resources, owner, conversation_id, request.message, request.options.content)
         log.info("chat.turn.queued", conversation_id=str(conversation_id), queued_id=str(queued_id))
         # Not overlapped with the model call: its opener closes when phase 1 is done. Its statement
         # stores the user's message and removes the queued row, together.
@@ -517,8 +517,8 @@ class TurnService:
     async def adopt(self, queued_ids: list[uuid.UUID], publisher: RunPublisher) -> list[Queued]:
         """Queued messages whose run stopped with its replica (`queue.stranded`), each one's turn a run
         here under its queued id, as a queued turn runs (its place in line kept); one replica wins each
-        (`queue.claim`). The model sees the stored text as the user's message (the original request's
-        attachments and door options went with its replica)."""
+        (`queue.claim`). The message is stored and sent as the client sent it, attachments included
+        (its blocks are in its queue row)."""
         resources, adopted = self.resources, list[Queued]()
         if resources.lifecycle.draining:
             return adopted  # its runs are about to stop: another replica adopts
@@ -544,7 +544,7 @@ class TurnService:
             message=orphan.content,
             conversation_id=orphan.conversation_id,
             system=None,
-            options=TurnOptions(dequeue=orphan.id),
+            options=TurnOptions(content=orphan.blocks, dequeue=orphan.id),
             overlap=False,
         )
         return await self._fitting(started, owner)

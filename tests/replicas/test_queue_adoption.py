@@ -4,7 +4,9 @@ once, in its place in line (app/turns/queue.py)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -14,10 +16,12 @@ from sqlalchemy import select
 from app.chat.router import EVENTS
 from app.core.config import Settings
 from app.main import create_app
-from app.models import QueuedMessage
+from app.models import Message, QueuedMessage
 from app.turns import queue
 from app.turns.start import TurnService
 from testkit.fake_llm import FakeLLMServer
+from tests.files import samples
+from tests.files.test_attachments import user_blocks
 from tests.fixtures.app import make_key
 from tests.helpers import eventually, live_server, sse_events
 from tests.resilience.server import ServerProcess
@@ -102,7 +106,11 @@ async def test_a_drained_replicas_queued_message_is_answered_by_another(
             body = {"message": "first [[slow:2]]", "conversation_id": cid}
             slow = asyncio.create_task(http.post(f"{survivor.url}/chat", json=body, headers=auth(key)))
             await eventually(lambda: running(state, cid), timeout=5)
-            body = {"message": "drained", "conversation_id": cid, "multitask": "enqueue"}
+            # With an attachment: the replica that adopts the message sends it as the client did.
+            image = samples.png(64, 48)
+            uploaded = await http.post(f"{survivor.url}/files", files={"file": ("i.png", image)}, headers=auth(key))
+            file_id = uploaded.json()["id"]
+            body = {"message": "drained", "conversation_id": cid, "multitask": "enqueue", "attachments": [file_id]}
             queued = asyncio.create_task(http.post(f"{draining.url}/chat", json=body, headers=auth(key)))
 
             async def stored() -> bool:
@@ -125,6 +133,16 @@ async def test_a_drained_replicas_queued_message_is_answered_by_another(
             assert_turn_order(rows)
             assert [text for _, _, text in rows[::2]] == ["hello", "first [[slow:2]]", "drained"]
             assert await queued_count(state, cid) == 0
+            async with state.sessions() as session:
+                query = select(Message.content).where(Message.conversation_id == uuid.UUID(cid), Message.role == "user")
+                contents = (await session.execute(query.order_by(Message.id))).scalars().all()
+            assert [(b["type"], b.get("file_id"), b.get("text")) for b in contents[-1]] == [
+                ("attachment", file_id, None),
+                ("text", None, "drained"),
+            ]
+            sent = user_blocks(llm_server.state.request_bodies()[-1])
+            assert [b["type"] for b in sent] == ["image", "text"]
+            assert sent[0]["source"]["data"] == base64.b64encode(image).decode()
             assert draining.log_problems() == []
     finally:
         draining.kill()
