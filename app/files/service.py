@@ -7,10 +7,14 @@ Nothing of a file's content is ever logged: its id, type, size and hash only.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import unicodedata
 import uuid
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import BinaryIO
 
 import anyio
@@ -21,12 +25,24 @@ from app.core.config import Settings
 from app.files.errors import QuotaExceeded
 from app.files.repository import FileRepository
 from app.files.storage import FileStorage
-from app.files.types import Limits, inspect
+from app.files.types import Inspected, Limits, inspect
 from app.models import StoredFile
 
 log = structlog.get_logger(__name__)
 
 MAX_FILENAME = 255
+# One owner's file writes in this process, in turn: those waiting hold no pool connection (the owner's
+# lock in the database, FileRepository.lock_owner, is waited for with one); gone when none is held.
+_owner_gates: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+@asynccontextmanager
+async def owner_gate(owner_id: uuid.UUID) -> AsyncIterator[None]:
+    gate = _owner_gates.get(owner_id)
+    if gate is None:
+        gate = _owner_gates[owner_id] = asyncio.Lock()
+    async with gate:
+        yield
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -52,8 +68,22 @@ async def store_file(
     source: BinaryIO,
     filename: str | None,
 ) -> StoredFile:
-    """Inspect, check and store a seekable file; its metadata row is flushed in `session`'s transaction."""
+    """Inspect, check and store a seekable file; its metadata row is flushed in `session`'s transaction,
+    which holds the owner's file lock from here until it ends (keep it short: commit it next)."""
     found = await anyio.to_thread.run_sync(inspect, source, filename or "", limits_of(settings))
+    async with owner_gate(owner_id):
+        return await _store(session, storage, settings, owner_id, source, filename, found)
+
+
+async def _store(
+    session: AsyncSession,
+    storage: FileStorage,
+    settings: Settings,
+    owner_id: uuid.UUID,
+    source: BinaryIO,
+    filename: str | None,
+    found: Inspected,
+) -> StoredFile:
     files = FileRepository(session)
     await files.lock_owner(owner_id)  # until the row is committed: the quota's check and the write are one step
     stored = await files.has_content(owner_id, found.sha256)
@@ -101,11 +131,12 @@ async def delete_file(session: AsyncSession, storage: FileStorage, file_id: uuid
     """The file's metadata goes; its bytes too once no other file of the owner has them. Messages that
     attached it keep their reference (the history shows it as deleted)."""
     files = FileRepository(session)
-    await files.lock_owner(owner_id)  # no upload of the same bytes between the check and the bytes' delete
-    row = await files.delete_owned(file_id, owner_id=owner_id)
-    if row is None:
-        return False
-    if not await files.has_content(owner_id, row.sha256):
-        await storage.delete(owner_id, row.sha256, within=session)
+    async with owner_gate(owner_id):
+        await files.lock_owner(owner_id)  # no upload of the same bytes between the check and the bytes' delete
+        row = await files.delete_owned(file_id, owner_id=owner_id)
+        if row is None:
+            return False
+        if not await files.has_content(owner_id, row.sha256):
+            await storage.delete(owner_id, row.sha256, within=session)
     log.info("files.deleted", file_id=str(file_id))
     return True

@@ -100,7 +100,8 @@ class DatabaseStorage:
             # In the caller's transaction, which holds the owner's file lock (app/files/service.py):
             # no second connection taken while it holds one (uploads as many as the pool would wait on
             # each other for good), and the bytes commit or roll back with their file's row. Chunks no
-            # file has (a failed upload's, before this) go first.
+            # file has (a failed upload's, before this) go first. No IntegrityError expected: under
+            # the lock no one else writes these chunks (a replica of an older release might: a 500).
             conn = await within.connection()
             await conn.execute(delete(FileChunk).where(FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256))
             await self._write(conn, owner_id, sha256, source, size)

@@ -14,6 +14,7 @@ import base64
 import binascii
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from app.files.attach import ATTACHMENT, attachment_block, check_model
@@ -53,24 +54,47 @@ async def attach_parts(
     if not has_file_parts(contents):
         return
     settings = resources.settings
+    # Every part's bytes first (a remote fetch, a base64 decode), then one short transaction that
+    # stores them: nothing but SQL while it holds a connection and the owner's file lock.
+    found = [
+        (content, j, await _source_of(resources, part, f"{param}[{j}]"))
+        for param, content in contents
+        if isinstance(content, list)
+        for j, part in enumerate(content)
+        if is_file_part(part)
+    ]
     async with resources.sessions() as session, session.begin():
-        for param, content in contents:
-            if not isinstance(content, list):
-                continue
-            for j, part in enumerate(content):
-                if is_file_part(part):
-                    where = f"{param}[{j}]"
-                    row = await _file_of(resources, session, owner_id, part, where)
-                    content[j] = {**attachment_block(row), "type": ATTACHMENT}
+        for content, j, source in found:
+            if isinstance(source, _Named):
+                row = await _owned(session, owner_id, source.file_id, source.where)
+            else:
+                row = await store_bytes(
+                    session, resources.files, settings, owner_id=owner_id, data=source.data, filename=source.name
+                )
+            content[j] = {**attachment_block(row), "type": ATTACHMENT}
     blocks = [part for _, content in contents if isinstance(content, list) for part in content]
     check_model(blocks, model=model, text_only_models=settings.file_text_only_models)
 
 
-async def _file_of(
-    resources: Resources, session: Any, owner_id: uuid.UUID, part: dict[str, Any], where: str
-) -> StoredFile:
+@dataclass(frozen=True, slots=True)
+class _Named:
+    """A part that names one of the caller's files."""
+
+    file_id: Any
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Carried:
+    """A part's bytes: inline, or fetched from its URL."""
+
+    data: bytes
+    name: str | None
+
+
+async def _source_of(resources: Resources, part: dict[str, Any], where: str) -> _Named | _Carried:
     kind = part["type"]
-    storage, settings = resources.files, resources.settings
+    settings = resources.settings
     file_id: Any = None
     url: Any = None
     data: Any = None
@@ -97,7 +121,7 @@ async def _file_of(
         where += ".file_id" if file_id is not None else ".file_data" if data is not None else ".file_url"
     name = name if isinstance(name, str) else None
     if file_id is not None:
-        return await _owned(session, owner_id, file_id, where)
+        return _Named(file_id, where)
     if isinstance(url, str) and url.startswith("data:"):
         data = url
     elif isinstance(url, str) and url.startswith(("http://", "https://")):
@@ -109,13 +133,12 @@ async def _file_of(
             fetched, name = await fetch_remote(url, settings)
         except RemoteFileRefused as exc:
             raise InvalidParam(where, exc.message, code="remote_file_refused") from None
-        return await store_bytes(session, storage, settings, owner_id=owner_id, data=fetched, filename=name)
+        return _Carried(fetched, name)
     elif url is not None:
         raise InvalidParam(where, "Expected a data: URL (base64) or an http(s) URL.")
     if not isinstance(data, str) or not data:
         raise InvalidParam(where, "The part names no file: give file_id, file_data or a URL.")
-    raw = _decode(data, where)
-    return await store_bytes(session, storage, settings, owner_id=owner_id, data=raw, filename=name)
+    return _Carried(_decode(data, where), name)
 
 
 def _decode(data: str, where: str) -> bytes:
