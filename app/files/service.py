@@ -25,24 +25,46 @@ from app.core.config import Settings
 from app.files.errors import QuotaExceeded
 from app.files.repository import FileRepository
 from app.files.storage import FileStorage
-from app.files.types import Inspected, Limits, inspect
+from app.files.types import Limits, inspect
 from app.models import StoredFile
 
 log = structlog.get_logger(__name__)
 
 MAX_FILENAME = 255
+
+
+class _Gate:
+    __slots__ = ("lock", "holder", "__weakref__")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.holder: asyncio.Task[object] | None = None
+
+
 # One owner's file writes in this process, in turn: those waiting hold no pool connection (the owner's
 # lock in the database, FileRepository.lock_owner, is waited for with one); gone when none is held.
-_owner_gates: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+_owner_gates: weakref.WeakValueDictionary[uuid.UUID, _Gate] = weakref.WeakValueDictionary()
 
 
 @asynccontextmanager
 async def owner_gate(owner_id: uuid.UUID) -> AsyncIterator[None]:
+    """The owner's turn to write files in this process. A transaction that takes the owner's database
+    lock more than once (several parts of one /v1 request) holds its turn until it ends, or another
+    upload holding the turn could wait on that lock while this one waits on the turn. Taken again
+    by the task that holds it, a no-op."""
     gate = _owner_gates.get(owner_id)
     if gate is None:
-        gate = _owner_gates[owner_id] = asyncio.Lock()
-    async with gate:
+        gate = _owner_gates[owner_id] = _Gate()
+    task = asyncio.current_task()
+    if task is not None and gate.holder is task:
         yield
+        return
+    async with gate.lock:
+        gate.holder = task
+        try:
+            yield
+        finally:
+            gate.holder = None
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -71,42 +93,30 @@ async def store_file(
     """Inspect, check and store a seekable file; its metadata row is flushed in `session`'s transaction,
     which holds the owner's file lock from here until it ends (keep it short: commit it next)."""
     found = await anyio.to_thread.run_sync(inspect, source, filename or "", limits_of(settings))
-    async with owner_gate(owner_id):
-        return await _store(session, storage, settings, owner_id, source, filename, found)
-
-
-async def _store(
-    session: AsyncSession,
-    storage: FileStorage,
-    settings: Settings,
-    owner_id: uuid.UUID,
-    source: BinaryIO,
-    filename: str | None,
-    found: Inspected,
-) -> StoredFile:
-    files = FileRepository(session)
-    await files.lock_owner(owner_id)  # until the row is committed: the quota's check and the write are one step
-    stored = await files.has_content(owner_id, found.sha256)
-    quota = settings.file_storage_quota_bytes
-    if quota and not stored and await files.stored_bytes(owner_id) + found.bytes > quota:
-        log.info("files.quota_exceeded", bytes=found.bytes, quota=quota)
-        raise QuotaExceeded()
-    if not stored:
-        await storage.put(owner_id, found.sha256, source, found.bytes, within=session)
-    row = await files.add(
-        StoredFile(
-            owner_id=owner_id,
-            filename=clean_filename(filename, found.media_type),
-            media_type=found.media_type,
-            bytes=found.bytes,
-            sha256=found.sha256,
-            width=found.width,
-            height=found.height,
-            pages=found.pages,
+    async with owner_gate(owner_id):  # waiting here holds no connection
+        files = FileRepository(session)
+        await files.lock_owner(owner_id)  # until the row is committed: the quota's check and the write are one step
+        stored = await files.has_content(owner_id, found.sha256)
+        quota = settings.file_storage_quota_bytes
+        if quota and not stored and await files.stored_bytes(owner_id) + found.bytes > quota:
+            log.info("files.quota_exceeded", bytes=found.bytes, quota=quota)
+            raise QuotaExceeded()
+        if not stored:
+            await storage.put(owner_id, found.sha256, source, found.bytes, within=session)
+        row = await files.add(
+            StoredFile(
+                owner_id=owner_id,
+                filename=clean_filename(filename, found.media_type),
+                media_type=found.media_type,
+                bytes=found.bytes,
+                sha256=found.sha256,
+                width=found.width,
+                height=found.height,
+                pages=found.pages,
+            )
         )
-    )
-    log.info("files.stored", file_id=str(row.id), media_type=row.media_type, bytes=row.bytes, deduplicated=stored)
-    return row
+        log.info("files.stored", file_id=str(row.id), media_type=row.media_type, bytes=row.bytes, deduplicated=stored)
+        return row
 
 
 async def store_bytes(

@@ -21,7 +21,7 @@ from app.files.attach import ATTACHMENT, attachment_block, check_model
 from app.files.errors import RemoteFileRefused
 from app.files.remote import fetch_remote
 from app.files.repository import FileRepository
-from app.files.service import store_bytes
+from app.files.service import owner_gate, store_bytes
 from app.models import StoredFile
 from app.openai.errors import InvalidParam
 from app.state import Resources
@@ -63,7 +63,8 @@ async def attach_parts(
         for j, part in enumerate(content)
         if is_file_part(part)
     ]
-    async with resources.sessions() as session, session.begin():
+    # The owner's turn is held until the transaction ends: it takes the owner's file lock per part.
+    async with owner_gate(owner_id), resources.sessions() as session, session.begin():
         for content, j, source in found:
             if isinstance(source, _Named):
                 row = await _owned(session, owner_id, source.file_id, source.where)

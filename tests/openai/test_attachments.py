@@ -4,6 +4,7 @@ blocks it gets; another key's file, a remote URL with fetching off, a private ad
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from typing import Any
@@ -179,3 +180,25 @@ async def test_remote_urls_go_through_the_ssrf_safe_fetcher(settings: Settings, 
             assert caught.value.param == "messages[0].content[0].image_url.url"
             assert "non-public address" in caught.value.message
     assert llm_server.state.request_bodies() == []
+
+
+async def test_inline_parts_and_uploads_of_one_key_at_once_all_go_through(
+    oai: AsyncOpenAI, live: Live, live_key: str
+) -> None:
+    # A request storing several parts holds the key's file lock until its transaction ends; uploads
+    # of the same key meanwhile wait their turn before the lock, not on it while holding the turn.
+    async def chat(n: int) -> str:
+        parts: Any = [
+            {"type": "text", "text": f"two images, {n}"},
+            {"type": "image_url", "image_url": {"url": data_url("image/png", samples.png(200 + n, 20))}},
+            {"type": "image_url", "image_url": {"url": data_url("image/png", samples.png(300 + n, 20))}},
+        ]
+        done = await oai.chat.completions.create(model="agentchat", messages=[{"role": "user", "content": parts}])
+        return str(done.choices[0].message.content)
+
+    async def put(n: int) -> str:
+        return await upload(live, live_key, samples.png(400 + n, 20), f"{n}.png")
+
+    done = await asyncio.wait_for(asyncio.gather(*(f(n) for n in range(6) for f in (chat, put))), timeout=60)
+    assert len(done) == 12
+    assert len(await files_of(live, live_key)) == 18
