@@ -67,6 +67,7 @@ class Totals:
     paced_deltas: int = 0  # deltas past each paced stream's first
     paced_cpu: float = 0.0  # less the paced streams' own turn cost (phase 1's per turn, same round)
     gaps: list[float] = field(default_factory=list)  # between consecutive deltas, at the client
+    round_turn_ms: list[float] = field(default_factory=list)  # CPU per streamed turn, each round's
     errors: dict[str, int] = field(default_factory=dict)
 
     def add_errors(self, found: dict[str, int]) -> None:
@@ -112,6 +113,7 @@ async def one_round(server: Server, headers: dict[str, str], args: argparse.Name
     per_turn = cpu / max(completed, 1)
     totals.turns += completed
     totals.turn_cpu += cpu
+    totals.round_turn_ms.append(per_turn * 1000)
     paced = f"[[words:{args.paced_deltas}]] [[slow:{args.pace}]] bench"
     cpu, results = await phase(server, headers, paced, n)
     completed = sum(r.completed for r in results)
@@ -194,6 +196,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             **s.totals.figures(),
             "streamed_turns": s.totals.turns,
             "paced_deltas": s.totals.paced_deltas,
+            "round_turn_ms": s.totals.round_turn_ms,
             "errors": s.totals.errors,
         }
         for s in servers
@@ -257,6 +260,12 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
                 f"gap between deltas p99 {s['gap_p99_ms']:.0f} ms; RSS {r['rss_mib'][name]:.0f} MiB",
             )
         )
+    if "naive" in servers and "service" in servers:
+        # Each round's own ratio: how far one round's reading of the per-turn target can stray.
+        spread = [
+            s / n for s, n in zip(servers["service"]["round_turn_ms"], servers["naive"]["round_turn_ms"], strict=True)
+        ]
+        rows.append(("CPU per streamed turn ÷ naive, each round", ", ".join(f"{x:.2f}×" for x in spread)))
     for name, info in r["logs"].items():
         rows.append((f"{name}: server log", f"{info['errors']} errors, {info['tracebacks']} tracebacks"))
     print_table("bench.paced: streams at real speed, server CPU from /proc (same run, ratios first)", rows)
