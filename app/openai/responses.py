@@ -114,6 +114,12 @@ def stored_response(answer: StoredAnswer, number: int = 0) -> dict[str, Any]:
     )
 
 
+def _answered_as_json(answer: StoredAnswer, number: int) -> bool:
+    """A response created neither streamed nor in the background: no run. (A continuation's, and one
+    stored before `stream` was kept, may have had one.)"""
+    return number == 0 and answer.attributes.get("stream") is False and not answer.attributes.get("background")
+
+
 def _run_id(message_id: uuid.UUID, number: int) -> uuid.UUID:
     return continuation_run_id(message_id, number) if number else message_id
 
@@ -161,7 +167,8 @@ async def create_response(
         "api": "responses",
         "model": model,
         **body.model_dump(include={"instructions", "previous_response_id", "metadata", "tools", "tool_choice"}),
-        **body.model_dump(include={"max_output_tokens", "background", "store", "user"}),
+        # `stream` too: a response answered as JSON has no run that GET ?stream=true could follow.
+        **body.model_dump(include={"max_output_tokens", "background", "store", "user", "stream"}),
         **({"conversation": {"id": conversation_id(conversation)}} if conversation is not None else {}),
     }
     options = TurnOptions(
@@ -326,16 +333,25 @@ async def get_response(
     """A response; with `stream=true`, its events (after `starting_after`), live while it runs."""
     (message_id, number), owner = _segment(response_id), principal.owner_id
     after = starting_after + 1 if starting_after is not None else 0  # run event ids are sequence numbers + 1
+    answer: StoredAnswer | None = None
     if stream:
         run_id = _run_id(message_id, number)
-        run, ping = await run_of(resources.runs, run_id, owner), resources.settings.sse_ping_seconds
-        if run is not None:
-            # A resumed stream is a follower like GET /runs/{id}/events: the same per-key cap.
-            ticket = resources.followers.admit(owner, remote=not isinstance(run, Run))  # released when it ends
-            if isinstance(run, Run):
-                return RunStreamResponse(run, ping_seconds=ping, after=after, cancel_on_disconnect=False, ticket=ticket)
-            return StoredRunStreamResponse(run, run_id, ping_seconds=ping, after=after, ticket=ticket)
-    answer = await _answer(transactions, message_id, owner)
+        if run_id not in resources.runs.runs:
+            # Read first: a response answered as JSON never ran, and looking for the run of a fresh
+            # id that other replicas do not know asks Redis again for up to REGISTERED_WITHIN.
+            answer = await _answer(transactions, message_id, owner)
+        if answer is None or not _answered_as_json(answer, number):
+            run, ping = await run_of(resources.runs, run_id, owner), resources.settings.sse_ping_seconds
+            if run is not None:
+                # A resumed stream is a follower like GET /runs/{id}/events: the same per-key cap.
+                ticket = resources.followers.admit(owner, remote=not isinstance(run, Run))  # released when it ends
+                if isinstance(run, Run):
+                    return RunStreamResponse(
+                        run, ping_seconds=ping, after=after, cancel_on_disconnect=False, ticket=ticket
+                    )
+                return StoredRunStreamResponse(run, run_id, ping_seconds=ping, after=after, ticket=ticket)
+    if answer is None or answer.running:  # the stored answer as it is now, once its run is not followed
+        answer = await _answer(transactions, message_id, owner)
     if not stream:
         return JSONResponse(stored_response(answer, number))
     if answer.running and _part(answer, number).end is None:

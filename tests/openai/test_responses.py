@@ -238,3 +238,19 @@ async def test_idempotent_retries_replay_the_answer(oai: AsyncOpenAI, llm_server
     events = [e async for e in await oai.responses.retrieve(first.id, stream=True, starting_after=1)]
     assert [e.type for e in events][0] == "response.output_item.added"
     assert events[-1].type == "response.completed"
+
+
+async def test_a_response_answered_as_json_streams_from_its_record_at_once(
+    oai: AsyncOpenAI, live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It never ran: no run to look for (a fresh id unknown to Redis would be asked after for 2 s).
+    created = await oai.responses.create(model="agentchat", input="plain")
+
+    async def no_run(run_id: object) -> None:
+        raise AssertionError(f"looked for a run of {run_id}")
+
+    monkeypatch.setattr(live.state.runs, "find", no_run)
+    events = [e async for e in await oai.responses.retrieve(created.id, stream=True)]
+    assert events[0].type == "response.created"
+    assert events[-1].type == "response.completed"
+    assert cast(Any, events[-1]).response.output_text == created.output_text
