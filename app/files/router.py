@@ -26,7 +26,7 @@ from app.files.repository import FileRepository
 from app.files.schemas import FileOut, FilePage
 from app.files.service import delete_file, store_file
 from app.files.storage import FileStorage
-from app.state import ResourcesDep, SessionDep, SettingsDep
+from app.state import ResourcesDep, SessionDep, SessionsDep, SettingsDep
 
 router = APIRouter(prefix="/files", tags=["files"], responses=KEY_RESPONSES)
 
@@ -48,13 +48,14 @@ StorageDep = Annotated[FileStorage, Depends(get_storage)]
 async def upload_file(
     file: Annotated[UploadFile, File(description="The file (multipart form field `file`).")],
     session: SessionDep,
+    sessions: SessionsDep,
     principal: CurrentPrincipal,
     storage: StorageDep,
     settings: SettingsDep,
 ) -> FileOut:
     """Upload an image (PNG, JPEG, GIF, WebP), a PDF or a UTF-8 text file; its type is read from its bytes."""
     row = await store_file(
-        session, storage, settings, owner_id=principal.owner_id, source=file.file, filename=file.filename
+        session, sessions, storage, settings, owner_id=principal.owner_id, source=file.file, filename=file.filename
     )
     return FileOut.model_validate(row)
 

@@ -15,17 +15,18 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import anyio
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.files.errors import QuotaExceeded
 from app.files.repository import FileRepository
 from app.files.storage import FileStorage
-from app.files.types import Limits, inspect
+from app.files.types import Inspected, Limits, inspect
 from app.models import StoredFile
 
 log = structlog.get_logger(__name__)
@@ -81,32 +82,72 @@ def clean_filename(name: str | None, media_type: str | None = None) -> str:
     return base[:MAX_FILENAME]
 
 
-async def store_file(
-    session: AsyncSession,
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A file inspected (and, in a bucket, its bytes put there) before the transaction that records it."""
+
+    found: Inspected
+    source: BinaryIO
+    filename: str | None
+    uploaded: bool  # put in the bucket by this upload, before its transaction
+
+
+async def stage_file(
+    sessions: async_sessionmaker[AsyncSession],
     storage: FileStorage,
     settings: Settings,
     *,
     owner_id: uuid.UUID,
     source: BinaryIO,
     filename: str | None,
-) -> StoredFile:
-    """Inspect, check and store a seekable file; its metadata row is flushed in `session`'s transaction,
-    which holds the owner's file lock from here until it ends (keep it short: commit it next)."""
+) -> Staged:
+    """Inspect a seekable file; for a bucket, put its bytes there now, with no connection held while
+    they upload. One short read first: bytes the owner has are not sent again, and a file plainly over
+    the quota is refused before it is (`record_file` checks again, under the owner's lock)."""
     found = await anyio.to_thread.run_sync(inspect, source, filename or "", limits_of(settings))
+    if not storage.outside_database:
+        return Staged(found, source, filename, uploaded=False)
+    quota = settings.file_storage_quota_bytes
+    async with sessions() as session:
+        files = FileRepository(session)
+        known = await files.has_content(owner_id, found.sha256)
+        over = bool(quota) and not known and await files.stored_bytes(owner_id) + found.bytes > quota
+    if over:
+        log.info("files.quota_exceeded", bytes=found.bytes, quota=quota)
+        raise QuotaExceeded()
+    if not known:
+        await storage.put(owner_id, found.sha256, source, found.bytes)
+    return Staged(found, source, filename, uploaded=not known)
+
+
+async def record_file(
+    session: AsyncSession, storage: FileStorage, settings: Settings, *, owner_id: uuid.UUID, staged: Staged
+) -> StoredFile:
+    """Check the quota and record a staged file (its bytes written here when they go in the database);
+    its row is flushed in `session`'s transaction, which holds the owner's file lock from here until it
+    ends (keep it short: commit it next)."""
+    found = staged.found
     async with owner_gate(owner_id):  # waiting here holds no connection
         files = FileRepository(session)
         await files.lock_owner(owner_id)  # until the row is committed: the quota's check and the write are one step
         stored = await files.has_content(owner_id, found.sha256)
         quota = settings.file_storage_quota_bytes
         if quota and not stored and await files.stored_bytes(owner_id) + found.bytes > quota:
+            if staged.uploaded:
+                await storage.delete(owner_id, found.sha256)  # put by this upload, and no file has them
             log.info("files.quota_exceeded", bytes=found.bytes, quota=quota)
             raise QuotaExceeded()
         if not stored:
-            await storage.put(owner_id, found.sha256, source, found.bytes, within=session)
+            if not storage.outside_database:
+                await storage.put(owner_id, found.sha256, staged.source, found.bytes, within=session)
+            elif not staged.uploaded or not await storage.exists(owner_id, found.sha256):
+                # Known when staged, or put then and deleted since with the owner's last file that
+                # had them (a delete under this lock, committed before it was ours): put them again.
+                await storage.put(owner_id, found.sha256, staged.source, found.bytes)
         row = await files.add(
             StoredFile(
                 owner_id=owner_id,
-                filename=clean_filename(filename, found.media_type),
+                filename=clean_filename(staged.filename, found.media_type),
                 media_type=found.media_type,
                 bytes=found.bytes,
                 sha256=found.sha256,
@@ -119,22 +160,41 @@ async def store_file(
         return row
 
 
-async def store_bytes(
+async def store_file(
     session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
+    storage: FileStorage,
+    settings: Settings,
+    *,
+    owner_id: uuid.UUID,
+    source: BinaryIO,
+    filename: str | None,
+) -> StoredFile:
+    """`stage_file`, then `record_file` in `session` (which has run no statement yet: its connection
+    is taken once the bytes are staged)."""
+    staged = await stage_file(sessions, storage, settings, owner_id=owner_id, source=source, filename=filename)
+    return await record_file(session, storage, settings, owner_id=owner_id, staged=staged)
+
+
+async def stage_bytes(
+    sessions: async_sessionmaker[AsyncSession],
     storage: FileStorage,
     settings: Settings,
     *,
     owner_id: uuid.UUID,
     data: bytes,
     filename: str | None,
-) -> StoredFile:
-    """Inline data (a /v1 data URL or `file_data`), stored as an upload is; the owner's file with the
-    same bytes if there is one, so a client that sends its history again adds no file per call."""
-    found = await FileRepository(session).with_content(owner_id, hashlib.sha256(data).hexdigest())
+) -> StoredFile | Staged:
+    """Inline data (a /v1 data URL or `file_data`), staged as an upload is; or the owner's file with
+    the same bytes if there is one (one short read), so a client that sends its history again adds
+    no file, and uploads nothing, per call."""
+    async with sessions() as session:
+        found = await FileRepository(session).with_content(owner_id, hashlib.sha256(data).hexdigest())
     if found is not None:
         return found
     # BytesIO over bytes shares their buffer (no copy until written to): the data is held once.
-    return await store_file(session, storage, settings, owner_id=owner_id, source=io.BytesIO(data), filename=filename)
+    source = io.BytesIO(data)
+    return await stage_file(sessions, storage, settings, owner_id=owner_id, source=source, filename=filename)
 
 
 async def delete_file(session: AsyncSession, storage: FileStorage, file_id: uuid.UUID, *, owner_id: uuid.UUID) -> bool:

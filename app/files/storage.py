@@ -38,6 +38,11 @@ PART = 8 * 1024 * 1024
 class FileStorage(Protocol):
     """The bytes of an owner's files, by SHA-256."""
 
+    # True: the bytes live outside the database (a bucket). They are put before the transaction that
+    # records their file (no connection held while they upload) and checked under the owner's lock;
+    # False: they are written in that transaction (`within`).
+    outside_database: bool
+
     async def put(
         self, owner_id: uuid.UUID, sha256: str, source: BinaryIO, size: int, *, within: AsyncSession | None = None
     ) -> None:
@@ -49,6 +54,8 @@ class FileStorage(Protocol):
         ...
 
     async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> None: ...
+
+    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool: ...
 
 
 async def read_base64(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> str | None:
@@ -89,6 +96,8 @@ class DatabaseStorage:
     """`file_chunks` rows: 1 MiB each, in order, once per owner and hash. A write is one transaction
     of one INSERT per chunk (between them only a read of the spooled upload, a local file); a read is
     one short statement per chunk, so no connection is held while the client reads."""
+
+    outside_database = False
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -139,6 +148,11 @@ class DatabaseStorage:
         async with self.db.transaction() as conn:
             await conn.execute(delete(FileChunk).where(*owned))
 
+    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool:
+        first = FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256, FileChunk.seq == 0
+        async with self.db.statement() as conn:
+            return (await conn.execute(select(FileChunk.seq).where(*first))).first() is not None
+
 
 @contextmanager
 def _unavailable() -> Iterator[None]:
@@ -155,6 +169,8 @@ class S3Storage:
     """An S3-compatible bucket through aiobotocore (credentials, region and endpoint from the usual
     AWS_* variables; AWS_ENDPOINT_URL for MinIO, R2, moto…). Keys: `<prefix>/<owner>/<sha256>`.
     Its failures are StorageUnavailable (503, Retry-After)."""
+
+    outside_database = True
 
     def __init__(self, client: S3Client, bucket: str, prefix: str) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
@@ -207,6 +223,18 @@ class S3Storage:
     async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> None:
         with _unavailable():
             await self.client.delete_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
+
+    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        with _unavailable():
+            try:
+                await self.client.head_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return True
 
 
 async def open_storage(url: str | None, db: Database, stack: AsyncExitStack) -> FileStorage:

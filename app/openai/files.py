@@ -21,7 +21,7 @@ from app.files.attach import ATTACHMENT, attachment_block, check_model
 from app.files.errors import RemoteFileRefused
 from app.files.remote import fetch_remote
 from app.files.repository import FileRepository
-from app.files.service import owner_gate, store_bytes
+from app.files.service import Staged, owner_gate, record_file, stage_bytes
 from app.models import StoredFile
 from app.openai.errors import InvalidParam
 from app.state import Resources
@@ -63,18 +63,36 @@ async def attach_parts(
         for j, part in enumerate(content)
         if is_file_part(part)
     ]
+    # Inline bytes staged too (inspected; in a bucket, uploaded), each the owner's file if it has them.
+    staged: list[tuple[list[Any], int, _Named | StoredFile | Staged]] = []
+    for content, j, source in found:
+        if isinstance(source, _Carried):
+            staged.append((content, j, await _stage(resources, owner_id, source)))
+        else:
+            staged.append((content, j, source))
     # The owner's turn is held until the transaction ends: it takes the owner's file lock per part.
     async with owner_gate(owner_id), resources.sessions() as session, session.begin():
-        for content, j, source in found:
-            if isinstance(source, _Named):
-                row = await _owned(session, owner_id, source.file_id, source.where)
+        for content, j, ready in staged:
+            if isinstance(ready, _Named):
+                row = await _owned(session, owner_id, ready.file_id, ready.where)
+            elif isinstance(ready, Staged):
+                row = await record_file(session, resources.files, settings, owner_id=owner_id, staged=ready)
             else:
-                row = await store_bytes(
-                    session, resources.files, settings, owner_id=owner_id, data=source.data, filename=source.name
-                )
+                row = ready
             content[j] = {**attachment_block(row), "type": ATTACHMENT}
     blocks = [part for _, content in contents if isinstance(content, list) for part in content]
     check_model(blocks, model=model, text_only_models=settings.file_text_only_models)
+
+
+async def _stage(resources: Resources, owner_id: uuid.UUID, carried: _Carried) -> StoredFile | Staged:
+    return await stage_bytes(
+        resources.sessions,
+        resources.files,
+        resources.settings,
+        owner_id=owner_id,
+        data=carried.data,
+        filename=carried.name,
+    )
 
 
 @dataclass(frozen=True, slots=True)

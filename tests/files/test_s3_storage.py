@@ -4,15 +4,23 @@ moto's server, started here on a loopback port and reached through aiobotocore a
 from __future__ import annotations
 
 import base64
+import io
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from aiobotocore.session import get_session
 from moto.server import ThreadedMotoServer
 from sqlalchemy import func, select
 
+from app.auth.keys import hash_key
 from app.core.config import Settings
-from app.models import FileChunk
+from app.files.errors import QuotaExceeded
+from app.files.service import record_file, stage_file
+from app.files.storage import S3Storage
+from app.models import ApiKey, FileChunk
+from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
 from testkit.net import free_port
 from tests.files import samples
@@ -145,3 +153,72 @@ async def test_a_bucket_outage_is_a_503_and_a_paused_turn_keeps_its_decisions(
         assert r.status_code == 200, r.text
         assert r.json()["message"]["status"] == "complete"
         assert llm_server.state.rejections == []
+
+
+async def _owner_of(state: Resources, key: str) -> uuid.UUID:
+    async with state.sessions() as session:
+        query = select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))
+        return (await session.execute(query)).scalar_one()
+
+
+async def test_an_upload_holds_no_connection_while_its_bytes_go_to_the_bucket(
+    s3: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_s3 = settings.model_copy(update={"file_storage_url": f"s3://{BUCKET}/uploads"})
+    held: list[int] = []
+    put = S3Storage.put
+
+    async def watched(self: S3Storage, *args: Any, **kwargs: Any) -> None:
+        held.append(pool.checkedout())  # type: ignore[attr-defined]
+        await put(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Storage, "put", watched)
+    async with running_app(on_s3) as (_, state, client):
+        pool = state.engine.sync_engine.pool
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        r = await client.post("/files", files={"file": ("a.png", samples.png(320, 240))}, headers=auth)
+        assert r.status_code == 201, r.text
+    assert held == [0]
+
+
+async def test_bytes_deleted_between_staging_and_recording_are_put_again(s3: str, settings: Settings) -> None:
+    on_s3 = settings.model_copy(update={"file_storage_url": f"s3://{BUCKET}/uploads"})
+    async with running_app(on_s3) as (_, state, client):
+        key = await make_key(state)
+        owner, image = await _owner_of(state, key), samples.png(300, 200)
+        staged = await stage_file(
+            state.sessions, state.files, on_s3, owner_id=owner, source=io.BytesIO(image), filename="a.png"
+        )
+        assert staged.uploaded
+        assert len(await keys_in_bucket()) == 1
+        # As the delete of the owner's last file with these bytes does, after this upload staged them.
+        await state.files.delete(owner, staged.found.sha256)
+        assert await keys_in_bucket() == []
+        async with state.sessions() as session, session.begin():
+            row = await record_file(session, state.files, on_s3, owner_id=owner, staged=staged)
+        got = await client.get(f"/files/{row.id}/content", headers={"Authorization": f"Bearer {key}"})
+        assert got.status_code == 200
+        assert got.content == image
+
+
+async def test_a_staged_upload_refused_by_the_quota_leaves_nothing_in_the_bucket(s3: str, settings: Settings) -> None:
+    images = [samples.png(300, 200), samples.png(301, 200)]
+    quota = max(len(i) for i in images) + 10  # room for one of them
+    on_s3 = settings.model_copy(
+        update={"file_storage_url": f"s3://{BUCKET}/uploads", "file_storage_quota_bytes": quota}
+    )
+    async with running_app(on_s3) as (_, state, _client):
+        owner = await _owner_of(state, await make_key(state))
+        # Both staged before either is recorded (concurrent uploads): each fit the quota alone.
+        staged = [
+            await stage_file(state.sessions, state.files, on_s3, owner_id=owner, source=io.BytesIO(i), filename="i.png")
+            for i in images
+        ]
+        assert len(await keys_in_bucket()) == 2
+        async with state.sessions() as session, session.begin():
+            await record_file(session, state.files, on_s3, owner_id=owner, staged=staged[0])
+        with pytest.raises(QuotaExceeded):
+            async with state.sessions() as session, session.begin():
+                await record_file(session, state.files, on_s3, owner_id=owner, staged=staged[1])
+        (left,) = await keys_in_bucket()
+        assert left.endswith(staged[0].found.sha256)
