@@ -47,15 +47,15 @@ StorageDep = Annotated[FileStorage, Depends(get_storage)]
 )
 async def upload_file(
     file: Annotated[UploadFile, File(description="The file (multipart form field `file`).")],
-    session: SessionDep,
     sessions: SessionsDep,
     principal: CurrentPrincipal,
     storage: StorageDep,
     settings: SettingsDep,
 ) -> FileOut:
     """Upload an image (PNG, JPEG, GIF, WebP), a PDF or a UTF-8 text file; its type is read from its bytes."""
+    # Its bytes staged first (in a bucket: uploaded with no connection held), then one short transaction.
     row = await store_file(
-        session, sessions, storage, settings, owner_id=principal.owner_id, source=file.file, filename=file.filename
+        sessions, storage, settings, owner_id=principal.owner_id, source=file.file, filename=file.filename
     )
     return FileOut.model_validate(row)
 
@@ -108,9 +108,9 @@ async def get_file_content(
 
 @router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(FileNotFound))
 async def remove_file(
-    file_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal, storage: StorageDep
+    file_id: uuid.UUID, sessions: SessionsDep, principal: CurrentPrincipal, storage: StorageDep
 ) -> Response:
     """Delete a file; turns that attached it keep a note that it was there."""
-    if not await delete_file(session, storage, file_id, owner_id=principal.owner_id):
+    if not await delete_file(sessions, storage, file_id, owner_id=principal.owner_id):
         raise FileNotFound()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -161,7 +161,6 @@ async def record_file(
 
 
 async def store_file(
-    session: AsyncSession,
     sessions: async_sessionmaker[AsyncSession],
     storage: FileStorage,
     settings: Settings,
@@ -170,10 +169,33 @@ async def store_file(
     source: BinaryIO,
     filename: str | None,
 ) -> StoredFile:
-    """`stage_file`, then `record_file` in `session` (which has run no statement yet: its connection
-    is taken once the bytes are staged)."""
+    """`stage_file`, then `record_file` in a short transaction of its own (committed on return); an
+    object staged for a file that was not recorded is taken back."""
     staged = await stage_file(sessions, storage, settings, owner_id=owner_id, source=source, filename=filename)
-    return await record_file(session, storage, settings, owner_id=owner_id, staged=staged)
+    try:
+        async with sessions() as session, session.begin():
+            return await record_file(session, storage, settings, owner_id=owner_id, staged=staged)
+    except BaseException:
+        if staged.uploaded:
+            with anyio.move_on_after(5, shield=True):
+                await forget_bytes(sessions, storage, owner_id, staged.found.sha256)
+        raise
+
+
+async def forget_bytes(
+    sessions: async_sessionmaker[AsyncSession], storage: FileStorage, owner_id: uuid.UUID, sha256: str
+) -> None:
+    """Delete bytes from a bucket unless a file of the owner has them by now (under the owner's lock):
+    an upload's staged object whose file was not recorded, a deleted file's once its row is gone.
+    Failures are logged, not raised: the caller's own outcome stands; the object is left behind."""
+    try:
+        async with owner_gate(owner_id), sessions() as session, session.begin():
+            files = FileRepository(session)
+            await files.lock_owner(owner_id)
+            if not await files.has_content(owner_id, sha256):
+                await storage.delete(owner_id, sha256)
+    except Exception as exc:
+        log.warning("files.bytes_left", sha256=sha256, error=type(exc).__name__)
 
 
 async def stage_bytes(
@@ -184,12 +206,13 @@ async def stage_bytes(
     owner_id: uuid.UUID,
     data: bytes,
     filename: str | None,
+    sha256: str | None = None,
 ) -> StoredFile | Staged:
     """Inline data (a /v1 data URL or `file_data`), staged as an upload is; or the owner's file with
     the same bytes if there is one (one short read), so a client that sends its history again adds
-    no file, and uploads nothing, per call."""
+    no file, and uploads nothing, per call. `sha256`: the data's, when the caller has it."""
     async with sessions() as session:
-        found = await FileRepository(session).with_content(owner_id, hashlib.sha256(data).hexdigest())
+        found = await FileRepository(session).with_content(owner_id, sha256 or hashlib.sha256(data).hexdigest())
     if found is not None:
         return found
     # BytesIO over bytes shares their buffer (no copy until written to): the data is held once.
@@ -197,16 +220,24 @@ async def stage_bytes(
     return await stage_file(sessions, storage, settings, owner_id=owner_id, source=source, filename=filename)
 
 
-async def delete_file(session: AsyncSession, storage: FileStorage, file_id: uuid.UUID, *, owner_id: uuid.UUID) -> bool:
-    """The file's metadata goes; its bytes too once no other file of the owner has them. Messages that
-    attached it keep their reference (the history shows it as deleted)."""
-    files = FileRepository(session)
+async def delete_file(
+    sessions: async_sessionmaker[AsyncSession], storage: FileStorage, file_id: uuid.UUID, *, owner_id: uuid.UUID
+) -> bool:
+    """The file's metadata goes; its bytes too once no other file of the owner has them: in the same
+    transaction when they are in the database, after it commits when they are in a bucket (a commit
+    that fails must not leave a file without its bytes). Messages that attached it keep their
+    reference (the history shows it as deleted)."""
     async with owner_gate(owner_id):
-        await files.lock_owner(owner_id)  # no upload of the same bytes between the check and the bytes' delete
-        row = await files.delete_owned(file_id, owner_id=owner_id)
-        if row is None:
-            return False
-        if not await files.has_content(owner_id, row.sha256):
-            await storage.delete(owner_id, row.sha256, within=session)
+        async with sessions() as session, session.begin():
+            files = FileRepository(session)
+            await files.lock_owner(owner_id)  # no upload of the same bytes between the check and the bytes' delete
+            row = await files.delete_owned(file_id, owner_id=owner_id)
+            if row is None:
+                return False
+            unshared = not await files.has_content(owner_id, row.sha256)
+            if unshared and not storage.outside_database:
+                await storage.delete(owner_id, row.sha256, within=session)
+        if unshared and storage.outside_database:
+            await forget_bytes(sessions, storage, owner_id, row.sha256)
     log.info("files.deleted", file_id=str(file_id))
     return True

@@ -55,7 +55,7 @@ class FileStorage(Protocol):
 
     async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> None: ...
 
-    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool: ...
+    async def exists(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> bool: ...
 
 
 async def read_base64(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> str | None:
@@ -148,10 +148,14 @@ class DatabaseStorage:
         async with self.db.transaction() as conn:
             await conn.execute(delete(FileChunk).where(*owned))
 
-    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool:
-        first = FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256, FileChunk.seq == 0
+    async def exists(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> bool:
+        query = select(FileChunk.seq).where(
+            FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256, FileChunk.seq == 0
+        )
+        if within is not None:  # inside the caller's transaction: no second connection
+            return (await (await within.connection()).execute(query)).first() is not None
         async with self.db.statement() as conn:
-            return (await conn.execute(select(FileChunk.seq).where(*first))).first() is not None
+            return (await conn.execute(query)).first() is not None
 
 
 @contextmanager
@@ -224,14 +228,16 @@ class S3Storage:
         with _unavailable():
             await self.client.delete_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
 
-    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool:
+    async def exists(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> bool:
         from botocore.exceptions import ClientError
 
         with _unavailable():
             try:
                 await self.client.head_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                # A missing key is a 403, not a 404, for credentials without s3:ListBucket: "not
+                # there" either way (the caller puts the bytes again, which is harmless if they were).
+                if exc.response.get("Error", {}).get("Code") in ("404", "403", "NoSuchKey", "NotFound"):
                     return False
                 raise
         return True

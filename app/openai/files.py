@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from app.files.attach import ATTACHMENT, attachment_block, check_model
 from app.files.errors import RemoteFileRefused
 from app.files.remote import fetch_remote
 from app.files.repository import FileRepository
-from app.files.service import Staged, owner_gate, record_file, stage_bytes
+from app.files.service import Staged, forget_bytes, owner_gate, record_file, stage_bytes
 from app.models import StoredFile
 from app.openai.errors import InvalidParam
 from app.state import Resources
@@ -54,8 +57,9 @@ async def attach_parts(
     if not has_file_parts(contents):
         return
     settings = resources.settings
-    # Every part's bytes first (a remote fetch, a base64 decode), then one short transaction that
-    # stores them: nothing but SQL while it holds a connection and the owner's file lock.
+    # Every part's bytes first (a remote fetch, a base64 decode), then staged (inspected; in a bucket,
+    # uploaded), then one short transaction records them: no fetch or upload while it holds a
+    # connection and the owner's file lock (a bucket's HEAD per new object aside).
     found = [
         (content, j, await _source_of(resources, part, f"{param}[{j}]"))
         for param, content in contents
@@ -63,28 +67,45 @@ async def attach_parts(
         for j, part in enumerate(content)
         if is_file_part(part)
     ]
-    # Inline bytes staged too (inspected; in a bucket, uploaded), each the owner's file if it has them.
     staged: list[tuple[list[Any], int, _Named | StoredFile | Staged]] = []
-    for content, j, source in found:
-        if isinstance(source, _Carried):
-            staged.append((content, j, await _stage(resources, owner_id, source)))
-        else:
-            staged.append((content, j, source))
-    # The owner's turn is held until the transaction ends: it takes the owner's file lock per part.
-    async with owner_gate(owner_id), resources.sessions() as session, session.begin():
-        for content, j, ready in staged:
-            if isinstance(ready, _Named):
-                row = await _owned(session, owner_id, ready.file_id, ready.where)
-            elif isinstance(ready, Staged):
-                row = await record_file(session, resources.files, settings, owner_id=owner_id, staged=ready)
+    try:
+        by_content: dict[str, StoredFile | Staged] = {}  # the same bytes twice in one request: one file
+        for content, j, source in found:
+            if isinstance(source, _Carried):
+                sha256 = hashlib.sha256(source.data).hexdigest()
+                if sha256 not in by_content:
+                    by_content[sha256] = await _stage(resources, owner_id, source, sha256)
+                staged.append((content, j, by_content[sha256]))
             else:
-                row = ready
-            content[j] = {**attachment_block(row), "type": ATTACHMENT}
+                staged.append((content, j, source))
+        # The owner's turn is held until the transaction ends: it takes the owner's file lock per part.
+        async with owner_gate(owner_id), resources.sessions() as session, session.begin():
+            recorded: dict[int, StoredFile] = {}
+            for content, j, ready in staged:
+                if isinstance(ready, _Named):
+                    row = await _owned(session, owner_id, ready.file_id, ready.where)
+                elif isinstance(ready, Staged):
+                    if id(ready) not in recorded:
+                        recorded[id(ready)] = await record_file(
+                            session, resources.files, settings, owner_id=owner_id, staged=ready
+                        )
+                    row = recorded[id(ready)]
+                else:
+                    row = ready
+                content[j] = {**attachment_block(row), "type": ATTACHMENT}
+    except BaseException:
+        # Objects put in a bucket for parts that were not recorded (a later part refused, a failure,
+        # the client gone): taken back, unless a file has their bytes by now.
+        uploads = {s.found.sha256 for _, _, s in staged if isinstance(s, Staged) and s.uploaded}
+        with anyio.move_on_after(5, shield=True):
+            for sha256 in uploads:
+                await forget_bytes(resources.sessions, resources.files, owner_id, sha256)
+        raise
     blocks = [part for _, content in contents if isinstance(content, list) for part in content]
     check_model(blocks, model=model, text_only_models=settings.file_text_only_models)
 
 
-async def _stage(resources: Resources, owner_id: uuid.UUID, carried: _Carried) -> StoredFile | Staged:
+async def _stage(resources: Resources, owner_id: uuid.UUID, carried: _Carried, sha256: str) -> StoredFile | Staged:
     return await stage_bytes(
         resources.sessions,
         resources.files,
@@ -92,6 +113,7 @@ async def _stage(resources: Resources, owner_id: uuid.UUID, carried: _Carried) -
         owner_id=owner_id,
         data=carried.data,
         filename=carried.name,
+        sha256=sha256,
     )
 
 

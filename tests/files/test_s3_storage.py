@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 from moto.server import ThreadedMotoServer
+from openai import AsyncOpenAI, BadRequestError
 from sqlalchemy import func, select
 
 from app.auth.keys import hash_key
@@ -19,12 +20,15 @@ from app.core.config import Settings
 from app.files.errors import QuotaExceeded
 from app.files.service import record_file, stage_file
 from app.files.storage import S3Storage
-from app.models import ApiKey, FileChunk
+from app.main import create_app
+from app.models import ApiKey, FileChunk, StoredFile
 from app.state import Resources
 from testkit.fake_llm import FakeLLMServer
 from testkit.net import free_port
 from tests.files import samples
 from tests.fixtures.app import make_key, running_app
+from tests.helpers import live_server
+from tests.openai.test_attachments import data_url
 
 BUCKET = "agentchat-files"
 
@@ -222,3 +226,56 @@ async def test_a_staged_upload_refused_by_the_quota_leaves_nothing_in_the_bucket
                 await record_file(session, state.files, on_s3, owner_id=owner, staged=staged[1])
         (left,) = await keys_in_bucket()
         assert left.endswith(staged[0].found.sha256)
+
+
+async def test_a_v1_request_that_fails_takes_back_what_it_put_in_the_bucket(
+    s3: str, settings: Settings, llm_server: FakeLLMServer
+) -> None:
+    on_s3 = settings.model_copy(update={"file_storage_url": f"s3://{BUCKET}/uploads"})
+    async with live_server(create_app(on_s3)) as live:
+        key = await make_key(live.state)
+        async with AsyncOpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0) as oai:
+            image = data_url("image/png", samples.png(120, 80))
+            missing = str(uuid.uuid4())
+            # An inline image (staged: uploaded), then a file id that is not the caller's: a 400.
+            refused: Any = [
+                {"type": "image_url", "image_url": {"url": image}},
+                {"type": "file", "file": {"file_id": missing}},
+                {"type": "text", "text": "look"},
+            ]
+            with pytest.raises(BadRequestError):
+                await oai.chat.completions.create(model="agentchat", messages=[{"role": "user", "content": refused}])
+            assert await keys_in_bucket() == []
+            # The same image twice in one request: one file, one object.
+            twice: Any = [
+                {"type": "image_url", "image_url": {"url": image}},
+                {"type": "image_url", "image_url": {"url": image}},
+                {"type": "text", "text": "twice"},
+            ]
+            await oai.chat.completions.create(model="agentchat", messages=[{"role": "user", "content": twice}])
+            assert len(await keys_in_bucket()) == 1
+            async with live.state.sessions() as session:
+                assert (await session.execute(select(func.count()).select_from(StoredFile))).scalar_one() == 1
+
+
+async def test_a_deleted_files_object_goes_once_its_row_is_gone(
+    s3: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bytes deleted before the row's delete commits would leave a file without them if that commit failed.
+    on_s3 = settings.model_copy(update={"file_storage_url": f"s3://{BUCKET}/uploads"})
+    rows_seen: list[int] = []
+    delete = S3Storage.delete
+
+    async def watched(self: S3Storage, *args: Any, **kwargs: Any) -> None:
+        async with sessions() as session:  # what another transaction sees at that moment
+            rows_seen.append((await session.execute(select(func.count()).select_from(StoredFile))).scalar_one())
+        await delete(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Storage, "delete", watched)
+    async with running_app(on_s3) as (_, state, client):
+        sessions = state.sessions
+        auth = {"Authorization": f"Bearer {await make_key(state)}"}
+        file_id = (await client.post("/files", files={"file": ("a.png", samples.png())}, headers=auth)).json()["id"]
+        assert (await client.delete(f"/files/{file_id}", headers=auth)).status_code == 204
+    assert rows_seen == [0]
+    assert await keys_in_bucket() == []
