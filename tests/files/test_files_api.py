@@ -10,13 +10,12 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.auth.keys import hash_key
 from app.core.config import Settings
 from app.files.service import owner_gate
-from app.models import ApiKey, FileChunk, StoredFile
+from app.models import FileChunk, StoredFile
 from app.state import Resources
 from tests.files import samples
-from tests.fixtures.app import make_key, running_app
+from tests.fixtures.app import make_key, owner_of, running_app
 
 
 async def upload(
@@ -146,7 +145,7 @@ async def test_uploads_waiting_for_their_keys_turn_hold_no_connection(
 ) -> None:
     # One key's uploads go in turn; those waiting must not sit on pool connections (a key sending
     # as many files at once as the pool holds would starve every other request).
-    owner = await _owner_of(state, auth)
+    owner = await owner_of(state, auth["Authorization"].removeprefix("Bearer "))
     pool = state.engine.sync_engine.pool
     async with owner_gate(owner):
         sent = [asyncio.create_task(upload(client, auth, samples.png(100 + n, 50), f"{n}.png")) for n in range(4)]
@@ -154,12 +153,6 @@ async def test_uploads_waiting_for_their_keys_turn_hold_no_connection(
         assert not any(task.done() for task in sent)
         assert pool.checkedout() == 0  # type: ignore[attr-defined]
     assert [r.status_code for r in await asyncio.gather(*sent)] == [201] * 4
-
-
-async def _owner_of(state: Resources, auth: dict[str, str]) -> uuid.UUID:
-    digest = hash_key(auth["Authorization"].removeprefix("Bearer "))
-    async with state.sessions() as session:
-        return (await session.execute(select(ApiKey.id).where(ApiKey.key_hash == digest))).scalar_one()
 
 
 async def test_an_upload_beside_a_delete_of_the_same_bytes_keeps_them(

@@ -15,18 +15,16 @@ from moto.server import ThreadedMotoServer
 from openai import AsyncOpenAI, BadRequestError
 from sqlalchemy import func, select
 
-from app.auth.keys import hash_key
 from app.core.config import Settings
 from app.files.errors import QuotaExceeded
 from app.files.service import record_file, stage_file
 from app.files.storage import S3Storage
 from app.main import create_app
-from app.models import ApiKey, FileChunk, StoredFile
-from app.state import Resources
+from app.models import FileChunk, StoredFile
 from testkit.fake_llm import FakeLLMServer
 from testkit.net import free_port
 from tests.files import samples
-from tests.fixtures.app import make_key, running_app
+from tests.fixtures.app import make_key, owner_of, running_app
 from tests.helpers import live_server
 from tests.openai.test_attachments import data_url
 
@@ -159,12 +157,6 @@ async def test_a_bucket_outage_is_a_503_and_a_paused_turn_keeps_its_decisions(
         assert llm_server.state.rejections == []
 
 
-async def _owner_of(state: Resources, key: str) -> uuid.UUID:
-    async with state.sessions() as session:
-        query = select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))
-        return (await session.execute(query)).scalar_one()
-
-
 async def test_an_upload_holds_no_connection_while_its_bytes_go_to_the_bucket(
     s3: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,7 +181,7 @@ async def test_bytes_deleted_between_staging_and_recording_are_put_again(s3: str
     on_s3 = settings.model_copy(update={"file_storage_url": f"s3://{BUCKET}/uploads"})
     async with running_app(on_s3) as (_, state, client):
         key = await make_key(state)
-        owner, image = await _owner_of(state, key), samples.png(300, 200)
+        owner, image = await owner_of(state, key), samples.png(300, 200)
         staged = await stage_file(
             state.sessions, state.files, on_s3, owner_id=owner, source=io.BytesIO(image), filename="a.png"
         )
@@ -212,7 +204,7 @@ async def test_a_staged_upload_refused_by_the_quota_leaves_nothing_in_the_bucket
         update={"file_storage_url": f"s3://{BUCKET}/uploads", "file_storage_quota_bytes": quota}
     )
     async with running_app(on_s3) as (_, state, _client):
-        owner = await _owner_of(state, await make_key(state))
+        owner = await owner_of(state, await make_key(state))
         # Both staged before either is recorded (concurrent uploads): each fit the quota alone.
         staged = [
             await stage_file(state.sessions, state.files, on_s3, owner_id=owner, source=io.BytesIO(i), filename="i.png")
