@@ -55,7 +55,9 @@ class FileStorage(Protocol):
 
     async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> None: ...
 
-    async def exists(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> bool: ...
+    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool:
+        """Whether the bytes are there (asked of a bucket only, under the owner's lock)."""
+        ...
 
 
 async def read_base64(storage: FileStorage, owner_id: uuid.UUID, sha256: str) -> str | None:
@@ -148,13 +150,11 @@ class DatabaseStorage:
         async with self.db.transaction() as conn:
             await conn.execute(delete(FileChunk).where(*owned))
 
-    async def exists(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> bool:
+    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool:
         query = select(FileChunk.seq).where(
             FileChunk.owner_id == owner_id, FileChunk.sha256 == sha256, FileChunk.seq == 0
         )
-        if within is not None:  # inside the caller's transaction: no second connection
-            return (await (await within.connection()).execute(query)).first() is not None
-        async with self.db.statement() as conn:
+        async with self.db.statement() as conn:  # its own connection: not for use inside a transaction
             return (await conn.execute(query)).first() is not None
 
 
@@ -228,7 +228,7 @@ class S3Storage:
         with _unavailable():
             await self.client.delete_object(Bucket=self.bucket, Key=self.key(owner_id, sha256))
 
-    async def exists(self, owner_id: uuid.UUID, sha256: str, *, within: AsyncSession | None = None) -> bool:
+    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool:
         from botocore.exceptions import ClientError
 
         with _unavailable():

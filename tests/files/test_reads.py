@@ -38,7 +38,7 @@ class Chunked:
     async def delete(self, owner_id: uuid.UUID, sha256: str, *, within: object = None) -> None:
         raise NotImplementedError
 
-    async def exists(self, owner_id: uuid.UUID, sha256: str, *, within: object = None) -> bool:
+    async def exists(self, owner_id: uuid.UUID, sha256: str) -> bool:
         raise NotImplementedError
 
 
